@@ -1,0 +1,1 @@
+//! The Waymark tag (being built: see the tag issue).

@@ -1,0 +1,1 @@
+//! The Waymark edge worker (being built: see the edge worker issue).

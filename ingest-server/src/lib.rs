@@ -1,0 +1,1 @@
+//! The Waymark ingest server (being built: see the ingest server issue).

@@ -1,0 +1,29 @@
+//! Waymark's wire format: the one definition shared by the tag, the edge worker and the ingest
+//! server.
+//!
+//! - [`event`]: the event and batch types. The format is a superset of the Segment HTTP Tracking
+//!   API batch (`{"batch": [...], "sentAt": ...}`), so Segment and RudderStack SDKs and the
+//!   Waymark tag share one intake.
+//! - [`validate`]: parses a body and checks every event against [`limits`], returning the good
+//!   events and a list of every problem found (`batch[3].messageId: missing`).
+//! - [`skew`]: the clock-skew rule that turns a client's clock into server time.
+//! - [`names`] and [`auto`]: the reserved `$`-prefixed events the tag sends and their properties.
+//! - [`edge`]: what the edge worker adds (geo, client) and how it signs what it forwards.
+//!
+//! No I/O here; everything builds for `wasm32-unknown-unknown` as well as natively. The feature
+//! `validate` (on by default) brings parsing, validation and signing; without it only the types,
+//! names and limits remain, which is what the size-constrained tag uses.
+
+pub mod auto;
+pub mod edge;
+pub mod event;
+pub mod limits;
+pub mod names;
+pub mod skew;
+pub mod time;
+#[cfg(feature = "validate")]
+pub mod validate;
+
+pub use event::{Batch, Event, EventType};
+#[cfg(feature = "validate")]
+pub use validate::{parse_batch, parse_single, BatchError, Rejection, Validated};

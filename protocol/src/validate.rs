@@ -1,0 +1,591 @@
+//! Parsing and validation of request bodies.
+//!
+//! [`parse_batch`] and [`parse_single`] never stop at the first problem: a body that is JSON
+//! yields every good event plus one [`Rejection`] per problem in the bad ones, each naming the
+//! event's index, the field and the reason (`batch[3].messageId: missing`). An event with any
+//! problem is left out whole. Only problems with the body itself (too large, not JSON, no batch)
+//! fail the request, as a [`BatchError`].
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::auto::{CLICK_KINDS, MAX_ENGAGED_MS};
+use crate::event::{Event, EventType};
+use crate::limits::*;
+use crate::names;
+use crate::skew;
+use crate::time::parse_rfc3339;
+
+/// One problem with one event (or with a batch-level field when `index` is `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    /// Position of the event in the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// The field, as a path inside the event: `messageId`, `properties.scroll_depth`.
+    pub field: String,
+    /// Why, in words: `missing`, `must be a string`, `longer than 256 bytes`.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "batch[{i}].{}: {}", self.field, self.reason),
+            None => write!(f, "{}: {}", self.field, self.reason),
+        }
+    }
+}
+
+/// A problem with the body as a whole: nothing in it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    /// The body is larger than [`MAX_BATCH_BYTES`].
+    TooLarge { bytes: usize, limit: usize },
+    /// The body is not JSON; the message says where.
+    NotJson(String),
+    /// The body is JSON but not an object.
+    NotAnObject,
+    /// A batch body without a `batch` field.
+    MissingBatch,
+    /// `batch` is there but is not an array.
+    BatchNotArray,
+    /// More than [`MAX_EVENTS_PER_BATCH`] events.
+    TooManyEvents { count: usize, limit: usize },
+    /// A batch-level field (`sentAt`, `writeKey`) is malformed.
+    BadField { field: &'static str, reason: String },
+}
+
+impl BatchError {
+    /// A stable machine-readable code for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BatchError::TooLarge { .. } => "body_too_large",
+            BatchError::NotJson(_) => "invalid_json",
+            BatchError::NotAnObject => "not_an_object",
+            BatchError::MissingBatch => "missing_batch",
+            BatchError::BatchNotArray => "batch_not_array",
+            BatchError::TooManyEvents { .. } => "too_many_events",
+            BatchError::BadField { .. } => "invalid_field",
+        }
+    }
+
+    /// The field at fault (`body` when it is the body as a whole).
+    pub fn field(&self) -> &'static str {
+        match self {
+            BatchError::TooLarge { .. } | BatchError::NotJson(_) | BatchError::NotAnObject => {
+                "body"
+            }
+            BatchError::MissingBatch | BatchError::BatchNotArray => "batch",
+            BatchError::TooManyEvents { .. } => "batch",
+            BatchError::BadField { field, .. } => field,
+        }
+    }
+
+    /// True for the errors an HTTP server answers with 413.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            BatchError::TooLarge { .. } | BatchError::TooManyEvents { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::TooLarge { bytes, limit } => {
+                write!(f, "body: {bytes} bytes is more than the limit of {limit}")
+            }
+            BatchError::NotJson(e) => write!(f, "body: not valid JSON: {e}"),
+            BatchError::NotAnObject => f.write_str("body: must be a JSON object"),
+            BatchError::MissingBatch => f.write_str("batch: missing"),
+            BatchError::BatchNotArray => f.write_str("batch: must be an array of events"),
+            BatchError::TooManyEvents { count, limit } => {
+                write!(f, "batch: {count} events is more than the limit of {limit}")
+            }
+            BatchError::BadField { field, reason } => write!(f, "{field}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for BatchError {}
+
+/// The outcome of parsing a body that was JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// The events that passed every check, in batch order.
+    pub events: Vec<Event>,
+    /// Every problem found in the others.
+    pub rejections: Vec<Rejection>,
+    /// The batch-level `sentAt`.
+    pub sent_at: Option<String>,
+    /// The batch-level `writeKey`.
+    pub write_key: Option<String>,
+}
+
+impl Validated {
+    /// How many events were left out (an event may have several rejections).
+    pub fn rejected_events(&self) -> usize {
+        let mut idx: Vec<usize> = self.rejections.iter().filter_map(|r| r.index).collect();
+        idx.dedup();
+        idx.len()
+    }
+}
+
+/// Parses a `/v1/batch` body. `received_at_ms` is the server's receive time, for the
+/// timestamp window.
+pub fn parse_batch(body: &[u8], received_at_ms: i64) -> Result<Validated, BatchError> {
+    check_size(body)?;
+    let top = parse_object(body)?;
+    let sent_at = batch_string(&top, "sentAt", true)?;
+    let write_key = batch_string(&top, "writeKey", false)?;
+    let raw = top.get("batch").ok_or(BatchError::MissingBatch)?;
+    let items: Vec<&RawValue> =
+        serde_json::from_str(raw.get()).map_err(|_| BatchError::BatchNotArray)?;
+    if items.len() > MAX_EVENTS_PER_BATCH {
+        return Err(BatchError::TooManyEvents {
+            count: items.len(),
+            limit: MAX_EVENTS_PER_BATCH,
+        });
+    }
+    let mut out = Validated {
+        events: Vec::with_capacity(items.len()),
+        rejections: Vec::new(),
+        sent_at,
+        write_key,
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        check_one(i, item, None, received_at_ms, &mut out);
+    }
+    Ok(out)
+}
+
+/// Parses the body of a single-event endpoint (`/v1/track`, `/v1/page`, ...): one event whose
+/// type is given by the endpoint. Its rejections carry index 0.
+pub fn parse_single(
+    body: &[u8],
+    kind: EventType,
+    received_at_ms: i64,
+) -> Result<Validated, BatchError> {
+    check_size(body)?;
+    let top = parse_object(body)?;
+    let sent_at = batch_string(&top, "sentAt", true)?;
+    let write_key = batch_string(&top, "writeKey", false)?;
+    let raw: &RawValue =
+        serde_json::from_slice(body).map_err(|e| BatchError::NotJson(e.to_string()))?;
+    let mut out = Validated {
+        events: Vec::with_capacity(1),
+        rejections: Vec::new(),
+        sent_at: None,
+        write_key,
+    };
+    check_one(0, raw, Some(kind), received_at_ms, &mut out);
+    // A single event's sentAt is its own; leave it on the event and not on the batch.
+    let _ = sent_at;
+    Ok(out)
+}
+
+fn check_size(body: &[u8]) -> Result<(), BatchError> {
+    if body.len() > MAX_BATCH_BYTES {
+        return Err(BatchError::TooLarge {
+            bytes: body.len(),
+            limit: MAX_BATCH_BYTES,
+        });
+    }
+    Ok(())
+}
+
+type RawObject = std::collections::BTreeMap<String, Box<RawValue>>;
+
+fn parse_object(body: &[u8]) -> Result<RawObject, BatchError> {
+    let v: Box<RawValue> =
+        serde_json::from_slice(body).map_err(|e| BatchError::NotJson(e.to_string()))?;
+    serde_json::from_str::<RawObject>(v.get()).map_err(|_| BatchError::NotAnObject)
+}
+
+fn batch_string(
+    top: &RawObject,
+    field: &'static str,
+    is_time: bool,
+) -> Result<Option<String>, BatchError> {
+    let Some(raw) = top.get(field) else {
+        return Ok(None);
+    };
+    let v: Value =
+        serde_json::from_str(raw.get()).map_err(|e| BatchError::NotJson(e.to_string()))?;
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => {
+            if is_time && parse_rfc3339(&s).is_none() {
+                return Err(BatchError::BadField {
+                    field,
+                    reason: "not an RFC 3339 date-time".into(),
+                });
+            }
+            Ok(Some(s))
+        }
+        _ => Err(BatchError::BadField {
+            field,
+            reason: "must be a string".into(),
+        }),
+    }
+}
+
+/// Collects the problems of one event.
+struct Problems<'a> {
+    index: usize,
+    out: &'a mut Vec<Rejection>,
+    found: bool,
+}
+
+impl Problems<'_> {
+    /// Whether a problem with `field` was already reported for this event.
+    fn has(&self, field: &str) -> bool {
+        self.out
+            .iter()
+            .any(|r| r.index == Some(self.index) && r.field == field)
+    }
+
+    fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.found = true;
+        self.out.push(Rejection {
+            index: Some(self.index),
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+fn check_one(
+    index: usize,
+    raw: &RawValue,
+    implied: Option<EventType>,
+    received_at_ms: i64,
+    out: &mut Validated,
+) {
+    let mut p = Problems {
+        index,
+        out: &mut out.rejections,
+        found: false,
+    };
+    let bytes = raw.get().len();
+    if bytes > MAX_EVENT_BYTES {
+        p.add(
+            "",
+            format!("event is {bytes} bytes, more than the limit of {MAX_EVENT_BYTES}"),
+        );
+        return;
+    }
+    let value: Value = match serde_json::from_str(raw.get()) {
+        Ok(v) => v,
+        Err(e) => {
+            p.add("", format!("not valid JSON: {e}"));
+            return;
+        }
+    };
+    let Value::Object(mut obj) = value else {
+        p.add("", "must be a JSON object");
+        return;
+    };
+
+    let kind = match (obj.get("type"), implied) {
+        (None | Some(Value::Null), Some(k)) => Some(k),
+        (None | Some(Value::Null), None) => {
+            p.add("type", "missing");
+            None
+        }
+        (Some(Value::String(s)), implied) => match (EventType::parse(s), implied) {
+            (Some(k), None) => Some(k),
+            (Some(k), Some(i)) if k == i => Some(k),
+            (Some(_), Some(i)) => {
+                p.add(
+                    "type",
+                    format!("must be \"{}\" on this endpoint", i.as_str()),
+                );
+                None
+            }
+            (None, _) => {
+                p.add(
+                    "type",
+                    "must be one of track, identify, page, screen, alias, group",
+                );
+                None
+            }
+        },
+        (Some(_), _) => {
+            p.add("type", "must be a string");
+            None
+        }
+    };
+
+    let message_id = take_id(&mut p, &mut obj, "messageId", true);
+    let anonymous_id = take_id(&mut p, &mut obj, "anonymousId", false);
+    let user_id = take_id(&mut p, &mut obj, "userId", false);
+    let previous_id = take_id(&mut p, &mut obj, "previousId", false);
+    let group_id = take_id(&mut p, &mut obj, "groupId", false);
+    if anonymous_id.is_none() && user_id.is_none() && !p.has("anonymousId") && !p.has("userId") {
+        p.add(
+            "userId",
+            "missing: an event needs a userId or an anonymousId",
+        );
+    }
+    let event = take_name(&mut p, &mut obj, "event");
+    let name = take_name(&mut p, &mut obj, "name");
+    let timestamp = take_time(&mut p, &mut obj, "timestamp");
+    let original_timestamp = take_time(&mut p, &mut obj, "originalTimestamp");
+    let sent_at = take_time(&mut p, &mut obj, "sentAt");
+    let context = take_object(&mut p, &mut obj, "context");
+    let properties = take_object(&mut p, &mut obj, "properties");
+    let traits = take_object(&mut p, &mut obj, "traits");
+
+    match kind {
+        Some(EventType::Track) => match &event {
+            None if !p.has("event") => p.add("event", "missing: a track call needs an event name"),
+            Some(e) if e.starts_with(names::RESERVED_PREFIX) => {
+                check_reserved(&mut p, e, &properties)
+            }
+            _ => {}
+        },
+        Some(EventType::Alias) if previous_id.is_none() && !p.has("previousId") => {
+            p.add("previousId", "missing: an alias call needs a previousId");
+        }
+        Some(EventType::Group) if group_id.is_none() && !p.has("groupId") => {
+            p.add("groupId", "missing: a group call needs a groupId");
+        }
+        _ => {}
+    }
+
+    if p.found {
+        return;
+    }
+    let (Some(kind), Some(message_id)) = (kind, message_id) else {
+        return;
+    };
+    let ev = Event {
+        kind,
+        message_id,
+        anonymous_id,
+        user_id,
+        event,
+        name,
+        previous_id,
+        group_id,
+        timestamp,
+        original_timestamp,
+        sent_at,
+        context,
+        properties,
+        traits,
+    };
+    if let Err(old) = skew::correct(received_at_ms, &ev, out.sent_at.as_deref()) {
+        p.add(
+            old.field,
+            format!(
+                "more than {} days before the event was received",
+                MAX_PAST_MS / 86_400_000
+            ),
+        );
+        return;
+    }
+    out.events.push(ev);
+}
+
+fn take_id(
+    p: &mut Problems<'_>,
+    obj: &mut Map<String, Value>,
+    field: &str,
+    required: bool,
+) -> Option<String> {
+    let s = match obj.remove(field) {
+        None | Some(Value::Null) => {
+            if required {
+                p.add(field, "missing");
+            }
+            return None;
+        }
+        Some(Value::String(s)) => s,
+        // Some SDKs send numeric user ids; they are ids all the same.
+        Some(Value::Number(n)) if field != "messageId" => n.to_string(),
+        Some(_) => {
+            p.add(field, "must be a string");
+            return None;
+        }
+    };
+    if s.is_empty() {
+        p.add(field, "must not be empty");
+        return None;
+    }
+    if s.len() > MAX_ID_LEN {
+        p.add(field, format!("longer than {MAX_ID_LEN} bytes"));
+        return None;
+    }
+    Some(s)
+}
+
+fn take_name(p: &mut Problems<'_>, obj: &mut Map<String, Value>, field: &str) -> Option<String> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            p.add(field, "must not be empty");
+            None
+        }
+        Some(Value::String(s)) if s.len() > MAX_NAME_LEN => {
+            p.add(field, format!("longer than {MAX_NAME_LEN} bytes"));
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            p.add(field, "must be a string");
+            None
+        }
+    }
+}
+
+fn take_time(p: &mut Problems<'_>, obj: &mut Map<String, Value>, field: &str) -> Option<String> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if parse_rfc3339(&s).is_some() => Some(s),
+        Some(Value::String(_)) => {
+            p.add(field, "not an RFC 3339 date-time");
+            None
+        }
+        Some(_) => {
+            p.add(field, "must be a string holding an RFC 3339 date-time");
+            None
+        }
+    }
+}
+
+fn take_object(
+    p: &mut Problems<'_>,
+    obj: &mut Map<String, Value>,
+    field: &str,
+) -> Map<String, Value> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => {
+            let mut keys = 0usize;
+            if check_tree(p, field, &m, 1, &mut keys) {
+                m
+            } else {
+                Map::new()
+            }
+        }
+        Some(_) => {
+            p.add(field, "must be an object");
+            Map::new()
+        }
+    }
+}
+
+/// Checks depth, key count, key and string lengths. Reports the first problem in the tree and
+/// returns whether it is fine.
+fn check_tree(
+    p: &mut Problems<'_>,
+    path: &str,
+    m: &Map<String, Value>,
+    depth: usize,
+    keys: &mut usize,
+) -> bool {
+    if depth > MAX_DEPTH {
+        p.add(path, format!("nested deeper than {MAX_DEPTH} levels"));
+        return false;
+    }
+    for (k, v) in m {
+        *keys += 1;
+        if *keys > MAX_PROPERTIES {
+            let root = path.split('.').next().unwrap_or(path);
+            p.add(root, format!("more than {MAX_PROPERTIES} keys"));
+            return false;
+        }
+        if k.len() > MAX_NAME_LEN {
+            p.add(path, format!("a key is longer than {MAX_NAME_LEN} bytes"));
+            return false;
+        }
+        let child = format!("{path}.{k}");
+        if !check_value(p, &child, v, depth, keys) {
+            return false;
+        }
+    }
+    true
+}
+
+fn check_value(
+    p: &mut Problems<'_>,
+    path: &str,
+    v: &Value,
+    depth: usize,
+    keys: &mut usize,
+) -> bool {
+    match v {
+        Value::String(s) if s.len() > MAX_STRING_LEN => {
+            p.add(path, format!("string longer than {MAX_STRING_LEN} bytes"));
+            false
+        }
+        Value::Object(m) => check_tree(p, path, m, depth + 1, keys),
+        Value::Array(a) => {
+            if depth + 1 > MAX_DEPTH {
+                p.add(path, format!("nested deeper than {MAX_DEPTH} levels"));
+                return false;
+            }
+            a.iter()
+                .enumerate()
+                .all(|(i, x)| check_value(p, &format!("{path}[{i}]"), x, depth + 1, keys))
+        }
+        _ => true,
+    }
+}
+
+/// Reserved `$` events: only the known names, with their typed properties.
+fn check_reserved(p: &mut Problems<'_>, name: &str, props: &Map<String, Value>) {
+    match name {
+        names::CLICK => {
+            match props.get("kind") {
+                Some(Value::String(k)) if CLICK_KINDS.contains(&k.as_str()) => {}
+                None => p.add("properties.kind", "missing"),
+                Some(_) => p.add("properties.kind", "must be one of link, button, element"),
+            }
+            for f in ["text", "href", "id", "name"] {
+                if !matches!(props.get(f), None | Some(Value::Null | Value::String(_))) {
+                    p.add(format!("properties.{f}"), "must be a string");
+                }
+            }
+            if !matches!(props.get("outbound"), None | Some(Value::Bool(_))) {
+                p.add("properties.outbound", "must be true or false");
+            }
+        }
+        names::ENGAGEMENT => {
+            match props.get("engaged_ms").map(Value::as_u64) {
+                Some(Some(ms)) if ms <= MAX_ENGAGED_MS => {}
+                None => p.add("properties.engaged_ms", "missing"),
+                Some(_) => p.add(
+                    "properties.engaged_ms",
+                    format!("must be a whole number of milliseconds from 0 to {MAX_ENGAGED_MS}"),
+                ),
+            }
+            match props.get("scroll_depth").map(Value::as_u64) {
+                None | Some(Some(0..=100)) => {}
+                Some(_) => p.add(
+                    "properties.scroll_depth",
+                    "must be a whole percentage from 0 to 100",
+                ),
+            }
+            if !matches!(
+                props.get("product_id"),
+                None | Some(Value::Null | Value::String(_))
+            ) {
+                p.add("properties.product_id", "must be a string");
+            }
+        }
+        _ => p.add(
+            "event",
+            format!(
+                "names starting with \"{}\" are reserved; known: {}",
+                names::RESERVED_PREFIX,
+                names::RESERVED.join(", ")
+            ),
+        ),
+    }
+}

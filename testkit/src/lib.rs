@@ -1,0 +1,418 @@
+//! A private, real ClickHouse server for tests (and for `cargo xtask demo`).
+//!
+//! [`ClickHouse::start`] launches `clickhouse-server` with a configuration written into its own
+//! directory, listening on free loopback ports only, and waits until `GET /ping` answers.
+//! [`ClickHouse::fresh_database`] hands each test its own database. Dropping the value stops the
+//! server; if the test process dies first, the server goes too (it runs under a small shell
+//! wrapper that kills it when our end of its stdin pipe closes), so no test leaves one behind.
+//!
+//! There is no fake: a missing binary is an error that says how to install it, never a skip.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How to get the server on Debian or Ubuntu; printed whenever it cannot be found.
+pub const INSTALL_HINT: &str = "clickhouse-server was not found on PATH. Install it with \
+`sudo apt-get update && sudo apt-get install -y clickhouse-server clickhouse-client` \
+(or run `cargo xtask test`, which installs it), or set WAYMARK_CLICKHOUSE_SERVER to its path.";
+
+/// How long a start may take before we give up and show the server's error log.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors from starting or talking to the private server.
+#[derive(Debug)]
+pub enum Error {
+    /// The binary is missing; the message says how to install it.
+    NotInstalled,
+    /// Anything else, with a description that includes the server's own words where we have them.
+    Other(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::NotInstalled => f.write_str(INSTALL_HINT),
+            Error::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Where the server keeps its files: a temporary directory removed on drop, or a kept one.
+enum Home {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Home {
+    fn path(&self) -> &Path {
+        match self {
+            Home::Temp(t) => t.path(),
+            Home::Kept(p) => p,
+        }
+    }
+}
+
+/// A running private ClickHouse server.
+pub struct ClickHouse {
+    home: Home,
+    http_port: u16,
+    tcp_port: u16,
+    process: Option<(Child, ChildStdin)>,
+    databases: AtomicU32,
+}
+
+/// Finds the server binary: `WAYMARK_CLICKHOUSE_SERVER`, else `clickhouse-server` on PATH, else
+/// the single `clickhouse` binary (newer packages) run as `clickhouse server`.
+fn server_command() -> Result<Vec<String>, Error> {
+    if let Ok(p) = std::env::var("WAYMARK_CLICKHOUSE_SERVER") {
+        return Ok(vec![p]);
+    }
+    for dir in std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        let full = dir.join("clickhouse-server");
+        if full.is_file() {
+            return Ok(vec![full.display().to_string()]);
+        }
+        let single = dir.join("clickhouse");
+        if single.is_file() {
+            return Ok(vec![single.display().to_string(), "server".into()]);
+        }
+    }
+    Err(Error::NotInstalled)
+}
+
+/// A port nobody is listening on right now. The kernel picks it; we release it for the server.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 to find a free port")
+}
+
+impl ClickHouse {
+    /// Starts a server in a new temporary directory (removed when this value drops).
+    pub fn start() -> Result<Self, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix("waymark-clickhouse-")
+            .tempdir()
+            .map_err(|e| Error::Other(format!("creating a temporary directory: {e}")))?;
+        Self::start_in(Home::Temp(dir), free_port(), free_port())
+    }
+
+    /// Starts a server whose data lives in `dir` and survives it (used by `cargo xtask demo`).
+    pub fn start_kept(dir: &Path, http_port: u16, tcp_port: u16) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Other(format!("creating {}: {e}", dir.display())))?;
+        Self::start_in(Home::Kept(dir.to_path_buf()), http_port, tcp_port)
+    }
+
+    fn start_in(home: Home, http_port: u16, tcp_port: u16) -> Result<Self, Error> {
+        let mut ch = ClickHouse {
+            home,
+            http_port,
+            tcp_port,
+            process: None,
+            databases: AtomicU32::new(0),
+        };
+        ch.launch()?;
+        Ok(ch)
+    }
+
+    fn launch(&mut self) -> Result<(), Error> {
+        let cmd = server_command()?;
+        let home = self.home.path().to_path_buf();
+        for sub in ["data", "tmp", "log", "user_files", "format_schemas"] {
+            std::fs::create_dir_all(home.join(sub))
+                .map_err(|e| Error::Other(format!("creating {}: {e}", home.join(sub).display())))?;
+        }
+        write_config(&home, self.http_port, self.tcp_port)?;
+        // The wrapper kills the server as soon as its stdin closes: on drop, or when this
+        // process dies for any reason. `exec` is not used so that the shell stays to do it.
+        let script = r#"
+"$@" &
+pid=$!
+cat >/dev/null
+kill -TERM "$pid" 2>/dev/null
+for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.1; done
+kill -KILL "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+exit 0
+"#;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(script)
+            .arg("clickhouse-wrapper")
+            .args(&cmd)
+            .arg(format!(
+                "--config-file={}",
+                home.join("config.xml").display()
+            ))
+            .current_dir(&home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(home.join("log/stderr.log"))
+                    .map_err(|e| Error::Other(format!("creating the stderr log: {e}")))?,
+            ));
+        let mut child = command
+            .spawn()
+            .map_err(|e| Error::Other(format!("spawning {}: {e}", cmd.join(" "))))?;
+        let stdin = child.stdin.take().expect("stdin was piped");
+        self.process = Some((child, stdin));
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<(), Error> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let url = format!("{}/ping", self.http_url());
+        loop {
+            if let Ok(mut r) = ureq::get(&url).call() {
+                if r.body_mut().read_to_string().unwrap_or_default().trim() == "Ok." {
+                    return Ok(());
+                }
+            }
+            if let Some((child, _)) = self.process.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.process = None;
+                    return Err(Error::Other(format!(
+                        "clickhouse-server exited ({status}) before answering /ping; its log:\n{}",
+                        self.log_tail()
+                    )));
+                }
+            }
+            if Instant::now() > deadline {
+                let tail = self.log_tail();
+                self.kill();
+                return Err(Error::Other(format!(
+                    "clickhouse-server did not answer {url} within {START_TIMEOUT:?}; its log:\n{tail}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of the server's error log and stderr, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for f in ["log/err.log", "log/stderr.log"] {
+            if let Ok(s) = std::fs::read_to_string(self.home.path().join(f)) {
+                let lines: Vec<&str> = s.lines().collect();
+                let start = lines.len().saturating_sub(20);
+                let _ = writeln!(out, "--- {f}");
+                for l in &lines[start..] {
+                    let _ = writeln!(out, "{l}");
+                }
+            }
+        }
+        out
+    }
+
+    /// `http://127.0.0.1:PORT`, for the `clickhouse` crate and for plain HTTP queries.
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The HTTP port.
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// The native-protocol port, for `clickhouse-client --port`.
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp_port
+    }
+
+    /// The directory holding the server's data, logs and configuration.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Whether the server process is running (false between [`Self::stop`] and [`Self::resume`]).
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// Creates a database with a name unique to this server and returns the name.
+    pub fn fresh_database(&self) -> Result<String, Error> {
+        let n = self.databases.fetch_add(1, Ordering::SeqCst);
+        let name = format!("waymark_test_{}_{n}", std::process::id());
+        self.query(&format!("CREATE DATABASE {name}"))?;
+        Ok(name)
+    }
+
+    /// Runs one SQL statement over HTTP and returns the response body.
+    pub fn query(&self, sql: &str) -> Result<String, Error> {
+        match ureq::post(format!("{}/", self.http_url())).send(sql) {
+            Ok(mut r) => r
+                .body_mut()
+                .read_to_string()
+                .map_err(|e| Error::Other(format!("reading the answer to {sql:?}: {e}"))),
+            Err(ureq::Error::StatusCode(code)) => Err(Error::Other(format!(
+                "ClickHouse answered {code} to {sql:?} (see {})",
+                self.home.path().join("log/err.log").display()
+            ))),
+            Err(e) => Err(Error::Other(format!("sending {sql:?}: {e}"))),
+        }
+    }
+
+    /// Stops the server but keeps its data and ports, to simulate an outage.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
+    /// Starts the server again on the same ports and data after [`Self::stop`].
+    pub fn resume(&mut self) -> Result<(), Error> {
+        if self.process.is_none() {
+            self.launch()?;
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some((mut child, stdin)) = self.process.take() {
+            drop(stdin); // the wrapper sees EOF and stops the server
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn write_config(home: &Path, http_port: u16, tcp_port: u16) -> Result<(), Error> {
+    let h = home.display();
+    // Works on 18.16 (the Debian package) and on current releases, which still read <yandex>.
+    let config = format!(
+        r#"<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>warning</level>
+        <log>{h}/log/clickhouse-server.log</log>
+        <errorlog>{h}/log/err.log</errorlog>
+        <size>10M</size>
+        <count>2</count>
+    </logger>
+    <listen_host>127.0.0.1</listen_host>
+    <http_port>{http_port}</http_port>
+    <tcp_port>{tcp_port}</tcp_port>
+    <max_connections>256</max_connections>
+    <keep_alive_timeout>10</keep_alive_timeout>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+    <mark_cache_size>268435456</mark_cache_size>
+    <path>{h}/data/</path>
+    <tmp_path>{h}/tmp/</tmp_path>
+    <user_files_path>{h}/user_files/</user_files_path>
+    <format_schema_path>{h}/format_schemas/</format_schema_path>
+    <users_config>users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mlock_executable>false</mlock_executable>
+    <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
+    <max_session_timeout>3600</max_session_timeout>
+    <default_session_timeout>60</default_session_timeout>
+</yandex>
+"#
+    );
+    let users = r#"<?xml version="1.0"?>
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <load_balancing>random</load_balancing>
+        </default>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+"#;
+    let mut f = std::fs::File::create(home.join("config.xml"))
+        .map_err(|e| Error::Other(format!("writing config.xml: {e}")))?;
+    f.write_all(config.as_bytes())
+        .map_err(|e| Error::Other(format!("writing config.xml: {e}")))?;
+    std::fs::write(home.join("users.xml"), users)
+        .map_err(|e| Error::Other(format!("writing users.xml: {e}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_answers_and_stops_a_real_server() {
+        let mut ch = ClickHouse::start().unwrap_or_else(|e| panic!("{e}"));
+        let version = ch.query("SELECT version()").unwrap();
+        assert!(!version.trim().is_empty());
+        let db = ch.fresh_database().unwrap();
+        ch.query(&format!(
+            "CREATE TABLE {db}.t (x UInt32) ENGINE = MergeTree ORDER BY x"
+        ))
+        .unwrap();
+        ch.query(&format!("INSERT INTO {db}.t VALUES (1), (2), (3)"))
+            .unwrap();
+        assert_eq!(
+            ch.query(&format!("SELECT sum(x) FROM {db}.t"))
+                .unwrap()
+                .trim(),
+            "6"
+        );
+        let other = ch.fresh_database().unwrap();
+        assert_ne!(db, other, "each call gives a new database");
+
+        // Outage and recovery on the same ports with the same data.
+        let url = format!("{}/ping", ch.http_url());
+        ch.stop();
+        assert!(
+            ureq::get(&url).call().is_err(),
+            "server still answers after stop"
+        );
+        ch.resume().unwrap();
+        assert_eq!(
+            ch.query(&format!("SELECT count() FROM {db}.t"))
+                .unwrap()
+                .trim(),
+            "3"
+        );
+
+        let home = ch.home().to_path_buf();
+        drop(ch);
+        assert!(
+            ureq::get(&url).call().is_err(),
+            "server still answers after drop"
+        );
+        assert!(!home.exists(), "temporary directory was not removed");
+    }
+}

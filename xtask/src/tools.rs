@@ -1,0 +1,221 @@
+//! Installs what the checks need, idempotently and with pinned versions.
+//!
+//! Compiled tools go under `$WAYMARK_CACHE` (default `$HOME/.cache/waymark`), outside the
+//! repository, in a folder named after tool and version, so a second run finds them and a
+//! version bump installs beside the old one. Debian packages are installed with apt-get when
+//! their binary is missing; npm packages with `npm ci` when `node_modules` is older than the
+//! lockfile.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::stage::run;
+
+/// Must equal the `wasm-bindgen = "=..."` pin in the root Cargo.toml.
+pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
+/// Must equal the `worker = "=..."` pin in the root Cargo.toml.
+pub const WORKER_BUILD_VERSION: &str = "0.8.7";
+
+/// Debian packages and the binary each one provides.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("clickhouse-server", "clickhouse-server"),
+    ("clickhouse-client", "clickhouse-client"),
+    ("chromium", "chromium"),
+    ("chromium-driver", "chromedriver"),
+];
+
+/// Directories with a package-lock.json that `npm ci` installs.
+pub const NPM_DIRS: &[&str] = &["xtask/npm", "js", "edge-worker"];
+
+/// Paths to every tool the checks use.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub cache: PathBuf,
+    pub wasm_bindgen: PathBuf,
+    pub worker_build: PathBuf,
+    /// `wasm-opt` from npm `binaryen` (Debian's is too old for worker-build output).
+    pub wasm_opt: PathBuf,
+    /// `esbuild` from npm, which worker-build calls.
+    pub esbuild: PathBuf,
+    pub chromium: PathBuf,
+    pub chromedriver: PathBuf,
+    pub node: PathBuf,
+}
+
+pub fn repo_root() -> Result<PathBuf> {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(here
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
+}
+
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("WAYMARK_CACHE") {
+        return Ok(PathBuf::from(p));
+    }
+    let home = std::env::var("HOME").context("HOME is not set; set WAYMARK_CACHE instead")?;
+    Ok(PathBuf::from(home).join(".cache/waymark"))
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn step(what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let t = Instant::now();
+    println!("    installing {what} ...");
+    f().with_context(|| format!("installing {what}"))?;
+    println!("    installed {what} in {:.0}s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Installs everything missing and returns where each tool is.
+pub fn ensure_all(root: &Path) -> Result<Tools> {
+    let cache = cache_dir()?;
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+
+    ensure_apt()?;
+    ensure_wasm_target()?;
+    let wasm_bindgen = ensure_cargo_tool(
+        &cache,
+        "wasm-bindgen-cli",
+        WASM_BINDGEN_VERSION,
+        "wasm-bindgen",
+        false,
+    )?;
+    let worker_build = ensure_cargo_tool(
+        &cache,
+        "worker-build",
+        WORKER_BUILD_VERSION,
+        "worker-build",
+        true,
+    )?;
+    let node = which("node").context("node is not installed: `apt-get install -y nodejs npm`")?;
+    for dir in NPM_DIRS {
+        ensure_npm(&root.join(dir))?;
+    }
+    let bin = root.join("xtask/npm/node_modules/.bin");
+    let tools = Tools {
+        cache,
+        wasm_bindgen,
+        worker_build,
+        wasm_opt: bin.join("wasm-opt"),
+        esbuild: bin.join("esbuild"),
+        chromium: which("chromium").context("chromium missing after install")?,
+        chromedriver: which("chromedriver").context("chromedriver missing after install")?,
+        node,
+    };
+    for p in [&tools.wasm_opt, &tools.esbuild] {
+        if !p.exists() {
+            bail!("{} is missing after `npm ci` in xtask/npm", p.display());
+        }
+    }
+    Ok(tools)
+}
+
+fn ensure_apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(_, bin)| which(bin).is_none())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!("Debian packages {}", missing.join(" ")), || {
+        let sudo = if is_root() { None } else { which("sudo") };
+        let apt = |args: &[&str]| {
+            let mut c = match &sudo {
+                Some(s) => {
+                    let mut c = Command::new(s);
+                    c.arg("apt-get");
+                    c
+                }
+                None => Command::new("apt-get"),
+            };
+            c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+            c
+        };
+        run(&mut apt(&["update", "-q"]))?;
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend(&missing);
+        run(&mut apt(&args))
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn ensure_wasm_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to add the wasm32 target")?;
+    if String::from_utf8_lossy(&out.stdout).contains("wasm32-unknown-unknown") {
+        return Ok(());
+    }
+    step("rust target wasm32-unknown-unknown", || {
+        run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))
+    })
+}
+
+/// `cargo install <krate> --version <v> --root <cache>/tools/<krate>-<v>` unless already there.
+fn ensure_cargo_tool(
+    cache: &Path,
+    krate: &str,
+    version: &str,
+    bin: &str,
+    locked: bool,
+) -> Result<PathBuf> {
+    let root = cache.join("tools").join(format!("{krate}-{version}"));
+    let path = root.join("bin").join(bin);
+    if path.is_file() {
+        return Ok(path);
+    }
+    step(
+        &format!("{krate} {version} (compiles from crates.io; a few minutes, once)"),
+        || {
+            let mut c = crate::stage::cargo();
+            c.args(["install", krate, "--version", version, "--root"])
+                .arg(&root);
+            if locked {
+                c.arg("--locked");
+            }
+            run(&mut c)
+        },
+    )?;
+    Ok(path)
+}
+
+/// `npm ci` when `node_modules` is missing or older than `package-lock.json`.
+fn ensure_npm(dir: &Path) -> Result<()> {
+    let lock = dir.join("package-lock.json");
+    if !lock.exists() {
+        return Ok(()); // that package has not been added yet
+    }
+    let stamp = dir.join("node_modules/.package-lock.json");
+    let fresh = match (std::fs::metadata(&lock), std::fs::metadata(&stamp)) {
+        (Ok(l), Ok(s)) => s.modified()? >= l.modified()?,
+        _ => false,
+    };
+    if fresh {
+        return Ok(());
+    }
+    step(&format!("npm packages in {}", dir.display()), || {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir))
+    })
+}
