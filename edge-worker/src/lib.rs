@@ -1,1 +1,26 @@
-//! The Waymark edge worker (being built: see the edge worker issue).
+//! The Waymark edge worker: runs on the site's own domain (Cloudflare Workers), so the tag is
+//! first-party.
+//!
+//! A tag request's life here:
+//!
+//! 1. [`http::route`] picks the route under the configured prefix (the tag's files, or the batch
+//!    intake with CORS and preflight).
+//! 2. [`process::process`] validates the batch with the protocol crate, reads geo and bot facts
+//!    from `request.cf` ([`cf`]), truncates or drops the IP, applies `Sec-GPC`, flags bots
+//!    ([`bot`]) and stamps the receive time, giving one `EdgeEnvelope`.
+//! 3. With a Queue bound (`WAYMARK_QUEUE`) the envelope is enqueued and the tag is answered at
+//!    once; the queue consumer POSTs every delivered batch to the ingest server as one signed
+//!    request ([`forward`]) and asks Queues to redeliver when that fails. Without a queue the
+//!    fetch handler forwards directly and answers 503 when it cannot, so the tag retries.
+//!
+//! Everything but the thin glue in `glue.rs` is pure and tested on the host.
+
+pub mod assets;
+pub mod bot;
+pub mod cf;
+pub mod config;
+pub mod forward;
+pub mod http;
+pub mod process;
+
+mod glue;

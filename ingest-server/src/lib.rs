@@ -1,1 +1,157 @@
-//! The Waymark ingest server (being built: see the ingest server issue).
+//! The Waymark ingest server: durable, Segment-compatible intake into ClickHouse.
+//!
+//! # The life of an event
+//!
+//! 1. **Tag.** The browser tag (`collector-wasm/`, loaded by `js/`) builds Segment-shaped events
+//!    (`page`, `track`, `identify`...) with a `messageId`, the client's `originalTimestamp` and
+//!    `sentAt`, and `context` (page, campaign, session id, user agent), and sends them in batches.
+//! 2. **Edge.** The Cloudflare worker (`edge-worker/`) validates the batch with the shared
+//!    `waymark-protocol` crate, adds what only it sees (geo, truncated IP, bot verdict, GPC) as an
+//!    `EdgeEnvelope`, and forwards envelopes to `POST /v1/edge`, HMAC-signed with a timestamp.
+//!    Server-side senders and Segment SDKs skip the edge and call `POST /v1/batch` (or
+//!    `/v1/track`...) directly with a write key.
+//! 3. **Intake** ([`http`]). The handler checks the body size (gzip capped on the decompressed
+//!    size), the write key (or the signature and replay window), and the origin; validates every
+//!    event with the protocol crate (bad events are listed as rejections, good ones go on);
+//!    enriches each into an [`store::row::EventRow`] ([`enrich`]: clock skew, user agent, bot
+//!    flag, UTM, session, geo; the raw IP never kept); drops duplicates seen recently
+//!    ([`dedup`]); and appends the rows as one record to the [`spool`].
+//! 4. **Acknowledgement.** The spool's group commit writes and fsyncs the record together with
+//!    every other request waiting at that moment; only then does the handler answer 200 with
+//!    `{"accepted": N, "rejected": [...]}`. A full spool answers 503 with `Retry-After`.
+//! 5. **ClickHouse** ([`store`]). The writer task reads the spool from its checkpoint, inserts
+//!    large batches (by rows, bytes or age) over HTTP in RowBinary into `events` (and the links
+//!    it carries into `identities`), and moves the checkpoint only once ClickHouse confirmed the
+//!    insert; whole spool segments behind it are deleted. Retryable failures are retried with
+//!    backoff; rows ClickHouse refuses as bad data are bisected out into `quarantine`.
+//!    On restart, whatever the checkpoint had not passed is replayed; duplicates from that, or
+//!    from client retries, collapse in the ReplacingMergeTree (see [`store::schema`]).
+//! 6. **Query.** The query API reads `events` and `identities` for profiles and audiences.
+
+pub mod config;
+pub mod dedup;
+pub mod enrich;
+pub mod http;
+pub mod metrics;
+pub mod query;
+pub mod spool;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::Config;
+pub use http::{app, AppState};
+
+use spool::{Spool, SpoolError};
+use store::writer::{Writer, WriterSettings};
+use store::ClickHouseSink;
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("opening the spool at {dir}: {source}")]
+    Spool { dir: String, source: SpoolError },
+    #[error("serving HTTP: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How long shutdown waits for the writer to flush the spool to ClickHouse. What is not flushed
+/// by then stays in the spool and is replayed at the next start.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The size at which a spool segment is sealed: small enough that consumed data is freed
+/// promptly, large enough to keep file counts low.
+fn segment_bytes(max: u64) -> u64 {
+    (max / 16).clamp(256 << 10, 64 << 20)
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then stops accepting, lets requests
+/// in flight finish, flushes the spool to ClickHouse (bounded), and returns.
+pub async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let dir = config.spool.dir.clone();
+    let max = config.spool.max_bytes.0;
+    let (spool, recovery) =
+        tokio::task::spawn_blocking(move || Spool::open(&dir, max, segment_bytes(max)))
+            .await
+            .map_err(|e| ServeError::Io(std::io::Error::other(e)))?
+            .map_err(|source| ServeError::Spool {
+                dir: config.spool.dir.display().to_string(),
+                source,
+            })?;
+    tracing::info!(
+        dir = %config.spool.dir.display(),
+        segments = recovery.segments,
+        replay_bytes = recovery.pending_bytes,
+        torn_bytes = recovery.torn_bytes,
+        "spool opened"
+    );
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    let sink = Arc::new(ClickHouseSink::new(&config.clickhouse));
+    // Apply migrations now if ClickHouse is there; the writer retries before inserting if not.
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        store::migrate(
+            &store::client(&config.clickhouse),
+            &config.clickhouse.database,
+        ),
+    )
+    .await
+    {
+        Ok(Ok(applied)) => {
+            metrics
+                .clickhouse_up
+                .store(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(database = %config.clickhouse.database, ?applied, "ClickHouse schema ready")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "ClickHouse not ready at start; accepting into the spool and retrying")
+        }
+        Err(_) => tracing::warn!(
+            "ClickHouse did not answer at start; accepting into the spool and retrying"
+        ),
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = Writer::new(
+        spool.clone(),
+        sink,
+        metrics.clone(),
+        WriterSettings::from(&config.writer),
+        stop_rx,
+    );
+    let writer = tokio::spawn(writer.run());
+
+    let state = AppState::new(config, spool.clone(), metrics);
+    let router = app(state);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving");
+    }
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+
+    tracing::info!(
+        pending_bytes = spool.pending_bytes(),
+        "stopped accepting; flushing the spool to ClickHouse"
+    );
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(FLUSH_TIMEOUT, writer).await {
+        Ok(_) => tracing::info!(left_in_spool = spool.pending_bytes(), "writer stopped"),
+        Err(_) => tracing::warn!(
+            left_in_spool = spool.pending_bytes(),
+            "flush timed out; the rest is replayed at the next start"
+        ),
+    }
+    Ok(())
+}

@@ -1,9 +1,11 @@
 //! Properties of Waymark's automatic events ([`crate::names`]). The intake checks them; these
 //! types document them and let Rust code build or read them.
 
+#[cfg(feature = "std")]
 use serde::{Deserialize, Serialize};
 
 /// `properties` of a [`crate::names::CLICK`] event. No form field values are ever collected.
+#[cfg(feature = "std")]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClickProps {
     /// `"link"`, `"button"` or `"element"` (an element marked `data-waymark-event`).
@@ -29,6 +31,7 @@ pub struct ClickProps {
 pub const CLICK_KINDS: &[&str] = &["link", "button", "element"];
 
 /// `properties` of a [`crate::names::ENGAGEMENT`] event.
+#[cfg(feature = "std")]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngagementProps {
     /// Milliseconds the page was visible and focused with the visitor active in the last 30 s.

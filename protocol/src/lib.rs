@@ -10,20 +10,28 @@
 //! - [`names`] and [`auto`]: the reserved `$`-prefixed events the tag sends and their properties.
 //! - [`edge`]: what the edge worker adds (geo, client) and how it signs what it forwards.
 //!
-//! No I/O here; everything builds for `wasm32-unknown-unknown` as well as natively. The feature
-//! `validate` (on by default) brings parsing, validation and signing; without it only the types,
-//! names and limits remain, which is what the size-constrained tag uses.
+//! No I/O here; everything builds for `wasm32-unknown-unknown` as well as natively. Features:
+//! `validate` (default) brings parsing, validation and signing; `std` the types, time and
+//! clock-skew functions; with neither the crate is `no_std` and holds only [`limits`], [`names`]
+//! and the constants of [`auto`], which is what the size-constrained tag uses.
+
+#![cfg_attr(not(feature = "std"), no_std)]
 
 pub mod auto;
+#[cfg(feature = "std")]
 pub mod edge;
+#[cfg(feature = "std")]
 pub mod event;
 pub mod limits;
 pub mod names;
+#[cfg(feature = "std")]
 pub mod skew;
+#[cfg(feature = "std")]
 pub mod time;
 #[cfg(feature = "validate")]
 pub mod validate;
 
+#[cfg(feature = "std")]
 pub use event::{Batch, Event, EventType};
 #[cfg(feature = "validate")]
 pub use validate::{parse_batch, parse_single, BatchError, Rejection, Validated};

@@ -1,34 +1,212 @@
 //! `cargo xtask demo`: runs Waymark locally, everything on 127.0.0.1.
 //!
-//! Today it starts ClickHouse with its data under `.waymark/clickhouse` (kept between runs).
-//! The ingest server, the edge worker in workerd and the demo shop join it as they land.
+//! Starts, in order: ClickHouse (data under `.waymark/clickhouse`, kept between runs), the
+//! ingest server (spool under `.waymark/spool`), and the demo shop, whose `/wm/...` requests
+//! go to the real edge worker running in workerd (Miniflare), which forwards signed batches to
+//! the ingest server through a queue. Prints the URLs, a read key and curl commands; Ctrl-C
+//! stops everything. `--traffic N` also sends N synthetic visitors through the shop.
 
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use waymark_testkit::ClickHouse;
 
-/// Fixed ports so the printed URLs stay the same from run to run.
-pub const CLICKHOUSE_HTTP_PORT: u16 = 18123;
-pub const CLICKHOUSE_TCP_PORT: u16 = 19000;
+use crate::stage::cargo;
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    if let Some(a) = args.first() {
-        bail!("`cargo xtask demo` takes no arguments yet (got {a:?})");
-    }
-    for port in [CLICKHOUSE_HTTP_PORT, CLICKHOUSE_TCP_PORT] {
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            bail!("port {port} on 127.0.0.1 is in use: is another `cargo xtask demo` running?");
+/// Fixed ports so the printed URLs stay the same from run to run. Each can be overridden with
+/// the environment variable named beside it.
+const PORTS: [(&str, u16); 4] = [
+    ("WAYMARK_DEMO_CLICKHOUSE_HTTP_PORT", 18123),
+    ("WAYMARK_DEMO_CLICKHOUSE_TCP_PORT", 19000),
+    ("WAYMARK_DEMO_INGEST_PORT", 18080),
+    ("WAYMARK_DEMO_SHOP_PORT", 18000),
+];
+
+/// The demo site's id and write key.
+pub const SITE: &str = "demo";
+pub const WRITE_KEY: &str = "wk_demo";
+
+struct Options {
+    traffic: usize,
+}
+
+fn parse_args(args: &[String]) -> Result<Options> {
+    let mut o = Options { traffic: 0 };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--traffic" => {
+                let n = it.next().context("--traffic needs a number of visitors")?;
+                o.traffic = n
+                    .parse()
+                    .with_context(|| format!("--traffic {n:?}: not a number of visitors"))?;
+            }
+            other => bail!("`cargo xtask demo` does not know {other:?}; it takes [--traffic N]"),
         }
     }
-    let data = root.join(".waymark/clickhouse");
-    println!("starting ClickHouse (data in {}) ...", data.display());
-    let ch = ClickHouse::start_kept(&data, CLICKHOUSE_HTTP_PORT, CLICKHOUSE_TCP_PORT)
+    Ok(o)
+}
+
+fn port(var: &str, default: u16) -> Result<u16> {
+    match std::env::var(var) {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{var}={v:?} is not a port number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL after a grace period) when dropped.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                println!("  stopped {}", self.name);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        println!("  killed {} (it did not stop within 15 s)", self.name);
+    }
+}
+
+/// Starts `cmd`, echoes its output with a prefix, and waits for a line containing `ready`.
+fn spawn_until(name: &'static str, mut cmd: Command, ready: &str, log: &Path) -> Result<Proc> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::from(log_file));
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {name}: {cmd:?}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    let marker = ready.to_string();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent && line.contains(&marker) {
+                let _ = tx.send(line.clone());
+                sent = true;
+            }
+        }
+    });
+    let proc = Proc { name, child };
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(_) => Ok(proc),
+        Err(_) => {
+            let mut tail = String::new();
+            let _ = std::fs::File::open(log).and_then(|mut f| f.read_to_string(&mut tail));
+            let tail: Vec<&str> = tail.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "{name} did not become ready (no line with {ready:?}); its log {}:\n{}",
+                log.display(),
+                tail.join("\n")
+            )
+        }
+    }
+}
+
+/// A random hex token from the kernel, persisted in `file` so it survives restarts.
+fn persistent_token(file: &Path, prefix: &str) -> Result<String> {
+    if let Ok(s) = std::fs::read_to_string(file) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    let token = format!(
+        "{prefix}{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    std::fs::write(file, &token).with_context(|| format!("writing {}", file.display()))?;
+    Ok(token)
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let opts = parse_args(args)?;
+    let mut ports = Vec::new();
+    for (var, default) in PORTS {
+        let p = port(var, default)?;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
+            bail!(
+                "port {p} on 127.0.0.1 is in use (is another `cargo xtask demo` running?); \
+                 stop it or choose another port with {var}"
+            );
+        }
+        ports.push(p);
+    }
+    let [ch_http, ch_tcp, ingest_port, shop_port] = [ports[0], ports[1], ports[2], ports[3]];
+
+    println!("==> installing what is missing (first run only)");
+    let tools = crate::tools::ensure_all(root)?;
+    println!("==> building the tag, the edge worker and the ingest server");
+    crate::tag::build(root, &tools)?;
+    crate::edge::build(root, &tools)?;
+    crate::stage::run(cargo().args(["build", "-p", "waymark-ingest", "--bin", "ingest-server"]))?;
+
+    let state = root.join(".waymark");
+    std::fs::create_dir_all(&state)?;
+    let secret = persistent_token(&state.join("edge-secret"), "")?;
+    let read_key = persistent_token(&state.join("read-key"), "rk_")?;
+
+    println!(
+        "==> starting ClickHouse (data in {})",
+        state.join("clickhouse").display()
+    );
+    let ch = ClickHouse::start_kept(&state.join("clickhouse"), ch_http, ch_tcp)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let version = ch
-        .query("SELECT version()")
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    println!("==> starting the ingest server");
+    let config = state.join("ingest.toml");
+    std::fs::write(
+        &config,
+        ingest_config(ingest_port, ch_http, &state, &secret, &read_key, shop_port),
+    )?;
+    let mut cmd = Command::new(crate::tools::target_dir(root).join("debug/ingest-server"));
+    cmd.arg("--config").arg(&config).current_dir(root);
+    let ingest = spawn_until(
+        "ingest server",
+        cmd,
+        "listening on",
+        &state.join("ingest.log"),
+    )?;
+
+    println!("==> starting the edge worker (workerd) and the demo shop");
+    let mut cmd = Command::new(&tools.node);
+    cmd.arg(root.join("demo/server.mjs"))
+        .args(["--port", &shop_port.to_string()])
+        .args(["--ingest", &format!("http://127.0.0.1:{ingest_port}")])
+        .args(["--secret", &secret, "--write-key", WRITE_KEY])
+        .current_dir(root);
+    let shop = spawn_until(
+        "demo shop + edge worker",
+        cmd,
+        "shop listening on",
+        &state.join("shop.log"),
+    )?;
 
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -36,20 +214,105 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     })
     .context("installing the Ctrl-C handler")?;
 
+    let shop_url = format!("http://127.0.0.1:{shop_port}");
+    let api = format!("http://127.0.0.1:{ingest_port}");
+    if opts.traffic > 0 {
+        crate::traffic::drive(&shop_url, WRITE_KEY, opts.traffic)?;
+    }
+
     println!();
-    println!("Waymark demo is running:");
-    println!("  ClickHouse {}  http://127.0.0.1:{CLICKHOUSE_HTTP_PORT}/  (native port {CLICKHOUSE_TCP_PORT})", version.trim());
-    println!("    try: curl 'http://127.0.0.1:{CLICKHOUSE_HTTP_PORT}/?query=SELECT+1'");
-    println!("    or:  clickhouse-client --port {CLICKHOUSE_TCP_PORT}");
+    println!("Waymark demo is running (everything on 127.0.0.1):");
+    println!("  shop          {shop_url}/            browse it: every page carries the tag");
+    println!("  edge worker   {shop_url}/wm/...      (workerd, first-party prefix; geo injected as Berlin, DE)");
     println!(
-        "  data:  {} (kept between runs; delete it to start afresh)",
-        data.display()
+        "  ingest + API  {api}/               (config {})",
+        config.display()
+    );
+    println!("  ClickHouse    http://127.0.0.1:{ch_http}/  (native port {ch_tcp}; clickhouse-client --port {ch_tcp})");
+    println!(
+        "  data          {} (kept between runs; delete it to start afresh)",
+        state.display()
+    );
+    println!(
+        "  logs          {}/ingest.log, {}/shop.log",
+        state.display(),
+        state.display()
+    );
+    println!();
+    println!("  read key      {read_key}");
+    println!();
+    println!("Try (after clicking around the shop, or with --traffic N):");
+    println!(
+        "  # who is in the cart-abandonment audience (added to cart, no order, in the last 24 h)"
+    );
+    println!(
+        "  curl -s -H 'Authorization: Bearer {read_key}' -H 'Content-Type: application/json' \\\n    '{api}/v1/audiences/query?site={SITE}' \\\n    -d '{}'",
+        CART_ABANDONED
+    );
+    println!("  # one of them: their recent products, cart, orders, geo");
+    println!(
+        "  curl -s -H 'Authorization: Bearer {read_key}' '{api}/v1/profiles/<id from above>?site={SITE}'"
     );
     println!();
     println!("Press Ctrl-C to stop everything.");
     let _ = rx.recv();
-    println!("\nstopping ClickHouse ...");
+    println!("\nstopping ...");
+    drop(shop);
+    drop(ingest); // SIGTERM: stops accepting, flushes its spool to ClickHouse, exits
     drop(ch);
-    println!("stopped.");
+    println!("  stopped ClickHouse");
     Ok(())
+}
+
+/// The audience query the demo prints: added to cart within 24 h, no order within 24 h.
+pub const CART_ABANDONED: &str = r#"{"conditions":[{"type":"did","event":"Product Added","within":"24h"},{"type":"did_not","event":"Order Completed","within":"24h"}]}"#;
+
+fn ingest_config(
+    port: u16,
+    ch_http: u16,
+    state: &Path,
+    secret: &str,
+    read_key: &str,
+    shop_port: u16,
+) -> String {
+    let spool = state.join("spool");
+    format!(
+        r#"# Written by `cargo xtask demo` on every start.
+listen = "127.0.0.1:{port}"
+
+[clickhouse]
+url = "http://127.0.0.1:{ch_http}"
+database = "waymark"
+
+[spool]
+dir = "{spool}"
+max_bytes = "1GiB"
+
+[writer]
+max_age = "1s"
+
+[edge]
+secret = "{secret}"
+replay_window = "5m"
+
+[[sites]]
+id = "{SITE}"
+write_keys = ["{WRITE_KEY}"]
+allowed_origins = ["http://127.0.0.1:{shop_port}"]
+ip = "truncate"
+
+[query]
+cart_abandon_after = "1h"
+
+[[query.read_keys]]
+key = "{read_key}"
+sites = ["{SITE}"]
+"#,
+        spool = spool.display()
+    )
+}
+
+/// Flushes stdout (progress lines are written without newlines).
+pub fn flush() {
+    let _ = std::io::stdout().flush();
 }

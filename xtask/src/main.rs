@@ -7,8 +7,11 @@
 
 mod bench;
 mod demo;
+mod edge;
 mod stage;
+mod tag;
 mod tools;
+mod traffic;
 
 use anyhow::{bail, Result};
 
@@ -16,10 +19,13 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  test            install missing tools (pinned, cached outside the repo), then run fmt, clippy,
+  test [STAGE..]  install missing tools (pinned, cached outside the repo), then run fmt, clippy,
                   every Rust test, the wasm builds and size budget, the browser and worker tests
-  demo            run Waymark locally (ClickHouse with data under .waymark/, ...)
+  demo [--traffic N]
+                  run Waymark locally: ClickHouse (data under .waymark/), the ingest server,
+                  the edge worker in workerd and a demo shop; N synthetic visitors on request
   bench <name>    run a benchmark and print its figures
+  tag             build the tag (size budget checked) and run its browser tests
   install         only install the tools `test` needs
   help            this text
 
@@ -35,6 +41,12 @@ fn main() -> Result<()> {
         Some("test") => stage::run_test(&root, &args[1..]),
         Some("demo") => demo::run(&root, &args[1..]),
         Some("bench") => bench::run(&root, &args[1..]),
+        Some("tag") => {
+            // Only the tag's two stages: build + size budget, then the browser tests.
+            let t = tools::ensure_all(&root)?;
+            tag::build(&root, &t)?;
+            tag::test(&root, &t)
+        }
         Some("install") => {
             let t = tools::ensure_all(&root)?;
             println!("tools ready (cache {}):", t.cache.display());

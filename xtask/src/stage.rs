@@ -27,10 +27,9 @@ pub fn cargo() -> Command {
 
 type StageFn<'a> = Box<dyn FnOnce() -> Result<()> + 'a>;
 
+/// `cargo xtask test [STAGE ...]`: every stage, or only those named (a name or its start, e.g.
+/// `cargo xtask test edge "end to end"`), after the install step.
 pub fn run_test(root: &Path, args: &[String]) -> Result<()> {
-    if let Some(a) = args.first() {
-        bail!("`cargo xtask test` takes no arguments (got {a:?})");
-    }
     let started = Instant::now();
     let mut summary: Vec<(String, Result<()>, f64)> = Vec::new();
 
@@ -48,7 +47,7 @@ pub fn run_test(root: &Path, args: &[String]) -> Result<()> {
         }
     };
 
-    if let Some(_tools) = tools.as_ref() {
+    if let Some(tools) = tools.as_ref() {
         let stages: Vec<(&str, StageFn<'_>)> = vec![
             (
                 "fmt",
@@ -69,7 +68,16 @@ pub fn run_test(root: &Path, args: &[String]) -> Result<()> {
             ),
             (
                 "rust tests",
-                Box::new(|| run(cargo().args(["test", "--workspace", "--no-fail-fast"]))),
+                // The end-to-end crate needs the built tag and worker: it runs last, below.
+                Box::new(|| {
+                    run(cargo().args([
+                        "test",
+                        "--workspace",
+                        "--exclude",
+                        "waymark-e2e",
+                        "--no-fail-fast",
+                    ]))
+                }),
             ),
             (
                 "protocol for wasm32",
@@ -83,10 +91,45 @@ pub fn run_test(root: &Path, args: &[String]) -> Result<()> {
                     ]))
                 }),
             ),
-            // The tag and edge stages are added here as those crates land
-            // (`crate::tag::build` / `test`, `crate::edge::build` / `test`).
+            (
+                "tag build and size",
+                Box::new(|| crate::tag::build(root, tools).map(|_| ())),
+            ),
+            (
+                "tag browser tests",
+                Box::new(|| crate::tag::test(root, tools)),
+            ),
+            (
+                "edge build",
+                Box::new(|| crate::edge::build(root, tools).map(|_| ())),
+            ),
+            (
+                "edge worker tests",
+                Box::new(|| crate::edge::test(root, tools)),
+            ),
+            (
+                "end to end",
+                Box::new(|| {
+                    run(cargo().args(["build", "-p", "waymark-ingest", "--bin", "ingest-server"]))?;
+                    run(cargo()
+                        .args(["test", "-p", "waymark-e2e", "--", "--test-threads=1"])
+                        .env("WAYMARK_CHROMIUM", &tools.chromium))
+                }),
+            ),
         ];
+        let names: Vec<&str> = stages.iter().map(|(n, _)| *n).collect();
+        for a in args {
+            if !names.iter().any(|n| n.starts_with(a.as_str())) {
+                bail!(
+                    "no stage called {a:?}; the stages are: {}",
+                    names.join(", ")
+                );
+            }
+        }
         for (name, f) in stages {
+            if !args.is_empty() && !args.iter().any(|a| name.starts_with(a.as_str())) {
+                continue;
+            }
             println!("\n==> {name}");
             let t = Instant::now();
             let r = f();

@@ -53,6 +53,21 @@ pub fn repo_root() -> Result<PathBuf> {
         .to_path_buf())
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` if set, else `<root>/target`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                root.join(d)
+            }
+        }
+        None => root.join("target"),
+    }
+}
+
 pub fn cache_dir() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("WAYMARK_CACHE") {
         return Ok(PathBuf::from(p));

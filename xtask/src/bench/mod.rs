@@ -4,12 +4,19 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-const BENCHES: &str = "ingest";
+mod edge;
+mod ingest;
+mod query;
+
+const BENCHES: &str = "ingest, edge, query";
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let _ = root;
     match args.first().map(String::as_str) {
         // Each benchmark lives in its own module beside this one and is added here when it lands.
+        Some("edge") => edge::run_bench(root),
+        Some("ingest") => ingest::run(root, &args[1..]),
+        Some("query") => query::run(root, &args[1..]),
         Some(other) => bail!("unknown benchmark {other:?}; available: {BENCHES}"),
         None => bail!("usage: cargo xtask bench <{BENCHES}>"),
     }

@@ -1,0 +1,146 @@
+//! A JSON writer small enough for the tag: strings, unsigned integers and booleans, written by
+//! hand so no `core::fmt` (and no float formatting) ends up in the wasm.
+
+use alloc::string::String;
+
+/// Appends `s`. Not inlined on purpose: `String::push_str` inlines its growth path at every
+/// call site, which adds up to kilobytes of wasm.
+#[inline(never)]
+pub fn put(out: &mut String, s: &str) {
+    out.push_str(s);
+}
+
+/// Appends one digit or lowercase hex digit (`0-9`, `a-f`; anything else is skipped). Through a
+/// table rather than `String::push(char)`, whose UTF-8 encoder is a few hundred bytes of wasm.
+#[inline(never)]
+pub fn put_ascii(out: &mut String, b: u8) {
+    const DIGITS_AND_HEX: &str = "0123456789abcdef";
+    let i = usize::from(b);
+    let s = match b {
+        b'0'..=b'9' => DIGITS_AND_HEX.get(i - 48..i - 47),
+        b'a'..=b'f' => DIGITS_AND_HEX.get(i - 87..i - 86),
+        _ => None,
+    };
+    out.push_str(s.unwrap_or_default());
+}
+
+/// Appends `s` as a quoted JSON string.
+pub fn string(out: &mut String, s: &str) {
+    put(out, "\"");
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        put(out, s.get(start..i).unwrap_or_default());
+        if esc.is_empty() {
+            put(out, "\\u00");
+            put_ascii(out, hex_digit(b >> 4));
+            put_ascii(out, hex_digit(b & 15));
+        } else {
+            put(out, esc);
+        }
+        start = i + 1;
+    }
+    put(out, s.get(start..).unwrap_or_default());
+    put(out, "\"");
+}
+
+/// Appends an unsigned integer in decimal.
+pub fn uint(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    for &d in buf.get(i..).unwrap_or_default() {
+        put_ascii(out, d);
+    }
+}
+
+/// Appends `,"key":` (or `"key":` for the first member, when `first` is set; then clears it).
+pub fn key(out: &mut String, first: &mut bool, k: &str) {
+    if !*first {
+        put(out, ",");
+    }
+    *first = false;
+    put(out, "\"");
+    put(out, k);
+    put(out, "\":");
+}
+
+/// Appends a string member, or nothing when `v` is empty.
+pub fn opt_str(out: &mut String, first: &mut bool, k: &str, v: &str) {
+    if !v.is_empty() {
+        key(out, first, k);
+        string(out, v);
+    }
+}
+
+pub fn hex_digit(n: u8) -> u8 {
+    if n < 10 {
+        b'0' + n
+    } else {
+        b'a' + n - 10
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> String {
+        let mut o = String::new();
+        string(&mut o, v);
+        o
+    }
+
+    #[test]
+    fn strings_are_escaped_like_json() {
+        for v in [
+            "",
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "nl\nx\r\t",
+            "\u{1}\u{1f}",
+            "é ☃ 😀",
+        ] {
+            let back: std::string::String = serde_json::from_str(&s(v)).unwrap();
+            assert_eq!(back, v);
+        }
+        assert_eq!(s("a\u{1}"), "\"a\\u0001\"");
+    }
+
+    #[test]
+    fn integers_are_decimal() {
+        for n in [0u64, 7, 10, 99, 1234567890, u64::MAX] {
+            let mut o = String::new();
+            uint(&mut o, n);
+            assert_eq!(o, n.to_string());
+        }
+    }
+
+    #[test]
+    fn members_are_comma_separated() {
+        let mut o = String::from("{");
+        let mut first = true;
+        opt_str(&mut o, &mut first, "a", "x");
+        opt_str(&mut o, &mut first, "skip", "");
+        key(&mut o, &mut first, "b");
+        uint(&mut o, 2);
+        o.push('}');
+        assert_eq!(o, r#"{"a":"x","b":2}"#);
+    }
+}

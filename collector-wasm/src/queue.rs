@@ -1,0 +1,159 @@
+//! The retry queue: events whose send failed, oldest first, capped by count and bytes.
+//!
+//! Stored (in localStorage when the tag may persist) as text: the first line is how many events
+//! the caps have dropped so far, then one event's JSON per line. Event JSON never holds a raw
+//! newline (the writer escapes them), so lines split cleanly.
+
+use alloc::string::String;
+
+use crate::json;
+use alloc::vec::Vec;
+
+/// Most events kept for retry.
+pub const MAX_EVENTS: usize = 1000;
+/// Most bytes of event JSON kept for retry (localStorage holds about 5 M characters per origin).
+pub const MAX_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Queue {
+    pub items: Vec<String>,
+    /// Events dropped by the caps and not yet reported in a batch.
+    pub dropped: u64,
+}
+
+impl Queue {
+    pub fn parse(s: &str) -> Queue {
+        let mut lines = crate::url::parts(s, b'\n');
+        let dropped = lines.next().and_then(crate::url::parse_u64).unwrap_or(0);
+        let items = lines
+            .filter(|l| l.starts_with('{'))
+            .map(String::from)
+            .collect();
+        let mut q = Queue { items, dropped };
+        q.cap();
+        q
+    }
+
+    pub fn serialize(&self) -> String {
+        let mut out = String::new();
+        crate::json::uint(&mut out, self.dropped);
+        for item in &self.items {
+            json::put(&mut out, "\n");
+            json::put(&mut out, item);
+        }
+        out
+    }
+
+    /// Puts events back at the front (they are older than what is queued), then applies the caps.
+    pub fn unshift(&mut self, events: Vec<String>) {
+        let rest = core::mem::replace(&mut self.items, events);
+        self.items.extend(rest);
+        self.cap();
+    }
+
+    /// Takes events from the front for one batch of at most `max_events` and `max_bytes`
+    /// (always at least one event, so an oversized one cannot block the queue).
+    pub fn take(&mut self, max_events: usize, max_bytes: usize) -> Vec<String> {
+        let n = fit(&self.items, max_events, max_bytes);
+        self.items.drain(..n).collect()
+    }
+
+    /// Drops the oldest events until both caps hold, counting them.
+    fn cap(&mut self) {
+        let mut bytes: usize = self.items.iter().map(String::len).sum();
+        let mut drop = 0;
+        while self.items.len() - drop > MAX_EVENTS || bytes > MAX_BYTES {
+            bytes -= self.items.get(drop).map_or(0, String::len);
+            drop += 1;
+        }
+        self.items.drain(..drop);
+        self.dropped += drop as u64;
+    }
+}
+
+/// How many leading events fit in one batch (at least one when there is one).
+pub fn fit(items: &[String], max_events: usize, max_bytes: usize) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for item in items.iter().take(max_events) {
+        bytes += item.len() + 1;
+        if n > 0 && bytes > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn ev(i: usize) -> String {
+        let mut s = String::from("{\"n\":");
+        crate::json::uint(&mut s, i as u64);
+        s.push('}');
+        s
+    }
+
+    #[test]
+    fn round_trips_through_text() {
+        let q = Queue {
+            items: vec![ev(1), ev(2)],
+            dropped: 3,
+        };
+        assert_eq!(q.serialize(), "3\n{\"n\":1}\n{\"n\":2}");
+        assert_eq!(Queue::parse(&q.serialize()), q);
+        assert_eq!(Queue::parse(""), Queue::default());
+        assert_eq!(
+            Queue::parse("garbage\nnot json\n{}"),
+            Queue {
+                items: vec!["{}".into()],
+                dropped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn count_cap_drops_oldest_and_counts() {
+        let mut q = Queue::default();
+        q.unshift((0..MAX_EVENTS).map(ev).collect());
+        q.unshift(vec![ev(9999)]);
+        // The re-queued event is the oldest, so it is the one dropped.
+        assert_eq!(q.items.len(), MAX_EVENTS);
+        assert_eq!(q.dropped, 1);
+        assert_eq!(q.items[0], ev(0));
+        q.unshift((0..10).map(ev).collect());
+        assert_eq!(q.dropped, 11);
+        assert_eq!(q.items[0], ev(0));
+        assert_eq!(q.items.len(), MAX_EVENTS);
+    }
+
+    #[test]
+    fn byte_cap_drops_oldest() {
+        let big = "x".repeat(MAX_BYTES / 4);
+        let mut q = Queue::default();
+        for i in 0..6 {
+            let mut e = ev(i);
+            e.push_str(&big);
+            q.items.push(e);
+            let items = core::mem::take(&mut q.items);
+            q.unshift(items);
+        }
+        assert!(q.items.iter().map(String::len).sum::<usize>() <= MAX_BYTES);
+        assert_eq!(q.items.len(), 3);
+        assert_eq!(q.dropped, 3);
+        assert!(q.items[0].starts_with("{\"n\":3}"));
+    }
+
+    #[test]
+    fn take_respects_batch_limits_but_always_makes_progress() {
+        let mut q = Queue::default();
+        q.unshift((0..10).map(ev).collect());
+        assert_eq!(q.take(3, 1000).len(), 3);
+        assert_eq!(q.take(100, 16), vec![ev(3), ev(4)]);
+        assert_eq!(q.take(100, 1), vec![ev(5)]);
+        assert_eq!(q.items.len(), 4);
+    }
+}

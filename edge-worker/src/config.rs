@@ -1,0 +1,277 @@
+//! The worker's settings, read from its environment variables (`[vars]` in `wrangler.toml`).
+//!
+//! Every variable has a default that works, so an empty `[vars]` is a valid configuration; a
+//! value that cannot be understood is an error naming the variable, and the worker answers 500
+//! with that message instead of guessing.
+
+use waymark_protocol::edge::IpMode;
+
+/// The variable names, as written in `wrangler.toml`.
+pub mod vars {
+    /// Path prefix every route lives under, e.g. `/wm`.
+    pub const PREFIX: &str = "WAYMARK_PREFIX";
+    /// Base URL of the ingest server; the worker POSTs to `{INGEST_URL}/v1/edge`.
+    pub const INGEST_URL: &str = "INGEST_URL";
+    /// `truncate` (IPv4 /24, IPv6 /48; the default) or `drop`.
+    pub const IP_MODE: &str = "IP_MODE";
+    /// What `Sec-GPC: 1` does: `drop-ids` (default), `drop-events` or `keep`.
+    pub const GPC_MODE: &str = "GPC_MODE";
+    /// `*` (default) or a comma-separated list of origins allowed to send batches.
+    pub const ALLOWED_ORIGINS: &str = "ALLOWED_ORIGINS";
+    /// Cloudflare bot scores below this flag the request as a bot (default 30).
+    pub const BOT_SCORE_THRESHOLD: &str = "BOT_SCORE_THRESHOLD";
+    /// The Worker secret holding the HMAC key shared with the ingest server.
+    pub const EDGE_SECRET: &str = "EDGE_SECRET";
+    /// The Queue producer binding; when absent the worker forwards directly.
+    pub const QUEUE: &str = "WAYMARK_QUEUE";
+}
+
+/// What to do when a request carries `Sec-GPC: 1` (Global Privacy Control).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpcMode {
+    /// Keep the events but remove the persistent ids (`userId`, `previousId`, and `anonymousId`,
+    /// which becomes the session-scoped `gpc-<sessionId>`); `alias` and `identify` events, which
+    /// exist to tie ids and personal traits together, are left out.
+    DropIds,
+    /// Leave every event out (the request is still answered 200).
+    DropEvents,
+    /// Only record the signal (`client.gpc`).
+    Keep,
+}
+
+/// Which origins may send batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+impl AllowedOrigins {
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            AllowedOrigins::Any => true,
+            AllowedOrigins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Normalised: empty, or `/segment[/segment...]` without a trailing slash.
+    pub prefix: String,
+    /// Without a trailing slash. Only the forwarding path needs it.
+    pub ingest_url: Option<String>,
+    pub ip_mode: IpMode,
+    pub gpc: GpcMode,
+    pub allowed_origins: AllowedOrigins,
+    pub bot_score_threshold: u8,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            prefix: "/wm".into(),
+            ingest_url: None,
+            ip_mode: IpMode::Truncate,
+            gpc: GpcMode::DropIds,
+            allowed_origins: AllowedOrigins::Any,
+            bot_score_threshold: 30,
+        }
+    }
+}
+
+/// A variable whose value the worker cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.var, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Reads the settings through `get` (the Worker's `env.var`, or a map in tests). Unset and
+    /// empty variables take their defaults.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let mut c = Config::default();
+        if let Some(p) = get(vars::PREFIX) {
+            c.prefix = normalise_prefix(&p)?;
+        }
+        if let Some(u) = get(vars::INGEST_URL) {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(err(
+                    vars::INGEST_URL,
+                    format!("must start with http:// or https://, got {u:?}"),
+                ));
+            }
+            c.ingest_url = Some(u.trim_end_matches('/').to_string());
+        }
+        if let Some(m) = get(vars::IP_MODE) {
+            c.ip_mode = match m.to_ascii_lowercase().as_str() {
+                "truncate" => IpMode::Truncate,
+                "drop" => IpMode::Drop,
+                _ => {
+                    return Err(err(
+                        vars::IP_MODE,
+                        format!("must be \"truncate\" or \"drop\", got {m:?}"),
+                    ))
+                }
+            };
+        }
+        if let Some(m) = get(vars::GPC_MODE) {
+            c.gpc = match m.to_ascii_lowercase().as_str() {
+                "drop-ids" => GpcMode::DropIds,
+                "drop-events" => GpcMode::DropEvents,
+                "keep" => GpcMode::Keep,
+                _ => {
+                    return Err(err(
+                        vars::GPC_MODE,
+                        format!("must be \"drop-ids\", \"drop-events\" or \"keep\", got {m:?}"),
+                    ))
+                }
+            };
+        }
+        if let Some(o) = get(vars::ALLOWED_ORIGINS) {
+            c.allowed_origins = parse_origins(&o)?;
+        }
+        if let Some(t) = get(vars::BOT_SCORE_THRESHOLD) {
+            c.bot_score_threshold =
+                t.parse::<u8>().ok().filter(|t| *t <= 100).ok_or_else(|| {
+                    err(
+                        vars::BOT_SCORE_THRESHOLD,
+                        format!("must be a whole number from 0 to 100, got {t:?}"),
+                    )
+                })?;
+        }
+        Ok(c)
+    }
+}
+
+fn normalise_prefix(p: &str) -> Result<String, ConfigError> {
+    let trimmed = p.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let ok = trimmed.split('/').all(|seg| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    });
+    if !ok {
+        return Err(err(
+            vars::PREFIX,
+            format!("must be a path like \"/wm\" (letters, digits, - _ . ~ and /), got {p:?}"),
+        ));
+    }
+    Ok(format!("/{trimmed}"))
+}
+
+fn parse_origins(s: &str) -> Result<AllowedOrigins, ConfigError> {
+    if s == "*" {
+        return Ok(AllowedOrigins::Any);
+    }
+    let mut list = Vec::new();
+    for o in s.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let valid = (o.starts_with("https://") || o.starts_with("http://"))
+            && !o.ends_with('/')
+            && !o["https://".len().min(o.len())..].contains('/');
+        if !valid {
+            return Err(err(
+                vars::ALLOWED_ORIGINS,
+                format!("{o:?} is not an origin like \"https://shop.example.com\" (scheme and host, no path)"),
+            ));
+        }
+        list.push(o.to_string());
+    }
+    if list.is_empty() {
+        return Err(err(
+            vars::ALLOWED_ORIGINS,
+            "lists no origin (use \"*\" to allow any)",
+        ));
+    }
+    Ok(AllowedOrigins::List(list))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn read(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_vars(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn empty_environment_gives_the_defaults() {
+        assert_eq!(read(&[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn values_are_read_and_normalised() {
+        let c = read(&[
+            ("WAYMARK_PREFIX", "collect/v/"),
+            ("INGEST_URL", "https://ingest.example.com/"),
+            ("IP_MODE", "drop"),
+            ("GPC_MODE", "keep"),
+            (
+                "ALLOWED_ORIGINS",
+                "https://a.example, http://localhost:8080",
+            ),
+            ("BOT_SCORE_THRESHOLD", "10"),
+        ])
+        .unwrap();
+        assert_eq!(c.prefix, "/collect/v");
+        assert_eq!(c.ingest_url.as_deref(), Some("https://ingest.example.com"));
+        assert_eq!(c.ip_mode, IpMode::Drop);
+        assert_eq!(c.gpc, GpcMode::Keep);
+        assert!(c.allowed_origins.allows("https://a.example"));
+        assert!(c.allowed_origins.allows("http://localhost:8080"));
+        assert!(!c.allowed_origins.allows("https://evil.example"));
+        assert_eq!(c.bot_score_threshold, 10);
+        assert_eq!(read(&[("WAYMARK_PREFIX", "/")]).unwrap().prefix, "");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("WAYMARK_PREFIX", "/a b"),
+            ("WAYMARK_PREFIX", "/../x"),
+            ("INGEST_URL", "ftp://x"),
+            ("IP_MODE", "keep"),
+            ("GPC_MODE", "yes"),
+            ("ALLOWED_ORIGINS", "https://a.example/path"),
+            ("ALLOWED_ORIGINS", ","),
+            ("BOT_SCORE_THRESHOLD", "101"),
+            ("BOT_SCORE_THRESHOLD", "high"),
+        ] {
+            let e = read(&[(k, v)]).unwrap_err();
+            assert_eq!(e.var, k, "{v}");
+            assert!(e.to_string().starts_with(&format!("{k}: ")), "{e}");
+        }
+    }
+}

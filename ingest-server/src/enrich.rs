@@ -1,0 +1,488 @@
+//! Enrichment: a validated event plus what the server (or the edge) knows about its request
+//! becomes an [`EventRow`]. Pure functions, unit-tested here.
+//!
+//! - time: the protocol crate's clock-skew rule; `client_time` keeps what the client said;
+//! - user agent: `woothee` (maintained, no regex compile at start) into browser / OS / device type,
+//!   with a small cache because a site sees few distinct agents;
+//! - bot: the edge's verdict or a crawler user agent; kept, flagged, never dropped;
+//! - session id, page and UTM fields from `context` (UTM from the page query when the campaign
+//!   object is absent);
+//! - geo from the edge envelope;
+//! - IP: truncated or dropped per site; `context.ip` is removed from the stored context.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde_json::{Map, Value};
+use waymark_protocol::edge::{truncate_ip, Client, Geo, IpMode};
+use waymark_protocol::names;
+use waymark_protocol::skew::{self, SkewRule};
+use waymark_protocol::time::parse_rfc3339;
+use waymark_protocol::Event;
+
+use crate::config::IpSetting;
+use crate::store::row::EventRow;
+
+/// Where a request came from and what is known about it.
+pub struct RequestFacts<'a> {
+    pub site: &'a str,
+    pub ip_mode: IpSetting,
+    pub received_at_ms: i64,
+    pub batch_sent_at: Option<&'a str>,
+    /// `"api"` (Segment endpoints) or `"edge"`.
+    pub source: &'static str,
+    /// The peer address for direct requests (used when `context.ip` is absent).
+    pub peer_ip: Option<String>,
+    pub geo: Option<&'a Geo>,
+    pub client: Option<&'a Client>,
+}
+
+/// Parsed user agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UaInfo {
+    pub browser: String,
+    pub browser_version: String,
+    pub os: String,
+    pub os_version: String,
+    pub device_type: String,
+    pub crawler: bool,
+}
+
+/// A bounded cache in front of the user-agent parser.
+pub struct UaParser {
+    parser: woothee::parser::Parser,
+    cache: Mutex<HashMap<String, UaInfo>>,
+}
+
+const UA_CACHE_MAX: usize = 10_000;
+
+impl Default for UaParser {
+    fn default() -> Self {
+        UaParser {
+            parser: woothee::parser::Parser::new(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl UaParser {
+    pub fn parse(&self, ua: &str) -> UaInfo {
+        if ua.is_empty() {
+            return UaInfo::default();
+        }
+        if let Some(hit) = self.cache.lock().expect("ua cache").get(ua) {
+            return hit.clone();
+        }
+        let info = match self.parser.parse(ua) {
+            Some(r) => {
+                let known = |s: &str| {
+                    if s == "UNKNOWN" {
+                        String::new()
+                    } else {
+                        s.to_string()
+                    }
+                };
+                let device_type = match r.category {
+                    "pc" => "desktop",
+                    "smartphone" if matches!(r.os, "iPad") || ua.contains("Tablet") => "tablet",
+                    "smartphone" | "mobilephone" => "mobile",
+                    "appliance" => "appliance",
+                    "crawler" => "bot",
+                    _ => "other",
+                };
+                UaInfo {
+                    browser: known(r.name),
+                    browser_version: known(r.version),
+                    os: known(r.os),
+                    os_version: known(&r.os_version),
+                    device_type: device_type.into(),
+                    crawler: r.category == "crawler",
+                }
+            }
+            None => UaInfo {
+                device_type: "other".into(),
+                ..UaInfo::default()
+            },
+        };
+        let mut cache = self.cache.lock().expect("ua cache");
+        if cache.len() >= UA_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(ua.to_string(), info.clone());
+        info
+    }
+}
+
+fn str_at<'a>(obj: &'a Map<String, Value>, path: &[&str]) -> Option<&'a Value> {
+    let (last, init) = path.split_last()?;
+    let mut o = obj;
+    for k in init {
+        o = o.get(*k)?.as_object()?;
+    }
+    o.get(*last)
+}
+
+/// A string, or a number written as a string (ids and session ids come both ways).
+fn text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn number(v: Option<&Value>) -> Option<f64> {
+    match v? {
+        Value::Number(n) => n.as_f64().filter(|f| f.is_finite()),
+        Value::String(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+        _ => None,
+    }
+}
+
+/// `utm_*` parameters from a query string (`?a=b&utm_source=x`), percent-decoding lightly.
+fn query_param(query: &str, key: &str) -> String {
+    let q = query.split_once('?').map(|(_, q)| q).unwrap_or(query);
+    let q = q.split('#').next().unwrap_or("");
+    for pair in q.split('&') {
+        if let Some((k, v)) = pair.split_once('=') {
+            if k == key {
+                return percent_decode(v);
+            }
+        }
+    }
+    String::new()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn rule_name(r: SkewRule) -> &'static str {
+    match r {
+        SkewRule::Corrected => "corrected",
+        SkewRule::NegativeOffset => "negative_offset",
+        SkewRule::Explicit => "explicit",
+        SkewRule::Uncorrected => "uncorrected",
+        SkewRule::Received => "received",
+        SkewRule::ClampedFuture => "clamped_future",
+    }
+}
+
+/// A JSON object as text, without copying it first.
+fn json_text(m: &Map<String, Value>) -> String {
+    serde_json::to_string(m).unwrap_or_else(|_| "{}".into())
+}
+
+/// Seconds for a DateTime column, clamped to its range (1970 .. 2106).
+fn datetime(ms: i64) -> u32 {
+    (ms.div_euclid(1000)).clamp(0, u32::MAX as i64) as u32
+}
+
+/// Builds the row for one validated event.
+pub fn to_row(ev: &Event, facts: &RequestFacts<'_>, ua: &UaParser) -> EventRow {
+    let corrected = skew::correct(facts.received_at_ms, ev, facts.batch_sent_at).unwrap_or(
+        // Validation already refused events that are too old; this is only a fallback.
+        skew::Corrected {
+            timestamp_ms: facts.received_at_ms,
+            rule: SkewRule::Received,
+        },
+    );
+    let parse = |s: &Option<String>| s.as_deref().and_then(parse_rfc3339);
+    let client_ms = parse(&ev.timestamp)
+        .or_else(|| parse(&ev.original_timestamp))
+        .unwrap_or(corrected.timestamp_ms);
+    let sent_ms = parse(&ev.sent_at)
+        .or_else(|| facts.batch_sent_at.and_then(parse_rfc3339))
+        .unwrap_or(0);
+
+    let ctx = &ev.context;
+    let props = &ev.properties;
+    let user_agent = facts
+        .client
+        .and_then(|c| c.user_agent.clone())
+        .unwrap_or_else(|| text(ctx.get("userAgent")));
+    let ua_info = ua.parse(&user_agent);
+    let edge_bot = facts.client.map(|c| c.bot).unwrap_or(false);
+
+    let mode = match facts.ip_mode {
+        IpSetting::Truncate => IpMode::Truncate,
+        IpSetting::Drop => IpMode::Drop,
+    };
+    let raw_ip = facts
+        .client
+        .and_then(|c| c.ip.clone())
+        .or_else(|| ctx.get("ip").and_then(Value::as_str).map(str::to_string))
+        .or_else(|| facts.peer_ip.clone());
+    let ip = raw_ip
+        .and_then(|ip| truncate_ip(&ip, mode))
+        .unwrap_or_default();
+
+    let page = |k: &str| text(str_at(ctx, &["page", k]));
+    let page_search = page("search");
+    let page_url = page("url");
+    let utm = |k: &str, param: &str| {
+        let v = text(str_at(ctx, &["campaign", k]));
+        if !v.is_empty() {
+            return v;
+        }
+        let from = if page_search.is_empty() {
+            &page_url
+        } else {
+            &page_search
+        };
+        query_param(from, param)
+    };
+
+    let is_engagement = ev.event.as_deref() == Some(names::ENGAGEMENT);
+    let is_product_event = ev
+        .event
+        .as_deref()
+        .is_some_and(|e| e.starts_with("Product "));
+    let geo = facts.geo;
+    let g = |f: fn(&Geo) -> &Option<String>| geo.and_then(|g| f(g).clone()).unwrap_or_default();
+
+    // The stored context never holds the raw IP.
+    let stored_ctx = if ctx.contains_key("ip") {
+        let mut c = ctx.clone();
+        c.remove("ip");
+        json_text(&c)
+    } else {
+        json_text(ctx)
+    };
+
+    EventRow {
+        site: facts.site.to_string(),
+        visitor_id: ev
+            .anonymous_id
+            .clone()
+            .or_else(|| ev.user_id.clone())
+            .unwrap_or_default(),
+        message_id: ev.message_id.clone(),
+        kind: ev.kind.as_str().to_string(),
+        event: ev.event.clone().unwrap_or_default(),
+        name: ev.name.clone().unwrap_or_default(),
+        anonymous_id: ev.anonymous_id.clone().unwrap_or_default(),
+        user_id: ev.user_id.clone().unwrap_or_default(),
+        previous_id: ev.previous_id.clone().unwrap_or_default(),
+        group_id: ev.group_id.clone().unwrap_or_default(),
+        timestamp: datetime(corrected.timestamp_ms),
+        timestamp_ms: corrected.timestamp_ms,
+        skew_rule: rule_name(corrected.rule).to_string(),
+        client_time: datetime(client_ms),
+        received_at_ms: facts.received_at_ms,
+        sent_at_ms: sent_ms,
+        source: facts.source.to_string(),
+        session_id: text(ctx.get("sessionId")),
+        page_url: page_url.clone(),
+        page_path: page("path"),
+        page_title: page("title"),
+        page_referrer: page("referrer"),
+        page_search: page_search.clone(),
+        utm_source: utm("source", "utm_source"),
+        utm_medium: utm("medium", "utm_medium"),
+        utm_campaign: utm("name", "utm_campaign"),
+        utm_term: utm("term", "utm_term"),
+        utm_content: utm("content", "utm_content"),
+        user_agent,
+        browser: ua_info.browser,
+        browser_version: ua_info.browser_version,
+        os: ua_info.os,
+        os_version: ua_info.os_version,
+        device_type: ua_info.device_type,
+        is_bot: u8::from(edge_bot || ua_info.crawler),
+        bot_score: facts.client.and_then(|c| c.bot_score),
+        ip,
+        locale: text(ctx.get("locale")),
+        library_name: text(str_at(ctx, &["library", "name"])),
+        library_version: text(str_at(ctx, &["library", "version"])),
+        country: g(|g| &g.country),
+        region: g(|g| &g.region),
+        region_code: g(|g| &g.region_code),
+        city: g(|g| &g.city),
+        postal_code: g(|g| &g.postal_code),
+        geo_timezone: g(|g| &g.timezone),
+        continent: g(|g| &g.continent),
+        colo: g(|g| &g.colo),
+        latitude: geo.and_then(|g| g.latitude),
+        longitude: geo.and_then(|g| g.longitude),
+        asn: geo.and_then(|g| g.asn),
+        gpc: u8::from(facts.client.map(|c| c.gpc).unwrap_or(false)),
+        product_id: text(props.get("product_id")),
+        product_name: if is_product_event {
+            text(props.get("name"))
+        } else {
+            String::new()
+        },
+        price: number(props.get("price")),
+        quantity: number(props.get("quantity")),
+        currency: text(props.get("currency")),
+        order_id: text(props.get("order_id")),
+        revenue: number(props.get("revenue")).or_else(|| number(props.get("total"))),
+        engaged_ms: if is_engagement {
+            number(props.get("engaged_ms"))
+                .map(|f| f.max(0.0) as u64)
+                .unwrap_or(0)
+        } else {
+            0
+        },
+        scroll_depth: if is_engagement {
+            number(props.get("scroll_depth"))
+                .map(|f| f.clamp(0.0, 100.0) as u8)
+                .unwrap_or(0)
+        } else {
+            0
+        },
+        properties: json_text(props),
+        traits: json_text(&ev.traits),
+        context: stored_ctx,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use waymark_protocol::EventType;
+
+    const RECEIVED: i64 = 1_800_000_000_000;
+
+    fn facts<'a>(geo: Option<&'a Geo>, client: Option<&'a Client>) -> RequestFacts<'a> {
+        RequestFacts {
+            site: "shop",
+            ip_mode: IpSetting::Truncate,
+            received_at_ms: RECEIVED,
+            batch_sent_at: None,
+            source: "api",
+            peer_ip: Some("198.51.100.23".into()),
+            geo,
+            client,
+        }
+    }
+
+    fn event(v: serde_json::Value) -> Event {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn page_view_fields_utm_ua_and_ip() {
+        let ev = event(json!({
+            "type": "page", "messageId": "m1", "anonymousId": "a1", "name": "Home",
+            "originalTimestamp": "2027-01-15T08:00:00.000Z", "sentAt": "2027-01-15T08:00:01.000Z",
+            "context": {
+                "ip": "203.0.113.77",
+                "sessionId": 1700000000,
+                "userAgent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+                "page": {"url": "https://shop.example/?utm_source=news&utm_medium=email&utm_campaign=spring%20sale", "path": "/", "title": "Shop"},
+                "library": {"name": "waymark.js", "version": "0.1.0"}
+            }
+        }));
+        let r = to_row(&ev, &facts(None, None), &UaParser::default());
+        assert_eq!(r.site, "shop");
+        assert_eq!(r.visitor_id, "a1");
+        assert_eq!(r.kind, "page");
+        assert_eq!(r.name, "Home");
+        assert_eq!(r.timestamp_ms, RECEIVED - 1000);
+        assert_eq!(r.skew_rule, "corrected");
+        assert_eq!(
+            r.client_time as i64,
+            parse_rfc3339("2027-01-15T08:00:00Z").unwrap() / 1000
+        );
+        assert_eq!(r.session_id, "1700000000");
+        assert_eq!(r.utm_source, "news");
+        assert_eq!(r.utm_medium, "email");
+        assert_eq!(r.utm_campaign, "spring sale");
+        assert_eq!(r.browser, "Chrome");
+        assert_eq!(r.os, "Windows 10");
+        assert_eq!(r.device_type, "desktop");
+        assert_eq!(r.is_bot, 0);
+        assert_eq!(
+            r.ip, "203.0.113.0",
+            "context.ip wins over the peer, truncated"
+        );
+        assert!(
+            !r.context.contains("203.0.113.77"),
+            "raw ip must not be stored: {}",
+            r.context
+        );
+        assert_eq!(r.library_name, "waymark.js");
+    }
+
+    #[test]
+    fn edge_facts_geo_bot_and_drop_ip() {
+        let ev = event(json!({"type": "track", "messageId": "m2", "userId": "u1",
+            "event": "$engagement", "properties": {"engaged_ms": 5300, "scroll_depth": 80, "product_id": "p9"}}));
+        let geo = Geo {
+            country: Some("DE".into()),
+            city: Some("Berlin".into()),
+            latitude: Some(52.5),
+            asn: Some(3320),
+            ..Geo::default()
+        };
+        let client = Client {
+            ip: Some("203.0.113.0".into()),
+            user_agent: Some("Googlebot/2.1 (+http://www.google.com/bot.html)".into()),
+            gpc: true,
+            bot_score: Some(2),
+            bot: false,
+        };
+        let mut f = facts(Some(&geo), Some(&client));
+        f.ip_mode = IpSetting::Drop;
+        f.source = "edge";
+        let r = to_row(&ev, &f, &UaParser::default());
+        assert_eq!(r.visitor_id, "u1");
+        assert_eq!(r.country, "DE");
+        assert_eq!(r.city, "Berlin");
+        assert_eq!(r.latitude, Some(52.5));
+        assert_eq!(r.asn, Some(3320));
+        assert_eq!(r.is_bot, 1, "crawler user agent flags a bot");
+        assert_eq!(r.bot_score, Some(2));
+        assert_eq!(r.gpc, 1);
+        assert_eq!(r.ip, "", "site setting drop");
+        assert_eq!(r.engaged_ms, 5300);
+        assert_eq!(r.scroll_depth, 80);
+        assert_eq!(r.product_id, "p9");
+        assert_eq!(r.skew_rule, "received");
+    }
+
+    #[test]
+    fn order_fields() {
+        let mut ev = Event::new(EventType::Track, "m3");
+        ev.anonymous_id = Some("a".into());
+        ev.event = Some(names::ORDER_COMPLETED.into());
+        ev.properties = json!({"order_id": 1234, "total": "99.5", "currency": "EUR"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let r = to_row(&ev, &facts(None, None), &UaParser::default());
+        assert_eq!(r.order_id, "1234");
+        assert_eq!(r.revenue, Some(99.5));
+        assert_eq!(r.currency, "EUR");
+        assert_eq!(r.ip, "198.51.100.0", "peer address, truncated");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c%"), "a b c%");
+        assert_eq!(query_param("x=1&utm_term=t%C3%A9", "utm_term"), "té");
+    }
+}

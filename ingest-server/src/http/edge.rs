@@ -1,0 +1,271 @@
+//! `POST /v1/edge`: batches forwarded by the edge worker, signed with HMAC-SHA256 over
+//! `"<timestamp>.<body>"` (see `waymark_protocol::edge`). A request is refused when the
+//! signature does not match, when its timestamp is outside the replay window, and when the same
+//! signature was already accepted within the window (a replay). The edge must sign each attempt
+//! afresh; a retried delivery then gets through and its events deduplicate by message id.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use waymark_protocol::edge::{
+    verify, Client, Geo, SignatureError, HEADER_SIGNATURE, HEADER_TIMESTAMP,
+};
+use waymark_protocol::limits::MAX_BATCH_BYTES;
+use waymark_protocol::time::parse_rfc3339;
+use waymark_protocol::{parse_batch, Rejection};
+
+use super::error::ApiError;
+use super::{body, now_ms, respond, spool_rows, Accepted, AppState};
+use crate::enrich::{to_row, RequestFacts};
+
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let limit = state
+        .0
+        .config
+        .edge
+        .as_ref()
+        .map(|e| e.max_body.0 as usize)
+        .unwrap_or(MAX_BATCH_BYTES);
+    Router::new().route("/v1/edge", post(handle).layer(DefaultBodyLimit::max(limit)))
+}
+
+async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    let r = intake(&state, req).await;
+    respond(&state, "edge", started, r)
+}
+
+/// Signature -> accepted at (unix seconds), plus the same in arrival order for eviction.
+type Seen = (HashMap<String, i64>, VecDeque<(i64, String)>);
+
+/// Signatures accepted recently, remembered for the replay window (bounded).
+#[derive(Default)]
+pub struct ReplayGuard {
+    inner: Mutex<Seen>,
+}
+
+const REPLAY_MAX: usize = 1_000_000;
+
+impl ReplayGuard {
+    pub fn seen(&self, sig: &str) -> bool {
+        self.inner.lock().expect("replay lock").0.contains_key(sig)
+    }
+
+    /// Claims a signature: false if it was already accepted (or is being handled right now).
+    pub fn claim(&self, sig: &str, now_secs: i64, window_secs: i64) -> bool {
+        if self.seen(sig) {
+            return false;
+        }
+        self.remember(sig, now_secs, window_secs);
+        true
+    }
+
+    /// Gives a claim back when the request it covered was not accepted (so a retry may pass).
+    pub fn release(&self, sig: &str) {
+        self.inner.lock().expect("replay lock").0.remove(sig);
+    }
+
+    pub fn remember(&self, sig: &str, now_secs: i64, window_secs: i64) {
+        let mut g = self.inner.lock().expect("replay lock");
+        // Forget signatures whose timestamps can no longer pass the window check anyway.
+        while let Some((t, _)) = g.1.front() {
+            if *t + 2 * window_secs < now_secs || g.1.len() >= REPLAY_MAX {
+                let (_, s) = g.1.pop_front().expect("front exists");
+                g.0.remove(&s);
+            } else {
+                break;
+            }
+        }
+        g.0.insert(sig.to_string(), now_secs);
+        g.1.push_back((now_secs, sig.to_string()));
+    }
+}
+
+/// The envelope with its events left raw, so they are validated by the same code as a batch.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawEnvelope {
+    write_key: String,
+    received_at: String,
+    #[serde(default)]
+    sent_at: Option<String>,
+    #[serde(default)]
+    geo: Geo,
+    #[serde(default)]
+    client: Client,
+    events: Vec<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct RawForward {
+    envelopes: Vec<RawEnvelope>,
+}
+
+#[derive(Serialize)]
+struct AsBatch<'a> {
+    batch: &'a [Box<RawValue>],
+    #[serde(rename = "sentAt", skip_serializing_if = "Option::is_none")]
+    sent_at: Option<&'a str>,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+fn signature_error(e: SignatureError) -> ApiError {
+    let (code, field) = match e {
+        SignatureError::BadTimestamp => ("invalid_timestamp", HEADER_TIMESTAMP),
+        SignatureError::OutsideWindow { .. } => ("outside_replay_window", HEADER_TIMESTAMP),
+        SignatureError::Malformed => ("invalid_signature", HEADER_SIGNATURE),
+        SignatureError::Mismatch => ("signature_mismatch", HEADER_SIGNATURE),
+    };
+    ApiError::Unauthorized {
+        code,
+        field,
+        message: e.to_string(),
+    }
+}
+
+async fn intake(state: &AppState, req: Request) -> Result<Accepted, ApiError> {
+    let Some(edge) = state.0.config.edge.as_ref().filter(|e| e.secret.is_some()) else {
+        return Err(ApiError::NotFound {
+            code: "edge_disabled",
+            message: "the edge endpoint is not configured on this server (no [edge] secret)".into(),
+        });
+    };
+    let secret = edge.secret.as_deref().unwrap_or_default();
+    let window = edge.replay_window.0.as_secs() as i64;
+    let headers = req.headers().clone();
+    let raw = body::read(req).await?;
+    let now = now_ms();
+    let ts = header(&headers, HEADER_TIMESTAMP);
+    let sig = header(&headers, HEADER_SIGNATURE);
+    verify(secret.as_bytes(), ts, sig, &raw, now / 1000, window).map_err(signature_error)?;
+    if !state.0.replay.claim(sig, now / 1000, window) {
+        return Err(ApiError::Unauthorized {
+            code: "replayed",
+            field: HEADER_SIGNATURE,
+            message: "x-waymark-signature: this signed request was already accepted; sign each delivery afresh".into(),
+        });
+    }
+    let result = accept_forward(state, &headers, &raw, edge.max_body.0 as usize).await;
+    if result.is_err() {
+        state.0.replay.release(sig);
+    }
+    result
+}
+
+async fn accept_forward(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw: &[u8],
+    limit: usize,
+) -> Result<Accepted, ApiError> {
+    let body = body::decode(headers, raw, limit)?;
+    let fwd: RawForward = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(
+            "invalid_json",
+            "body",
+            format!("body: not an edge forward: {e}"),
+        )
+    })?;
+
+    let mut rows = Vec::new();
+    let mut rejected = Vec::new();
+    let mut offset = 0usize;
+    for (i, env) in fwd.envelopes.iter().enumerate() {
+        let n = env.events.len();
+        let whole = |field: String, reason: String, rejected: &mut Vec<Rejection>| {
+            for j in 0..n {
+                rejected.push(Rejection {
+                    index: Some(offset + j),
+                    field: field.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        };
+        let Some(site) = state.site_for_key(&env.write_key) else {
+            whole(
+                format!("envelopes[{i}].writeKey"),
+                "not the write key of any site".into(),
+                &mut rejected,
+            );
+            offset += n;
+            continue;
+        };
+        let Some(received_at_ms) = parse_rfc3339(&env.received_at) else {
+            whole(
+                format!("envelopes[{i}].receivedAt"),
+                "not an RFC 3339 date-time".into(),
+                &mut rejected,
+            );
+            offset += n;
+            continue;
+        };
+        let batch = serde_json::to_vec(&AsBatch {
+            batch: &env.events,
+            sent_at: env.sent_at.as_deref(),
+        })
+        .expect("raw JSON serialises");
+        match parse_batch(&batch, received_at_ms) {
+            Ok(v) => {
+                let facts = RequestFacts {
+                    site: &site.id,
+                    ip_mode: site.ip,
+                    received_at_ms,
+                    batch_sent_at: v.sent_at.as_deref(),
+                    source: "edge",
+                    peer_ip: None,
+                    geo: Some(&env.geo),
+                    client: Some(&env.client),
+                };
+                rows.extend(v.events.iter().map(|ev| to_row(ev, &facts, &state.0.ua)));
+                rejected.extend(v.rejections.into_iter().map(|mut r| {
+                    r.index = r.index.map(|x| x + offset);
+                    r
+                }));
+            }
+            Err(e) => whole(
+                format!("envelopes[{i}].{}", e.field()),
+                e.to_string(),
+                &mut rejected,
+            ),
+        }
+        offset += n;
+    }
+    let accepted = rows.len();
+    spool_rows(state, rows, "edge").await?;
+    Ok(Accepted { accepted, rejected })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_guard_remembers_and_forgets() {
+        let g = ReplayGuard::default();
+        g.remember("a", 1000, 300);
+        assert!(g.seen("a"));
+        g.remember("b", 2000, 300);
+        assert!(!g.seen("a"), "older than twice the window: forgotten");
+        assert!(g.seen("b"));
+    }
+
+    #[test]
+    fn a_claim_is_given_back_when_the_request_failed() {
+        let g = ReplayGuard::default();
+        assert!(g.claim("s", 1000, 300));
+        assert!(!g.claim("s", 1001, 300), "a second claim is a replay");
+        g.release("s");
+        assert!(g.claim("s", 1002, 300), "a retry after a 503 passes");
+    }
+}

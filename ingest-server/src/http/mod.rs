@@ -1,0 +1,259 @@
+//! The HTTP surface: one module per endpoint, each owning its route and body limit.
+//!
+//! - [`batch`]: the Segment-compatible `/v1/batch`, `/v1/track`, `/v1/identify`, `/v1/page`,
+//!   `/v1/screen`, `/v1/alias`, `/v1/group`;
+//! - [`edge`]: `/v1/edge`, signed batches forwarded by the edge worker;
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+
+pub mod batch;
+pub mod body;
+pub mod edge;
+pub mod error;
+pub mod ops;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde::Serialize;
+use waymark_protocol::Rejection;
+
+use crate::config::{Config, SiteConfig};
+use crate::dedup::Dedup;
+use crate::enrich::UaParser;
+use crate::metrics::Metrics;
+use crate::spool::{Spool, SpoolError};
+use crate::store::row::EventRow;
+use error::ApiError;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    /// write key -> index into `config.sites`
+    pub keys: HashMap<String, usize>,
+    pub spool: Spool,
+    pub metrics: Arc<Metrics>,
+    pub dedup: Dedup,
+    pub ua: UaParser,
+    pub replay: edge::ReplayGuard,
+    pub clickhouse: clickhouse::Client,
+}
+
+impl AppState {
+    pub fn new(config: Config, spool: Spool, metrics: Arc<Metrics>) -> Self {
+        let keys = config
+            .sites
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.write_keys.iter().map(move |k| (k.clone(), i)))
+            .collect();
+        let clickhouse = crate::store::client(&config.clickhouse);
+        AppState(Arc::new(Inner {
+            dedup: Dedup::new(config.dedup.capacity),
+            keys,
+            spool,
+            metrics,
+            ua: UaParser::default(),
+            replay: edge::ReplayGuard::default(),
+            clickhouse,
+            config,
+        }))
+    }
+
+    pub fn site_for_key(&self, key: &str) -> Option<&SiteConfig> {
+        self.0.keys.get(key).map(|&i| &self.0.config.sites[i])
+    }
+}
+
+/// The whole application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(batch::routes(&state))
+        .merge(edge::routes(&state))
+        .merge(ops::routes())
+        .merge(crate::query::routes(&state.0.config))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
+        .with_state(state)
+}
+
+/// The 200 body.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Seconds a client should wait when the spool is full: long enough for the writer to drain.
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// Drops recent duplicates, spools the rest as one record, and returns once it is fsynced.
+pub async fn spool_rows(
+    state: &AppState,
+    rows: Vec<EventRow>,
+    source: &str,
+) -> Result<(), ApiError> {
+    let st = &state.0;
+    let seen = st.dedup.seen(
+        rows.iter()
+            .map(|r| (r.site.as_str(), r.message_id.as_str())),
+    );
+    let before = rows.len();
+    let rows: Vec<EventRow> = rows
+        .into_iter()
+        .zip(&seen)
+        .filter(|(_, s)| !**s)
+        .map(|(r, _)| r)
+        .collect();
+    st.metrics.duplicates_dropped.fetch_add(
+        (before - rows.len()) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let payload = serde_json::to_vec(&rows).expect("rows serialise");
+    match st.spool.append(payload).await {
+        Ok(_) => {
+            st.dedup.remember(
+                rows.iter()
+                    .map(|r| (r.site.as_str(), r.message_id.as_str())),
+            );
+            st.metrics.accepted(source, rows.len() as u64);
+            Ok(())
+        }
+        Err(SpoolError::Full { used, max }) => {
+            st.metrics
+                .spool_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(ApiError::Overloaded {
+                code: "spool_full",
+                retry_after_secs: RETRY_AFTER_SECS,
+                message: format!(
+                    "the server's buffer is full ({used} of {max} bytes) while it waits for its database; retry later"
+                ),
+            })
+        }
+        Err(e) => Err(ApiError::Overloaded {
+            code: "spool_unavailable",
+            retry_after_secs: RETRY_AFTER_SECS,
+            message: format!("cannot store events durably right now: {e}"),
+        }),
+    }
+}
+
+/// Turns a handler result into a response, counting it.
+pub fn respond(
+    state: &AppState,
+    endpoint: &str,
+    started: Instant,
+    r: Result<Accepted, ApiError>,
+) -> Response {
+    let m = &state.0.metrics;
+    let resp = match r {
+        Ok(a) => {
+            m.ack_seconds.observe(started.elapsed().as_secs_f64());
+            let mut reasons: HashMap<&str, u64> = HashMap::new();
+            for rej in &a.rejected {
+                // Only the top-level field: paths can hold client-chosen property names, and
+                // labels must stay few.
+                let top = rej.field.split(['.', '[']).next().unwrap_or("");
+                *reasons.entry(top).or_default() += 1;
+            }
+            for (field, n) in reasons {
+                m.rejected(&format!("invalid_field:{field}"), n);
+            }
+            (StatusCode::OK, axum::Json(a)).into_response()
+        }
+        Err(e) => {
+            m.rejected(e.code(), 1);
+            if e.status().is_server_error() {
+                tracing::warn!(endpoint, error = %e, "refused a request");
+            } else {
+                tracing::debug!(endpoint, error = %e, "refused a request");
+            }
+            e.into_response()
+        }
+    };
+    m.request(endpoint, resp.status().as_u16());
+    resp
+}
+
+/// Whether a site lets `origin` send from a browser.
+pub fn origin_allowed(site: &SiteConfig, origin: &str) -> bool {
+    site.allowed_origins.iter().any(|o| o == "*" || o == origin)
+}
+
+/// CORS for browsers sending straight to `/v1/*`: preflights are answered for origins some
+/// site allows (the write key is not known yet); each request is then checked against its own
+/// site's list in the handler (403 otherwise).
+async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let is_api = req.uri().path().starts_with("/v1/") && req.uri().path() != "/v1/edge";
+    let Some(origin) = origin.filter(|_| is_api) else {
+        return next.run(req).await;
+    };
+    let known = state
+        .0
+        .config
+        .sites
+        .iter()
+        .any(|s| origin_allowed(s, &origin));
+    if req.method() == Method::OPTIONS {
+        if !known {
+            return ApiError::Forbidden {
+                code: "origin_not_allowed",
+                field: "origin",
+                message: format!("origin: {origin:?} is not allowed by any site"),
+            }
+            .into_response();
+        }
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("POST, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("content-type, authorization, content-encoding"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
+        add_allow_origin(&mut r, &origin);
+        return r;
+    }
+    let mut r = next.run(req).await;
+    if known {
+        add_allow_origin(&mut r, &origin);
+    }
+    r
+}
+
+fn add_allow_origin(r: &mut Response, origin: &str) {
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        let h = r.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}

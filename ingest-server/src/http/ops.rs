@@ -1,0 +1,70 @@
+//! `/healthz` (the process answers), `/readyz` (ClickHouse reachable and the spool writable),
+//! `/metrics` (Prometheus text).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+
+use super::AppState;
+use crate::metrics::SpoolGauges;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let spool = state.0.spool.clone();
+    let spool_ok = tokio::task::spawn_blocking(move || spool.probe_writable())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let ch = tokio::time::timeout(
+        Duration::from_secs(2),
+        state.0.clickhouse.query("SELECT 1").fetch_one::<u8>(),
+    )
+    .await;
+    let ch_ok: Result<(), String> = match ch {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 2 s".into()),
+    };
+    let ready = spool_ok.is_ok() && ch_ok.is_ok();
+    let body = json!({
+        "ready": ready,
+        "clickhouse": ch_ok.err().unwrap_or_else(|| "ok".into()),
+        "spool": spool_ok.err().unwrap_or_else(|| "ok".into()),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let s = &state.0.spool;
+    let now = super::now_ms() as u64;
+    let gauges = SpoolGauges {
+        used_bytes: s.disk_bytes(),
+        pending_bytes: s.pending_bytes(),
+        max_bytes: s.max_bytes(),
+        oldest_age: s
+            .oldest_pending_ms()
+            .map(|t| Duration::from_millis(now.saturating_sub(t))),
+        corrupt_records: s.corrupt_records(),
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.0.metrics.render(&gauges),
+    )
+        .into_response()
+}

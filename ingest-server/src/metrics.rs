@@ -1,0 +1,248 @@
+//! Prometheus text-format metrics, kept by hand: a few atomics and labelled counters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Histogram with fixed buckets.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            if v <= *b {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sum_micros
+            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let n = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {n}");
+    }
+}
+
+const LATENCY: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const ROWS: &[f64] = &[
+    1.0, 10.0, 100.0, 1_000.0, 10_000.0, 50_000.0, 100_000.0, 500_000.0,
+];
+
+/// Every metric the server exports.
+pub struct Metrics {
+    /// (endpoint, status) -> requests.
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// source -> events accepted.
+    accepted: Mutex<BTreeMap<String, u64>>,
+    /// reason -> events (or requests) rejected.
+    rejected: Mutex<BTreeMap<String, u64>>,
+    pub duplicates_dropped: AtomicU64,
+    pub spool_full: AtomicU64,
+    pub ack_seconds: Histogram,
+    pub insert_batches: AtomicU64,
+    pub insert_rows: AtomicU64,
+    pub insert_batch_rows: Histogram,
+    pub insert_seconds: Histogram,
+    pub insert_retries: AtomicU64,
+    pub quarantined_rows: AtomicU64,
+    pub dead_lettered_rows: AtomicU64,
+    pub clickhouse_up: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Mutex::default(),
+            accepted: Mutex::default(),
+            rejected: Mutex::default(),
+            duplicates_dropped: AtomicU64::new(0),
+            spool_full: AtomicU64::new(0),
+            ack_seconds: Histogram::new(LATENCY),
+            insert_batches: AtomicU64::new(0),
+            insert_rows: AtomicU64::new(0),
+            insert_batch_rows: Histogram::new(ROWS),
+            insert_seconds: Histogram::new(LATENCY),
+            insert_retries: AtomicU64::new(0),
+            quarantined_rows: AtomicU64::new(0),
+            dead_lettered_rows: AtomicU64::new(0),
+            clickhouse_up: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Spool figures sampled at render time.
+pub struct SpoolGauges {
+    pub used_bytes: u64,
+    pub pending_bytes: u64,
+    pub max_bytes: u64,
+    pub oldest_age: Option<Duration>,
+    pub corrupt_records: u64,
+}
+
+impl Metrics {
+    pub fn request(&self, endpoint: &str, status: u16) {
+        *self
+            .requests
+            .lock()
+            .expect("metrics")
+            .entry((endpoint.to_string(), status))
+            .or_default() += 1;
+    }
+
+    pub fn accepted(&self, source: &str, n: u64) {
+        if n > 0 {
+            *self
+                .accepted
+                .lock()
+                .expect("metrics")
+                .entry(source.to_string())
+                .or_default() += n;
+        }
+    }
+
+    pub fn rejected(&self, reason: &str, n: u64) {
+        if n > 0 {
+            *self
+                .rejected
+                .lock()
+                .expect("metrics")
+                .entry(reason.to_string())
+                .or_default() += n;
+        }
+    }
+
+    /// Events accepted so far, all sources.
+    pub fn accepted_total(&self) -> u64 {
+        self.accepted.lock().expect("metrics").values().sum()
+    }
+
+    pub fn render(&self, spool: &SpoolGauges) -> String {
+        let mut o = String::new();
+        let esc = |s: &str| {
+            s.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', " ")
+        };
+        let _ = writeln!(o, "# HELP waymark_http_requests_total HTTP requests by endpoint and status.\n# TYPE waymark_http_requests_total counter");
+        for ((e, s), n) in self.requests.lock().expect("metrics").iter() {
+            let _ = writeln!(
+                o,
+                "waymark_http_requests_total{{endpoint=\"{}\",status=\"{s}\"}} {n}",
+                esc(e)
+            );
+        }
+        let _ = writeln!(o, "# HELP waymark_events_accepted_total Events acknowledged (spooled).\n# TYPE waymark_events_accepted_total counter");
+        for (src, n) in self.accepted.lock().expect("metrics").iter() {
+            let _ = writeln!(
+                o,
+                "waymark_events_accepted_total{{source=\"{}\"}} {n}",
+                esc(src)
+            );
+        }
+        let _ = writeln!(o, "# HELP waymark_events_rejected_total Events or requests refused, by reason.\n# TYPE waymark_events_rejected_total counter");
+        for (r, n) in self.rejected.lock().expect("metrics").iter() {
+            let _ = writeln!(
+                o,
+                "waymark_events_rejected_total{{reason=\"{}\"}} {n}",
+                esc(r)
+            );
+        }
+        let counters: [(&str, &str, &AtomicU64); 8] = [
+            ("waymark_duplicates_dropped_total", "Events dropped by the in-memory dedup window.", &self.duplicates_dropped),
+            ("waymark_spool_full_total", "Requests refused with 503 because the spool was full.", &self.spool_full),
+            ("waymark_insert_batches_total", "Confirmed ClickHouse inserts.", &self.insert_batches),
+            ("waymark_insert_rows_total", "Rows confirmed by ClickHouse.", &self.insert_rows),
+            ("waymark_insert_retries_total", "ClickHouse insert attempts that failed and were retried.", &self.insert_retries),
+            ("waymark_quarantined_rows_total", "Rows ClickHouse refused, written to the quarantine table.", &self.quarantined_rows),
+            ("waymark_dead_lettered_rows_total", "Rows neither ClickHouse nor the quarantine took, written to the spool's dead-letter file.", &self.dead_lettered_rows),
+            ("waymark_spool_corrupt_records_total", "Spool records that failed their checksum when read back.", &AtomicU64::new(spool.corrupt_records)),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let gauges: [(&str, &str, f64); 5] = [
+            (
+                "waymark_spool_bytes",
+                "Bytes in the spool on disk.",
+                spool.used_bytes as f64,
+            ),
+            (
+                "waymark_spool_pending_bytes",
+                "Spooled bytes not yet confirmed by ClickHouse.",
+                spool.pending_bytes as f64,
+            ),
+            (
+                "waymark_spool_max_bytes",
+                "The spool cap.",
+                spool.max_bytes as f64,
+            ),
+            (
+                "waymark_spool_oldest_age_seconds",
+                "Age of the oldest event not yet in ClickHouse.",
+                spool.oldest_age.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            ),
+            (
+                "waymark_clickhouse_up",
+                "1 when the last ClickHouse call succeeded.",
+                self.clickhouse_up.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        self.ack_seconds.render(
+            &mut o,
+            "waymark_ack_seconds",
+            "Time from request to acknowledgement (spool fsync included).",
+        );
+        self.insert_batch_rows.render(
+            &mut o,
+            "waymark_insert_batch_rows",
+            "Rows per ClickHouse insert.",
+        );
+        self.insert_seconds.render(
+            &mut o,
+            "waymark_insert_seconds",
+            "ClickHouse insert latency.",
+        );
+        o
+    }
+}

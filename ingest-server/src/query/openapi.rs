@@ -1,0 +1,279 @@
+//! `GET /openapi.json`: the OpenAPI 3 description of the query API. The test
+//! `query_openapi` checks live responses of every endpoint against these schemas (objects are
+//! closed with `additionalProperties: false`, so a field added to a response without being
+//! described here fails it).
+
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+pub async fn handler() -> Response {
+    axum::Json(document()).into_response()
+}
+
+fn nullable(mut v: Value) -> Value {
+    v["nullable"] = json!(true);
+    v
+}
+
+fn obj(required: &[&str], props: Value) -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": required, "properties": props})
+}
+
+fn time() -> Value {
+    json!({"type": "string", "format": "date-time"})
+}
+
+fn string() -> Value {
+    json!({"type": "string"})
+}
+
+fn int() -> Value {
+    json!({"type": "integer", "minimum": 0})
+}
+
+fn number() -> Value {
+    json!({"type": "number"})
+}
+
+fn score() -> Value {
+    json!({"type": "integer", "minimum": 1, "maximum": 5, "nullable": true})
+}
+
+fn counts() -> Value {
+    obj(
+        &["sessions", "page_views", "events"],
+        json!({"sessions": int(), "page_views": int(), "events": int()}),
+    )
+}
+
+/// Free-form JSON object (traits, properties).
+fn free() -> Value {
+    json!({"type": "object", "additionalProperties": true})
+}
+
+fn error_responses() -> Value {
+    let r = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    json!({
+        "400": r("A parameter or the body is wrong; `field` names it."),
+        "401": r("No read key, or an unknown one."),
+        "403": r("The read key may not read this site."),
+        "503": r("ClickHouse failed or did not answer; retry after `Retry-After` seconds."),
+    })
+}
+
+fn site_param() -> Value {
+    json!({"name": "site", "in": "query", "required": true, "schema": {"type": "string"},
+           "description": "The site to read; the read key must list it."})
+}
+
+fn id_param() -> Value {
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+           "description": "A user id or an anonymous id; an anonymous id linked to a user resolves to that user."})
+}
+
+fn with_errors(mut responses: Value, not_found: bool) -> Value {
+    for (k, v) in error_responses().as_object().expect("object") {
+        responses[k] = v.clone();
+    }
+    if not_found {
+        responses["404"] = json!({"description": "No visitor or user with this id on this site.",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    }
+    responses
+}
+
+/// The document.
+pub fn document() -> Value {
+    let product = obj(
+        &["product_id", "name", "last_viewed", "views", "engaged_ms"],
+        json!({"product_id": string(), "name": nullable(string()), "last_viewed": nullable(time()),
+               "views": int(), "engaged_ms": int()}),
+    );
+    let cart_line = obj(
+        &[
+            "product_id",
+            "name",
+            "price",
+            "quantity",
+            "currency",
+            "added_at",
+        ],
+        json!({"product_id": string(), "name": nullable(string()), "price": number(), "quantity": number(),
+               "currency": nullable(string()), "added_at": nullable(time())}),
+    );
+    let profile = obj(
+        &[
+            "id",
+            "site",
+            "user_id",
+            "anonymous_ids",
+            "first_seen",
+            "last_seen",
+            "last_page",
+            "counts",
+            "engagement",
+            "recently_viewed",
+            "cart",
+            "orders",
+            "rfm",
+            "geo",
+            "device",
+            "traits",
+            "traits_at",
+        ],
+        json!({
+            "id": {"type": "string", "description": "The user id when known, else the anonymous id."},
+            "site": string(),
+            "user_id": nullable(string()),
+            "anonymous_ids": {"type": "array", "items": string(), "description": "Anonymous ids linked to the user."},
+            "first_seen": nullable(time()),
+            "last_seen": nullable(time()),
+            "last_page": nullable(obj(&["url", "title", "time"], json!({"url": string(), "title": string(), "time": nullable(time())}))),
+            "counts": obj(&["last_7_days", "last_30_days"], json!({"last_7_days": counts(), "last_30_days": counts()})),
+            "engagement": obj(&["engaged_ms_30_days", "bucket"], json!({
+                "engaged_ms_30_days": int(),
+                "bucket": {"type": "string", "enum": ["short", "medium", "long"]}})),
+            "recently_viewed": {"type": "array", "items": product, "description": "Most recent first."},
+            "cart": obj(&["products", "last_added_at", "abandoned"], json!({
+                "products": {"type": "array", "items": cart_line},
+                "last_added_at": nullable(time()),
+                "abandoned": {"type": "boolean", "description": "The last add is older than `cart_abandon_after` and no order followed it."}})),
+            "orders": obj(&["count", "revenue", "currency", "last_order_at", "average_order_value"], json!({
+                "count": int(), "revenue": number(), "currency": nullable(string()),
+                "last_order_at": nullable(time()), "average_order_value": number()})),
+            "rfm": obj(&["recency_days", "frequency", "monetary", "r_score", "f_score", "m_score", "site_customers"], json!({
+                "recency_days": nullable(int()), "frequency": int(), "monetary": number(),
+                "r_score": score(), "f_score": score(), "m_score": score(), "site_customers": int()})),
+            "geo": nullable(obj(&["country", "region", "city", "timezone", "time"], json!({
+                "country": string(), "region": nullable(string()), "city": nullable(string()),
+                "timezone": nullable(string()), "time": nullable(time())}))),
+            "device": nullable(obj(&["type", "browser", "os", "time"], json!({
+                "type": string(), "browser": nullable(string()), "os": nullable(string()), "time": nullable(time())}))),
+            "traits": free(),
+            "traits_at": nullable(time()),
+        }),
+    );
+    let event = obj(
+        &[
+            "message_id",
+            "type",
+            "event",
+            "name",
+            "timestamp",
+            "session_id",
+            "page",
+            "product_id",
+            "properties",
+        ],
+        json!({
+            "message_id": string(),
+            "type": {"type": "string", "enum": ["track", "page", "identify", "screen", "alias", "group"]},
+            "event": nullable(string()), "name": nullable(string()), "timestamp": nullable(time()),
+            "session_id": nullable(string()),
+            "page": nullable(obj(&["url", "title"], json!({"url": string(), "title": string()}))),
+            "product_id": nullable(string()), "properties": free(),
+        }),
+    );
+    let events_page = obj(
+        &["id", "site", "events", "next_before"],
+        json!({"id": string(), "site": string(), "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+               "next_before": {"type": "string", "nullable": true, "description": "Pass as `before` for the next page; null on the last page."}}),
+    );
+    let member = obj(
+        &["id", "user_id", "last_seen", "geo", "traits"],
+        json!({"id": string(), "user_id": nullable(string()), "last_seen": nullable(time()),
+               "geo": obj(&["country", "region", "city", "timezone"], json!({
+                   "country": nullable(string()), "region": nullable(string()), "city": nullable(string()), "timezone": nullable(string())})),
+               "traits": free()}),
+    );
+    let audience_page = obj(
+        &["site", "count", "members", "next_cursor"],
+        json!({"site": string(), "count": int(), "members": {"type": "array", "items": {"$ref": "#/components/schemas/AudienceMember"}},
+               "next_cursor": {"type": "string", "nullable": true, "description": "Pass as `cursor` for the next page; null on the last page."}}),
+    );
+    let filter = |key: &str| {
+        json!({"type": "object", "additionalProperties": false, "required": [key, "op", "value"], "properties": {
+            key: string(),
+            "op": {"type": "string", "enum": ["eq", "neq", "contains", "gt", "gte", "lt", "lte", "in"]},
+            "value": {"oneOf": [string(), number(), {"type": "boolean"}, {"type": "array", "items": string()}]}}})
+    };
+    let within = json!({"type": "string", "pattern": "^[0-9]+[smhdw]$", "example": "24h"});
+    let condition = json!({"oneOf": [
+        {"type": "object", "additionalProperties": false, "required": ["type", "event"], "properties": {
+            "type": {"type": "string", "enum": ["did"]}, "event": string(), "within": within,
+            "min_count": {"type": "integer", "minimum": 1}, "where": {"type": "array", "items": filter("property")}}},
+        {"type": "object", "additionalProperties": false, "required": ["type", "event"], "properties": {
+            "type": {"type": "string", "enum": ["did_not"]}, "event": string(), "within": within,
+            "where": {"type": "array", "items": filter("property")}}},
+        {"type": "object", "additionalProperties": false, "required": ["type", "within"], "properties": {
+            "type": {"type": "string", "enum": ["last_seen_within"]}, "within": within}},
+        {"type": "object", "additionalProperties": false, "required": ["type", "field", "op", "value"], "properties": {
+            "type": {"type": "string", "enum": ["geo"]},
+            "field": {"type": "string", "enum": ["country", "region", "city", "timezone"]},
+            "op": {"type": "string", "enum": ["eq", "neq", "contains", "in"]},
+            "value": {"oneOf": [string(), {"type": "array", "items": string()}]}}},
+        {"type": "object", "additionalProperties": false, "required": ["type", "name", "op", "value"], "properties": {
+            "type": {"type": "string", "enum": ["trait"]}, "name": string(),
+            "op": {"type": "string", "enum": ["eq", "neq", "contains", "gt", "gte", "lt", "lte", "in"]},
+            "value": {"oneOf": [string(), number(), {"type": "boolean"}, {"type": "array", "items": string()}]}}},
+    ]});
+    let audience_query = json!({"type": "object", "additionalProperties": false, "required": ["conditions"], "properties": {
+        "conditions": {"type": "array", "minItems": 1, "maxItems": 20, "items": condition,
+            "description": "All must hold. `event` is a track event name, or `$page`, `$identify`, `$screen`, `$alias`, `$group`."},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+        "cursor": {"type": "string", "nullable": true}}});
+    let error = obj(
+        &["error", "message", "field"],
+        json!({"error": {"type": "string", "description": "Machine-readable reason."},
+               "message": string(), "field": nullable(string())}),
+    );
+
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Waymark query API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Recency profiles, event history and audiences for email platforms. Every `/v1/` call needs `Authorization: Bearer <read key>`; a key reads only the sites it lists. Windows of 7 and 30 days are whole days, today included."
+        },
+        "components": {
+            "securitySchemes": {"readKey": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Profile": profile, "Event": event, "EventsPage": events_page,
+                "AudienceQuery": audience_query, "AudienceMember": member, "AudiencePage": audience_page,
+                "Error": error,
+            }
+        },
+        "security": [{"readKey": []}],
+        "paths": {
+            "/v1/profiles/{id}": {"get": {
+                "summary": "A person's profile",
+                "parameters": [id_param(), site_param()],
+                "responses": with_errors(json!({"200": {"description": "The profile.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Profile"}}}}}), true),
+            }},
+            "/v1/profiles/{id}/events": {"get": {
+                "summary": "A person's events, newest first",
+                "parameters": [id_param(), site_param(),
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}},
+                    {"name": "before", "in": "query", "schema": {"type": "string"}, "description": "`next_before` of the previous page, or an RFC 3339 time."},
+                    {"name": "type", "in": "query", "schema": {"type": "string", "enum": ["track", "page", "identify", "screen", "alias", "group"]}},
+                    {"name": "name", "in": "query", "schema": {"type": "string"}, "description": "Track event name or page name."}],
+                "responses": with_errors(json!({"200": {"description": "A page of events.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventsPage"}}}}}), true),
+            }},
+            "/v1/audiences/query": {"post": {
+                "summary": "People matching every condition",
+                "parameters": [site_param()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AudienceQuery"}}}},
+                "responses": with_errors(json!({"200": {"description": "A page of members, or with `Accept: application/x-ndjson` the whole audience, one member per line.",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/AudiencePage"}},
+                        "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/AudienceMember"}}}}}), false),
+            }},
+            "/openapi.json": {"get": {
+                "summary": "This document", "security": [],
+                "responses": {"200": {"description": "OpenAPI 3 document.", "content": {"application/json": {"schema": {"type": "object"}}}}},
+            }},
+        }
+    })
+}

@@ -1,0 +1,520 @@
+//! `GET /v1/profiles/{id}?site=`: who this person is and what they recently did.
+//!
+//! Identity ([`resolve`], [`visitor_filter`]): an anonymous id linked to a user becomes that user
+//! (the latest link wins when a device was shared), and the user's profile covers every anonymous
+//! id ever linked to it, so what a visitor did before identifying counts for the user. The figures
+//! come from the pre-aggregated tables of [`super::schema`], read in four queries keyed by
+//! `(site, visitor_id)` (a few aggregate rows per visitor, whatever the history's size); each
+//! resolves the visitor ids in a subquery, so all five queries run at once.
+//!
+//! Windows: "7 days" and "30 days" are whole days (the ClickHouse server's time zone), today
+//! included. RFM scores are 1 to 5 against the site's quintiles of its customers (people with an
+//! order in the RFM lookback); recency is scored on its negation so 5 is always best.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::sql::{int, lit};
+use super::{now_ms, time_or_null, QueryError, QueryState};
+
+#[derive(Debug, Deserialize)]
+pub struct SiteParam {
+    pub site: Option<String>,
+}
+
+pub async fn handler(
+    State(st): State<QueryState>,
+    Path(id): Path<String>,
+    Query(q): Query<SiteParam>,
+    headers: HeaderMap,
+) -> Response {
+    let run = async {
+        let site = st.authorize(&headers, q.site.as_deref())?;
+        check_id(&id)?;
+        let key = format!("profile\n{site}\n{id}");
+        if let Some(hit) = st.cached(&key) {
+            return Ok(hit);
+        }
+        let v = Arc::new(profile(&st, &site, &id).await?);
+        st.remember(key, v.clone());
+        Ok::<_, QueryError>(v)
+    };
+    match run.await {
+        Ok(v) => super::json_response(v),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Ids are bounded like the protocol's.
+pub(crate) fn check_id(id: &str) -> Result<(), QueryError> {
+    if id.is_empty() || id.len() > waymark_protocol::limits::MAX_ID_LEN {
+        return Err(QueryError::bad(
+            "id",
+            format!(
+                "must be 1 to {} bytes",
+                waymark_protocol::limits::MAX_ID_LEN
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A resolved person: the user id when known, the anonymous ids linked to it, and every
+/// `visitor_id` whose events are theirs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub user_id: Option<String>,
+    pub anonymous_ids: Vec<String>,
+    pub visitors: Vec<String>,
+}
+
+/// Resolves `id` (a user id or an anonymous id) on `site`.
+pub async fn resolve(st: &QueryState, site: &str, id: &str) -> Result<Identity, QueryError> {
+    let db = st.db();
+    let (s, x) = (lit(site), lit(id));
+    // The scalar subquery turns an anonymous id into its latest user (or leaves the id as is);
+    // the outer query lists that user's anonymous ids through the identities primary key.
+    let sql = format!(
+        "SELECT user_id, groupUniqArray(anonymous_id) AS anons FROM {db}.identities
+WHERE site = {s} AND user_id = (SELECT if(count() = 0, {x}, argMax(user_id, linked_at))
+    FROM {db}.q_ident_by_anon WHERE site = {s} AND anonymous_id = {x})
+GROUP BY user_id"
+    );
+    #[derive(Deserialize)]
+    struct Row {
+        user_id: String,
+        anons: Vec<String>,
+    }
+    let rows: Vec<Row> = st.fetch(&sql).await?;
+    Ok(match rows.into_iter().next() {
+        Some(r) => {
+            let mut anons = r.anons;
+            anons.sort();
+            let mut visitors = vec![r.user_id.clone()];
+            visitors.extend(anons.iter().cloned());
+            Identity {
+                user_id: Some(r.user_id),
+                anonymous_ids: anons,
+                visitors,
+            }
+        }
+        None => Identity {
+            user_id: None,
+            anonymous_ids: Vec::new(),
+            visitors: vec![id.to_string()],
+        },
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct VisitorRow {
+    n: u64,
+    first_seen: i64,
+    last_seen: i64,
+    last_page: (String, String, i64),
+    geo: (String, String, String, String, i64),
+    device: (String, String, String, i64),
+    traits: (String, i64),
+    user_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Counts {
+    events_7: u64,
+    page_views_7: u64,
+    sessions_7: u64,
+    events_30: u64,
+    page_views_30: u64,
+    sessions_30: u64,
+    engaged_ms_30: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProductRow {
+    product_id: String,
+    name: String,
+    last_viewed: i64,
+    views: u64,
+    engaged_ms: u64,
+    last_added: i64,
+    last_removed: i64,
+    cart_line: (f64, f64, String),
+}
+
+#[derive(Debug, Deserialize)]
+struct OrderRow {
+    ts: i64,
+    revenue: f64,
+    currency: String,
+}
+
+/// The site's RFM quintile boundaries, cached per site.
+#[derive(Default)]
+pub struct RfmCache {
+    map: Mutex<HashMap<String, (Instant, Arc<RfmBounds>)>>,
+}
+
+/// Quintile boundaries (20/40/60/80 %) of the site's customers. Recency is negated days.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RfmBounds {
+    pub r: Vec<f64>,
+    pub f: Vec<f64>,
+    pub m: Vec<f64>,
+    pub customers: u64,
+}
+
+/// 1 + the number of boundaries at or below `x`: 1..=5, higher is better.
+pub fn score(x: f64, bounds: &[f64]) -> u8 {
+    1 + bounds.iter().filter(|b| **b <= x).count().min(4) as u8
+}
+
+/// The resolved person's visitor ids as an SQL subquery, so the figure queries need not wait
+/// for [`resolve`] and all run at once: the user (an anonymous id's latest user, else the id
+/// itself) and every anonymous id linked to it.
+pub(crate) fn visitor_filter(db: &str, site: &str, id: &str) -> String {
+    let (s, x) = (lit(site), lit(id));
+    let user = format!(
+        "(SELECT if(count() = 0, {x}, argMax(user_id, linked_at)) FROM {db}.q_ident_by_anon
+    WHERE site = {s} AND anonymous_id = {x})"
+    );
+    format!(
+        "site = {s} AND visitor_id IN (SELECT {user} UNION ALL
+    SELECT anonymous_id FROM {db}.identities WHERE site = {s} AND user_id = {user})"
+    )
+}
+
+/// The site's bounds: computed on first use, then served from memory and refreshed in the
+/// background once older than `rfm.refresh` (requests never wait for a refresh).
+async fn rfm_bounds(st: &QueryState, site: &str, now: i64) -> Result<Arc<RfmBounds>, QueryError> {
+    let refresh = st.config().rfm.refresh.0;
+    let stale = {
+        let mut map = st.0.rfm.map.lock().expect("rfm lock");
+        match map.get_mut(site) {
+            Some((at, b)) if at.elapsed() < refresh => return Ok(b.clone()),
+            Some((at, b)) => {
+                // Claim the refresh so concurrent requests keep using the old bounds.
+                *at = Instant::now();
+                Some(b.clone())
+            }
+            None => None,
+        }
+    };
+    match stale {
+        Some(old) => {
+            let (st, site) = (st.clone(), site.to_string());
+            tokio::spawn(async move {
+                match compute_rfm_bounds(&st, &site, now).await {
+                    Ok(b) => {
+                        st.0.rfm
+                            .map
+                            .lock()
+                            .expect("rfm lock")
+                            .insert(site, (Instant::now(), Arc::new(b)));
+                    }
+                    Err(e) => tracing::warn!(error = %e, site, "refreshing RFM quintiles failed"),
+                }
+            });
+            Ok(old)
+        }
+        None => {
+            let b = Arc::new(compute_rfm_bounds(st, site, now).await?);
+            st.0.rfm
+                .map
+                .lock()
+                .expect("rfm lock")
+                .insert(site.to_string(), (Instant::now(), b.clone()));
+            Ok(b)
+        }
+    }
+}
+
+async fn compute_rfm_bounds(
+    st: &QueryState,
+    site: &str,
+    now: i64,
+) -> Result<RfmBounds, QueryError> {
+    let db = st.db();
+    let s = lit(site);
+    let since = now - st.config().rfm.lookback.0.as_millis() as i64;
+    // Per person (anonymous ids mapped to their user), per order key (an order seen under two
+    // visitor ids counts once), then quintiles over people.
+    let sql = format!(
+        "SELECT quantilesExact(0.2, 0.4, 0.6, 0.8)(-toFloat64(recency)) AS r,
+    quantilesExact(0.2, 0.4, 0.6, 0.8)(toFloat64(frequency)) AS f,
+    quantilesExact(0.2, 0.4, 0.6, 0.8)(monetary) AS m,
+    count() AS customers
+FROM (
+    SELECT person, intDiv({now} - max(ts), 86400000) AS recency, count() AS frequency, sum(revenue) AS monetary
+    FROM (
+        SELECT person, order_key, max(timestamp_ms) AS ts, any(revenue) AS revenue
+        FROM (
+            SELECT if(uid = '', visitor_id, uid) AS person, order_key, timestamp_ms, revenue
+            FROM (SELECT visitor_id, order_key, timestamp_ms, revenue FROM {db}.q_orders FINAL
+                  WHERE site = {s} AND timestamp_ms >= {since})
+            ANY LEFT JOIN (SELECT anonymous_id AS visitor_id, argMax(user_id, linked_at) AS uid
+                  FROM {db}.q_ident_by_anon WHERE site = {s} GROUP BY anonymous_id) USING visitor_id
+        )
+        GROUP BY person, order_key
+    )
+    GROUP BY person
+)",
+        now = int(now),
+        since = int(since)
+    );
+    let b: Vec<RfmBounds> = st.fetch(&sql).await?;
+    Ok(b.into_iter().next().unwrap_or(RfmBounds {
+        r: vec![],
+        f: vec![],
+        m: vec![],
+        customers: 0,
+    }))
+}
+
+/// Builds the profile JSON, or `NotFound`.
+pub async fn profile(st: &QueryState, site: &str, id: &str) -> Result<Value, QueryError> {
+    let now = now_ms();
+    let db = st.db();
+    let filter = visitor_filter(db, site, id);
+
+    let visitor_sql = format!(
+        "SELECT count() AS n, minMerge(first_seen) AS first_seen, maxMerge(last_seen) AS last_seen,
+    argMaxIfMerge(last_page) AS last_page, argMaxIfMerge(geo) AS geo, argMaxIfMerge(device) AS device,
+    argMaxIfMerge(traits) AS traits, argMaxIfMerge(user_id) AS user_id
+FROM {db}.q_visitor WHERE {filter}"
+    );
+    // Both windows merge their day rows into one state each, so an event seen on two days (a
+    // retry with another corrected time) still counts once.
+    let daily_sql = format!(
+        "SELECT uniqExactMergeIf(events, day >= today() - 6) AS events_7,
+    uniqExactIfMergeIf(page_views, day >= today() - 6) AS page_views_7,
+    uniqExactIfMergeIf(sessions, day >= today() - 6) AS sessions_7,
+    uniqExactMerge(events) AS events_30,
+    uniqExactIfMerge(page_views) AS page_views_30,
+    uniqExactIfMerge(sessions) AS sessions_30,
+    arraySum(arrayMap(x -> x.2, groupUniqArrayIfMerge(engaged))) AS engaged_ms_30
+FROM {db}.q_visitor_daily WHERE {filter} AND day >= today() - 29"
+    );
+    let products_sql = format!(
+        "SELECT product_id, argMaxIfMerge(name) AS name, maxIfMerge(last_viewed) AS last_viewed,
+    uniqExactIfMerge(views) AS views,
+    arraySum(arrayMap(x -> x.2, groupUniqArrayIfMerge(engaged))) AS engaged_ms,
+    maxIfMerge(last_added) AS last_added, maxIfMerge(last_removed) AS last_removed,
+    argMaxIfMerge(cart_line) AS cart_line
+FROM {db}.q_products WHERE {filter} GROUP BY product_id"
+    );
+    // FINAL collapses a re-inserted order row; grouping by the order key collapses the same
+    // order seen under two of the person's visitor ids.
+    let orders_sql = format!(
+        "SELECT order_key, max(timestamp_ms) AS ts, any(revenue) AS revenue, any(currency) AS currency
+FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
+    );
+    let (ident, visitor, counts, products, orders, bounds) = tokio::try_join!(
+        resolve(st, site, id),
+        st.fetch::<VisitorRow>(&visitor_sql),
+        st.fetch::<Counts>(&daily_sql),
+        st.fetch::<ProductRow>(&products_sql),
+        st.fetch::<OrderRow>(&orders_sql),
+        rfm_bounds(st, site, now),
+    )?;
+    let visitor = visitor
+        .into_iter()
+        .next()
+        .filter(|v| v.n > 0)
+        .ok_or_else(|| {
+            QueryError::NotFound(format!("id: no visitor or user {id:?} on site {site:?}"))
+        })?;
+    let counts = counts.into_iter().next().ok_or_else(|| {
+        QueryError::Unavailable("ClickHouse returned no row for an aggregate".into())
+    })?;
+    let cfg = st.config();
+
+    let user_id = ident
+        .user_id
+        .clone()
+        .or_else(|| (!visitor.user_id.is_empty()).then(|| visitor.user_id.clone()));
+
+    // A user's linked anonymous ids; an anonymous visitor is its own; a user id without
+    // links has none.
+    let anonymous_ids: Vec<String> = if ident.user_id.is_some() || user_id.is_some() {
+        ident.anonymous_ids.clone()
+    } else {
+        vec![id.to_string()]
+    };
+
+    // Orders.
+    let order_count = orders.len() as u64;
+    let revenue: f64 = orders.iter().map(|o| o.revenue).sum();
+    let last_order = orders.iter().map(|o| o.ts).max().unwrap_or(0);
+    let currency = orders
+        .iter()
+        .max_by_key(|o| o.ts)
+        .map(|o| o.currency.clone())
+        .filter(|c| !c.is_empty());
+
+    // RFM over the lookback.
+    let since = now - cfg.rfm.lookback.0.as_millis() as i64;
+    let mut keys: Vec<&OrderRow> = orders.iter().filter(|o| o.ts >= since).collect();
+    keys.sort_by_key(|o| o.ts);
+    let rfm = if let Some(last) = keys.last() {
+        let recency = (now - last.ts).div_euclid(86_400_000);
+        let frequency = keys.len() as u64;
+        let monetary: f64 = keys.iter().map(|o| o.revenue).sum();
+        json!({
+            "recency_days": recency,
+            "frequency": frequency,
+            "monetary": round2(monetary),
+            "r_score": score(-(recency as f64), &bounds.r),
+            "f_score": score(frequency as f64, &bounds.f),
+            "m_score": score(monetary, &bounds.m),
+            "site_customers": bounds.customers,
+        })
+    } else {
+        json!({
+            "recency_days": null, "frequency": 0, "monetary": 0.0,
+            "r_score": null, "f_score": null, "m_score": null,
+            "site_customers": bounds.customers,
+        })
+    };
+
+    // Recently viewed products, most recent first.
+    let mut viewed: Vec<&ProductRow> = products.iter().filter(|p| p.last_viewed > 0).collect();
+    viewed.sort_by(|a, b| {
+        b.last_viewed
+            .cmp(&a.last_viewed)
+            .then(a.product_id.cmp(&b.product_id))
+    });
+    let recently_viewed: Vec<Value> = viewed
+        .iter()
+        .take(cfg.recent_products)
+        .map(|p| {
+            json!({
+                "product_id": p.product_id,
+                "name": non_empty(&p.name),
+                "last_viewed": time_or_null(p.last_viewed),
+                "views": p.views,
+                "engaged_ms": p.engaged_ms,
+            })
+        })
+        .collect();
+
+    // Cart: products whose last add is after the last order and after their last removal.
+    let mut cart: Vec<&ProductRow> = products
+        .iter()
+        .filter(|p| p.last_added > 0 && p.last_added > last_order && p.last_added > p.last_removed)
+        .collect();
+    cart.sort_by(|a, b| {
+        b.last_added
+            .cmp(&a.last_added)
+            .then(a.product_id.cmp(&b.product_id))
+    });
+    let last_add = cart.first().map(|p| p.last_added).unwrap_or(0);
+    let abandoned = last_add > 0 && now - last_add > cfg.cart_abandon_after.0.as_millis() as i64;
+    let cart_products: Vec<Value> = cart
+        .iter()
+        .map(|p| {
+            json!({
+                "product_id": p.product_id,
+                "name": non_empty(&p.name),
+                "price": p.cart_line.0,
+                "quantity": p.cart_line.1,
+                "currency": non_empty(&p.cart_line.2),
+                "added_at": time_or_null(p.last_added),
+            })
+        })
+        .collect();
+
+    let engaged = counts.engaged_ms_30;
+    let bucket = if (engaged as u128) < cfg.engagement.medium.0.as_millis() {
+        "short"
+    } else if (engaged as u128) < cfg.engagement.long.0.as_millis() {
+        "medium"
+    } else {
+        "long"
+    };
+
+    let traits: Value = if visitor.traits.1 > 0 {
+        serde_json::from_str(&visitor.traits.0).unwrap_or_else(|_| json!({}))
+    } else {
+        json!({})
+    };
+
+    Ok(json!({
+        "id": user_id.clone().unwrap_or_else(|| id.to_string()),
+        "site": site,
+        "user_id": user_id,
+        "anonymous_ids": anonymous_ids,
+        "first_seen": time_or_null(visitor.first_seen),
+        "last_seen": time_or_null(visitor.last_seen),
+        "last_page": if visitor.last_page.2 > 0 {
+            json!({"url": visitor.last_page.0, "title": visitor.last_page.1, "time": time_or_null(visitor.last_page.2)})
+        } else { Value::Null },
+        "counts": {
+            "last_7_days": {"sessions": counts.sessions_7, "page_views": counts.page_views_7, "events": counts.events_7},
+            "last_30_days": {"sessions": counts.sessions_30, "page_views": counts.page_views_30, "events": counts.events_30},
+        },
+        "engagement": {"engaged_ms_30_days": engaged, "bucket": bucket},
+        "recently_viewed": recently_viewed,
+        "cart": {
+            "products": cart_products,
+            "last_added_at": time_or_null(last_add),
+            "abandoned": abandoned,
+        },
+        "orders": {
+            "count": order_count,
+            "revenue": round2(revenue),
+            "currency": currency,
+            "last_order_at": time_or_null(last_order),
+            "average_order_value": if order_count > 0 { round2(revenue / order_count as f64) } else { 0.0 },
+        },
+        "rfm": rfm,
+        "geo": if visitor.geo.4 > 0 {
+            json!({"country": visitor.geo.0, "region": non_empty(&visitor.geo.1), "city": non_empty(&visitor.geo.2),
+                   "timezone": non_empty(&visitor.geo.3), "time": time_or_null(visitor.geo.4)})
+        } else { Value::Null },
+        "device": if visitor.device.3 > 0 {
+            json!({"type": visitor.device.0, "browser": non_empty(&visitor.device.1), "os": non_empty(&visitor.device.2),
+                   "time": time_or_null(visitor.device.3)})
+        } else { Value::Null },
+        "traits": traits,
+        "traits_at": time_or_null(visitor.traits.1),
+    }))
+}
+
+/// Money and averages to cents (binary floats would otherwise print 59.980000000000004).
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+fn non_empty(s: &str) -> Value {
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_run_one_to_five() {
+        let b = [2.0, 3.0, 4.0, 5.0];
+        assert_eq!(score(1.0, &b), 1);
+        assert_eq!(score(2.0, &b), 2);
+        assert_eq!(score(4.5, &b), 4);
+        assert_eq!(score(5.0, &b), 5);
+        assert_eq!(score(99.0, &b), 5);
+        assert_eq!(score(1.0, &[]), 1);
+        // Ties: every boundary equal.
+        assert_eq!(score(1.0, &[1.0; 4]), 5);
+        assert_eq!(score(0.5, &[1.0; 4]), 1);
+    }
+}

@@ -1,0 +1,677 @@
+//! The spool: the durable buffer between "200 OK" and "ClickHouse has it".
+//!
+//! # Design note
+//!
+//! **Layout.** A directory of append-only segment files named by the global byte position of
+//! their first record (`00000000000000012345.wal`), plus a `checkpoint` file. Positions are
+//! global and only grow, so "everything before position P" is a simple comparison across
+//! segments and restarts.
+//!
+//! **Records.** `len: u32 | crc32: u32 | appended_ms: u64 | payload` (see [`record`]). One
+//! record holds all accepted rows of one HTTP request, so a request is durable entirely or not
+//! at all: nothing half-written.
+//!
+//! **Group commit.** One appender thread owns the active segment. Handlers send it their
+//! record and wait; the thread takes everything queued (up to 16 MiB), writes it with one
+//! `write`, calls `fdatasync` once, then publishes the new committed position and answers every
+//! waiter. A handler answers 200 only after that answer, so an acknowledged event is on disk, and
+//! a thousand concurrent requests cost one fsync, not a thousand. A failed write is truncated
+//! away and every waiter gets an error (503), never a false yes.
+//!
+//! **Cap.** The cap bounds the backlog: bytes acknowledged or queued but not yet confirmed by
+//! ClickHouse. An append reserves its size first; past `max_bytes` it fails with
+//! [`SpoolError::Full`] at once (503 + Retry-After); a commit releases what it consumed. Disk use
+//! is the backlog plus at most the consumed part of the active segment. Memory stays bounded
+//! too: the writer reads records back from the files (page cache) in bounded chunks.
+//!
+//! **Reading and the checkpoint.** The ClickHouse writer reads records in `[checkpoint,
+//! committed)`. Only after ClickHouse confirmed an insert does it call [`Spool::commit`], which
+//! writes the new position to `checkpoint.tmp`, fsyncs it, renames it over `checkpoint`, fsyncs
+//! the directory, and then deletes the sealed segments that lie wholly before it. A crash between
+//! insert and checkpoint replays the batch; the events table collapses such duplicates (same
+//! sorting key, ReplacingMergeTree).
+//!
+//! **Recovery** ([`Spool::open`]). Read the checkpoint; scan every segment, checking each
+//! record's length and checksum; cut a segment at its first bad record (a torn tail from a crash
+//! mid-write; that request was never acknowledged, so nothing acknowledged is lost); delete
+//! segments wholly before the checkpoint; start a fresh active segment after the last byte. The
+//! writer then replays everything from the checkpoint on.
+
+pub mod record;
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{oneshot, watch};
+
+use record::Decoded;
+
+const CHECKPOINT: &str = "checkpoint";
+const SEGMENT_EXT: &str = "wal";
+/// Most bytes one group commit writes before it fsyncs.
+const GROUP_MAX_BYTES: usize = 16 << 20;
+
+/// Why an append or a spool operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The cap is reached: the caller should answer 503 with Retry-After.
+    #[error("the spool is full ({used} of {max} bytes)")]
+    Full { used: u64, max: u64 },
+    /// Disk trouble; the record is not stored.
+    #[error("spool I/O error: {0}")]
+    Io(String),
+    /// The appender thread is gone (shutting down).
+    #[error("the spool is closed")]
+    Closed,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> SpoolError {
+    SpoolError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+/// What [`Spool::open`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments found on disk.
+    pub segments: usize,
+    /// Bytes of records waiting to be replayed to ClickHouse.
+    pub pending_bytes: u64,
+    /// Bytes cut off because they were not whole, checksummed records.
+    pub torn_bytes: u64,
+}
+
+/// One record read back from the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The position just past this record: commit this to consume it.
+    pub end: u64,
+    pub appended_ms: u64,
+    pub payload: Vec<u8>,
+}
+
+struct AppendReq {
+    payload: Vec<u8>,
+    reply: oneshot::Sender<Result<u64, SpoolError>>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// Backlog: bytes after the checkpoint plus bytes reserved by queued appends.
+    used: AtomicU64,
+    /// Segment start -> length in bytes. The last entry is the active segment.
+    segments: Mutex<BTreeMap<u64, u64>>,
+    /// Durable checkpoint (consumed up to here).
+    checkpoint: Mutex<u64>,
+    /// Position just past the last fsynced record.
+    committed: watch::Sender<u64>,
+    /// Appended-at time of the oldest record the writer has not committed, 0 if none known.
+    oldest_pending_ms: AtomicU64,
+    corrupt_records: AtomicU64,
+}
+
+/// A handle to the spool; cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<AppendReq>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn segment_path(dir: &Path, start: u64) -> PathBuf {
+    dir.join(format!("{start:020}.{SEGMENT_EXT}"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("syncing directory", dir, e))
+}
+
+fn read_checkpoint(dir: &Path) -> Result<Option<u64>, SpoolError> {
+    let path = dir.join(CHECKPOINT);
+    match std::fs::read(&path) {
+        Ok(b) if b.len() == 12 => {
+            let pos = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
+            let crc = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+            if crc32fast::hash(&b[0..8]) == crc {
+                Ok(Some(pos))
+            } else {
+                Err(SpoolError::Io(format!(
+                    "{} has a bad checksum; refusing to guess where to resume",
+                    path.display()
+                )))
+            }
+        }
+        Ok(_) => Err(SpoolError::Io(format!(
+            "{} is not 12 bytes; refusing to guess where to resume",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("reading", &path, e)),
+    }
+}
+
+fn write_checkpoint(dir: &Path, pos: u64) -> Result<(), SpoolError> {
+    let tmp = dir.join("checkpoint.tmp");
+    let mut b = pos.to_le_bytes().to_vec();
+    b.extend_from_slice(&crc32fast::hash(&b).to_le_bytes());
+    let mut f = File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
+    f.write_all(&b).map_err(|e| io_err("writing", &tmp, e))?;
+    f.sync_all().map_err(|e| io_err("syncing", &tmp, e))?;
+    std::fs::rename(&tmp, dir.join(CHECKPOINT)).map_err(|e| io_err("renaming", &tmp, e))?;
+    sync_dir(dir)
+}
+
+/// Length of the valid prefix of a segment: whole records with good checksums.
+fn valid_prefix(data: &[u8]) -> u64 {
+    let mut off = 0;
+    while off < data.len() {
+        match record::decode(&data[off..]) {
+            Decoded::Record { size, .. } => off += size,
+            Decoded::Incomplete { .. } | Decoded::Corrupt => break,
+        }
+    }
+    off as u64
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`, recovers it, and starts the appender thread.
+    /// `segment_bytes` is the size at which the active segment is sealed and a new one begun.
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        segment_bytes: u64,
+    ) -> Result<(Spool, Recovery), SpoolError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+        let checkpoint = read_checkpoint(dir)?;
+        let mut found: BTreeMap<u64, u64> = BTreeMap::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| io_err("listing", dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err("listing", dir, e))?;
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(SEGMENT_EXT) {
+                continue;
+            }
+            let Some(start) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            found.insert(start, 0);
+        }
+        let mut rec = Recovery {
+            segments: found.len(),
+            ..Recovery::default()
+        };
+        let checkpoint = checkpoint.unwrap_or_else(|| found.keys().next().copied().unwrap_or(0));
+        let mut segments = BTreeMap::new();
+        let mut end = checkpoint;
+        for &start in found.keys() {
+            let path = segment_path(dir, start);
+            let data = std::fs::read(&path).map_err(|e| io_err("reading", &path, e))?;
+            let valid = valid_prefix(&data);
+            if valid < data.len() as u64 {
+                rec.torn_bytes += data.len() as u64 - valid;
+                tracing::warn!(
+                    segment = %path.display(),
+                    kept = valid,
+                    cut = data.len() as u64 - valid,
+                    "spool segment ends in an incomplete or damaged record; cutting it there \
+                     (that request was never acknowledged)"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| io_err("opening", &path, e))?;
+                f.set_len(valid)
+                    .map_err(|e| io_err("truncating", &path, e))?;
+                f.sync_all().map_err(|e| io_err("syncing", &path, e))?;
+            }
+            if start + valid <= checkpoint || valid == 0 {
+                std::fs::remove_file(&path).map_err(|e| io_err("removing", &path, e))?;
+                continue;
+            }
+            end = end.max(start + valid);
+            segments.insert(start, valid);
+        }
+        rec.pending_bytes = segments
+            .iter()
+            .map(|(&s, &l)| (s + l).saturating_sub(checkpoint.max(s)))
+            .sum();
+        // A fresh active segment after everything that exists.
+        let active_path = segment_path(dir, end);
+        let active = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&active_path)
+            .map_err(|e| io_err("creating", &active_path, e))?;
+        segments.insert(end, 0);
+        sync_dir(dir)?;
+        let used = rec.pending_bytes;
+        let (committed, _) = watch::channel(end);
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            used: AtomicU64::new(used),
+            segments: Mutex::new(segments),
+            checkpoint: Mutex::new(checkpoint),
+            committed,
+            oldest_pending_ms: AtomicU64::new(0),
+            corrupt_records: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel();
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("spool-appender".into())
+            .spawn(move || appender(s, rx, active, end, segment_bytes.max(1)))
+            .map_err(|e| SpoolError::Io(format!("starting the appender thread: {e}")))?;
+        Ok((Spool { shared, tx }, rec))
+    }
+
+    /// Appends one record and returns once it is fsynced (with the position just past it).
+    pub async fn append(&self, payload: Vec<u8>) -> Result<u64, SpoolError> {
+        let need = record::encoded_len(payload.len());
+        let before = self.shared.used.fetch_add(need, Ordering::SeqCst);
+        if before + need > self.shared.max_bytes {
+            self.shared.used.fetch_sub(need, Ordering::SeqCst);
+            return Err(SpoolError::Full {
+                used: before,
+                max: self.shared.max_bytes,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(AppendReq { payload, reply }).is_err() {
+            self.shared.used.fetch_sub(need, Ordering::SeqCst);
+            return Err(SpoolError::Closed);
+        }
+        rx.await.unwrap_or(Err(SpoolError::Closed))
+    }
+
+    /// Whether an append of `bytes` would currently fit under the cap.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        self.shared.used.load(Ordering::SeqCst) + bytes <= self.shared.max_bytes
+    }
+
+    /// Watches the committed (fsynced) end position.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.committed.subscribe()
+    }
+
+    /// The committed end position now.
+    pub fn committed(&self) -> u64 {
+        *self.shared.committed.borrow()
+    }
+
+    /// The durable checkpoint: everything before it is in ClickHouse.
+    pub fn checkpoint(&self) -> u64 {
+        *self.shared.checkpoint.lock().expect("checkpoint lock")
+    }
+
+    /// The backlog the cap applies to: unconfirmed bytes plus bytes queued for writing.
+    pub fn used_bytes(&self) -> u64 {
+        self.shared.used.load(Ordering::SeqCst)
+    }
+
+    /// Bytes in segment files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.shared
+            .segments
+            .lock()
+            .expect("segments lock")
+            .values()
+            .sum()
+    }
+
+    /// The cap.
+    pub fn max_bytes(&self) -> u64 {
+        self.shared.max_bytes
+    }
+
+    /// Bytes acknowledged but not yet confirmed by ClickHouse.
+    pub fn pending_bytes(&self) -> u64 {
+        self.committed().saturating_sub(self.checkpoint())
+    }
+
+    /// Appended-at time (unix ms) of the oldest record not yet in ClickHouse, if known.
+    pub fn oldest_pending_ms(&self) -> Option<u64> {
+        match self.shared.oldest_pending_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    pub(crate) fn set_oldest_pending_ms(&self, t: Option<u64>) {
+        self.shared
+            .oldest_pending_ms
+            .store(t.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Records skipped because their checksum failed when read back (disk damage).
+    pub fn corrupt_records(&self) -> u64 {
+        self.shared.corrupt_records.load(Ordering::Relaxed)
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Checks the directory is writable (for `/readyz`).
+    pub fn probe_writable(&self) -> Result<(), SpoolError> {
+        let p = self.shared.dir.join(".probe");
+        std::fs::write(&p, b"ok").map_err(|e| io_err("writing", &p, e))?;
+        std::fs::remove_file(&p).map_err(|e| io_err("removing", &p, e))
+    }
+
+    /// Records that everything before `pos` is safely in ClickHouse: durably moves the
+    /// checkpoint, then deletes the sealed segments that lie wholly before it.
+    pub fn commit(&self, pos: u64) -> Result<(), SpoolError> {
+        {
+            let mut cp = self.shared.checkpoint.lock().expect("checkpoint lock");
+            if pos <= *cp {
+                return Ok(());
+            }
+            write_checkpoint(&self.shared.dir, pos)?;
+            let consumed = pos - *cp;
+            let _ = self
+                .shared
+                .used
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                    Some(u.saturating_sub(consumed))
+                });
+            *cp = pos;
+        }
+        let doomed: Vec<(u64, u64)> = {
+            let segs = self.shared.segments.lock().expect("segments lock");
+            let last = segs.keys().next_back().copied();
+            segs.iter()
+                .filter(|(&s, &l)| Some(s) != last && s + l <= pos)
+                .map(|(&s, &l)| (s, l))
+                .collect()
+        };
+        let mut removed = false;
+        for (start, len) in doomed {
+            let path = segment_path(&self.shared.dir, start);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing", &path, e)),
+            }
+            self.shared
+                .segments
+                .lock()
+                .expect("segments lock")
+                .remove(&start);
+            let _ = len;
+            removed = true;
+        }
+        if removed {
+            sync_dir(&self.shared.dir)?;
+        }
+        Ok(())
+    }
+
+    /// A reader starting at the checkpoint.
+    pub fn reader(&self) -> SpoolReader {
+        SpoolReader {
+            spool: self.clone(),
+            pos: self.checkpoint(),
+            file: None,
+        }
+    }
+}
+
+fn appender(
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<AppendReq>,
+    mut file: File,
+    mut start: u64,
+    segment_bytes: u64,
+) {
+    let mut len: u64 = 0;
+    let mut buf = Vec::with_capacity(1 << 20);
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        let mut bytes = group[0].payload.len();
+        while bytes < GROUP_MAX_BYTES {
+            match rx.try_recv() {
+                Ok(r) => {
+                    bytes += r.payload.len();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        // Seal the active segment once it is big enough; the next one starts at its end.
+        if len >= segment_bytes {
+            let next = start + len;
+            let path = segment_path(&shared.dir, next);
+            let opened = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_err("creating", &path, e))
+                .and_then(|f| sync_dir(&shared.dir).map(|()| f));
+            match opened {
+                Ok(f) => {
+                    file = f;
+                    start = next;
+                    len = 0;
+                    shared
+                        .segments
+                        .lock()
+                        .expect("segments lock")
+                        .insert(start, 0);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a new spool segment");
+                    fail_group(&shared, group, &e);
+                    continue;
+                }
+            }
+        }
+        buf.clear();
+        let now = now_ms();
+        let mut ends = Vec::with_capacity(group.len());
+        for r in &group {
+            record::encode(&mut buf, now, &r.payload);
+            ends.push(start + len + buf.len() as u64);
+        }
+        let path = segment_path(&shared.dir, start);
+        let result = file
+            .write_all(&buf)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io_err("writing", &path, e));
+        match result {
+            Ok(()) => {
+                len += buf.len() as u64;
+                shared
+                    .segments
+                    .lock()
+                    .expect("segments lock")
+                    .insert(start, len);
+                shared.committed.send_replace(start + len);
+                for (r, end) in group.into_iter().zip(ends) {
+                    let _ = r.reply.send(Ok(end));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "spool write failed; answering 503");
+                // Cut back to the last good record so the segment stays well-formed.
+                let _ = file.set_len(len).and_then(|()| file.sync_data());
+                fail_group(&shared, group, &e);
+            }
+        }
+    }
+}
+
+fn fail_group(shared: &Shared, group: Vec<AppendReq>, e: &SpoolError) {
+    for r in group {
+        shared
+            .used
+            .fetch_sub(record::encoded_len(r.payload.len()), Ordering::SeqCst);
+        let _ = r.reply.send(Err(SpoolError::Io(e.to_string())));
+    }
+}
+
+/// Reads committed records in order, from the checkpoint on.
+pub struct SpoolReader {
+    spool: Spool,
+    pos: u64,
+    file: Option<(u64, File)>,
+}
+
+impl SpoolReader {
+    /// The position of the next record to read.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Reads whole records from the current position up to the committed end, stopping once
+    /// about `max_bytes` are read (always at least one record when one is available).
+    pub fn read(&mut self, max_bytes: usize) -> Result<Vec<Record>, SpoolError> {
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        loop {
+            let committed = self.spool.committed();
+            if self.pos >= committed || total >= max_bytes {
+                return Ok(out);
+            }
+            // The segment holding `pos`, or the next one after a gap.
+            let (start, len, is_last) = {
+                let segs = self.spool.shared.segments.lock().expect("segments lock");
+                let last = segs.keys().next_back().copied();
+                let found = segs
+                    .range(..=self.pos)
+                    .next_back()
+                    .filter(|(&s, &l)| self.pos < s + l)
+                    .or_else(|| segs.range(self.pos + 1..).next())
+                    .map(|(&s, &l)| (s, l, Some(s) == last));
+                match found {
+                    Some(f) => f,
+                    None => return Ok(out),
+                }
+            };
+            if self.pos < start {
+                self.pos = start;
+            }
+            let seg_end = (start + len).min(committed);
+            if self.pos >= seg_end {
+                if is_last {
+                    return Ok(out);
+                }
+                self.pos = start + len;
+                continue;
+            }
+            if self.file.as_ref().map(|(s, _)| *s) != Some(start) {
+                let path = segment_path(&self.spool.shared.dir, start);
+                let f = File::open(&path).map_err(|e| io_err("opening", &path, e))?;
+                self.file = Some((start, f));
+            }
+            let (_, file) = self.file.as_ref().expect("just opened");
+            let want =
+                ((seg_end - self.pos) as usize).min((max_bytes - total).max(record::HEADER_LEN));
+            let mut chunk = vec![0u8; want];
+            file.read_exact_at(&mut chunk, self.pos - start)
+                .map_err(|e| SpoolError::Io(format!("reading segment {start}: {e}")))?;
+            let mut off = 0usize;
+            let mut progressed = false;
+            loop {
+                match record::decode(&chunk[off..]) {
+                    Decoded::Record {
+                        appended_ms,
+                        payload,
+                        size,
+                    } => {
+                        off += size;
+                        progressed = true;
+                        out.push(Record {
+                            end: self.pos + off as u64,
+                            appended_ms,
+                            payload: payload.to_vec(),
+                        });
+                    }
+                    Decoded::Incomplete { need } => {
+                        if !progressed {
+                            // One record larger than the chunk: read exactly it.
+                            let mut whole = vec![0u8; need];
+                            if self.pos + need as u64 > seg_end {
+                                self.corrupt(start, seg_end);
+                                break;
+                            }
+                            file.read_exact_at(&mut whole, self.pos - start)
+                                .map_err(|e| {
+                                    SpoolError::Io(format!("reading segment {start}: {e}"))
+                                })?;
+                            match record::decode(&whole) {
+                                Decoded::Record {
+                                    appended_ms,
+                                    payload,
+                                    size,
+                                } => {
+                                    off = size;
+                                    out.push(Record {
+                                        end: self.pos + size as u64,
+                                        appended_ms,
+                                        payload: payload.to_vec(),
+                                    });
+                                }
+                                _ => {
+                                    self.corrupt(start, seg_end);
+                                    off = 0;
+                                }
+                            }
+                        }
+                        break;
+                    }
+                    Decoded::Corrupt => {
+                        // Report it when it is first in line (next pass if records precede it).
+                        if !progressed {
+                            self.corrupt(start, seg_end);
+                        }
+                        break;
+                    }
+                }
+            }
+            if off == 0 {
+                // `corrupt` moved past the damage.
+                continue;
+            }
+            self.pos += off as u64;
+            total += off;
+        }
+    }
+
+    /// Disk damage under committed data: skip to the end of what this segment holds.
+    fn corrupt(&mut self, start: u64, seg_end: u64) {
+        tracing::error!(
+            segment = start,
+            at = self.pos,
+            skipped = seg_end - self.pos,
+            "spool record failed its checksum on read; skipping the rest of the segment"
+        );
+        self.spool
+            .shared
+            .corrupt_records
+            .fetch_add(1, Ordering::Relaxed);
+        self.pos = seg_end;
+    }
+}
+
+#[cfg(test)]
+mod tests;

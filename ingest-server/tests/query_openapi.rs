@@ -1,0 +1,313 @@
+//! `GET /openapi.json` describes what the endpoints really answer: live responses of every
+//! endpoint and status are checked against the document's schemas (closed objects, so an
+//! undocumented field fails), and the request bodies we send against the request schema.
+
+mod query_support;
+
+use axum::http::StatusCode;
+use query_support::*;
+use serde_json::{json, Value};
+
+/// A small OpenAPI 3.0 schema checker: `$ref`, `type`, `nullable`, `properties`, `required`,
+/// `additionalProperties: false`, `items`, `enum`, `oneOf`, `minimum`, `maximum`, `minItems`,
+/// `maxItems`, `format: date-time`.
+fn check(doc: &Value, schema: &Value, v: &Value, path: &str, errs: &mut Vec<String>) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.strip_prefix("#/components/schemas/").expect("local ref");
+        let target = &doc["components"]["schemas"][name];
+        assert!(!target.is_null(), "dangling $ref {r}");
+        return check(doc, target, v, path, errs);
+    }
+    if v.is_null() {
+        if schema.get("nullable") != Some(&json!(true)) && schema.get("type").is_some() {
+            errs.push(format!("{path}: null but not nullable"));
+        }
+        return;
+    }
+    if let Some(options) = schema.get("oneOf").and_then(Value::as_array) {
+        let ok = options
+            .iter()
+            .filter(|o| {
+                let mut e = Vec::new();
+                check(doc, o, v, path, &mut e);
+                e.is_empty()
+            })
+            .count();
+        if ok != 1 {
+            errs.push(format!("{path}: matches {ok} of the oneOf schemas: {v}"));
+        }
+        return;
+    }
+    if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+        if !values.contains(v) {
+            errs.push(format!("{path}: {v} not in {values:?}"));
+        }
+    }
+    let ty = schema.get("type").and_then(Value::as_str);
+    let ok = match ty {
+        None => true,
+        Some("object") => v.is_object(),
+        Some("array") => v.is_array(),
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_i64() || v.is_u64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        Some(other) => panic!("unknown type {other}"),
+    };
+    if !ok {
+        errs.push(format!("{path}: {v} is not a {}", ty.unwrap()));
+        return;
+    }
+    if let Some(n) = v.as_f64() {
+        if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
+            if n < min {
+                errs.push(format!("{path}: {n} < minimum {min}"));
+            }
+        }
+        if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
+            if n > max {
+                errs.push(format!("{path}: {n} > maximum {max}"));
+            }
+        }
+    }
+    if schema.get("format") == Some(&json!("date-time"))
+        && waymark_protocol::time::parse_rfc3339(v.as_str().unwrap()).is_none()
+    {
+        errs.push(format!("{path}: {v} is not a date-time"));
+    }
+    if let Some(o) = v.as_object() {
+        let props = schema.get("properties").and_then(Value::as_object);
+        for r in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let r = r.as_str().unwrap();
+            assert!(
+                props.is_some_and(|p| p.contains_key(r)),
+                "schema at {path} requires undescribed {r}"
+            );
+            if !o.contains_key(r) {
+                errs.push(format!("{path}.{r}: missing"));
+            }
+        }
+        for (k, val) in o {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => check(doc, s, val, &format!("{path}.{k}"), errs),
+                None if schema.get("additionalProperties") == Some(&json!(false)) => {
+                    errs.push(format!("{path}.{k}: not in the schema"))
+                }
+                None => {}
+            }
+        }
+    }
+    if let Some(items) = v.as_array() {
+        if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
+            if (items.len() as u64) < min {
+                errs.push(format!("{path}: fewer than {min} items"));
+            }
+        }
+        if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
+            if items.len() as u64 > max {
+                errs.push(format!("{path}: more than {max} items"));
+            }
+        }
+        if let Some(s) = schema.get("items") {
+            for (i, it) in items.iter().enumerate() {
+                check(doc, s, it, &format!("{path}[{i}]"), errs);
+            }
+        }
+    }
+}
+
+fn assert_valid(doc: &Value, schema: &Value, v: &Value, what: &str) {
+    let mut errs = Vec::new();
+    check(doc, schema, v, "$", &mut errs);
+    assert!(
+        errs.is_empty(),
+        "{what} does not match the OpenAPI document:\n{}\n{v:#}",
+        errs.join("\n")
+    );
+}
+
+/// The schema the document gives for `status` / `content_type` of an operation.
+fn response_schema<'a>(
+    doc: &'a Value,
+    path: &str,
+    method: &str,
+    status: StatusCode,
+    ct: &str,
+) -> &'a Value {
+    let op = &doc["paths"][path][method];
+    assert!(!op.is_null(), "{method} {path} is not documented");
+    let resp = &op["responses"][status.as_str()];
+    assert!(
+        !resp.is_null(),
+        "{method} {path} answered {status}, which is not documented"
+    );
+    let schema = &resp["content"][ct]["schema"];
+    assert!(
+        !schema.is_null(),
+        "{method} {path} {status}: content type {ct} not documented"
+    );
+    schema
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_responses_match_the_openapi_document() {
+    let db = Db::new().await;
+    let now = now_ms();
+    seed(&db, now).await;
+    let st = db.state(&[]);
+
+    // No key needed for the document itself.
+    let a = call(&st, "GET", "/openapi.json", None, None, None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    let doc = a.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut exercised = std::collections::BTreeSet::new();
+
+    let mut checked = 0;
+    let mut expect = |path: &'static str, method: &'static str, a: &Answer, what: &str| {
+        let ct = a.content_type.split(';').next().unwrap().trim().to_string();
+        let schema = response_schema(&doc, path, method, a.status, &ct).clone();
+        if ct == "application/x-ndjson" {
+            assert!(!a.text.is_empty(), "{what}: empty stream");
+            for line in a.text.lines() {
+                assert_valid(&doc, &schema, &serde_json::from_str(line).unwrap(), what);
+            }
+        } else {
+            assert_valid(&doc, &schema, &a.json(), what);
+        }
+        exercised.insert(format!("{method} {path}"));
+        checked += 1;
+    };
+
+    let profile = "/v1/profiles/{id}";
+    let events = "/v1/profiles/{id}/events";
+    let audiences = "/v1/audiences/query";
+    // Profiles with every field filled (alice) and with the nullable ones empty.
+    for id in ["alice", "a1", "c1", "d1", "bob"] {
+        let a = get(&st, &format!("/v1/profiles/{id}?site=shop"), SHOP_KEY).await;
+        assert_eq!(a.status, StatusCode::OK);
+        expect(profile, "get", &a, id);
+    }
+    expect(
+        profile,
+        "get",
+        &get(&st, "/v1/profiles/zed?site=shop", SHOP_KEY).await,
+        "404",
+    );
+    expect(
+        profile,
+        "get",
+        &get(&st, "/v1/profiles/alice?site=other", SHOP_KEY).await,
+        "403",
+    );
+    expect(
+        profile,
+        "get",
+        &call(&st, "GET", "/v1/profiles/alice?site=shop", None, None, None).await,
+        "401",
+    );
+    expect(
+        profile,
+        "get",
+        &get(&st, "/v1/profiles/alice", SHOP_KEY).await,
+        "400",
+    );
+
+    let a = get(&st, "/v1/profiles/alice/events?site=shop&limit=3", SHOP_KEY).await;
+    assert_eq!(a.status, StatusCode::OK);
+    expect(events, "get", &a, "events page");
+    let a = get(&st, "/v1/profiles/alice/events?site=shop", SHOP_KEY).await;
+    expect(events, "get", &a, "all events");
+    expect(
+        events,
+        "get",
+        &get(
+            &st,
+            "/v1/profiles/alice/events?site=shop&limit=-1",
+            SHOP_KEY,
+        )
+        .await,
+        "400",
+    );
+    expect(
+        events,
+        "get",
+        &get(&st, "/v1/profiles/zed/events?site=shop", SHOP_KEY).await,
+        "404",
+    );
+
+    let request = doc["components"]["schemas"]["AudienceQuery"].clone();
+    let queries = [
+        json!({"conditions": [
+            {"type": "did", "event": "Product Added", "within": "24h", "min_count": 1,
+             "where": [{"property": "product_id", "op": "in", "value": ["p1", "p3"]}]},
+            {"type": "did_not", "event": "Order Completed", "within": "24h"},
+            {"type": "last_seen_within", "within": "7d"},
+            {"type": "geo", "field": "country", "op": "neq", "value": "US"}], "limit": 1}),
+        json!({"conditions": [{"type": "trait", "name": "plan", "op": "eq", "value": "enterprise"}]}),
+        json!({"conditions": [{"type": "did_not", "event": "Product Added"}], "cursor": null}),
+    ];
+    for q in &queries {
+        assert_valid(&doc, &request, q, "request body");
+        let a = post(
+            &st,
+            "/v1/audiences/query?site=shop",
+            SHOP_KEY,
+            &q.to_string(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert!(!a.json()["members"].as_array().unwrap().is_empty());
+        expect(audiences, "post", &a, "audience page");
+        let a = call(
+            &st,
+            "POST",
+            "/v1/audiences/query?site=shop",
+            Some(SHOP_KEY),
+            Some(&q.to_string()),
+            Some("application/x-ndjson"),
+        )
+        .await;
+        expect(audiences, "post", &a, "audience stream");
+    }
+    let first = post(
+        &st,
+        "/v1/audiences/query?site=shop",
+        SHOP_KEY,
+        &queries[0].to_string(),
+    )
+    .await
+    .json();
+    assert!(first["next_cursor"].is_string(), "limit 1 gives a cursor");
+    expect(
+        audiences,
+        "post",
+        &post(&st, "/v1/audiences/query?site=shop", SHOP_KEY, "{}").await,
+        "400",
+    );
+    expect(
+        audiences,
+        "post",
+        &post(&st, "/v1/audiences/query?site=shop", "nope", "{}").await,
+        "401",
+    );
+
+    // Every documented operation was exercised.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if path == "/openapi.json" {
+                continue;
+            }
+            assert!(
+                exercised.contains(&format!("{method} {path}")),
+                "{method} {path} not checked"
+            );
+        }
+    }
+    assert!(checked >= 20);
+}

@@ -1,0 +1,340 @@
+// The Waymark tag loader: an ES module, loaded by a one-line async script tag (after the inline
+// stub in snippet.html) or imported from npm. It owns what is cheap in JS (DOM listeners, timers,
+// fetch and sendBeacon, storage access) and hands compact calls to the wasm module, which owns
+// ids, sessions, consent, event JSON, batching and the retry queue (collector-wasm/).
+//
+// Nothing here may throw into the host page: every entry point is wrapped, storage adapters
+// swallow their errors, and a missing or broken API (localStorage, sendBeacon, fetch) degrades
+// to the next best thing.
+import init, { Tag } from '../dist/pkg/waymark_collector.js'
+
+const w = globalThis
+const d = w.document
+const nav = w.navigator || {}
+const loc = w.location
+const now = Date.now
+const CLICKABLE = 'a,button,[data-waymark-event],input[type=submit],input[type=button]'
+// Tag.call operations and signals (collector-wasm/src/lib.rs).
+const PAGE = 0
+const TRACK = 1
+const IDENTIFY = 2
+const RESET = 3
+const CONSENT = 4
+const SIGNAL = 5
+const PRODUCT = 6
+
+let tag // the wasm Tag, once init ran
+let ready // the wasm module is instantiated
+let queue = [] // [ts, command, args] before ready, or before init
+let endpoint
+let timer
+let lastActive = 0
+let lastUrl = ''
+let referrer = d ? d.referrer : ''
+let scrolled = 0
+
+const safe = (f) => (...a) => {
+  try {
+    return f(...a)
+  } catch (e) {}
+}
+const json = (o) => {
+  try {
+    return o && typeof o == 'object' ? JSON.stringify(o) : ''
+  } catch (e) {
+    return ''
+  }
+}
+// Storage for the wasm module: {g, s, r} that never throw.
+const store = (get, set, del) => ({
+  g: safe(get),
+  s: safe(set),
+  r: safe(del),
+})
+
+function localStore() {
+  try {
+    const s = w.localStorage
+    s.setItem('wm_t', '1')
+    s.removeItem('wm_t')
+    return store(
+      (k) => s.getItem(k),
+      (k, v) => s.setItem(k, v),
+      (k) => s.removeItem(k),
+    )
+  } catch (e) {
+    return null
+  }
+}
+
+function cookieStore(domain) {
+  const attrs = ';path=/;samesite=lax' + (domain ? ';domain=' + domain : '') + (loc.protocol == 'https:' ? ';secure' : '')
+  return store(
+    (k) => {
+      const m = d.cookie.match('(?:^|; *)' + k + '=([^;]*)')
+      return m ? decodeURIComponent(m[1]) : null
+    },
+    (k, v) => (d.cookie = k + '=' + encodeURIComponent(v) + attrs + ';max-age=31536000'),
+    (k) => (d.cookie = k + '=' + attrs + ';max-age=0'),
+  )
+}
+
+// ---- delivery ------------------------------------------------------------------------------
+
+// `wait`: ms until the wasm module has a batch to send (-1: nothing to do). One timer at a
+// time, moved only when something is due sooner (not one setTimeout per event).
+let due = Infinity
+function schedule(wait) {
+  const at = now() + wait
+  if (wait < 0 || (timer && at >= due)) return
+  clearTimeout(timer)
+  due = at
+  timer = setTimeout(
+    safe(() => {
+      timer = 0
+      due = Infinity
+      pump()
+    }),
+    wait,
+  )
+}
+
+// Commands to the wasm module; string arguments are joined with U+0001.
+function call(op, ts, n, x, ...args) {
+  schedule(tag.call(op, ts, n || 0, x || 0, args.map((a) => String(a).replace(/\x01/g, '')).join('\x01')))
+}
+const signal = (n, x) => call(SIGNAL, now(), n, x)
+
+// Sends one batch; `force`: everything not yet sent, now, the page is being hidden or left.
+function pump(force) {
+  let b
+  while ((b = tag.next(now(), !!force))) {
+    const i = b.indexOf('{')
+    send(b.slice(i), +b.slice(0, i), force)
+    if (!force) return
+  }
+  // Nothing sent: ask when to come back (operation 9 does nothing but answer that).
+  schedule(tag.call(9, now(), 0, 0, ''))
+}
+
+const done = safe((id, status, retryAfter) => {
+  let ms = 0
+  if (retryAfter) {
+    ms = +retryAfter >= 0 ? retryAfter * 1000 : Date.parse(retryAfter) - now()
+  }
+  schedule(tag.done(now(), id, status, ms > 0 ? ms : 0))
+})
+
+function send(body, id, beacon) {
+  if (beacon) {
+    try {
+      if (nav.sendBeacon(endpoint, body)) return done(id, 200)
+    } catch (e) {}
+  }
+  try {
+    // A string body goes as text/plain: a "simple" request, no CORS preflight. `keepalive`
+    // (to outlive the page) shares a 64 KiB quota with beacons that frees up only some time
+    // after each request ends: large batches sent while the page is visible go without it.
+    const keepalive = beacon || body.length < 16384
+    fetch(endpoint, { method: 'POST', body, keepalive, credentials: 'omit' }).then(
+      (r) => done(id, r.status, r.headers.get('retry-after')),
+      () => done(id, 0),
+    )
+  } catch (e) {
+    done(id, 0)
+  }
+}
+
+// ---- page views, engagement, clicks ---------------------------------------------------------
+
+function page(ts, name, props) {
+  lastUrl = loc.href
+  const el = d.querySelector('[data-waymark-product]')
+  const state = (d.visibilityState == 'hidden' ? 0 : 1) | (d.hasFocus() ? 2 : 0)
+  const q = new URLSearchParams(loc.search)
+  call(
+    PAGE,
+    ts,
+    state,
+    0,
+    lastUrl,
+    loc.pathname,
+    loc.search,
+    d.title,
+    referrer,
+    name || '',
+    json(props),
+    el ? el.getAttribute('data-waymark-product') : '',
+    ...['source', 'medium', 'campaign', 'term', 'content'].map((k) => q.get('utm_' + k) || ''),
+  )
+  referrer = lastUrl
+  scrolled = 0
+  scroll()
+}
+
+function route() {
+  const ts = now()
+  // Let the app update the title first.
+  setTimeout(
+    safe(() => {
+      if (loc.href.split('#')[0] != lastUrl.split('#')[0]) page(ts)
+    }),
+  )
+}
+
+function scroll() {
+  const h = Math.max(d.documentElement.scrollHeight, d.body ? d.body.scrollHeight : 0)
+  const pct = h ? Math.min(100, Math.round(((w.scrollY + w.innerHeight) / h) * 100)) : 100
+  if (pct > scrolled) signal(5, (scrolled = pct))
+}
+
+function leave() {
+  // A product rendered after the page view (SPA) still gets its engaged time.
+  const el = d.querySelector('[data-waymark-product]')
+  if (el) call(PRODUCT, now(), 0, 0, el.getAttribute('data-waymark-product'))
+  signal(6)
+  pump(true)
+}
+
+function click(e) {
+  const el = e.target && e.target.closest && e.target.closest(CLICKABLE)
+  if (!el) return
+  const name = el.getAttribute('data-waymark-event')
+  const link = el.tagName == 'A'
+  const p = { kind: name != null ? 'element' : link ? 'link' : 'button' }
+  // Never form field values: an input's text is its value, so inputs send none.
+  if (el.tagName != 'INPUT') {
+    const text = (el.textContent || '').replace(/\s+/g, ' ').trim().slice(0, 100)
+    if (text) p.text = text
+  }
+  if (link && el.href) {
+    p.href = el.href
+    p.outbound = el.host != loc.host
+  }
+  if (el.id) p.id = el.id
+  if (name) p.name = name
+  call(TRACK, now(), 0, 0, '$click', JSON.stringify(p), '')
+}
+
+function listen(target, type, f, opts) {
+  target.addEventListener(type, safe(f), opts)
+}
+
+function autocapture() {
+  for (const m of ['pushState', 'replaceState']) {
+    const orig = history[m]
+    history[m] = function () {
+      const r = orig.apply(this, arguments)
+      safe(route)()
+      return r
+    }
+  }
+  listen(w, 'popstate', route)
+  listen(d, 'click', click, true)
+  listen(d, 'visibilitychange', () => {
+    if (d.visibilityState == 'hidden') {
+      signal(2)
+      leave()
+    } else signal(1)
+  })
+  listen(w, 'pagehide', leave)
+  listen(w, 'focus', () => signal(3))
+  listen(w, 'blur', () => signal(4))
+  listen(w, 'online', () => signal(7))
+  listen(w, 'scroll', scroll, { passive: true })
+  const active = () => {
+    const t = now()
+    if (t - lastActive > 1000) call(SIGNAL, (lastActive = t), 0)
+  }
+  for (const t of ['mousemove', 'keydown', 'pointerdown', 'touchstart', 'wheel']) {
+    listen(w, t, active, { passive: true, capture: true })
+  }
+}
+
+// ---- the API --------------------------------------------------------------------------------
+
+const api = {
+  init(ts, o) {
+    if (tag) return
+    o = o || {}
+    endpoint = o.endpoint || '/v1/batch'
+    const cookieless = o.storage == 'none'
+    const ls = cookieless ? null : localStore()
+    const ids = cookieless ? null : o.storage == 'cookie' ? cookieStore(o.cookieDomain) : ls
+    const optOut = o.honorSignals && (nav.globalPrivacyControl || nav.doNotTrack == '1' || w.doNotTrack == '1')
+    const seed = new Uint32Array(4)
+    try {
+      crypto.getRandomValues(seed)
+    } catch (e) {
+      for (let i = 0; i < 4; i++) seed[i] = Math.random() * 2 ** 32
+    }
+    tag = new Tag(
+      [o.site || '', nav.userAgent || '', nav.language || ''].join('\x01'),
+      (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
+      o.flushInterval >= 0 ? o.flushInterval : 1000,
+      ids,
+      ls,
+      seed[0],
+      seed[1],
+      seed[2],
+      seed[3],
+      ts,
+    )
+    if (o.autocapture !== false) autocapture()
+    if (o.pageview !== false) page(ts)
+  },
+  track(ts, name, props) {
+    const pid = props && props.product_id
+    call(TRACK, ts, 0, 0, name || '', json(props), name == 'Product Viewed' && pid != null ? pid : '')
+  },
+  identify(ts, id, traits) {
+    if (id && typeof id == 'object') [id, traits] = ['', id]
+    call(IDENTIFY, ts, 0, 0, id == null ? '' : id, json(traits))
+  },
+  page(ts, name, props) {
+    if (name && typeof name == 'object') [name, props] = ['', name]
+    page(ts, name, props)
+  },
+  consent(ts, v) {
+    call(CONSENT, ts, v == 'granted' ? 1 : 0)
+  },
+  reset(ts) {
+    call(RESET, ts)
+  },
+}
+
+function run(ts, cmd, args) {
+  if (!tag && cmd != 'init') return queue.push([ts, cmd, args])
+  const f = api[cmd]
+  if (f) f(ts, ...args)
+  if (cmd == 'init' && tag) {
+    const waiting = queue
+    queue = []
+    for (const [t, c, a] of waiting) safe(run)(t, c, a)
+  }
+}
+
+/** `waymark('init', {...})`, `waymark('track', name, props)`, ... (see waymark.d.ts). */
+export function waymark(cmd, ...args) {
+  const ts = now()
+  if (ready) safe(run)(ts, cmd, args)
+  else queue.push([ts, cmd, args])
+}
+
+// Calls queued by the inline stub, in order, with their original timestamps.
+const stub = w.waymark
+if (stub && stub.q) for (const [t, a] of stub.q) queue.push([t, a[0], [].slice.call(a, 1)])
+if (d) {
+  w.waymark = waymark
+  init({ module_or_path: new URL('waymark.wasm', import.meta.url) }).then(
+    safe(() => {
+      ready = true
+      const calls = queue
+      queue = []
+      for (const [t, c, a] of calls) safe(run)(t, c, a)
+    }),
+    () => {},
+  )
+}
+
+export default waymark

@@ -1,0 +1,141 @@
+// Test harness for the tag in real headless Chromium: a recording collector on 127.0.0.1 that
+// also serves the built tag (js/dist) and the test pages, and a browser launcher.
+import { createServer } from 'node:http'
+import { readFileSync, existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { dirname, join } from 'node:path'
+import { chromium } from 'playwright-core'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const dist = join(here, '..', 'dist')
+
+export const CHROMIUM = process.env.WAYMARK_CHROMIUM || '/usr/bin/chromium'
+export const ARGS = [
+  '--headless=new',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-dev-shm-usage',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+]
+
+export async function launch() {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`Chromium not found at ${CHROMIUM}: install with apt-get install chromium`)
+  }
+  return chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true })
+}
+
+/**
+ * The inline stub and init call, then the tag as an async module script.
+ * `before`: script run between the stub and the tag (calls queued before load);
+ * `delay`: ms the server holds the tag back.
+ */
+export function html({ init = {}, body = '', before = '', head = '', delay = 0, title = 'Test page' } = {}) {
+  const cfg = JSON.stringify({ site: 'test-site', endpoint: '/v1/batch', ...init })
+  return `<!doctype html><html><head><meta charset="utf-8"><title>${title}</title>${head}
+<script>window.waymark=window.waymark||function(){(waymark.q=waymark.q||[]).push([Date.now(),arguments])};waymark('init',${cfg});</script>
+<script>${before}</script>
+<script type="module" async src="/waymark.js?delay=${delay}"></script>
+</head><body>${body}</body></html>`
+}
+
+/** The recording collector. `pages`: path -> HTML. `respond`: status for the next batches. */
+export async function collector() {
+  const pages = new Map()
+  const batches = [] // { body, headers, at }
+  const responses = [] // statuses (or [status, retryAfter]) to answer with, in order; then 200
+  const answered = [] // { status, at } for every batch request
+  const server = createServer((req, res) => {
+    const url = new URL(req.url, 'http://x')
+    if (req.method == 'POST' && url.pathname == '/v1/batch') {
+      let data = ''
+      req.on('data', (c) => (data += c))
+      req.on('end', () => {
+        const [status, retryAfter] = [].concat(responses.length ? responses.shift() : 200)
+        answered.push({ status, at: Date.now() })
+        if (status < 300) {
+          try {
+            batches.push({ body: JSON.parse(data), headers: req.headers, at: Date.now() })
+          } catch (e) {
+            batches.push({ body: null, raw: data, headers: req.headers, at: Date.now() })
+          }
+        }
+        const headers = { 'content-type': 'application/json', 'access-control-allow-origin': '*' }
+        if (retryAfter) headers['retry-after'] = retryAfter
+        res.writeHead(status, headers)
+        res.end('{}')
+      })
+      return
+    }
+    if (url.pathname == '/waymark.js' || url.pathname == '/waymark.wasm') {
+      const file = join(dist, url.pathname.slice(1))
+      const type = url.pathname.endsWith('.js') ? 'text/javascript' : 'application/wasm'
+      const send = () => {
+        res.writeHead(200, { 'content-type': type, 'cache-control': 'no-store' })
+        res.end(readFileSync(file))
+      }
+      const delay = +url.searchParams.get('delay') || 0
+      return delay ? setTimeout(send, delay) : send()
+    }
+    const page = pages.get(url.pathname)
+    if (page != null) {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' })
+      return res.end(page)
+    }
+    res.writeHead(404)
+    res.end()
+  })
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  const origin = `http://127.0.0.1:${server.address().port}`
+  return {
+    origin,
+    pages,
+    batches,
+    responses,
+    answered,
+    /** Every event received, in arrival order, with its batch. */
+    events(site) {
+      return batches
+        .filter((b) => b.body && (!site || b.body.writeKey == site))
+        .flatMap((b) => b.body.batch.map((e) => ({ ...e, _batch: b })))
+    },
+    /** Waits (bounded) until `pred(events)` holds; returns the events. */
+    async waitFor(pred, what, ms = 10000) {
+      const end = Date.now() + ms
+      for (;;) {
+        const evs = this.events()
+        if (pred(evs)) return evs
+        if (Date.now() > end) {
+          throw new Error(`timed out waiting for ${what}; received: ${JSON.stringify(evs.map((e) => e.event || e.type))}`)
+        }
+        await new Promise((r) => setTimeout(r, 25))
+      }
+    },
+    close: () => new Promise((r) => server.close(r)),
+  }
+}
+
+/** A fresh context and page, focused (headless windows are not, by default). */
+export async function newPage(browser, opts = {}) {
+  const context = await browser.newContext(opts)
+  const page = await context.newPage()
+  const errors = []
+  page.on('pageerror', (e) => errors.push(e))
+  const cdp = await context.newCDPSession(page)
+  await cdp.send('Emulation.setFocusEmulationEnabled', { enabled: true })
+  return { context, page, errors, cdp }
+}
+
+/** Page Visibility emulation: sets document.visibilityState and fires visibilitychange. */
+export async function setVisibility(page, state) {
+  await page.evaluate((state) => {
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => state })
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => state == 'hidden' })
+    document.dispatchEvent(new Event('visibilitychange'))
+  }, state)
+}
+
+export const UUID7 = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/

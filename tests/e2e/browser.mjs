@@ -1,0 +1,126 @@
+// Drives real headless Chromium through the demo shop for the end-to-end test
+// (tests/tests/pipeline.rs). Two phases, so the test can check the query API in between:
+//
+//   node tests/e2e/browser.mjs browse --shop URL --state DIR
+//       visitor A (Lyon): views two products for different times, adds the second to the cart,
+//       leaves; visitor B (Hamburg): views a product, adds it, checks out. A's browser state is
+//       saved in DIR/a.json.
+//   node tests/e2e/browser.mjs login --shop URL --state DIR
+//       visitor A comes back with the saved state and logs in (identify).
+//
+// Prints one JSON line: { "sent": { "<messageId>": count, ... }, "batches": N } with every
+// event id the browser sent to the edge intake (fetch and beacon alike).
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const require = createRequire(path.join(REPO, 'js', 'package.json'));
+const { chromium } = require('playwright-core');
+
+const CHROMIUM = process.env.WAYMARK_CHROMIUM ?? '/usr/bin/chromium';
+if (!existsSync(CHROMIUM)) {
+  console.error(`${CHROMIUM} not found: install it with \`apt-get install -y chromium\` (or run cargo xtask test)`);
+  process.exit(3);
+}
+
+export const LYON = { country: 'FR', region: 'Auvergne-Rhone-Alpes', regionCode: 'ARA', city: 'Lyon', postalCode: '69001', latitude: '45.76', longitude: '4.83', timezone: 'Europe/Paris', continent: 'EU', asn: 3215, colo: 'MRS' };
+export const HAMBURG = { country: 'DE', region: 'Hamburg', regionCode: 'HH', city: 'Hamburg', postalCode: '20095', latitude: '53.55', longitude: '9.99', timezone: 'Europe/Berlin', continent: 'EU', asn: 3320, colo: 'HAM' };
+
+const { values: args, positionals } = parseArgs({
+  allowPositionals: true,
+  options: { shop: { type: 'string' }, state: { type: 'string' } },
+});
+const phase = positionals[0];
+if (!args.shop || !args.state || !['browse', 'login'].includes(phase)) {
+  console.error('usage: browser.mjs browse|login --shop URL --state DIR');
+  process.exit(2);
+}
+
+const sent = {};
+let batches = 0;
+
+function record(req) {
+  if (req.method() !== 'POST' || !new URL(req.url()).pathname.endsWith('/v1/batch')) return;
+  batches += 1;
+  try {
+    for (const e of JSON.parse(req.postData() ?? '{}').batch ?? []) sent[e.messageId] = (sent[e.messageId] ?? 0) + 1;
+  } catch (e) {
+    console.error(`a batch that is not JSON: ${e}`);
+  }
+}
+
+async function visitor(browser, cf, storageState) {
+  const context = await browser.newContext(storageState ? { storageState } : {});
+  await context.addCookies([{ name: 'waymark_demo_cf', value: encodeURIComponent(JSON.stringify(cf)), url: args.shop }]);
+  context.on('request', record);
+  const page = await context.newPage();
+  // Headless pages are not focused by default; a visitor's page is.
+  const cdp = await context.newCDPSession(page);
+  await cdp.send('Emulation.setFocusEmulationEnabled', { enabled: true });
+  return { context, page };
+}
+
+/** Stays on the page for `ms`, moving the mouse now and then like a reader does. */
+async function dwell(page, ms) {
+  const end = Date.now() + ms;
+  let y = 100;
+  while (Date.now() < end) {
+    y = y === 100 ? 200 : 100;
+    await page.mouse.move(200, y);
+    await page.waitForTimeout(Math.min(500, Math.max(0, end - Date.now())));
+  }
+}
+
+async function settle(page) {
+  // Let the tag send what it holds before the page goes away.
+  await page.waitForTimeout(1500);
+}
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+});
+try {
+  const statePath = path.join(args.state, 'a.json');
+  if (phase === 'browse') {
+    const a = await visitor(browser, LYON);
+    await a.page.goto(`${args.shop}/products/p-100`);
+    await dwell(a.page, 7000);
+    await a.page.goto(`${args.shop}/products/p-102`);
+    await dwell(a.page, 2000);
+    await a.page.click('#add-to-cart');
+    await a.page.waitForSelector('#added', { state: 'visible' });
+    await settle(a.page);
+    await a.page.goto(`${args.shop}/`);
+    await settle(a.page);
+    await a.context.storageState({ path: statePath });
+    await a.page.close({ runBeforeUnload: true });
+    await a.context.close();
+
+    const b = await visitor(browser, HAMBURG);
+    await b.page.goto(`${args.shop}/products/p-101`);
+    await dwell(b.page, 1500);
+    await b.page.click('#add-to-cart');
+    await b.page.waitForSelector('#added', { state: 'visible' });
+    await b.page.goto(`${args.shop}/checkout`);
+    await b.page.click('#place-order');
+    await b.page.waitForSelector('#thanks', { state: 'visible' });
+    await settle(b.page);
+    await b.page.close({ runBeforeUnload: true });
+    await b.context.close();
+  } else {
+    const a = await visitor(browser, LYON, statePath);
+    await a.page.goto(`${args.shop}/login`);
+    await a.page.click('#login');
+    await a.page.waitForSelector('#welcome', { state: 'visible' });
+    await settle(a.page);
+    await a.page.close({ runBeforeUnload: true });
+    await a.context.close();
+  }
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify({ sent, batches }));

@@ -1,0 +1,218 @@
+//! The whole pipeline: real Chromium visits the demo shop through the edge worker in workerd
+//! (with injected geo), the ingest server spools and stores in a real ClickHouse, and the query
+//! API answers. See `tests/e2e/browser.mjs` for what the two visitors do.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use waymark_e2e::{wait_for, Stack, SITE};
+
+/// The query API's cart-abandonment delay for this test.
+const ABANDON_AFTER_SECS: u64 = 4;
+
+fn sent_ids(v: &Value) -> BTreeMap<String, u64> {
+    v["sent"]
+        .as_object()
+        .expect("browser.mjs prints {sent: {...}}")
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+        .collect()
+}
+
+/// Rows `message_id\tcount` for every event of the site, duplicates not collapsed.
+fn stored(stack: &Stack) -> BTreeMap<String, u64> {
+    stack
+        .sql(&format!(
+            "SELECT message_id, count() FROM {{db}}.events WHERE site = '{SITE}' GROUP BY message_id"
+        ))
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(id, n)| (id.to_string(), n.parse().unwrap_or(0)))
+        .collect()
+}
+
+fn wait_stored(stack: &Stack, ids: &BTreeMap<String, u64>) {
+    wait_for(
+        "every event the browser sent to reach ClickHouse",
+        60,
+        || {
+            let have = stored(stack);
+            ids.keys().all(|id| have.contains_key(id)).then_some(())
+        },
+    );
+}
+
+fn product_ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["product_id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_shopper_abandons_a_cart_another_buys_then_the_first_logs_in() {
+    let stack = Stack::start(&format!("{ABANDON_AFTER_SECS}s"));
+
+    // Phase 1: A (Lyon) views p-100 for ~7 s and p-102 for ~2 s, adds p-102, leaves.
+    // B (Hamburg) views p-101, adds it and buys it.
+    let browse = stack.browser("browse");
+    let mut sent = sent_ids(&browse);
+    assert!(
+        sent.len() >= 8,
+        "the browser sent too few events: {browse}\nshop log:\n{}",
+        stack.shop.log_tail()
+    );
+    wait_stored(&stack, &sent);
+
+    let anon_a = stack
+        .sql("SELECT DISTINCT anonymous_id FROM {db}.events WHERE city = 'Lyon'")
+        .trim()
+        .to_string();
+    let anon_b = stack
+        .sql("SELECT DISTINCT anonymous_id FROM {db}.events WHERE city = 'Hamburg'")
+        .trim()
+        .to_string();
+    assert!(
+        !anon_a.is_empty() && !anon_a.contains('\n'),
+        "one anonymous id for A: {anon_a:?}"
+    );
+    assert!(
+        !anon_b.is_empty() && !anon_b.contains('\n') && anon_b != anon_a,
+        "one other id for B: {anon_b:?}"
+    );
+
+    // The edge's work is in the rows: geo from the injected cf data, a truncated address.
+    let ips = stack.sql(&format!(
+        "SELECT DISTINCT ip FROM {{db}}.events WHERE anonymous_id = '{anon_a}'"
+    ));
+    assert_eq!(
+        ips.trim(),
+        "127.0.0.0",
+        "the client IP is stored truncated to /24"
+    );
+
+    // A's engagement reaches the server (beacons on leave), so wait for both products' time.
+    let profile = wait_for("A's profile with engaged time on both products", 60, || {
+        let (status, p) = stack.api_get(&format!("/v1/profiles/{anon_a}?site={SITE}"));
+        let ranked = product_ids(&p["recently_viewed"]);
+        let engaged = |id: &str| {
+            p["recently_viewed"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["product_id"] == id))
+                .and_then(|x| x["engaged_ms"].as_u64())
+                .unwrap_or(0)
+        };
+        (status == 200
+            && ranked.contains(&"p-100".to_string())
+            && ranked.contains(&"p-102".to_string())
+            && engaged("p-100") > 0
+            && engaged("p-102") > 0)
+            .then_some(p)
+    });
+    let viewed = profile["recently_viewed"].as_array().unwrap();
+    let engaged: BTreeMap<String, u64> = viewed
+        .iter()
+        .map(|p| {
+            (
+                p["product_id"].as_str().unwrap().to_string(),
+                p["engaged_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    println!(
+        "A's engaged time per product: {engaged:?}; sent {} events",
+        sent.len()
+    );
+    assert!(
+        engaged["p-100"] > engaged["p-102"],
+        "the longer-viewed product has more engaged time: {engaged:?}"
+    );
+    // Ranked by attention: the product with more engaged time comes first.
+    let by_attention = {
+        let mut v: Vec<_> = engaged.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1));
+        v[0].0.clone()
+    };
+    assert_eq!(by_attention, "p-100");
+    assert_eq!(profile["geo"]["country"], "FR", "{profile}");
+    assert_eq!(profile["geo"]["city"], "Lyon", "{profile}");
+    assert_eq!(product_ids(&profile["cart"]["products"]), vec!["p-102"]);
+
+    // After the configured delay, A's cart is abandoned; B's is not (B ordered).
+    std::thread::sleep(std::time::Duration::from_secs(ABANDON_AFTER_SECS + 1));
+    let (status, a) = stack.api_get(&format!("/v1/profiles/{anon_a}?site={SITE}"));
+    assert_eq!(status, 200);
+    assert_eq!(a["cart"]["abandoned"], true, "{a}");
+    let (status, b) = stack.api_get(&format!("/v1/profiles/{anon_b}?site={SITE}"));
+    assert_eq!(status, 200);
+    assert_eq!(b["cart"]["abandoned"], false, "{b}");
+    assert_eq!(b["orders"]["count"], 1, "{b}");
+    assert_eq!(b["geo"]["city"], "Hamburg");
+
+    let audience = json!({"conditions": [
+        {"type": "did", "event": "Product Added", "within": "24h"},
+        {"type": "did_not", "event": "Order Completed", "within": "24h"}
+    ]});
+    let (status, members) = stack.api_post(&format!("/v1/audiences/query?site={SITE}"), &audience);
+    assert_eq!(status, 200, "{members}");
+    let ids: Vec<&str> = members["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    println!("cart-abandonment audience: {ids:?} (A = {anon_a}, B = {anon_b})");
+    assert!(
+        ids.contains(&anon_a.as_str()),
+        "A is in the cart-abandonment audience: {members}"
+    );
+    assert!(
+        !ids.contains(&anon_b.as_str()),
+        "B bought, so is not: {members}"
+    );
+
+    // Phase 2: A logs in; their anonymous history now counts for the user id.
+    let login = stack.browser("login");
+    let login_ids = sent_ids(&login);
+    wait_stored(&stack, &login_ids);
+    sent.extend(login_ids);
+    let user = wait_for("A's profile under the user id", 30, || {
+        let (status, p) = stack.api_get(&format!("/v1/profiles/ada@example.com?site={SITE}"));
+        (status == 200 && p["anonymous_ids"].as_array().is_some_and(|a| !a.is_empty())).then_some(p)
+    });
+    assert_eq!(user["user_id"], "ada@example.com");
+    assert!(
+        user["anonymous_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == anon_a.as_str()),
+        "{user}"
+    );
+    let mut products = product_ids(&user["recently_viewed"]);
+    products.sort();
+    assert_eq!(
+        products,
+        vec!["p-100", "p-102"],
+        "events from before login count: {user}"
+    );
+    assert_eq!(user["traits"]["email"], "ada@example.com");
+    assert_eq!(user["cart"]["abandoned"], true, "{user}");
+
+    println!("A after login: {user:#}");
+    // Every event the browser sent is in ClickHouse exactly once.
+    let have = stored(&stack);
+    for (id, times_sent) in &sent {
+        assert_eq!(
+            have.get(id),
+            Some(&1),
+            "event {id} (sent {times_sent} time(s)) is stored {:?} times",
+            have.get(id)
+        );
+    }
+    let dups: Vec<_> = have.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "duplicates in ClickHouse: {dups:?}");
+}

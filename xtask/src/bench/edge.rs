@@ -1,0 +1,21 @@
+//! `cargo xtask bench edge`: the edge worker's CPU time per 20-event batch, measured natively in
+//! release mode by `edge-worker/examples/bench.rs` (it prints the figures).
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::stage::{cargo, run};
+
+pub fn run_bench(root: &Path) -> Result<()> {
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "waymark-edge",
+            "--example",
+            "bench",
+        ])
+        .current_dir(root))
+}

@@ -1,0 +1,590 @@
+//! `cargo xtask bench ingest [--events N] [--clients C] [--batch B] [--rate R] [--paced-secs S]`
+//!
+//! Measures and prints (asserts nothing):
+//! 1. throughput: N realistic events sent over HTTP by C concurrent clients in batches of B;
+//!    events/s until every one is visible in ClickHouse; ack latency p50/p99; freshness (ack to
+//!    visible, p99, from probe requests polled every 25 ms);
+//! 2. ack latency at a paced R requests/s of 20 events for S seconds (p50/p99/max);
+//! 3. the server's peak RSS (VmHWM);
+//! 4. a raw `clickhouse-client` insert (TabSeparated) of the same rows, and the ratio.
+//!
+//! The server is the release binary with default writer settings, against a private
+//! ClickHouse from the testkit.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _, Result};
+use waymark_testkit::ClickHouse;
+
+struct Opts {
+    events: usize,
+    clients: usize,
+    batch: usize,
+    rate: usize,
+    paced_secs: u64,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        events: 300_000,
+        clients: 8,
+        batch: 100,
+        rate: 2_000,
+        paced_secs: 10,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || -> Result<usize> {
+            it.next()
+                .with_context(|| format!("{a} needs a value"))?
+                .parse()
+                .with_context(|| format!("{a} needs a number"))
+        };
+        match a.as_str() {
+            "--events" => o.events = val()?,
+            "--clients" => o.clients = val()?.max(1),
+            "--batch" => o.batch = val()?.clamp(1, 500),
+            "--rate" => o.rate = val()?.max(1),
+            "--paced-secs" => o.paced_secs = val()? as u64,
+            other => bail!(
+                "unknown option {other:?} (--events, --clients, --batch, --rate, --paced-secs)"
+            ),
+        }
+    }
+    Ok(o)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn iso(ms: i64) -> String {
+    // RFC 3339 with milliseconds, UTC, computed without a date library.
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
+        ms.rem_euclid(1000)
+    )
+}
+
+const UAS: &[&str] = &[
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Safari/605.1.15",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36",
+];
+
+/// One realistic tag event: page views, product views, adds, clicks and engagement.
+fn event(id: &str, visitor: usize, n: usize, at: &str) -> String {
+    let product = (n * 7919) % 500;
+    let ua = UAS[visitor % UAS.len()];
+    let ctx = format!(
+        r#"{{"page":{{"url":"https://shop.example/p/{product}?utm_source=news","path":"/p/{product}","title":"Product {product}","referrer":"https://www.google.com/"}},"userAgent":"{ua}","locale":"de-DE","sessionId":"s-{visitor}-1","library":{{"name":"waymark.js","version":"0.1.0"}}}}"#
+    );
+    let (kind, rest) = match n % 10 {
+        0..=3 => ("page", format!(r#""name":"Product {product}""#)),
+        4..=5 => ("track", format!(r#""event":"Product Viewed","properties":{{"product_id":"p-{product}","name":"Product {product}","price":19.9,"currency":"EUR"}}"#)),
+        6 => ("track", format!(r#""event":"Product Added","properties":{{"product_id":"p-{product}","price":19.9,"quantity":1,"currency":"EUR"}}"#)),
+        7..=8 => ("track", r#""event":"$click","properties":{"kind":"link","text":"More","href":"https://shop.example/c/shoes","outbound":false}"#.to_string()),
+        _ => ("track", format!(r#""event":"$engagement","properties":{{"engaged_ms":12345,"scroll_depth":70,"product_id":"p-{product}"}}"#)),
+    };
+    format!(
+        r#"{{"type":"{kind}","messageId":"{id}","anonymousId":"anon-{visitor}","originalTimestamp":"{at}",{rest},"context":{ctx}}}"#
+    )
+}
+
+fn batch_body(prefix: &str, size: usize, seq: usize) -> String {
+    let at = iso(now_ms() - 200);
+    let events: Vec<String> = (0..size)
+        .map(|i| {
+            event(
+                &format!("{prefix}-{seq}-{i}"),
+                (seq * 31 + i) % 20_000,
+                seq + i,
+                &at,
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"writeKey":"wk_bench","sentAt":"{}","batch":[{}]}}"#,
+        iso(now_ms()),
+        events.join(",")
+    )
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// Posts one batch; returns the ack latency, or an error for anything but 200.
+fn post(agent: &ureq::Agent, url: &str, body: &str) -> Result<Duration> {
+    let t = Instant::now();
+    let mut r = agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+        .context("posting a batch")?;
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    let took = t.elapsed();
+    if status != 200 {
+        bail!("ingest answered {status}: {text}");
+    }
+    Ok(took)
+}
+
+fn count(ch: &ClickHouse, sql: &str) -> u64 {
+    ch.query(sql)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds a process used so far (clock ticks of 1/100 s on Linux).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    println!("building the ingest server (release)...");
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "waymark-ingest",
+            "--bin",
+            "ingest-server",
+        ])
+        .current_dir(root)
+        .status()
+        .context("running cargo build")?;
+    if !st.success() {
+        bail!("cargo build --release -p waymark-ingest failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let binary = target.join("release/ingest-server");
+
+    println!("starting a private ClickHouse...");
+    let ch = ClickHouse::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = ch.fresh_database().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = tempfile_dir()?;
+    let config = dir.join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+[clickhouse]
+url = "{}"
+database = "{db}"
+[spool]
+dir = "{}"
+[[sites]]
+id = "bench"
+write_keys = ["wk_bench"]
+"#,
+            ch.http_url(),
+            dir.join("spool").display()
+        ),
+    )?;
+    let mut child = Command::new(&binary)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let pid = child.id();
+    let server = Server(child);
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_string();
+    let url = format!("http://{addr}/v1/batch");
+    // Warm up: schema applied, connections open.
+    post(&agent(), &url, &batch_body("warm", 1, 0))?;
+    let warm_deadline = Instant::now() + Duration::from_secs(30);
+    while count(&ch, &format!("SELECT count() FROM {db}.events")) < 1
+        && Instant::now() < warm_deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // 1. Throughput.
+    let requests = o.events.div_ceil(o.batch);
+    println!(
+        "throughput: {} events in {requests} requests of {} from {} clients...",
+        requests * o.batch,
+        o.batch,
+        o.clients
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let acks: Arc<Mutex<Vec<f64>>> = Arc::default();
+    // probe request seq -> ack instant
+    let probes: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
+    let poller = {
+        let (done, seen) = (done.clone(), seen.clone());
+        let (url, db) = (ch.http_url(), db.clone());
+        std::thread::spawn(move || {
+            let a = agent();
+            while !done.load(Ordering::Relaxed) {
+                let sql = format!(
+                    "SELECT DISTINCT message_id FROM {db}.events WHERE message_id LIKE 'probe-%' FORMAT TSV"
+                );
+                if let Ok(mut r) = a.post(format!("{url}/")).send(sql.as_str()) {
+                    let body = r.body_mut().read_to_string().unwrap_or_default();
+                    let now = Instant::now();
+                    let mut s = seen.lock().unwrap();
+                    for l in body.lines() {
+                        if let Some(seq) = l.split('-').nth(1).and_then(|x| x.parse().ok()) {
+                            s.entry(seq).or_insert(now);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        })
+    };
+    // Bodies are built before the clock starts so the client's own work stays out of the way.
+    let bodies: Arc<Vec<String>> = Arc::new(
+        (0..requests)
+            .map(|seq| batch_body(if seq % 20 == 0 { "probe" } else { "ev" }, o.batch, seq))
+            .collect(),
+    );
+    let load_before = loadavg();
+    let cpu_before = cpu_secs(pid);
+    let self_cpu_before = cpu_secs(std::process::id());
+    let start = Instant::now();
+    let workers: Vec<_> = (0..o.clients)
+        .map(|_| {
+            let (next, acks, probes, url, bodies) = (
+                next.clone(),
+                acks.clone(),
+                probes.clone(),
+                url.clone(),
+                bodies.clone(),
+            );
+            std::thread::spawn(move || -> Result<()> {
+                let a = agent();
+                loop {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= requests {
+                        return Ok(());
+                    }
+                    let probe = seq % 20 == 0;
+                    let took = post(&a, &url, &bodies[seq])?;
+                    if probe {
+                        probes.lock().unwrap().insert(seq, Instant::now());
+                    }
+                    acks.lock().unwrap().push(took.as_secs_f64() * 1000.0);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+    }
+    let acked_at = start.elapsed();
+    let total = (requests * o.batch) as u64 + 1;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count(&ch, &format!("SELECT count() FROM {db}.events")) < total
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let visible_at = start.elapsed();
+    let server_cpu = cpu_secs(pid).zip(cpu_before).map(|(a, b)| a - b);
+    let client_cpu = cpu_secs(std::process::id())
+        .zip(self_cpu_before)
+        .map(|(a, b)| a - b);
+    drop(bodies);
+    let load_after = loadavg();
+    std::thread::sleep(Duration::from_millis(100));
+    done.store(true, Ordering::Relaxed);
+    let _ = poller.join();
+    let acks = sorted(acks.lock().unwrap().clone());
+    let fresh = {
+        let p = probes.lock().unwrap();
+        let s = seen.lock().unwrap();
+        sorted(
+            p.iter()
+                .filter_map(|(seq, ack)| {
+                    s.get(seq)
+                        .map(|v| v.saturating_duration_since(*ack).as_secs_f64() * 1000.0)
+                })
+                .collect(),
+        )
+    };
+    let visible = count(&ch, &format!("SELECT count() FROM {db}.events"));
+    let rate = (total - 1) as f64 / visible_at.as_secs_f64();
+
+    // 2. Paced ack latency.
+    let paced_total = o.rate as u64 * o.paced_secs;
+    println!(
+        "paced: {} requests/s of 20 events for {} s...",
+        o.rate, o.paced_secs
+    );
+    let paced_lat: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let paced_threads = 16usize;
+    let interval = Duration::from_secs_f64(paced_threads as f64 / o.rate as f64);
+    let per = paced_total as usize / paced_threads;
+    let paced_bodies: Vec<Vec<String>> = (0..paced_threads)
+        .map(|t| {
+            (0..per)
+                .map(|i| batch_body(&format!("paced{t}"), 20, i))
+                .collect()
+        })
+        .collect();
+    let pstart = Instant::now() + Duration::from_millis(100);
+    let late = Arc::new(AtomicUsize::new(0));
+    let pw: Vec<_> = paced_bodies
+        .into_iter()
+        .enumerate()
+        .map(|(t, bodies)| {
+            let (lat, url, late) = (paced_lat.clone(), url.clone(), late.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let a = agent();
+                let offset = interval.mul_f64(t as f64 / paced_threads as f64);
+                for (i, body) in bodies.iter().enumerate() {
+                    let when = pstart + offset + interval * i as u32;
+                    let now = Instant::now();
+                    if when > now {
+                        std::thread::sleep(when - now);
+                    } else if now - when > interval {
+                        late.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let took = post(&a, &url, body)?;
+                    lat.lock().unwrap().push(took.as_secs_f64() * 1000.0);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in pw {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a paced client panicked"))??;
+    }
+    let paced_elapsed = pstart.elapsed();
+    let paced = sorted(paced_lat.lock().unwrap().clone());
+    let rss = peak_rss_kib(pid);
+
+    // 3. Raw clickhouse-client insert of the same rows.
+    println!("raw clickhouse-client insert of the same rows...");
+    let tsv = dir.join("rows.tsv");
+    let client = which_client();
+    let port = ch.tcp_port().to_string();
+    let out = std::fs::File::create(&tsv)?;
+    let st = Command::new(&client[0])
+        .args(&client[1..])
+        .args(["--host", "127.0.0.1", "--port", &port, "--query"])
+        .arg(format!(
+            "SELECT * FROM {db}.events WHERE message_id NOT LIKE 'paced%' FORMAT TabSeparated"
+        ))
+        .stdout(out)
+        .status()
+        .context("running clickhouse-client (install clickhouse-client)")?;
+    if !st.success() {
+        bail!("exporting rows with clickhouse-client failed");
+    }
+    ch.query(&format!("CREATE TABLE {db}.events_raw AS {db}.events"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let t = Instant::now();
+    let st = Command::new(&client[0])
+        .args(&client[1..])
+        .args(["--host", "127.0.0.1", "--port", &port, "--query"])
+        .arg(format!("INSERT INTO {db}.events_raw FORMAT TabSeparated"))
+        .stdin(std::fs::File::open(&tsv)?)
+        .status()?;
+    let raw_secs = t.elapsed().as_secs_f64();
+    if !st.success() {
+        bail!("raw insert with clickhouse-client failed");
+    }
+    let raw_rows = count(&ch, &format!("SELECT count() FROM {db}.events_raw"));
+    let raw_rate = raw_rows as f64 / raw_secs;
+    let tsv_bytes = std::fs::metadata(&tsv).map(|m| m.len()).unwrap_or(0);
+    drop(server);
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\n== cargo xtask bench ingest ==")?;
+    writeln!(
+        out,
+        "events sent:               {} ({} requests x {}, {} clients)",
+        total - 1,
+        requests,
+        o.batch,
+        o.clients
+    )?;
+    writeln!(
+        out,
+        "all acknowledged after:    {:.2} s",
+        acked_at.as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "all visible after:         {:.2} s ({visible} rows incl. warm-up)",
+        visible_at.as_secs_f64()
+    )?;
+    writeln!(out, "throughput (to visible):   {rate:.0} events/s")?;
+    if let Some(cpu) = server_cpu {
+        writeln!(
+            out,
+            "server CPU (throughput):   {cpu:.1} s = {:.0} us/event, i.e. {:.0} events/s per core",
+            cpu * 1e6 / (total - 1) as f64,
+            (total - 1) as f64 / cpu
+        )?;
+    }
+    if let Some(cpu) = client_cpu {
+        writeln!(
+            out,
+            "bench client CPU:          {cpu:.1} s (HTTP clients and the ClickHouse poller)"
+        )?;
+    }
+    writeln!(
+        out,
+        "machine load average:      {load_before} before, {load_after} after (2 cores, shared)"
+    )?;
+    writeln!(
+        out,
+        "ack latency (throughput):  p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&acks, 0.5),
+        percentile(&acks, 0.99)
+    )?;
+    writeln!(
+        out,
+        "freshness ack->visible:    p50 {:.0} ms, p99 {:.0} ms ({} probes, 25 ms polling)",
+        percentile(&fresh, 0.5),
+        percentile(&fresh, 0.99),
+        fresh.len()
+    )?;
+    writeln!(out, "paced: {} req/s x 20 ev:  achieved {:.0} req/s; ack p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} sends late",
+        o.rate, paced.len() as f64 / paced_elapsed.as_secs_f64(), percentile(&paced, 0.5), percentile(&paced, 0.99), paced.last().copied().unwrap_or(f64::NAN), late.load(Ordering::Relaxed))?;
+    match rss {
+        Some(k) => writeln!(
+            out,
+            "server peak RSS:           {:.1} MiB",
+            k as f64 / 1024.0
+        )?,
+        None => writeln!(
+            out,
+            "server peak RSS:           unavailable (/proc/{pid}/status unreadable)"
+        )?,
+    }
+    writeln!(out, "raw clickhouse-client:     {raw_rows} rows ({:.1} MiB TSV) in {raw_secs:.2} s = {raw_rate:.0} rows/s", tsv_bytes as f64 / 1048576.0)?;
+    writeln!(out, "ratio ingest/raw:          {:.2}", rate / raw_rate)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn which_client() -> Vec<String> {
+    for dir in std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        if dir.join("clickhouse-client").is_file() {
+            return vec![dir.join("clickhouse-client").display().to_string()];
+        }
+        if dir.join("clickhouse").is_file() {
+            return vec![
+                dir.join("clickhouse").display().to_string(),
+                "client".into(),
+            ];
+        }
+    }
+    vec!["clickhouse-client".into()]
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("waymark-bench-ingest-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

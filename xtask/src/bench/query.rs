@@ -1,0 +1,973 @@
+//! `cargo xtask bench query [--events N] [--visitors V] [--samples S]`
+//!
+//! Loads synthetic history (default 10 million events for 100,000 visitors) into a private
+//! ClickHouse whose schema the release ingest server created (so the query API's materialized
+//! views fill while loading, as they would in production), then times the query API over HTTP:
+//! profile, event history and the cart-abandonment audience, printing p50 / p99. It measures
+//! and prints; it asserts nothing.
+//!
+//! The history is skewed like a real shop's: visitor activity follows a Zipf-like law (the
+//! busiest visitor has about 1 % of all events, the median one about 50), products are Zipf
+//! popular, events come in sessions spread over 90 days, a quarter of visitors identify (a fifth
+//! of those on two devices, stitched through `identities`), and carts, removals and orders are
+//! mixed in. Rows are generated as TSV and streamed into `clickhouse-client`.
+//! The server's cache is off (`cache_ttl = "0s"`), so every request reaches ClickHouse.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use waymark_testkit::ClickHouse;
+
+const SITE: &str = "shop";
+const READ_KEY: &str = "rk_bench";
+const DAY_MS: i64 = 86_400_000;
+const PRODUCTS: usize = 5_000;
+const COUNTRIES: &[(&str, &str, &str, f64)] = &[
+    ("DE", "Berlin", "Europe/Berlin", 0.30),
+    ("US", "New York", "America/New_York", 0.25),
+    ("FR", "Paris", "Europe/Paris", 0.15),
+    ("GB", "London", "Europe/London", 0.10),
+    ("NL", "Amsterdam", "Europe/Amsterdam", 0.08),
+    ("ES", "Madrid", "Europe/Madrid", 0.07),
+    ("JP", "Tokyo", "Asia/Tokyo", 0.05),
+];
+/// The audience the issue names: added to cart within 24h, no order within 24h, in Germany,
+/// seen within 7 days.
+const CART_AUDIENCE: &str = r#"{"conditions": [
+  {"type": "did", "event": "Product Added", "within": "24h"},
+  {"type": "did_not", "event": "Order Completed", "within": "24h"},
+  {"type": "geo", "field": "country", "op": "eq", "value": "DE"},
+  {"type": "last_seen_within", "within": "7d"}], "limit": 100}"#;
+
+struct Opts {
+    events: u64,
+    visitors: usize,
+    samples: usize,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        events: 10_000_000,
+        visitors: 100_000,
+        samples: 1_000,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--events" => o.events = val()?.parse().context("--events")?,
+            "--visitors" => o.visitors = val()?.parse().context("--visitors")?,
+            "--samples" => o.samples = val()?.parse().context("--samples")?,
+            other => bail!("unknown option {other:?} (use --events N, --visitors V, --samples S)"),
+        }
+    }
+    if o.visitors == 0 || o.events < o.visitors as u64 || o.samples == 0 {
+        bail!("need at least one event per visitor and one sample");
+    }
+    Ok(o)
+}
+
+/// splitmix64: a small deterministic generator (the same data every run).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn f(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Zipf-like sampler over `n` items (weight 1 / rank^s).
+struct Zipf(Vec<f64>);
+
+impl Zipf {
+    fn new(n: usize, s: f64) -> Zipf {
+        let mut acc = 0.0;
+        Zipf(
+            (1..=n)
+                .map(|r| {
+                    acc += 1.0 / (r as f64).powf(s);
+                    acc
+                })
+                .collect(),
+        )
+    }
+    fn sample(&self, rng: &mut Rng) -> usize {
+        let x = rng.f() * self.0.last().copied().unwrap_or(1.0);
+        self.0.partition_point(|c| *c < x).min(self.0.len() - 1)
+    }
+}
+
+/// Events per visitor: weight (rank+1)^-0.7, scaled to `total`, at least one each.
+fn activity(total: u64, visitors: usize) -> Vec<u64> {
+    let w: Vec<f64> = (0..visitors).map(|i| ((i + 1) as f64).powf(-0.7)).collect();
+    let sum: f64 = w.iter().sum();
+    let spare = total - visitors as u64;
+    let mut n: Vec<u64> = w
+        .iter()
+        .map(|x| 1 + (spare as f64 * x / sum) as u64)
+        .collect();
+    let mut left = total - n.iter().sum::<u64>();
+    let mut i = 0;
+    while left > 0 {
+        n[i % visitors] += 1;
+        left -= 1;
+        i += 1;
+    }
+    n
+}
+
+/// `YYYY-MM-DD hh:mm:ss` (UTC) for unix seconds.
+fn datetime(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+const COLUMNS: &str = "site, visitor_id, message_id, type, event, name, anonymous_id, user_id, \
+timestamp, timestamp_ms, client_time, received_at_ms, session_id, page_url, page_title, \
+device_type, browser, os, country, city, geo_timezone, product_id, product_name, price, \
+quantity, currency, order_id, revenue, engaged_ms, properties, traits";
+
+/// One visitor's fixed attributes.
+struct Visitor {
+    anon: String,
+    second: Option<String>,
+    user: Option<String>,
+    country: usize,
+    device: (&'static str, &'static str, &'static str),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_row(
+    out: &mut String,
+    v: &Visitor,
+    anon: &str,
+    user: &str,
+    msg: &str,
+    kind: &str,
+    event: &str,
+    name: &str,
+    ts: i64,
+    session: &str,
+    page: (&str, &str),
+    product: Option<(usize, Option<f64>)>,
+    order: Option<(&str, f64)>,
+    engaged_ms: u64,
+    traits: &str,
+) {
+    let (country, city, tz, _) = COUNTRIES[v.country];
+    let secs = datetime(ts.div_euclid(1000));
+    let (pid, pname, price) = match product {
+        Some((p, price)) => (format!("p{p}"), format!("Product {p}"), price),
+        None => (String::new(), String::new(), None),
+    };
+    let price_s = price
+        .map(|p| format!("{p:.2}"))
+        .unwrap_or_else(|| "\\N".into());
+    let qty = if price.is_some() { "1" } else { "\\N" };
+    let currency = if price.is_some() || order.is_some() {
+        "EUR"
+    } else {
+        ""
+    };
+    let (order_id, revenue) = match order {
+        Some((o, r)) => (o, format!("{r:.2}")),
+        None => ("", "\\N".to_string()),
+    };
+    let props = if let Some((o, r)) = order {
+        format!(r#"{{"order_id":"{o}","revenue":{r:.2},"currency":"EUR"}}"#)
+    } else if engaged_ms > 0 {
+        format!(r#"{{"engaged_ms":{engaged_ms},"scroll_depth":60,"product_id":"{pid}"}}"#)
+    } else if !pid.is_empty() {
+        format!(
+            r#"{{"product_id":"{pid}","name":"{pname}","price":{}}}"#,
+            price.unwrap_or(0.0)
+        )
+    } else {
+        "{}".to_string()
+    };
+    let visitor_id = if anon.is_empty() { user } else { anon };
+    let _ = writeln!(
+        out,
+        "{SITE}\t{visitor_id}\t{msg}\t{kind}\t{event}\t{name}\t{anon}\t{user}\t{secs}\t{ts}\t{secs}\t{ts}\t{session}\t{}\t{}\t{}\t{}\t{}\t{country}\t{city}\t{tz}\t{pid}\t{pname}\t{price_s}\t{qty}\t{currency}\t{order_id}\t{revenue}\t{engaged_ms}\t{props}\t{traits}",
+        page.0, page.1, v.device.0, v.device.1, v.device.2
+    );
+}
+
+/// Generates one visitor's history into `out`, and its identity links (TSV) into `ids`.
+#[allow(clippy::too_many_arguments)]
+fn visitor_history(
+    i: usize,
+    n: u64,
+    v: &Visitor,
+    products: &Zipf,
+    now: i64,
+    rng: &mut Rng,
+    out: &mut String,
+    ids: &mut String,
+) {
+    let sessions = n.div_ceil(15).max(1);
+    let mut left = n;
+    let identify_at = v.user.as_ref().map(|_| rng.below(n));
+    let mut k = 0u64;
+    let mut identified = false;
+    for s in 0..sessions {
+        let in_session = if s + 1 == sessions {
+            left
+        } else {
+            (n / sessions).min(left)
+        };
+        left -= in_session;
+        let mut ts = now - (rng.f() * 90.0 * DAY_MS as f64) as i64;
+        let session = format!("s{i}-{s}");
+        // The second device is used for some sessions of two-device users.
+        let anon = match &v.second {
+            Some(b) if s % 3 == 1 => b.as_str(),
+            _ => v.anon.as_str(),
+        };
+        for _ in 0..in_session {
+            ts = (ts + 5_000 + rng.below(115_000) as i64).min(now - 1_000);
+            let msg = format!("m{i}-{k}");
+            let user = if identified {
+                v.user.as_deref().unwrap_or("")
+            } else {
+                ""
+            };
+            if identify_at == Some(k) {
+                let u = v.user.as_deref().unwrap_or("");
+                let traits = format!(
+                    r#"{{"email":"{u}@example.com","plan":"{}"}}"#,
+                    ["free", "pro", "team"][i % 3]
+                );
+                push_row(
+                    out,
+                    v,
+                    anon,
+                    u,
+                    &msg,
+                    "identify",
+                    "",
+                    "",
+                    ts,
+                    &session,
+                    ("", ""),
+                    None,
+                    None,
+                    0,
+                    &traits,
+                );
+                identified = true;
+                let _ = writeln!(
+                    ids,
+                    "{SITE}\t{u}\t{}\t{}\t{msg}\tidentify",
+                    v.anon,
+                    datetime(ts / 1000)
+                );
+                if let Some(b) = &v.second {
+                    let _ = writeln!(
+                        ids,
+                        "{SITE}\t{u}\t{b}\t{}\t{msg}-2\tidentify",
+                        datetime(ts / 1000)
+                    );
+                }
+                k += 1;
+                continue;
+            }
+            let p = products.sample(rng);
+            let r = rng.f();
+            let page_url = format!("https://shop.example/p/{p}");
+            let title = format!("Product {p}");
+            if r < 0.35 {
+                push_row(
+                    out,
+                    v,
+                    anon,
+                    user,
+                    &msg,
+                    "page",
+                    "",
+                    &title,
+                    ts,
+                    &session,
+                    (&page_url, &title),
+                    None,
+                    None,
+                    0,
+                    "{}",
+                );
+            } else if r < 0.55 {
+                push_row(
+                    out,
+                    v,
+                    anon,
+                    user,
+                    &msg,
+                    "track",
+                    "Product Viewed",
+                    "",
+                    ts,
+                    &session,
+                    (&page_url, &title),
+                    Some((p, None)),
+                    None,
+                    0,
+                    "{}",
+                );
+            } else if r < 0.70 {
+                let ms = 1_000 + rng.below(120_000);
+                push_row(
+                    out,
+                    v,
+                    anon,
+                    user,
+                    &msg,
+                    "track",
+                    "$engagement",
+                    "",
+                    ts,
+                    &session,
+                    (&page_url, &title),
+                    Some((p, None)),
+                    None,
+                    ms,
+                    "{}",
+                );
+            } else if r < 0.85 {
+                push_row(
+                    out,
+                    v,
+                    anon,
+                    user,
+                    &msg,
+                    "track",
+                    "$click",
+                    "",
+                    ts,
+                    &session,
+                    (&page_url, &title),
+                    None,
+                    None,
+                    0,
+                    "{}",
+                );
+            } else if r < 0.92 {
+                let price = 5.0 + (p % 200) as f64;
+                push_row(
+                    out,
+                    v,
+                    anon,
+                    user,
+                    &msg,
+                    "track",
+                    "Product Added",
+                    "",
+                    ts,
+                    &session,
+                    (&page_url, &title),
+                    Some((p, Some(price))),
+                    None,
+                    0,
+                    "{}",
+                );
+            } else if r < 0.93 {
+                push_row(
+                    out,
+                    v,
+                    anon,
+                    user,
+                    &msg,
+                    "track",
+                    "Product Removed",
+                    "",
+                    ts,
+                    &session,
+                    (&page_url, &title),
+                    Some((p, None)),
+                    None,
+                    0,
+                    "{}",
+                );
+            } else if r < 0.945 {
+                let order = format!("o{i}-{k}");
+                let revenue = 10.0 + rng.below(30_000) as f64 / 100.0;
+                push_row(
+                    out,
+                    v,
+                    anon,
+                    user,
+                    &msg,
+                    "track",
+                    "Order Completed",
+                    "",
+                    ts,
+                    &session,
+                    ("https://shop.example/checkout", "Checkout"),
+                    None,
+                    Some((&order, revenue)),
+                    0,
+                    "{}",
+                );
+            } else {
+                push_row(
+                    out,
+                    v,
+                    anon,
+                    user,
+                    &msg,
+                    "track",
+                    "Search",
+                    "",
+                    ts,
+                    &session,
+                    ("https://shop.example/search", "Search"),
+                    None,
+                    None,
+                    0,
+                    "{}",
+                );
+            }
+            k += 1;
+        }
+    }
+}
+
+fn which_client() -> Vec<String> {
+    for dir in std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        if dir.join("clickhouse-client").is_file() {
+            return vec![dir.join("clickhouse-client").display().to_string()];
+        }
+        if dir.join("clickhouse").is_file() {
+            return vec![
+                dir.join("clickhouse").display().to_string(),
+                "client".into(),
+            ];
+        }
+    }
+    vec!["clickhouse-client".into()]
+}
+
+/// Blocks of 200k rows: the materialized views aggregate each block in memory (uniqExact and
+/// groupUniqArray states per visitor and product), and 1M-row blocks exceed the test server's
+/// 4 GB query memory limit. The ingest writer's own batches are at most 100k rows by default.
+const INSERT_BLOCK_ROWS: &str = "200000";
+
+fn insert_client(ch: &ClickHouse, sql: &str) -> Result<Child> {
+    let client = which_client();
+    Command::new(&client[0])
+        .args(&client[1..])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &ch.tcp_port().to_string(),
+            "--max_insert_block_size",
+            INSERT_BLOCK_ROWS,
+            "--query",
+            sql,
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("running clickhouse-client (apt-get install -y clickhouse-client)")
+}
+
+fn count(ch: &ClickHouse, sql: &str) -> u64 {
+    ch.query(sql)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Loads the synthetic history; returns the visitors and their event counts.
+fn load(ch: &ClickHouse, db: &str, o: &Opts, now: i64) -> Result<(Vec<Visitor>, Vec<u64>)> {
+    let mut rng = Rng(0x5EED);
+    let n = activity(o.events, o.visitors);
+    let products = Zipf::new(PRODUCTS, 1.0);
+    let country_cdf: Vec<f64> = COUNTRIES
+        .iter()
+        .scan(0.0, |a, c| {
+            *a += c.3;
+            Some(*a)
+        })
+        .collect();
+    let devices = [
+        ("mobile", "Mobile Safari", "iOS"),
+        ("mobile", "Chrome", "Android"),
+        ("desktop", "Chrome", "Windows 10"),
+        ("desktop", "Safari", "Mac OSX"),
+        ("tablet", "Safari", "iPad"),
+    ];
+    let visitors: Vec<Visitor> = (0..o.visitors)
+        .map(|i| {
+            let identified = rng.f() < 0.25;
+            let two = identified && rng.f() < 0.2;
+            let c = rng.f() * country_cdf.last().copied().unwrap_or(1.0);
+            Visitor {
+                anon: format!("a{i}"),
+                second: two.then(|| format!("a{i}-2")),
+                user: identified.then(|| format!("u{i}")),
+                country: country_cdf
+                    .partition_point(|x| *x < c)
+                    .min(COUNTRIES.len() - 1),
+                device: devices[rng.below(devices.len() as u64) as usize],
+            }
+        })
+        .collect();
+
+    let mut events = insert_client(
+        ch,
+        &format!("INSERT INTO {db}.events ({COLUMNS}) FORMAT TabSeparated"),
+    )?;
+    let mut stdin = events.stdin.take().context("clickhouse-client stdin")?;
+    let mut ids = String::new();
+    let mut buf = String::with_capacity(72 << 20);
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    let mut last_print = Instant::now();
+    for (i, v) in visitors.iter().enumerate() {
+        visitor_history(i, n[i], v, &products, now, &mut rng, &mut buf, &mut ids);
+        sent += n[i];
+        if buf.len() > 64 << 20 || i + 1 == visitors.len() {
+            stdin
+                .write_all(buf.as_bytes())
+                .context("streaming rows to clickhouse-client")?;
+            buf.clear();
+            if last_print.elapsed() > Duration::from_millis(500) || i + 1 == visitors.len() {
+                let secs = started.elapsed().as_secs_f64();
+                eprint!(
+                    "\r  loading: {sent:>10} / {} events ({:>5.1} %), {:>7.0} events/s, {secs:>5.0} s ",
+                    o.events,
+                    100.0 * sent as f64 / o.events as f64,
+                    sent as f64 / secs
+                );
+                last_print = Instant::now();
+            }
+        }
+    }
+    drop(stdin);
+    let st = events.wait()?;
+    eprintln!();
+    if !st.success() {
+        bail!("clickhouse-client failed loading events");
+    }
+    let mut idc = insert_client(ch, &format!("INSERT INTO {db}.identities (site, user_id, anonymous_id, linked_at, message_id, source_type) FORMAT TabSeparated"))?;
+    idc.stdin
+        .take()
+        .context("stdin")?
+        .write_all(ids.as_bytes())?;
+    if !idc.wait()?.success() {
+        bail!("clickhouse-client failed loading identities");
+    }
+    println!(
+        "loaded {} events and {} identity links in {:.1} s ({:.0} events/s including the materialized views)",
+        count(ch, &format!("SELECT count() FROM {db}.events")),
+        count(ch, &format!("SELECT count() FROM {db}.identities")),
+        started.elapsed().as_secs_f64(),
+        o.events as f64 / started.elapsed().as_secs_f64()
+    );
+    Ok((visitors, n))
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// One timed request; returns (milliseconds, status, body length).
+fn timed(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    accept: &str,
+) -> Result<(f64, u16, String)> {
+    let t = Instant::now();
+    let mut r = if method == "POST" {
+        agent
+            .post(url)
+            .header("authorization", format!("Bearer {READ_KEY}"))
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .send(body.unwrap_or(""))?
+    } else {
+        agent
+            .get(url)
+            .header("authorization", format!("Bearer {READ_KEY}"))
+            .call()?
+    };
+    let status = r.status().as_u16();
+    let text = r.body_mut().with_config().limit(1 << 30).read_to_string()?;
+    Ok((t.elapsed().as_secs_f64() * 1000.0, status, text))
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+struct Timing {
+    ms: Vec<f64>,
+    errors: usize,
+}
+
+impl Timing {
+    fn line(&mut self, what: &str, target: &str) -> String {
+        self.ms.sort_by(|a, b| a.total_cmp(b));
+        format!(
+            "{what:<28} n={:<5} p50 {:>7.1} ms   p99 {:>7.1} ms   max {:>7.1} ms   (target p99 <= {target}){}",
+            self.ms.len(),
+            pct(&self.ms, 0.5),
+            pct(&self.ms, 0.99),
+            self.ms.last().copied().unwrap_or(f64::NAN),
+            if self.errors > 0 { format!("   {} non-200 answers!", self.errors) } else { String::new() }
+        )
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    println!("building the ingest server (release)...");
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "waymark-ingest",
+            "--bin",
+            "ingest-server",
+        ])
+        .current_dir(root)
+        .status()
+        .context("running cargo build")?;
+    if !st.success() {
+        bail!("cargo build --release -p waymark-ingest failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let binary = target.join("release/ingest-server");
+
+    println!("starting a private ClickHouse...");
+    let ch = ClickHouse::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = ch.fresh_database().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = std::env::temp_dir().join(format!("waymark-bench-query-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+[clickhouse]
+url = "{}"
+database = "{db}"
+[spool]
+dir = "{}"
+[[sites]]
+id = "{SITE}"
+write_keys = ["wk_bench"]
+[query]
+cache_ttl = "0s"
+[[query.read_keys]]
+key = "{READ_KEY}"
+sites = ["{SITE}"]
+"#,
+            ch.http_url(),
+            dir.join("spool").display()
+        ),
+    )?;
+    let mut child = Command::new(&binary)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let server = Server(child);
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_string();
+    // The server applied the migrations (tables and materialized views) at start.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&ch, &format!("SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'q_ident_by_anon_mv'")) == 0 {
+        if Instant::now() > deadline {
+            bail!("the ingest server did not create the schema within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let now = now_ms();
+    println!(
+        "generating and loading {} events for {} visitors...",
+        o.events, o.visitors
+    );
+    let (visitors, n) = load(&ch, &db, &o, now)?;
+
+    // Let background merges settle (bounded), then report the parts left.
+    let settle = Instant::now();
+    while count(&ch, "SELECT count() FROM system.merges") > 0
+        && settle.elapsed() < Duration::from_secs(120)
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let parts = ch
+        .query(&format!(
+            "SELECT table, count(), sum(rows) FROM system.parts WHERE database = '{db}' AND active GROUP BY table ORDER BY table FORMAT TSV"
+        ))
+        .unwrap_or_default();
+    println!(
+        "merges settled after {:.0} s; active parts (table, parts, rows):",
+        settle.elapsed().as_secs_f64()
+    );
+    for l in parts.lines() {
+        println!("  {l}");
+    }
+
+    let base = format!("http://{addr}");
+    let agent = agent();
+    let mut rng = Rng(0xBE7C);
+    // Ids to ask for: uniform over visitors; identified ones by user id half the time.
+    let ids: Vec<(String, u64)> = (0..o.samples)
+        .map(|_| {
+            let i = rng.below(visitors.len() as u64) as usize;
+            let v = &visitors[i];
+            let id = match &v.user {
+                Some(u) if rng.f() < 0.5 => u.clone(),
+                _ => v.anon.clone(),
+            };
+            (id, n[i])
+        })
+        .collect();
+    println!("warming up...");
+    for (id, _) in ids.iter().take(20) {
+        timed(
+            &agent,
+            "GET",
+            &format!("{base}/v1/profiles/{id}?site={SITE}"),
+            None,
+            "",
+        )?;
+        timed(
+            &agent,
+            "GET",
+            &format!("{base}/v1/profiles/{id}/events?site={SITE}"),
+            None,
+            "",
+        )?;
+    }
+
+    println!(
+        "timing {} profiles, {} event histories, 30 audiences...",
+        ids.len(),
+        ids.len()
+    );
+    let mut profile = Timing {
+        ms: vec![],
+        errors: 0,
+    };
+    let mut history = Timing {
+        ms: vec![],
+        errors: 0,
+    };
+    for (id, _) in &ids {
+        let (ms, status, _) = timed(
+            &agent,
+            "GET",
+            &format!("{base}/v1/profiles/{id}?site={SITE}"),
+            None,
+            "",
+        )?;
+        profile.ms.push(ms);
+        profile.errors += usize::from(status != 200);
+        let (ms, status, _) = timed(
+            &agent,
+            "GET",
+            &format!("{base}/v1/profiles/{id}/events?site={SITE}&limit=50"),
+            None,
+            "",
+        )?;
+        history.ms.push(ms);
+        history.errors += usize::from(status != 200);
+    }
+    let mut audience = Timing {
+        ms: vec![],
+        errors: 0,
+    };
+    let mut members = 0;
+    let mut next_cursor = false;
+    for _ in 0..30 {
+        let (ms, status, text) = timed(
+            &agent,
+            "POST",
+            &format!("{base}/v1/audiences/query?site={SITE}"),
+            Some(CART_AUDIENCE),
+            "application/json",
+        )?;
+        audience.ms.push(ms);
+        audience.errors += usize::from(status != 200);
+        members = text.matches("\"last_seen\"").count();
+        next_cursor = text.contains("\"next_cursor\":\"");
+    }
+    let mut stream = Timing {
+        ms: vec![],
+        errors: 0,
+    };
+    let mut streamed = 0;
+    for _ in 0..5 {
+        let (ms, status, text) = timed(
+            &agent,
+            "POST",
+            &format!("{base}/v1/audiences/query?site={SITE}"),
+            Some(CART_AUDIENCE),
+            "application/x-ndjson",
+        )?;
+        stream.ms.push(ms);
+        stream.errors += usize::from(status != 200);
+        streamed = text.lines().count();
+    }
+    // The heaviest visitor, alone.
+    let heavy = (0..visitors.len()).max_by_key(|&i| n[i]).unwrap_or(0);
+    let hid = visitors[heavy]
+        .user
+        .clone()
+        .unwrap_or_else(|| visitors[heavy].anon.clone());
+    let mut heavy_profile = Timing {
+        ms: vec![],
+        errors: 0,
+    };
+    let mut heavy_history = Timing {
+        ms: vec![],
+        errors: 0,
+    };
+    for _ in 0..20 {
+        let (ms, status, _) = timed(
+            &agent,
+            "GET",
+            &format!("{base}/v1/profiles/{hid}?site={SITE}"),
+            None,
+            "",
+        )?;
+        heavy_profile.ms.push(ms);
+        heavy_profile.errors += usize::from(status != 200);
+        let (ms, status, _) = timed(
+            &agent,
+            "GET",
+            &format!("{base}/v1/profiles/{hid}/events?site={SITE}&limit=50"),
+            None,
+            "",
+        )?;
+        heavy_history.ms.push(ms);
+        heavy_history.errors += usize::from(status != 200);
+    }
+    drop(server);
+
+    let mut sizes: Vec<u64> = ids.iter().map(|(_, k)| *k).collect();
+    sizes.sort_unstable();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\n== cargo xtask bench query ==")?;
+    writeln!(out, "data: {} events, {} visitors; sampled visitors' events: median {}, p99 {}, max {}; heaviest visitor {} events",
+        o.events, o.visitors, sizes[sizes.len() / 2], sizes[(sizes.len() * 99 / 100).min(sizes.len() - 1)], sizes.last().copied().unwrap_or(0), n[heavy])?;
+    writeln!(out, "{}", profile.line("profile", "20 ms"))?;
+    writeln!(out, "{}", history.line("event history (limit 50)", "20 ms"))?;
+    writeln!(
+        out,
+        "{}",
+        audience.line("cart-abandonment audience", "300 ms")
+    )?;
+    writeln!(
+        out,
+        "  first page: {members} members{}; whole audience as NDJSON: {streamed} members",
+        if next_cursor {
+            " and a next cursor"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(out, "{}", stream.line("  same, whole NDJSON stream", "-"))?;
+    writeln!(
+        out,
+        "{}",
+        heavy_profile.line("heaviest visitor: profile", "-")
+    )?;
+    writeln!(
+        out,
+        "{}",
+        heavy_history.line("heaviest visitor: events", "-")
+    )?;
+    writeln!(
+        out,
+        "(sequential requests over HTTP/1.1 keep-alive to the release server, cache off)"
+    )?;
+    drop(ch);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
