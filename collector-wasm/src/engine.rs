@@ -7,14 +7,13 @@
 //! send is in flight; `next(.., force = true)` (page hide) takes everything not yet sent at once
 //! for `sendBeacon`.
 
-use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::ids::Ids;
 use crate::json;
 use crate::policy::{self, Engagement, Session};
-use crate::queue::{self, Queue};
+use crate::queue::{self, Lines, Queue};
 use crate::time::rfc3339;
 use crate::url;
 use crate::wire::{
@@ -91,11 +90,11 @@ pub struct Config {
     pub seed: [u32; 4],
 }
 
-pub struct Core {
+pub struct Core<S: Store> {
     /// Anonymous id, user id, session, campaign. `None`: cookieless, or no storage.
-    ids_store: Option<Box<dyn Store>>,
+    ids_store: Option<S>,
     /// The retry queue. `None`: kept in memory (`mem_queue`).
-    queue_store: Option<Box<dyn Store>>,
+    queue_store: Option<S>,
     write_key: String,
     /// `"library":{..},"userAgent":..,"locale":..`, written once.
     context_tail: String,
@@ -110,8 +109,8 @@ pub struct Core {
     page: String,
     page_started: bool,
     pub consent: Consent,
-    held: Vec<String>,
-    buffer: Vec<String>,
+    held: Lines,
+    buffer: Lines,
     buffer_since: u64,
     mem_queue: Queue,
     /// Events in the retry queue, as last seen.
@@ -119,19 +118,14 @@ pub struct Core {
     retry_at: u64,
     attempts: u32,
     /// Batches sent and not yet answered: (id, events, forced).
-    inflight: Vec<(u32, Vec<String>, bool)>,
+    inflight: Vec<(u32, Lines, bool)>,
     pub last_id: u32,
     engage: Engagement,
     flush_interval_ms: u64,
 }
 
-impl Core {
-    pub fn new(
-        cfg: Config,
-        ids_store: Option<Box<dyn Store>>,
-        queue_store: Option<Box<dyn Store>>,
-        now: u64,
-    ) -> Core {
+impl<S: Store> Core<S> {
+    pub fn new(cfg: Config, ids_store: Option<S>, queue_store: Option<S>, now: u64) -> Core<S> {
         let mut ids = Ids::new(cfg.seed);
         let get = |k: &str| {
             ids_store
@@ -181,8 +175,8 @@ impl Core {
             page: String::from("{}"),
             page_started: false,
             consent: cfg.consent,
-            held: Vec::new(),
-            buffer: Vec::new(),
+            held: Lines::default(),
+            buffer: Lines::default(),
             buffer_since: 0,
             mem_queue: Queue::default(),
             queued,
@@ -276,19 +270,23 @@ impl Core {
             self.session_saved = 0;
             self.save_ids();
             let held = core::mem::take(&mut self.held);
-            for ev in held {
-                self.emit(now, ev);
+            if !held.is_empty() {
+                if self.buffer.is_empty() {
+                    self.buffer_since = now;
+                }
+                self.buffer.append(&held);
             }
         } else {
             self.consent = Consent::Denied;
-            self.held.clear();
-            self.buffer.clear();
+            self.held = Lines::default();
+            self.buffer = Lines::default();
             self.mem_queue = Queue::default();
             self.queued = 0;
             if let Some(s) = &self.ids_store {
-                for k in [KEY_ANON, KEY_USER, KEY_SESSION, KEY_CAMPAIGN] {
-                    s.remove(k);
-                }
+                s.remove(KEY_ANON);
+                s.remove(KEY_USER);
+                s.remove(KEY_SESSION);
+                s.remove(KEY_CAMPAIGN);
             }
             if let Some(s) = &self.queue_store {
                 s.remove(KEY_QUEUE);
@@ -399,7 +397,8 @@ impl Core {
         // `body` is JSON.stringify output of an object from the loader; anything else is dropped.
         json::put(
             &mut e,
-            if body.starts_with('{') && body.ends_with('}') {
+            // (Byte checks: `char` patterns pull a UTF-8 encoder into the wasm.)
+            if body.as_bytes().first() == Some(&b'{') && body.as_bytes().last() == Some(&b'}') {
                 body
             } else {
                 "{}"
@@ -418,14 +417,14 @@ impl Core {
             Consent::Denied => {}
             Consent::Pending => {
                 if self.held.len() < MAX_HELD {
-                    self.held.push(ev);
+                    self.held.push(&ev);
                 }
             }
             Consent::Granted => {
                 if self.buffer.is_empty() {
                     self.buffer_since = now;
                 }
-                self.buffer.push(ev);
+                self.buffer.push(&ev);
             }
         }
     }
@@ -464,7 +463,7 @@ impl Core {
         if self.consent != Consent::Granted {
             return String::new();
         }
-        let mut items = Vec::new();
+        let mut items = Lines::default();
         if !force {
             if self.busy() || self.retry_at > now {
                 return String::new();
@@ -481,7 +480,7 @@ impl Core {
                 return String::new();
             }
         }
-        let bytes: usize = items.iter().map(|i| i.len() + 1).sum();
+        let bytes = items.bytes() + items.len();
         let room = MAX_SEND_EVENTS - items.len();
         let n = if items.is_empty() {
             queue::fit(&self.buffer, room, MAX_SEND_BYTES)
@@ -491,7 +490,7 @@ impl Core {
                 MAX_SEND_BYTES.saturating_sub(bytes),
             ))
         };
-        items.extend(self.buffer.drain(..n));
+        items.append(&self.buffer.take_front(n));
         if items.is_empty() {
             return String::new();
         }
@@ -591,13 +590,8 @@ impl Core {
             return;
         };
         s.set(KEY_ANON, &self.anon);
-        for (k, v) in [(KEY_USER, &self.user), (KEY_CAMPAIGN, &self.campaign)] {
-            if v.is_empty() {
-                s.remove(k);
-            } else {
-                s.set(k, v);
-            }
-        }
+        set_or_remove(s, KEY_USER, &self.user);
+        set_or_remove(s, KEY_CAMPAIGN, &self.campaign);
         s.set(KEY_SESSION, &self.session.serialize());
         self.session_saved = self.session.last;
     }
@@ -613,8 +607,17 @@ pub const SIG_SCROLL: u32 = 5;
 pub const SIG_LEAVE: u32 = 6;
 pub const SIG_ONLINE: u32 = 7;
 
+/// Stores `v` under `k`, or removes `k` when `v` is empty.
+fn set_or_remove<S: Store>(s: &S, k: &str, v: &str) {
+    if v.is_empty() {
+        s.remove(k);
+    } else {
+        s.set(k, v);
+    }
+}
+
 /// Number of leading items whose bytes fit in `max_bytes` (possibly zero).
-fn fits_strictly(items: &[String], max_bytes: usize) -> usize {
+fn fits_strictly(items: &Lines, max_bytes: usize) -> usize {
     let mut bytes = 0;
     items
         .iter()

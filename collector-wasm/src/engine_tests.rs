@@ -34,7 +34,7 @@ impl Mem {
     }
 }
 
-fn core_with(store: &Mem, consent: Consent, now: u64) -> Core {
+fn core_with(store: &Mem, consent: Consent, now: u64) -> Core<Mem> {
     let cfg = Config {
         write_key: "site-key".into(),
         consent,
@@ -43,15 +43,10 @@ fn core_with(store: &Mem, consent: Consent, now: u64) -> Core {
         locale: "en-GB".into(),
         seed: [1, 2, 3, 4],
     };
-    Core::new(
-        cfg,
-        Some(Box::new(store.clone())),
-        Some(Box::new(store.clone())),
-        now,
-    )
+    Core::new(cfg, Some(store.clone()), Some(store.clone()), now)
 }
 
-fn page(c: &mut Core, ts: u64, href: &str) {
+fn page(c: &mut Core<Mem>, ts: u64, href: &str) {
     let path = href.trim_start_matches("https://shop.test");
     let p = PageView {
         href,
@@ -64,7 +59,7 @@ fn page(c: &mut Core, ts: u64, href: &str) {
 }
 
 /// Sends what is due at `now` and returns the parsed, validated batch.
-fn send(c: &mut Core, now: u64) -> Option<(u32, Value)> {
+fn send(c: &mut Core<Mem>, now: u64) -> Option<(u32, Value)> {
     let body = c.next(now, false);
     if body.is_empty() {
         return None;
@@ -253,7 +248,7 @@ fn without_storage_everything_still_works_in_memory() {
         locale: String::new(),
         seed: [0; 4],
     };
-    let mut c = Core::new(cfg, None, None, T0);
+    let mut c = Core::<Mem>::new(cfg, None, None, T0);
     page(&mut c, T0, "https://shop.test/");
     let (id, _) = send(&mut c, T0).unwrap();
     c.done(T0, id, 0, 0);
@@ -400,7 +395,7 @@ fn a_memory_queue_larger_than_one_batch_is_sent_in_full() {
         locale: String::new(),
         seed: [5; 4],
     };
-    let mut c = Core::new(cfg, None, None, T0);
+    let mut c = Core::<Mem>::new(cfg, None, None, T0);
     for i in 0..250u64 {
         c.track(T0 + i, "Many", "", "");
     }

@@ -4,7 +4,7 @@
 
 use alloc::string::String;
 
-use crate::json::{self, hex_digit};
+use crate::json;
 
 /// xoshiro128++: small, fast and good enough for the random bits of ids and jitter.
 pub struct Rng {
@@ -91,11 +91,14 @@ impl Ids {
     }
 
     fn fill(&mut self, out: &mut [u8]) {
-        for chunk in out.chunks_mut(4) {
-            let r = self.rng.next_u32().to_le_bytes();
-            for (o, v) in chunk.iter_mut().zip(r) {
-                *o = v;
+        // Little-endian bytes of one random u32 per four bytes (indexing, not `to_le_bytes`
+        // and chunks: their iterators cost the wasm more).
+        let mut r = 0;
+        for (i, o) in out.iter_mut().enumerate() {
+            if i % 4 == 0 {
+                r = self.rng.next_u32();
             }
+            *o = (r >> (8 * (i % 4))) as u8;
         }
     }
 }
@@ -106,8 +109,8 @@ fn format(b: &[u8; 16]) -> String {
         if matches!(i, 4 | 6 | 8 | 10) {
             json::put(&mut s, "-");
         }
-        json::put_ascii(&mut s, hex_digit(byte >> 4));
-        json::put_ascii(&mut s, hex_digit(byte & 15));
+        json::put_digit(&mut s, byte >> 4);
+        json::put_digit(&mut s, byte & 15);
     }
     s
 }

@@ -10,43 +10,34 @@ pub fn put(out: &mut String, s: &str) {
     out.push_str(s);
 }
 
-/// Appends one digit or lowercase hex digit (`0-9`, `a-f`; anything else is skipped). Through a
+/// Appends the lowercase hex digit for `n` (0 to 15; anything else is skipped). Through a
 /// table rather than `String::push(char)`, whose UTF-8 encoder is a few hundred bytes of wasm.
 #[inline(never)]
-pub fn put_ascii(out: &mut String, b: u8) {
-    const DIGITS_AND_HEX: &str = "0123456789abcdef";
-    let i = usize::from(b);
-    let s = match b {
-        b'0'..=b'9' => DIGITS_AND_HEX.get(i - 48..i - 47),
-        b'a'..=b'f' => DIGITS_AND_HEX.get(i - 87..i - 86),
-        _ => None,
-    };
-    out.push_str(s.unwrap_or_default());
+pub fn put_digit(out: &mut String, n: u8) {
+    let i = usize::from(n);
+    put(out, "0123456789abcdef".get(i..i + 1).unwrap_or_default());
 }
 
-/// Appends `s` as a quoted JSON string.
+/// Appends `s` as a quoted JSON string. Control characters go out as `\u00XX` (also `\n`:
+/// one rule is less code than a table of short escapes).
 pub fn string(out: &mut String, s: &str) {
     put(out, "\"");
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
-        let esc = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        put(out, s.get(start..i).unwrap_or_default());
-        if esc.is_empty() {
-            put(out, "\\u00");
-            put_ascii(out, hex_digit(b >> 4));
-            put_ascii(out, hex_digit(b & 15));
-        } else {
-            put(out, esc);
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
         }
-        start = i + 1;
+        put(out, s.get(start..i).unwrap_or_default());
+        if b < 0x20 {
+            put(out, "\\u00");
+            put_digit(out, b >> 4);
+            put_digit(out, b & 15);
+            start = i + 1;
+        } else {
+            // A backslash before the quote or backslash, which goes out with the next run.
+            put(out, "\\");
+            start = i;
+        }
     }
     put(out, s.get(start..).unwrap_or_default());
     put(out, "\"");
@@ -58,14 +49,14 @@ pub fn uint(out: &mut String, mut n: u64) {
     let mut i = buf.len();
     loop {
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
+        buf[i] = (n % 10) as u8;
         n /= 10;
         if n == 0 || i == 0 {
             break;
         }
     }
     for &d in buf.get(i..).unwrap_or_default() {
-        put_ascii(out, d);
+        put_digit(out, d);
     }
 }
 
@@ -85,14 +76,6 @@ pub fn opt_str(out: &mut String, first: &mut bool, k: &str, v: &str) {
     if !v.is_empty() {
         key(out, first, k);
         string(out, v);
-    }
-}
-
-pub fn hex_digit(n: u8) -> u8 {
-    if n < 10 {
-        b'0' + n
-    } else {
-        b'a' + n - 10
     }
 }
 

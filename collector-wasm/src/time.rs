@@ -29,7 +29,7 @@ pub fn rfc3339(out: &mut String, ms: u64) {
 fn pad(out: &mut String, n: u64, width: u32) {
     let mut div = 10u64.pow(width - 1);
     while div > 0 {
-        json::put_ascii(out, b'0' + (n / div % 10) as u8);
+        json::put_digit(out, (n / div % 10) as u8);
         div /= 10;
     }
 }

@@ -46,6 +46,27 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   write_keys = ["wk_shop"]
   allowed_origins = ["http://127.0.0.1:8000"]   CORS for browsers sending directly ("*" = any)
   ip = "truncate"                  "truncate" (IPv4 /24, IPv6 /48) or "drop"; the raw IP is never stored
+  rate_limit = { events_per_second = 5000, burst = 20000 }
+                                   optional token bucket on events (absent = unlimited: the
+                                   spool cap is the server's own overload guard); a request
+                                   the bucket cannot cover gets 429 + Retry-After and nothing
+                                   is stored; a request larger than burst passes only when
+                                   the bucket is full
+
+  [query]                          the read API (profiles, event history, audiences)
+  cart_abandon_after = "1h"        a cart is abandoned when its last add is older, with no order after
+  cache_ttl = "5s"                 in-process cache of profile / event answers ("0s" = off)
+  cache_entries = 10000            answers the cache holds at most
+  recent_products = 10             recently viewed products listed in a profile
+  [query.engagement]               30-day engaged time: below medium = "short", below long = "medium"
+  medium = "1m"
+  long = "10m"
+  [query.rfm]                      RFM scores 1-5 from the site's own quintiles
+  refresh = "5m"                   how often the site's quintiles are recomputed (in the background)
+  lookback = "8760h"               orders older than this do not count for RFM
+  [[query.read_keys]]              one per key; `Authorization: Bearer <key>`
+  key = "rk_shop"
+  sites = ["shop"]                 the only sites this key can read
 
 Sizes accept B, KB, MB, GB, KiB, MiB, GiB (e.g. "64MiB"); durations accept ms, s, m, h (e.g. "5s").
 "#;
@@ -178,6 +199,17 @@ pub struct SiteConfig {
     pub allowed_origins: Vec<String>,
     #[serde(default)]
     pub ip: IpSetting,
+    /// Absent = unlimited (see `crate::ratelimit` for why that is the default).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A site's token bucket: `burst` events at once, refilled at `events_per_second`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub events_per_second: f64,
+    pub burst: u64,
 }
 
 /// What happens to the client IP: never stored raw.
@@ -447,6 +479,20 @@ impl Config {
                     format!("{:?} is used twice", site.id),
                 ));
             }
+            if let Some(rl) = &site.rate_limit {
+                if !(rl.events_per_second.is_finite() && rl.events_per_second > 0.0) {
+                    return Err(invalid(
+                        format!("sites[{i}].rate_limit.events_per_second"),
+                        "must be a positive number (leave rate_limit out for no limit)",
+                    ));
+                }
+                if rl.burst == 0 {
+                    return Err(invalid(
+                        format!("sites[{i}].rate_limit.burst"),
+                        "must be at least 1",
+                    ));
+                }
+            }
             for (j, k) in site.write_keys.iter().enumerate() {
                 if k.is_empty() {
                     return Err(invalid(
@@ -458,6 +504,21 @@ impl Config {
                     return Err(invalid(
                         format!("sites[{i}].write_keys[{j}]"),
                         "the same write key is given to two sites",
+                    ));
+                }
+            }
+        }
+        self.query.validate().map_err(|message| {
+            // The query module's messages start with the key they name: "query.x: why".
+            let (key, why) = message.split_once(": ").unwrap_or(("query", &message));
+            invalid(key, why)
+        })?;
+        for (i, k) in self.query.read_keys.iter().enumerate() {
+            for (j, site) in k.sites.iter().enumerate() {
+                if !self.sites.iter().any(|s| &s.id == site) {
+                    return Err(invalid(
+                        format!("query.read_keys[{i}].sites[{j}]"),
+                        format!("no site has the id {site:?}"),
                     ));
                 }
             }
@@ -497,6 +558,7 @@ id = "shop"
 write_keys = ["wk_shop"]
 allowed_origins = ["http://127.0.0.1:8000"]
 ip = "truncate"
+rate_limit = { events_per_second = 5000, burst = 20000 }
 "#;
 
     #[test]
@@ -509,6 +571,13 @@ ip = "truncate"
         let edge = c.edge.as_ref().unwrap();
         assert_eq!(edge.replay_window.0, Duration::from_secs(300));
         assert_eq!(c.sites[0].ip, IpSetting::Truncate);
+        assert_eq!(
+            c.sites[0].rate_limit,
+            Some(RateLimitConfig {
+                events_per_second: 5000.0,
+                burst: 20000
+            })
+        );
         assert_eq!(c.edge_secret(), Some("s3cret"));
     }
 
@@ -542,6 +611,17 @@ ip = "truncate"
         .unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("sites[1].write_keys[0]"), "{e}");
+        let e = Config::from_toml(
+            "[[sites]]\nid = \"a\"\nrate_limit = { events_per_second = 5, bursts = 1 }\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("bursts"), "{e}");
+        let c = Config::from_toml(
+            "[[sites]]\nid = \"a\"\nrate_limit = { events_per_second = 0, burst = 1 }\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("sites[0].rate_limit.events_per_second"), "{e}");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod enrich;
 pub mod http;
 pub mod metrics;
 pub mod query;
+pub mod ratelimit;
 pub mod spool;
 pub mod store;
 

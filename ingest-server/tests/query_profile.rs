@@ -51,6 +51,15 @@ async fn profile_figures_are_exact_with_stitching_and_duplicates() {
             {"product_id": "p2", "name": "Hat", "last_viewed": time(now - 2 * DAY + 2 * MINUTE), "views": 1, "engaged_ms": 45_000},
         ])
     );
+    // Ranked by attention, p2 (45 s engaged) comes before the more recent p1 (30 s).
+    let ranked: Vec<&str> = p["products_by_attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["product_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ranked, vec!["p2", "p1"]);
+    assert_eq!(p["products_by_attention"][0]["engaged_ms"], 45_000);
     // p2 was added before order o1; p1 was added after it, 3 hours ago (> 1h): abandoned.
     assert_eq!(
         p["cart"],
@@ -137,6 +146,7 @@ async fn carts_rfm_and_anonymous_visitors() {
         json!({"sessions": 1, "page_views": 1, "events": 2})
     );
     assert_eq!(c["recently_viewed"], json!([]));
+    assert_eq!(c["products_by_attention"], json!([]));
     assert_eq!(
         c["engagement"],
         json!({"engaged_ms_30_days": 0, "bucket": "short"})

@@ -6,7 +6,8 @@
 // Nothing here may throw into the host page: every entry point is wrapped, storage adapters
 // swallow their errors, and a missing or broken API (localStorage, sendBeacon, fetch) degrades
 // to the next best thing.
-import init, { Tag } from '../dist/pkg/waymark_collector.js'
+import { initSync, create, call as tagCall, next, done as tagDone } from '../dist/pkg/waymark_collector.js'
+import { stores, batch } from './imports.js'
 
 const w = globalThis
 const d = w.document
@@ -14,16 +15,11 @@ const nav = w.navigator || {}
 const loc = w.location
 const now = Date.now
 const CLICKABLE = 'a,button,[data-waymark-event],input[type=submit],input[type=button]'
-// Tag.call operations and signals (collector-wasm/src/lib.rs).
-const PAGE = 0
-const TRACK = 1
-const IDENTIFY = 2
-const RESET = 3
-const CONSENT = 4
-const SIGNAL = 5
-const PRODUCT = 6
+// `call` operations (collector-wasm/src/lib.rs, `OP_*`), written as numbers with a comment:
+// esbuild keeps named constants as variables. 0 page, 1 track, 2 identify, 3 reset, 4 consent,
+// 5 signal, 6 product.
 
-let tag // the wasm Tag, once init ran
+let tag // init ran
 let ready // the wasm module is instantiated
 let queue = [] // [ts, command, args] before ready, or before init
 let endpoint
@@ -45,23 +41,13 @@ const json = (o) => {
     return ''
   }
 }
-// Storage for the wasm module: {g, s, r} that never throw.
-const store = (get, set, del) => ({
-  g: safe(get),
-  s: safe(set),
-  r: safe(del),
-})
-
+// Storage for the wasm module (`imports.js` catches what these throw).
 function localStore() {
   try {
     const s = w.localStorage
     s.setItem('wm_t', '1')
     s.removeItem('wm_t')
-    return store(
-      (k) => s.getItem(k),
-      (k, v) => s.setItem(k, v),
-      (k) => s.removeItem(k),
-    )
+    return { g: (k) => s.getItem(k), s: (k, v) => s.setItem(k, v), r: (k) => s.removeItem(k) }
   } catch (e) {
     return null
   }
@@ -69,14 +55,14 @@ function localStore() {
 
 function cookieStore(domain) {
   const attrs = ';path=/;samesite=lax' + (domain ? ';domain=' + domain : '') + (loc.protocol == 'https:' ? ';secure' : '')
-  return store(
-    (k) => {
+  return {
+    g: (k) => {
       const m = d.cookie.match('(?:^|; *)' + k + '=([^;]*)')
       return m ? decodeURIComponent(m[1]) : null
     },
-    (k, v) => (d.cookie = k + '=' + encodeURIComponent(v) + attrs + ';max-age=31536000'),
-    (k) => (d.cookie = k + '=' + attrs + ';max-age=0'),
-  )
+    s: (k, v) => (d.cookie = k + '=' + encodeURIComponent(v) + attrs + ';max-age=31536000'),
+    r: (k) => (d.cookie = k + '=' + attrs + ';max-age=0'),
+  }
 }
 
 // ---- delivery ------------------------------------------------------------------------------
@@ -101,20 +87,19 @@ function schedule(wait) {
 
 // Commands to the wasm module; string arguments are joined with U+0001.
 function call(op, ts, n, x, ...args) {
-  schedule(tag.call(op, ts, n || 0, x || 0, args.map((a) => String(a).replace(/\x01/g, '')).join('\x01')))
+  schedule(tagCall(op, ts, n || 0, x || 0, args.map((a) => String(a).replace(/\x01/g, '')).join('\x01')))
 }
-const signal = (n, x) => call(SIGNAL, now(), n, x)
+const signal = (n, x) => call(5 /* SIGNAL */, now(), n, x)
 
 // Sends one batch; `force`: everything not yet sent, now, the page is being hidden or left.
 function pump(force) {
-  let b
-  while ((b = tag.next(now(), !!force))) {
-    const i = b.indexOf('{')
-    send(b.slice(i), +b.slice(0, i), force)
+  let id
+  while ((id = next(now(), !!force))) {
+    send(batch, id, force)
     if (!force) return
   }
   // Nothing sent: ask when to come back (operation 9 does nothing but answer that).
-  schedule(tag.call(9, now(), 0, 0, ''))
+  schedule(tagCall(9, now(), 0, 0, ''))
 }
 
 const done = safe((id, status, retryAfter) => {
@@ -122,7 +107,7 @@ const done = safe((id, status, retryAfter) => {
   if (retryAfter) {
     ms = +retryAfter >= 0 ? retryAfter * 1000 : Date.parse(retryAfter) - now()
   }
-  schedule(tag.done(now(), id, status, ms > 0 ? ms : 0))
+  schedule(tagDone(now(), id, status, ms > 0 ? ms : 0))
 })
 
 function send(body, id, beacon) {
@@ -153,7 +138,7 @@ function page(ts, name, props) {
   const state = (d.visibilityState == 'hidden' ? 0 : 1) | (d.hasFocus() ? 2 : 0)
   const q = new URLSearchParams(loc.search)
   call(
-    PAGE,
+    0 /* PAGE */,
     ts,
     state,
     0,
@@ -191,7 +176,7 @@ function scroll() {
 function leave() {
   // A product rendered after the page view (SPA) still gets its engaged time.
   const el = d.querySelector('[data-waymark-product]')
-  if (el) call(PRODUCT, now(), 0, 0, el.getAttribute('data-waymark-product'))
+  if (el) call(6 /* PRODUCT */, now(), 0, 0, el.getAttribute('data-waymark-product'))
   signal(6)
   pump(true)
 }
@@ -213,7 +198,7 @@ function click(e) {
   }
   if (el.id) p.id = el.id
   if (name) p.name = name
-  call(TRACK, now(), 0, 0, '$click', JSON.stringify(p), '')
+  call(1 /* TRACK */, now(), 0, 0, '$click', JSON.stringify(p), '')
 }
 
 function listen(target, type, f, opts) {
@@ -244,7 +229,7 @@ function autocapture() {
   listen(w, 'scroll', scroll, { passive: true })
   const active = () => {
     const t = now()
-    if (t - lastActive > 1000) call(SIGNAL, (lastActive = t), 0)
+    if (t - lastActive > 1000) call(5 /* SIGNAL */, (lastActive = t), 0)
   }
   for (const t of ['mousemove', 'keydown', 'pointerdown', 'touchstart', 'wheel']) {
     listen(w, t, active, { passive: true, capture: true })
@@ -268,38 +253,39 @@ const api = {
     } catch (e) {
       for (let i = 0; i < 4; i++) seed[i] = Math.random() * 2 ** 32
     }
-    tag = new Tag(
+    stores[0] = ids
+    stores[1] = ls
+    create(
       [o.site || '', nav.userAgent || '', nav.language || ''].join('\x01'),
-      (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
+      (ids ? 1 : 0) | (ls ? 2 : 0) | (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
       o.flushInterval >= 0 ? o.flushInterval : 1000,
-      ids,
-      ls,
       seed[0],
       seed[1],
       seed[2],
       seed[3],
       ts,
     )
+    tag = 1
     if (o.autocapture !== false) autocapture()
     if (o.pageview !== false) page(ts)
   },
   track(ts, name, props) {
     const pid = props && props.product_id
-    call(TRACK, ts, 0, 0, name || '', json(props), name == 'Product Viewed' && pid != null ? pid : '')
+    call(1 /* TRACK */, ts, 0, 0, name || '', json(props), name == 'Product Viewed' && pid != null ? pid : '')
   },
   identify(ts, id, traits) {
     if (id && typeof id == 'object') [id, traits] = ['', id]
-    call(IDENTIFY, ts, 0, 0, id == null ? '' : id, json(traits))
+    call(2 /* IDENTIFY */, ts, 0, 0, id == null ? '' : id, json(traits))
   },
   page(ts, name, props) {
     if (name && typeof name == 'object') [name, props] = ['', name]
     page(ts, name, props)
   },
   consent(ts, v) {
-    call(CONSENT, ts, v == 'granted' ? 1 : 0)
+    call(4 /* CONSENT */, ts, v == 'granted' ? 1 : 0)
   },
   reset(ts) {
-    call(RESET, ts)
+    call(3 /* RESET */, ts)
   },
 }
 
@@ -326,8 +312,14 @@ const stub = w.waymark
 if (stub && stub.q) for (const [t, a] of stub.q) queue.push([t, a[0], [].slice.call(a, 1)])
 if (d) {
   w.waymark = waymark
-  init({ module_or_path: new URL('waymark.wasm', import.meta.url) }).then(
-    safe(() => {
+  // Compiled here and instantiated with the glue's `initSync`: the glue's own async loader
+  // (fetch fallbacks, MIME checks, messages) is then left out of the bundle.
+  fetch(new URL('waymark.wasm', import.meta.url))
+    .then((r) => r.arrayBuffer())
+    .then((b) => WebAssembly.compile(b))
+    .then(
+    safe((module) => {
+      initSync({ module })
       ready = true
       const calls = queue
       queue = []

@@ -144,6 +144,42 @@ pub fn parse_batch(body: &[u8], received_at_ms: i64) -> Result<Validated, BatchE
     let raw = top.get("batch").ok_or(BatchError::MissingBatch)?;
     let items: Vec<&RawValue> =
         serde_json::from_str(raw.get()).map_err(|_| BatchError::BatchNotArray)?;
+    check_items(&items, sent_at, write_key, received_at_ms)
+}
+
+/// Validates events that were already split out of their batch (the edge worker's envelopes
+/// carry them as raw JSON): the same checks and rejections as [`parse_batch`] on
+/// `{"batch": events, "sentAt": sent_at}`, without re-wrapping and re-reading the batch. The
+/// size limit applies to the events' JSON.
+pub fn parse_events(
+    events: &[&RawValue],
+    sent_at: Option<&str>,
+    received_at_ms: i64,
+) -> Result<Validated, BatchError> {
+    let bytes = events.iter().map(|e| e.get().len() + 1).sum::<usize>() + 1;
+    if bytes > MAX_BATCH_BYTES {
+        return Err(BatchError::TooLarge {
+            bytes,
+            limit: MAX_BATCH_BYTES,
+        });
+    }
+    if let Some(s) = sent_at {
+        if parse_rfc3339(s).is_none() {
+            return Err(BatchError::BadField {
+                field: "sentAt",
+                reason: "not an RFC 3339 date-time".into(),
+            });
+        }
+    }
+    check_items(events, sent_at.map(str::to_owned), None, received_at_ms)
+}
+
+fn check_items(
+    items: &[&RawValue],
+    sent_at: Option<String>,
+    write_key: Option<String>,
+    received_at_ms: i64,
+) -> Result<Validated, BatchError> {
     if items.len() > MAX_EVENTS_PER_BATCH {
         return Err(BatchError::TooManyEvents {
             count: items.len(),
@@ -156,7 +192,7 @@ pub fn parse_batch(body: &[u8], received_at_ms: i64) -> Result<Validated, BatchE
         sent_at,
         write_key,
     };
-    for (i, item) in items.into_iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
         check_one(i, item, None, received_at_ms, &mut out);
     }
     Ok(out)
@@ -197,16 +233,22 @@ fn check_size(body: &[u8]) -> Result<(), BatchError> {
     Ok(())
 }
 
-type RawObject = std::collections::BTreeMap<String, Box<RawValue>>;
+/// The top-level fields of a body, their values borrowed from it unparsed.
+type RawObject<'a> = std::collections::BTreeMap<String, &'a RawValue>;
 
-fn parse_object(body: &[u8]) -> Result<RawObject, BatchError> {
-    let v: Box<RawValue> =
+fn parse_object(body: &[u8]) -> Result<RawObject<'_>, BatchError> {
+    // One pass over the body in the common case. Only when that fails does the two-step parse
+    // run, to tell "not JSON" (with serde's position) from "JSON but not an object".
+    if let Ok(obj) = serde_json::from_slice::<RawObject<'_>>(body) {
+        return Ok(obj);
+    }
+    let v: &RawValue =
         serde_json::from_slice(body).map_err(|e| BatchError::NotJson(e.to_string()))?;
-    serde_json::from_str::<RawObject>(v.get()).map_err(|_| BatchError::NotAnObject)
+    serde_json::from_str::<RawObject<'_>>(v.get()).map_err(|_| BatchError::NotAnObject)
 }
 
 fn batch_string(
-    top: &RawObject,
+    top: &RawObject<'_>,
     field: &'static str,
     is_time: bool,
 ) -> Result<Option<String>, BatchError> {
@@ -587,5 +629,57 @@ fn check_reserved(p: &mut Problems<'_>, name: &str, props: &Map<String, Value>) 
                 names::RESERVED.join(", ")
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECEIVED: i64 = 1_764_324_905_000;
+
+    #[test]
+    fn parse_events_matches_parse_batch_on_the_same_events() {
+        let events = [
+            r#"{"type":"track","messageId":"m1","anonymousId":"a","event":"E","originalTimestamp":"2025-11-28T10:15:00.000Z"}"#,
+            r#"{"type":"track","messageId":"m2","anonymousId":"a","event":42}"#,
+            r#"[1]"#,
+            r#"{"type":"page","messageId":"m3","userId":7,"name":"Home"}"#,
+        ];
+        let sent_at = "2025-11-28T10:15:04.000Z";
+        let body = format!(r#"{{"batch":[{}],"sentAt":"{sent_at}"}}"#, events.join(","));
+        let whole = parse_batch(body.as_bytes(), RECEIVED).unwrap();
+        let raws: Vec<Box<RawValue>> = events
+            .iter()
+            .map(|e| RawValue::from_string(e.to_string()).unwrap())
+            .collect();
+        let refs: Vec<&RawValue> = raws.iter().map(|r| &**r).collect();
+        let split = parse_events(&refs, Some(sent_at), RECEIVED).unwrap();
+        assert_eq!(split, whole);
+        assert_eq!(split.events.len(), 2);
+        assert_eq!(split.rejected_events(), 2);
+
+        let e = parse_events(&refs, Some("yesterday"), RECEIVED).unwrap_err();
+        assert_eq!(e.to_string(), "sentAt: not an RFC 3339 date-time");
+        let many: Vec<&RawValue> = std::iter::repeat_n(refs[0], MAX_EVENTS_PER_BATCH + 1).collect();
+        assert!(parse_events(&many, None, RECEIVED)
+            .unwrap_err()
+            .is_too_large());
+    }
+
+    #[test]
+    fn whole_body_errors_are_classified_as_before() {
+        assert_eq!(
+            parse_batch(b"[1, 2]", RECEIVED).unwrap_err(),
+            BatchError::NotAnObject
+        );
+        assert!(matches!(
+            parse_batch(b"{\"batch\": [", RECEIVED).unwrap_err(),
+            BatchError::NotJson(_)
+        ));
+        assert_eq!(
+            parse_batch(b"{\"batch\": 1}", RECEIVED).unwrap_err(),
+            BatchError::BatchNotArray
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The tag: `collector-wasm` built for the browser and bundled with the `js/` loader, its size
 //! budget, and the browser tests in real headless Chromium.
 //!
-//! Build: cargo (`wasm-release` profile) -> wasm-bindgen `--target web` -> wasm-opt `-Oz` ->
+//! Build: cargo (`tag-release` profile) -> wasm-bindgen `--target web` -> wasm-opt `-Oz` ->
 //! esbuild bundles `js/src/waymark.js` with the wasm-bindgen glue into one minified ES module.
 //! Output in `js/dist/`: `waymark.js`, `waymark.wasm`, `waymark.d.ts` (the npm package's files).
 
@@ -15,10 +15,10 @@ use crate::tools::Tools;
 
 /// The wasm plus every byte of JS it needs, gzipped: the budget ("Size and cost").
 pub const BUDGET_GZ: usize = 12 * 1024;
-/// What the build is held to for now: the budget is not met yet (15.4 KB reached; see
+/// What the build is held to for now: the budget is not met yet (12.64 KB reached; see
 /// js/README.md, "Size"), so the stage fails above this, to catch growth, and says the budget
 /// is missed on every run. Lower it to `BUDGET_GZ` once the tag fits.
-pub const LIMIT_GZ: usize = 16 * 1024;
+pub const LIMIT_GZ: usize = 12 * 1024 + 768;
 
 #[derive(Debug, Clone)]
 pub struct TagArtifacts {
@@ -42,10 +42,10 @@ pub fn build(root: &Path, tools: &Tools) -> Result<TagArtifacts> {
         "--target",
         "wasm32-unknown-unknown",
         "--profile",
-        "wasm-release",
+        "tag-release",
     ]))?;
     let built = crate::tools::target_dir(root)
-        .join("wasm32-unknown-unknown/wasm-release/waymark_collector.wasm");
+        .join("wasm32-unknown-unknown/tag-release/waymark_collector.wasm");
     let dist = root.join("js/dist");
     let pkg = dist.join("pkg");
     if pkg.exists() {
@@ -71,6 +71,8 @@ pub fn build(root: &Path, tools: &Tools) -> Result<TagArtifacts> {
         .arg(pkg.join("waymark_collector_bg.wasm"))
         .args([
             "-Oz",
+            // Repeats the passes while they still shrink the module (about 40 bytes gzipped).
+            "--converge",
             "--enable-bulk-memory",
             "--enable-nontrapping-float-to-int",
             "--enable-sign-ext",
@@ -116,14 +118,14 @@ pub fn build(root: &Path, tools: &Tools) -> Result<TagArtifacts> {
     );
     if art.total_gz() > BUDGET_GZ {
         println!(
-            "budget 12 KB not met: {:.2} KB (failing only above {:.0} KB for now)",
+            "budget 12 KB not met: {:.2} KB (failing only above {:.2} KB for now)",
             kb(art.total_gz()),
             kb(LIMIT_GZ)
         );
     }
     if art.total_gz() > LIMIT_GZ {
         bail!(
-            "the tag is {:.2} KB gzipped, over its limit of {:.0} KB (budget {:.0} KB)",
+            "the tag is {:.2} KB gzipped, over its limit of {:.2} KB (budget {:.0} KB)",
             kb(art.total_gz()),
             kb(LIMIT_GZ),
             kb(BUDGET_GZ)

@@ -13,14 +13,14 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use waymark_protocol::edge::{
     verify, Client, Geo, SignatureError, HEADER_SIGNATURE, HEADER_TIMESTAMP,
 };
 use waymark_protocol::limits::MAX_BATCH_BYTES;
 use waymark_protocol::time::parse_rfc3339;
-use waymark_protocol::{parse_batch, Rejection};
+use waymark_protocol::{parse_events, Rejection};
 
 use super::error::ApiError;
 use super::{body, now_ms, respond, spool_rows, Accepted, AppState};
@@ -107,13 +107,6 @@ struct RawEnvelope {
 #[derive(Deserialize)]
 struct RawForward {
     envelopes: Vec<RawEnvelope>,
-}
-
-#[derive(Serialize)]
-struct AsBatch<'a> {
-    batch: &'a [Box<RawValue>],
-    #[serde(rename = "sentAt", skip_serializing_if = "Option::is_none")]
-    sent_at: Option<&'a str>,
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
@@ -210,12 +203,8 @@ async fn accept_forward(
             offset += n;
             continue;
         };
-        let batch = serde_json::to_vec(&AsBatch {
-            batch: &env.events,
-            sent_at: env.sent_at.as_deref(),
-        })
-        .expect("raw JSON serialises");
-        match parse_batch(&batch, received_at_ms) {
+        let events: Vec<&RawValue> = env.events.iter().map(|e| &**e).collect();
+        match parse_events(&events, env.sent_at.as_deref(), received_at_ms) {
             Ok(v) => {
                 let facts = RequestFacts {
                     site: &site.id,

@@ -40,6 +40,13 @@ pub enum ApiError {
     /// 415: a Content-Encoding we do not decode.
     #[error("{message}")]
     UnsupportedEncoding { message: String },
+    /// 429 + Retry-After: the site is over its configured rate limit; this request is fine and
+    /// will be taken after the wait. Nothing was stored.
+    #[error("{message}")]
+    RateLimited {
+        retry_after_secs: u64,
+        message: String,
+    },
     /// 503 + Retry-After: we cannot take it durably right now (spool full or failing);
     /// the client should retry later, nothing was stored.
     #[error("{message}")]
@@ -59,6 +66,7 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -73,6 +81,7 @@ impl ApiError {
             | ApiError::TooLarge { code, .. }
             | ApiError::Overloaded { code, .. } => code,
             ApiError::UnsupportedEncoding { .. } => "unsupported_encoding",
+            ApiError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -84,6 +93,7 @@ impl ApiError {
             | ApiError::TooLarge { field, .. } => Some(field),
             ApiError::UnsupportedEncoding { .. } => Some("content-encoding"),
             ApiError::NotFound { .. } | ApiError::Overloaded { .. } => None,
+            ApiError::RateLimited { .. } => Some("rate_limit"),
         }
     }
 
@@ -105,6 +115,9 @@ impl IntoResponse for ApiError {
         });
         let mut resp = (self.status(), axum::Json(body)).into_response();
         if let ApiError::Overloaded {
+            retry_after_secs, ..
+        }
+        | ApiError::RateLimited {
             retry_after_secs, ..
         } = self
         {

@@ -27,6 +27,7 @@ use crate::config::{Config, SiteConfig};
 use crate::dedup::Dedup;
 use crate::enrich::UaParser;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
 use crate::spool::{Spool, SpoolError};
 use crate::store::row::EventRow;
 use error::ApiError;
@@ -43,6 +44,7 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     pub dedup: Dedup,
     pub ua: UaParser,
+    pub limiter: RateLimiter,
     pub replay: edge::ReplayGuard,
     pub clickhouse: clickhouse::Client,
 }
@@ -62,6 +64,7 @@ impl AppState {
             spool,
             metrics,
             ua: UaParser::default(),
+            limiter: RateLimiter::new(&config.sites),
             replay: edge::ReplayGuard::default(),
             clickhouse,
             config,
@@ -101,8 +104,50 @@ pub fn now_ms() -> i64 {
 /// Seconds a client should wait when the spool is full: long enough for the writer to drain.
 const RETRY_AFTER_SECS: u64 = 5;
 
-/// Drops recent duplicates, spools the rest as one record, and returns once it is fsynced.
+/// Events per site in `rows` (rows of one site are usually adjacent).
+fn count_by_site(rows: &[EventRow]) -> Vec<(&str, u64)> {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for r in rows {
+        match counts.iter_mut().find(|(s, _)| *s == r.site) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&r.site, 1)),
+        }
+    }
+    counts
+}
+
+/// Checks the sites' rate limits, drops recent duplicates, spools the rest as one record, and
+/// returns once it is fsynced.
 pub async fn spool_rows(
+    state: &AppState,
+    rows: Vec<EventRow>,
+    source: &str,
+) -> Result<(), ApiError> {
+    let st = &state.0;
+    // The limit counts what the client sent (duplicates included) and is checked before
+    // anything is written; tokens go back if the spool then refuses.
+    let counts: Vec<(String, u64)> = count_by_site(&rows)
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n))
+        .collect();
+    let counts: Vec<(&str, u64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+    if let Err(l) = st.limiter.take(&counts) {
+        return Err(ApiError::RateLimited {
+            retry_after_secs: l.retry_after_secs,
+            message: format!(
+                "rate_limit: site {:?} is over its limit of {} events/s (burst {}); retry in {} s",
+                l.site, l.events_per_second, l.burst, l.retry_after_secs
+            ),
+        });
+    }
+    let r = spool_checked(state, rows, source).await;
+    if r.is_err() {
+        st.limiter.give_back(&counts);
+    }
+    r
+}
+
+async fn spool_checked(
     state: &AppState,
     rows: Vec<EventRow>,
     source: &str,
@@ -126,7 +171,7 @@ pub async fn spool_rows(
     if rows.is_empty() {
         return Ok(());
     }
-    let payload = serde_json::to_vec(&rows).expect("rows serialise");
+    let payload = crate::spool::rows::encode(&rows);
     match st.spool.append(payload).await {
         Ok(_) => {
             st.dedup.remember(

@@ -145,7 +145,8 @@ async fn history(st: &QueryState, site: &str, id: &str, p: &Params) -> Result<Va
         });
     }
     let db = st.db();
-    let visitors = visitor_filter(db, site, id);
+    let ident = resolve(st, site, id).await?;
+    let visitors = visitor_filter(site, &ident);
     let mut filter = visitors.clone();
     for c in conds {
         filter.push_str(" AND ");
@@ -169,7 +170,7 @@ ORDER BY timestamp_ms DESC, message_id DESC LIMIT 1 BY message_id",
         having = cursor.unwrap_or_default(),
         n = limit + 1
     );
-    let (ident, mut rows) = tokio::try_join!(resolve(st, site, id), st.fetch::<Row>(&sql))?;
+    let mut rows: Vec<Row> = st.fetch(&sql).await?;
     if rows.is_empty() && p.before.is_none() && p.kind.is_none() && p.name.is_none() {
         return Err(QueryError::NotFound(format!(
             "id: no visitor or user {id:?} on site {site:?}"

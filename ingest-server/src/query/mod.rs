@@ -34,23 +34,6 @@ use serde_json::{json, Value};
 
 use crate::config::{ClickHouseConfig, Config, HumanDuration};
 
-/// The `[query]` settings, in the style of `config::SETTINGS_HELP` (for `--help` and the README).
-pub const QUERY_SETTINGS_HELP: &str = r#"  [query]                          the read API (profiles, event history, audiences)
-  cart_abandon_after = "1h"        a cart is abandoned when its last add is older, with no order after
-  cache_ttl = "5s"                 in-process cache of profile / event answers ("0s" = off)
-  cache_entries = 10000            answers the cache holds at most
-  recent_products = 10             recently viewed products listed in a profile
-  [query.engagement]               30-day engaged time: below medium = "short", below long = "medium"
-  medium = "1m"
-  long = "10m"
-  [query.rfm]                      RFM scores 1-5 from the site's own quintiles
-  refresh = "5m"                   how often the site's quintiles are recomputed (in the background)
-  lookback = "8760h"               orders older than this do not count for RFM
-  [[query.read_keys]]              one per key; `Authorization: Bearer <key>`
-  key = "rk_shop"
-  sites = ["shop"]                 the only sites this key can read
-"#;
-
 /// `[query]` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -113,6 +113,7 @@ pub fn document() -> Value {
             "counts",
             "engagement",
             "recently_viewed",
+            "products_by_attention",
             "cart",
             "orders",
             "rfm",
@@ -134,6 +135,7 @@ pub fn document() -> Value {
                 "engaged_ms_30_days": int(),
                 "bucket": {"type": "string", "enum": ["short", "medium", "long"]}})),
             "recently_viewed": {"type": "array", "items": product, "description": "Most recent first."},
+            "products_by_attention": {"type": "array", "items": product, "description": "The viewed products with engaged time, most engaged time first (then most views): what the visitor looked at longest."},
             "cart": obj(&["products", "last_added_at", "abandoned"], json!({
                 "products": {"type": "array", "items": cart_line},
                 "last_added_at": nullable(time()),

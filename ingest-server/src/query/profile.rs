@@ -1,11 +1,10 @@
 //! `GET /v1/profiles/{id}?site=`: who this person is and what they recently did.
 //!
-//! Identity ([`resolve`], [`visitor_filter`]): an anonymous id linked to a user becomes that user
+//! Identity is resolved first ([`resolve`]): an anonymous id linked to a user becomes that user
 //! (the latest link wins when a device was shared), and the user's profile covers every anonymous
 //! id ever linked to it, so what a visitor did before identifying counts for the user. The figures
-//! come from the pre-aggregated tables of [`super::schema`], read in four queries keyed by
-//! `(site, visitor_id)` (a few aggregate rows per visitor, whatever the history's size); each
-//! resolves the visitor ids in a subquery, so all five queries run at once.
+//! then come from the pre-aggregated tables of [`super::schema`], read in four concurrent queries
+//! keyed by `(site, visitor_id)`: a few aggregate rows per visitor, whatever the history's size.
 //!
 //! Windows: "7 days" and "30 days" are whole days (the ClickHouse server's time zone), today
 //! included. RFM scores are 1 to 5 against the site's quintiles of its customers (people with an
@@ -21,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::sql::{int, lit};
+use super::sql::{int, lit, lit_list};
 use super::{now_ms, time_or_null, QueryError, QueryState};
 
 #[derive(Debug, Deserialize)]
@@ -175,18 +174,13 @@ pub fn score(x: f64, bounds: &[f64]) -> u8 {
     1 + bounds.iter().filter(|b| **b <= x).count().min(4) as u8
 }
 
-/// The resolved person's visitor ids as an SQL subquery, so the figure queries need not wait
-/// for [`resolve`] and all run at once: the user (an anonymous id's latest user, else the id
-/// itself) and every anonymous id linked to it.
-pub(crate) fn visitor_filter(db: &str, site: &str, id: &str) -> String {
-    let (s, x) = (lit(site), lit(id));
-    let user = format!(
-        "(SELECT if(count() = 0, {x}, argMax(user_id, linked_at)) FROM {db}.q_ident_by_anon
-    WHERE site = {s} AND anonymous_id = {x})"
-    );
+/// `site = .. AND visitor_id IN (..)` for a resolved person, with the ids as literals (measured
+/// about twice as fast as resolving them in a subquery of every statement).
+pub(crate) fn visitor_filter(site: &str, ident: &Identity) -> String {
     format!(
-        "site = {s} AND visitor_id IN (SELECT {user} UNION ALL
-    SELECT anonymous_id FROM {db}.identities WHERE site = {s} AND user_id = {user})"
+        "site = {} AND visitor_id IN {}",
+        lit(site),
+        lit_list(ident.visitors.iter().map(String::as_str))
     )
 }
 
@@ -279,9 +273,10 @@ FROM (
 
 /// Builds the profile JSON, or `NotFound`.
 pub async fn profile(st: &QueryState, site: &str, id: &str) -> Result<Value, QueryError> {
+    let ident = resolve(st, site, id).await?;
     let now = now_ms();
     let db = st.db();
-    let filter = visitor_filter(db, site, id);
+    let filter = visitor_filter(site, &ident);
 
     let visitor_sql = format!(
         "SELECT count() AS n, minMerge(first_seen) AS first_seen, maxMerge(last_seen) AS last_seen,
@@ -315,8 +310,7 @@ FROM {db}.q_products WHERE {filter} GROUP BY product_id"
         "SELECT order_key, max(timestamp_ms) AS ts, any(revenue) AS revenue, any(currency) AS currency
 FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
     );
-    let (ident, visitor, counts, products, orders, bounds) = tokio::try_join!(
-        resolve(st, site, id),
+    let (visitor, counts, products, orders, bounds) = tokio::try_join!(
         st.fetch::<VisitorRow>(&visitor_sql),
         st.fetch::<Counts>(&daily_sql),
         st.fetch::<ProductRow>(&products_sql),
@@ -404,6 +398,33 @@ FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
         })
         .collect();
 
+    // The same products ranked by attention: most engaged time first, then most views.
+    let mut by_attention: Vec<&ProductRow> = viewed
+        .iter()
+        .copied()
+        .filter(|p| p.engaged_ms > 0)
+        .collect();
+    by_attention.sort_by(|a, b| {
+        b.engaged_ms
+            .cmp(&a.engaged_ms)
+            .then(b.views.cmp(&a.views))
+            .then(b.last_viewed.cmp(&a.last_viewed))
+            .then(a.product_id.cmp(&b.product_id))
+    });
+    let products_by_attention: Vec<Value> = by_attention
+        .iter()
+        .take(cfg.recent_products)
+        .map(|p| {
+            json!({
+                "product_id": p.product_id,
+                "name": non_empty(&p.name),
+                "last_viewed": time_or_null(p.last_viewed),
+                "views": p.views,
+                "engaged_ms": p.engaged_ms,
+            })
+        })
+        .collect();
+
     // Cart: products whose last add is after the last order and after their last removal.
     let mut cart: Vec<&ProductRow> = products
         .iter()
@@ -461,6 +482,7 @@ FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
         },
         "engagement": {"engaged_ms_30_days": engaged, "bucket": bucket},
         "recently_viewed": recently_viewed,
+        "products_by_attention": products_by_attention,
         "cart": {
             "products": cart_products,
             "last_added_at": time_or_null(last_add),
@@ -489,7 +511,8 @@ FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
 
 /// Money and averages to cents (binary floats would otherwise print 59.980000000000004).
 fn round2(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
+    // `+ 0.0` turns the -0.0 that summing nothing gives into 0.0.
+    (v * 100.0).round() / 100.0 + 0.0
 }
 
 fn non_empty(s: &str) -> Value {

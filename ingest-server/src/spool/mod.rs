@@ -9,7 +9,10 @@
 //!
 //! **Records.** `len: u32 | crc32: u32 | appended_ms: u64 | payload` (see [`record`]). One
 //! record holds all accepted rows of one HTTP request, so a request is durable entirely or not
-//! at all: nothing half-written.
+//! at all: nothing half-written. The payload is the enriched rows exactly as the writer inserts
+//! them, so the writer derives nothing again; its first byte tags the format (see [`rows`]:
+//! `0x01` compact binary, written now; `[` the JSON of earlier versions, still read). The spool
+//! itself treats payloads as opaque bytes.
 //!
 //! **Group commit.** One appender thread owns the active segment. Handlers send it their
 //! record and wait; the thread takes everything queued (up to 16 MiB), writes it with one
@@ -38,6 +41,7 @@
 //! writer then replays everything from the checkpoint on.
 
 pub mod record;
+pub mod rows;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

@@ -1,5 +1,5 @@
-//! The rows written to ClickHouse. The same [`EventRow`] is the spool's record format (as JSON,
-//! so a spool written by an older version still reads: missing fields take their defaults).
+//! The rows written to ClickHouse. The same [`EventRow`] is what a spool record holds (binary,
+//! see `spool::rows`; the JSON of earlier versions still reads, missing fields defaulted).
 //! Field order is the column order of the `INSERT`.
 
 use serde::{Deserialize, Serialize};

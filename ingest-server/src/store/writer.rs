@@ -317,13 +317,13 @@ async fn gather(
                         bytes += r.payload.len();
                         end = Some(r.end);
                         oldest.get_or_insert(r.appended_ms);
-                        match serde_json::from_slice::<Vec<EventRow>>(&r.payload) {
+                        match crate::spool::rows::decode(&r.payload) {
                             Ok(mut v) => rows.append(&mut v),
                             Err(e) => undecodable.push(QuarantineRow {
                                 quarantined_at: (now_ms() / 1000) as u32,
                                 site: String::new(),
                                 message_id: String::new(),
-                                reason: format!("spool record is not a JSON array of rows: {e}"),
+                                reason: format!("spool record is not readable as rows: {e}"),
                                 row: String::from_utf8_lossy(&r.payload).into_owned(),
                             }),
                         }

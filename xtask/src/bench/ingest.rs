@@ -1,4 +1,5 @@
-//! `cargo xtask bench ingest [--events N] [--clients C] [--batch B] [--rate R] [--paced-secs S]`
+//! `cargo xtask bench ingest [--events N] [--clients C] [--batch B] [--rate R] [--paced-secs S]
+//! [--server PATH]`
 //!
 //! Measures and prints (asserts nothing):
 //! 1. throughput: N realistic events sent over HTTP by C concurrent clients in batches of B;
@@ -9,7 +10,9 @@
 //! 4. a raw `clickhouse-client` insert (TabSeparated) of the same rows, and the ratio.
 //!
 //! The server is the release binary with default writer settings, against a private
-//! ClickHouse from the testkit.
+//! ClickHouse from the testkit. `--server PATH` runs a given binary instead of building one
+//! (to compare two builds, e.g. a copy of an earlier `target/release/ingest-server`, in runs
+//! taken close together). `--paced-secs 0` skips step 2.
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -28,6 +31,7 @@ struct Opts {
     batch: usize,
     rate: usize,
     paced_secs: u64,
+    server: Option<std::path::PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -37,6 +41,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         batch: 100,
         rate: 2_000,
         paced_secs: 10,
+        server: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -52,8 +57,11 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--batch" => o.batch = val()?.clamp(1, 500),
             "--rate" => o.rate = val()?.max(1),
             "--paced-secs" => o.paced_secs = val()? as u64,
+            "--server" => {
+                o.server = Some(it.next().context("--server needs a path")?.into());
+            }
             other => bail!(
-                "unknown option {other:?} (--events, --clients, --batch, --rate, --paced-secs)"
+                "unknown option {other:?} (--events, --clients, --batch, --rate, --paced-secs, --server)"
             ),
         }
     }
@@ -225,8 +233,7 @@ impl Drop for Server {
     }
 }
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let o = parse(args)?;
+fn build_server(root: &Path) -> Result<std::path::PathBuf> {
     println!("building the ingest server (release)...");
     let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
@@ -246,7 +253,18 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    let binary = target.join("release/ingest-server");
+    Ok(target.join("release/ingest-server"))
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let binary = match &o.server {
+        Some(path) => {
+            println!("using the given server binary {}", path.display());
+            path.clone()
+        }
+        None => build_server(root)?,
+    };
 
     println!("starting a private ClickHouse...");
     let ch = ClickHouse::start().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -546,8 +564,16 @@ write_keys = ["wk_bench"]
         percentile(&fresh, 0.99),
         fresh.len()
     )?;
-    writeln!(out, "paced: {} req/s x 20 ev:  achieved {:.0} req/s; ack p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} sends late",
-        o.rate, paced.len() as f64 / paced_elapsed.as_secs_f64(), percentile(&paced, 0.5), percentile(&paced, 0.99), paced.last().copied().unwrap_or(f64::NAN), late.load(Ordering::Relaxed))?;
+    if paced.is_empty() {
+        writeln!(
+            out,
+            "paced: {} req/s x 20 ev:  skipped (--paced-secs {})",
+            o.rate, o.paced_secs
+        )?;
+    } else {
+        writeln!(out, "paced: {} req/s x 20 ev:  achieved {:.0} req/s; ack p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} sends late",
+            o.rate, paced.len() as f64 / paced_elapsed.as_secs_f64(), percentile(&paced, 0.5), percentile(&paced, 0.99), paced.last().copied().unwrap_or(f64::NAN), late.load(Ordering::Relaxed))?;
+    }
     match rss {
         Some(k) => writeln!(
             out,

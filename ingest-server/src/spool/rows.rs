@@ -1,0 +1,360 @@
+//! The payload of a spool record: the enriched rows of one request, ready for the writer.
+//!
+//! The first byte says the format:
+//! - `0x01`: binary v1, written by this version: `count: u32 LE`, then each [`EventRow`] field in
+//!   declaration order: strings as `len: u32 LE | UTF-8 bytes`, integers little-endian at their
+//!   width, `f64` as its IEEE bits (LE), `Option<T>` as `0` or `1 | T`.
+//! - `[` (or JSON whitespace): the JSON array of rows written by earlier versions; still read, so
+//!   a spool left by an older server replays after an upgrade.
+//!
+//! The record's CRC already covers the payload; decoding still checks lengths and UTF-8, and a
+//! payload it cannot read is an error (the writer quarantines it), never a panic.
+//!
+//! Adding a field to [`EventRow`] means a new tag (`0x02`) whose decoder reads the new layout;
+//! `0x01` keeps decoding the old one with the new field defaulted. The `row_codec!` list below
+//! must name every field: a missing one is a compile error in [`decode_row`].
+
+use crate::store::row::EventRow;
+
+/// The format tag of binary v1 payloads.
+pub const TAG_BINARY_V1: u8 = 0x01;
+
+/// Why a payload could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("empty payload")]
+    Empty,
+    #[error("unknown payload format tag 0x{0:02x}")]
+    UnknownTag(u8),
+    #[error("payload ends inside row {row}")]
+    Truncated { row: usize },
+    #[error("row {row}: a string is not UTF-8")]
+    NotUtf8 { row: usize },
+    #[error("row {row}: an option tag is {tag}, not 0 or 1")]
+    BadOption { row: usize, tag: u8 },
+    #[error("{0} trailing bytes after the last row")]
+    Trailing(usize),
+    #[error("not a JSON array of rows: {0}")]
+    Json(String),
+}
+
+/// Encodes rows as a binary v1 payload.
+pub fn encode(rows: &[EventRow]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + rows.len() * 640);
+    out.push(TAG_BINARY_V1);
+    out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+    for r in rows {
+        encode_row(r, &mut out);
+    }
+    out
+}
+
+/// Decodes a payload in any format this version reads.
+pub fn decode(payload: &[u8]) -> Result<Vec<EventRow>, DecodeError> {
+    match payload.first() {
+        None => Err(DecodeError::Empty),
+        Some(&TAG_BINARY_V1) => {
+            let mut c = Cursor {
+                buf: &payload[1..],
+                row: 0,
+            };
+            let n = c.u32()? as usize;
+            // Every row takes more than a byte: a count beyond the length is corruption, and
+            // must not become a huge allocation.
+            let mut rows = Vec::with_capacity(n.min(c.buf.len()));
+            for i in 0..n {
+                c.row = i;
+                rows.push(decode_row(&mut c)?);
+            }
+            if !c.buf.is_empty() {
+                return Err(DecodeError::Trailing(c.buf.len()));
+            }
+            Ok(rows)
+        }
+        Some(b'[' | b' ' | b'\n' | b'\r' | b'\t') => {
+            serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))
+        }
+        Some(&t) => Err(DecodeError::UnknownTag(t)),
+    }
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    row: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated { row: self.row });
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+}
+
+/// One field's binary form.
+trait Field: Sized {
+    fn put(&self, out: &mut Vec<u8>);
+    fn get(c: &mut Cursor<'_>) -> Result<Self, DecodeError>;
+}
+
+impl Field for String {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.as_bytes());
+    }
+    fn get(c: &mut Cursor<'_>) -> Result<Self, DecodeError> {
+        let n = c.u32()? as usize;
+        let bytes = c.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::NotUtf8 { row: c.row })
+    }
+}
+
+macro_rules! le_field {
+    ($($t:ty),*) => {$(
+        impl Field for $t {
+            fn put(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn get(c: &mut Cursor<'_>) -> Result<Self, DecodeError> {
+                Ok(<$t>::from_le_bytes(c.array()?))
+            }
+        }
+    )*};
+}
+le_field!(u8, u32, u64, i64, f64);
+
+impl<T: Field> Field for Option<T> {
+    fn put(&self, out: &mut Vec<u8>) {
+        match self {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                v.put(out);
+            }
+        }
+    }
+    fn get(c: &mut Cursor<'_>) -> Result<Self, DecodeError> {
+        match c.array::<1>()?[0] {
+            0 => Ok(None),
+            1 => Ok(Some(T::get(c)?)),
+            tag => Err(DecodeError::BadOption { row: c.row, tag }),
+        }
+    }
+}
+
+macro_rules! row_codec {
+    ($($f:ident),* $(,)?) => {
+        fn encode_row(r: &EventRow, out: &mut Vec<u8>) {
+            $( Field::put(&r.$f, out); )*
+        }
+        fn decode_row(c: &mut Cursor<'_>) -> Result<EventRow, DecodeError> {
+            Ok(EventRow { $( $f: Field::get(c)?, )* })
+        }
+    };
+}
+
+// Binary v1: every field of `EventRow`, in this order. Never reorder; add a new tag instead.
+row_codec!(
+    site,
+    visitor_id,
+    message_id,
+    kind,
+    event,
+    name,
+    anonymous_id,
+    user_id,
+    previous_id,
+    group_id,
+    timestamp,
+    timestamp_ms,
+    skew_rule,
+    client_time,
+    received_at_ms,
+    sent_at_ms,
+    source,
+    session_id,
+    page_url,
+    page_path,
+    page_title,
+    page_referrer,
+    page_search,
+    utm_source,
+    utm_medium,
+    utm_campaign,
+    utm_term,
+    utm_content,
+    user_agent,
+    browser,
+    browser_version,
+    os,
+    os_version,
+    device_type,
+    is_bot,
+    bot_score,
+    ip,
+    locale,
+    library_name,
+    library_version,
+    country,
+    region,
+    region_code,
+    city,
+    postal_code,
+    geo_timezone,
+    continent,
+    colo,
+    latitude,
+    longitude,
+    asn,
+    gpc,
+    product_id,
+    product_name,
+    price,
+    quantity,
+    currency,
+    order_id,
+    revenue,
+    engaged_ms,
+    scroll_depth,
+    properties,
+    traits,
+    context,
+);
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn row_strategy() -> impl Strategy<Value = EventRow> {
+        (
+            (
+                ".{0,12}",
+                ".{0,40}",
+                "\\PC{0,30}",
+                any::<u32>(),
+                any::<i64>(),
+            ),
+            (
+                any::<Option<u8>>(),
+                any::<Option<f64>>(),
+                any::<Option<u32>>(),
+                any::<u64>(),
+                any::<u8>(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (site, message_id, properties, timestamp, timestamp_ms),
+                    (bs, price, asn, e, s),
+                )| {
+                    EventRow {
+                        site,
+                        message_id,
+                        properties,
+                        timestamp,
+                        timestamp_ms,
+                        bot_score: bs,
+                        price,
+                        latitude: price.map(|p| -p),
+                        asn,
+                        engaged_ms: e,
+                        scroll_depth: s,
+                        context: "{\"ü\":\"✓\"}".into(),
+                        ..EventRow::default()
+                    }
+                },
+            )
+    }
+
+    /// Equality that compares floats by their bits (NaN round-trips too).
+    fn same(a: &[EventRow], b: &[EventRow]) -> bool {
+        let bits = |f: Option<f64>| f.map(f64::to_bits);
+        let strip = |r: &EventRow| EventRow {
+            price: None,
+            latitude: None,
+            ..r.clone()
+        };
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| {
+                strip(x) == strip(y)
+                    && bits(x.price) == bits(y.price)
+                    && bits(x.latitude) == bits(y.latitude)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn binary_round_trips(rows in proptest::collection::vec(row_strategy(), 0..8)) {
+            let bytes = encode(&rows);
+            prop_assert_eq!(bytes[0], TAG_BINARY_V1);
+            let back = decode(&bytes).unwrap();
+            prop_assert!(same(&rows, &back));
+        }
+
+        #[test]
+        fn damaged_binary_is_an_error_not_a_panic(
+            rows in proptest::collection::vec(row_strategy(), 1..4),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let bytes = encode(&rows);
+            let cut = 1 + cut.index(bytes.len() - 1);
+            prop_assert!(decode(&bytes[..cut]).is_err());
+            let mut flipped = bytes.clone();
+            let i = 1 + flip.index(bytes.len() - 1);
+            flipped[i] ^= 0xff;
+            let _ = decode(&flipped);
+        }
+    }
+
+    #[test]
+    fn json_payloads_of_earlier_versions_still_read() {
+        let json = br#"[{"site":"s","message_id":"m","type":"track","price":1.5}]"#;
+        let rows = decode(json).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].kind, "track");
+        assert_eq!(rows[0].price, Some(1.5));
+        let full = EventRow {
+            site: "x".into(),
+            bot_score: Some(3),
+            ..EventRow::default()
+        };
+        let json = serde_json::to_vec(&vec![full.clone()]).unwrap();
+        assert_eq!(decode(&json).unwrap(), vec![full]);
+    }
+
+    #[test]
+    fn unknown_tags_and_bad_bytes_are_named() {
+        assert_eq!(decode(b""), Err(DecodeError::Empty));
+        assert_eq!(decode(b"\x07abc"), Err(DecodeError::UnknownTag(7)));
+        let mut b = encode(&[EventRow::default()]);
+        b.push(0);
+        assert_eq!(decode(&b), Err(DecodeError::Trailing(1)));
+        // A count far beyond the bytes: an error, not a huge allocation.
+        assert_eq!(
+            decode(&[TAG_BINARY_V1, 0xff, 0xff, 0xff, 0xff]),
+            Err(DecodeError::Truncated { row: 0 })
+        );
+        let mut b = encode(&[EventRow {
+            site: "ab".into(),
+            ..EventRow::default()
+        }]);
+        b[5 + 4] = 0xff; // first byte of "ab"
+        assert_eq!(decode(&b), Err(DecodeError::NotUtf8 { row: 0 }));
+    }
+}
