@@ -7,6 +7,11 @@
 //! wrapper that kills it when our end of its stdin pipe closes), so no test leaves one behind.
 //!
 //! There is no fake: a missing binary is an error that says how to install it, never a skip.
+//!
+//! [`process`] starts the other processes of a test or the demo (ingest server, demo shop) the
+//! same way: log to a file, wait for a ready line, stop on drop.
+
+pub mod process;
 
 use std::fmt::Write as _;
 use std::io::Write as _;

@@ -6,13 +6,13 @@
 //! (`js/dist`), the edge worker (`edge-worker/build`), the `ingest-server` binary and the npm
 //! packages of `js/` and `edge-worker/`. A missing one fails with the command that makes it.
 
-use std::io::{BufRead, BufReader, Read as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use waymark_testkit::process::{self, Proc};
 use waymark_testkit::{free_port, ClickHouse};
 
 pub const SITE: &str = "demo";
@@ -38,66 +38,11 @@ pub fn require(path: &Path, how: &str) {
     assert!(path.exists(), "{} is missing: {how}", path.display());
 }
 
-/// A child process killed on drop (SIGTERM first so it can flush).
-pub struct Proc {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    /// The last lines of its log, for failure messages.
-    pub fn log_tail(&self) -> String {
-        let mut s = String::new();
-        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Spawns `cmd` and waits (at most 120 s) for a stdout line containing `ready`.
-pub fn spawn_until(mut cmd: Command, ready: &str, log: PathBuf) -> Proc {
-    let log_file = std::fs::File::create(&log).expect("creating a log file");
-    cmd.stdout(Stdio::piped()).stderr(Stdio::from(log_file));
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    let marker = ready.to_string();
-    std::thread::spawn(move || {
-        let mut told = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !told && line.contains(&marker) {
-                let _ = tx.send(line);
-                told = true;
-            }
-        }
-    });
-    let proc = Proc { child, log };
-    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
-        panic!(
-            "{cmd:?} did not print {ready:?} within 120 s; its log:\n{}",
-            proc.log_tail()
-        );
-    }
-    proc
+pub fn spawn_until(cmd: Command, ready: &str, log: PathBuf) -> Proc {
+    let name = format!("{:?}", cmd.get_program());
+    process::spawn_until(&name, cmd, ready, &log, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The running stack.
@@ -248,7 +193,7 @@ sites = ["{SITE}"]
             "browser phase {phase} failed ({}):\n{stdout}\n{}\nshop log:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            self.shop.log_tail()
+            self.shop.log_tail(40)
         );
         let last = stdout.lines().last().unwrap_or_default();
         serde_json::from_str(last).unwrap_or_else(|e| panic!("browser printed {last:?}: {e}"))

@@ -6,13 +6,14 @@
 //! the ingest server through a queue. Prints the URLs, a read key and curl commands; Ctrl-C
 //! stops everything. `--traffic N` also sends N synthetic visitors through the shop.
 
-use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use waymark_testkit::process::{self, Proc};
 use waymark_testkit::ClickHouse;
 
 use crate::stage::cargo;
@@ -60,68 +61,19 @@ fn port(var: &str, default: u16) -> Result<u16> {
     }
 }
 
-/// A child process stopped (SIGTERM, then SIGKILL after a grace period) when dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
+/// Starts a child of the demo, waiting at most two minutes for its ready line.
+fn spawn_until(name: &str, cmd: Command, ready: &str, log: &Path) -> Result<Proc> {
+    process::spawn_until(name, cmd, ready, log, Duration::from_secs(120))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                println!("  stopped {}", self.name);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        println!("  killed {} (it did not stop within 15 s)", self.name);
-    }
-}
-
-/// Starts `cmd`, echoes its output with a prefix, and waits for a line containing `ready`.
-fn spawn_until(name: &'static str, mut cmd: Command, ready: &str, log: &Path) -> Result<Proc> {
-    let log_file =
-        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    cmd.stdout(Stdio::piped()).stderr(Stdio::from(log_file));
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {name}: {cmd:?}"))?;
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    let marker = ready.to_string();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent && line.contains(&marker) {
-                let _ = tx.send(line.clone());
-                sent = true;
-            }
-        }
-    });
-    let proc = Proc { name, child };
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(_) => Ok(proc),
-        Err(_) => {
-            let mut tail = String::new();
-            let _ = std::fs::File::open(log).and_then(|mut f| f.read_to_string(&mut tail));
-            let tail: Vec<&str> = tail.lines().rev().take(30).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "{name} did not become ready (no line with {ready:?}); its log {}:\n{}",
-                log.display(),
-                tail.join("\n")
-            )
-        }
+/// Stops a child, saying so.
+fn stop(p: Proc) {
+    let name = p.name().to_string();
+    if p.stop() {
+        println!("  stopped {name}");
+    } else {
+        println!("  killed {name} (it did not stop on SIGTERM in time)");
     }
 }
 
@@ -257,8 +209,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     println!("Press Ctrl-C to stop everything.");
     let _ = rx.recv();
     println!("\nstopping ...");
-    drop(shop);
-    drop(ingest); // SIGTERM: stops accepting, flushes its spool to ClickHouse, exits
+    stop(shop);
+    stop(ingest); // SIGTERM: stops accepting, flushes its spool to ClickHouse, exits
     drop(ch);
     println!("  stopped ClickHouse");
     Ok(())

@@ -384,19 +384,21 @@ FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
             .cmp(&a.last_viewed)
             .then(a.product_id.cmp(&b.product_id))
     });
-    let recently_viewed: Vec<Value> = viewed
-        .iter()
-        .take(cfg.recent_products)
-        .map(|p| {
-            json!({
-                "product_id": p.product_id,
-                "name": non_empty(&p.name),
-                "last_viewed": time_or_null(p.last_viewed),
-                "views": p.views,
-                "engaged_ms": p.engaged_ms,
+    let product_list = |list: &[&ProductRow]| -> Vec<Value> {
+        list.iter()
+            .take(cfg.recent_products)
+            .map(|p| {
+                json!({
+                    "product_id": p.product_id,
+                    "name": non_empty(&p.name),
+                    "last_viewed": time_or_null(p.last_viewed),
+                    "views": p.views,
+                    "engaged_ms": p.engaged_ms,
+                })
             })
-        })
-        .collect();
+            .collect()
+    };
+    let recently_viewed = product_list(&viewed);
 
     // The same products ranked by attention: most engaged time first, then most views.
     let mut by_attention: Vec<&ProductRow> = viewed
@@ -411,19 +413,7 @@ FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
             .then(b.last_viewed.cmp(&a.last_viewed))
             .then(a.product_id.cmp(&b.product_id))
     });
-    let products_by_attention: Vec<Value> = by_attention
-        .iter()
-        .take(cfg.recent_products)
-        .map(|p| {
-            json!({
-                "product_id": p.product_id,
-                "name": non_empty(&p.name),
-                "last_viewed": time_or_null(p.last_viewed),
-                "views": p.views,
-                "engaged_ms": p.engaged_ms,
-            })
-        })
-        .collect();
+    let products_by_attention = product_list(&by_attention);
 
     // Cart: products whose last add is after the last order and after their last removal.
     let mut cart: Vec<&ProductRow> = products
