@@ -2,10 +2,11 @@
 //! class. A class costs a JS wrapper with a `FinalizationRegistry` in the glue and reference
 //! counting in the wasm, for an object that lives as long as the page anyway.
 
-use alloc::string::String;
-use core::cell::RefCell;
+#![allow(unsafe_code)] // `no_mangle` exports; strings handed over as (pointer, length)
 
-use wasm_bindgen::prelude::*;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::RefCell;
 
 use crate::engine::{Config, Consent, Core, PageView};
 use crate::{args, Host, FLAG_IDS, FLAG_QUEUE, FLAG_REQUIRE_CONSENT, FLAG_SIGNAL_OPT_OUT};
@@ -26,14 +27,34 @@ fn with<R>(f: impl FnOnce(&mut Core<Host>) -> R) -> Option<R> {
     TAG.0.try_borrow_mut().ok()?.as_mut().map(f)
 }
 
+/// Allocates `len` bytes for a string the loader copies in (UTF-8 from `TextEncoder`) and
+/// passes to an export or returns from the `g` import; the wasm then owns it ([`take`]).
+#[no_mangle]
+pub extern "C" fn m(len: usize) -> *mut u8 {
+    let mut v = Vec::<u8>::with_capacity(len);
+    let p = v.as_mut_ptr();
+    core::mem::forget(v);
+    p
+}
+
+/// The string at `p`: `len` bytes of UTF-8 in a block [`m`] allocated for exactly `len`.
+///
+/// # Safety
+/// `p` and `len` come from [`m`], filled by the loader with `TextEncoder` output.
+pub(crate) unsafe fn take(p: *mut u8, len: usize) -> String {
+    // SAFETY: see above: allocated by `Vec::with_capacity(len)`, valid UTF-8.
+    unsafe { String::from_raw_parts(p, len, len) }
+}
+
 /// Creates the tag (once; later calls change nothing). Times are Unix milliseconds from
 /// `Date.now()`. `cfg`: write key, user agent and locale, separated by U+0001. `flags`:
 /// `FLAG_*`; without [`FLAG_IDS`] or [`FLAG_QUEUE`] that state is kept in memory only
 /// (cookieless mode, blocked storage). `s0..s3`: random u32s from `crypto.getRandomValues`.
-#[wasm_bindgen]
+#[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub fn create(
-    cfg: &str,
+pub extern "C" fn create(
+    cfg: *mut u8,
+    cfg_len: usize,
     flags: u32,
     flush_interval_ms: u32,
     s0: u32,
@@ -42,6 +63,8 @@ pub fn create(
     s3: u32,
     now: f64,
 ) {
+    // SAFETY: the loader passes a string it copied in through `m`.
+    let cfg = unsafe { take(cfg, cfg_len) };
     let Ok(mut tag) = TAG.0.try_borrow_mut() else {
         return;
     };
@@ -57,7 +80,7 @@ pub fn create(
     };
     let ids = (flags & FLAG_IDS != 0).then_some(Host(0));
     let queue = (flags & FLAG_QUEUE != 0).then_some(Host(1));
-    let [write_key, user_agent, locale, ..] = args(cfg);
+    let [write_key, user_agent, locale, ..] = args(&cfg);
     let cfg = Config {
         write_key: String::from(write_key),
         consent,
@@ -84,10 +107,12 @@ pub fn create(
 /// - `OP_PRODUCT`: `args` the product id of the current page view.
 ///
 /// Returns milliseconds until [`next`] has a batch, or -1.
-#[wasm_bindgen]
-pub fn call(op: u32, ts: f64, n: u32, x: f64, args: &str) -> f64 {
+#[no_mangle]
+pub extern "C" fn call(op: u32, ts: f64, n: u32, x: f64, args: *mut u8, args_len: usize) -> f64 {
+    // SAFETY: the loader passes a string it copied in through `m`.
+    let args = unsafe { take(args, args_len) };
     let ts = ts as u64;
-    let [a, b, c, d, e, f, g, h, u0, u1, u2, u3, u4, ..] = crate::args(args);
+    let [a, b, c, d, e, f, g, h, u0, u1, u2, u3, u4, ..] = crate::args(&args);
     with(|core| {
         match op {
             OP_PAGE => {
@@ -120,8 +145,8 @@ pub fn call(op: u32, ts: f64, n: u32, x: f64, args: &str) -> f64 {
 /// The id of a batch to POST, its body handed over just before through the loader's `b`
 /// import, or 0 for none. (Batch ids count from 1; they would wrap to 0 only after 2^32
 /// batches.)
-#[wasm_bindgen]
-pub fn next(now: f64, force: bool) -> u32 {
+#[no_mangle]
+pub extern "C" fn next(now: f64, force: bool) -> u32 {
     with(|core| {
         let body = core.next(now as u64, force);
         if body.is_empty() {
@@ -135,8 +160,8 @@ pub fn next(now: f64, force: bool) -> u32 {
 
 /// Outcome of batch `id`: HTTP status or 0 for a network error, and the `Retry-After` in ms
 /// (0 when absent). Returns what [`call`] returns.
-#[wasm_bindgen]
-pub fn done(now: f64, id: u32, status: u32, retry_after_ms: f64) -> f64 {
+#[no_mangle]
+pub extern "C" fn done(now: f64, id: u32, status: u32, retry_after_ms: f64) -> f64 {
     with(|core| {
         core.done(now as u64, id, status, retry_after_ms as u64);
         wake(core, now as u64)

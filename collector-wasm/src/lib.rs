@@ -40,10 +40,10 @@ mod heap;
 #[cfg(test)]
 mod engine_tests;
 
+#[cfg(target_arch = "wasm32")]
 use alloc::string::String;
 
-use wasm_bindgen::prelude::*;
-
+#[cfg(target_arch = "wasm32")]
 use crate::engine::Store;
 
 #[cfg(all(target_arch = "wasm32", not(test)))]
@@ -64,43 +64,59 @@ pub const FLAG_QUEUE: u32 = 2;
 pub const FLAG_REQUIRE_CONSENT: u32 = 4;
 pub const FLAG_SIGNAL_OPT_OUT: u32 = 8;
 
-#[wasm_bindgen(raw_module = "../../src/imports.js")]
+// What the loader provides (`js/src/imports.js`, module `w`): storage, store 0 holding the ids
+// and the session (cookies or localStorage), store 1 the retry queue (localStorage). They catch
+// every error (a blocked or full storage reads as empty). Plain wasm imports taking a store
+// number and `(pointer, length)` strings: no wasm-bindgen glue, no externref table.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+#[link(wasm_import_module = "w")]
 extern "C" {
-    // Storage the loader provides (`js/src/imports.js`): store 0 holds the ids and the session
-    // (cookies or localStorage), store 1 the retry queue (localStorage). They catch every error
-    // (a blocked or full storage reads as empty). Free functions taking a store number rather
-    // than JS objects: then neither the wasm nor the glue needs an externref table. Declared
-    // here rather than through web-sys: web-sys brings js-sys, whose exported closure and
-    // futures shims stay in the wasm and glue whether used or not (js/README.md, "Size").
-    #[wasm_bindgen(js_name = g)]
-    fn store_get(store: u32, key: &str) -> Option<String>;
-    #[wasm_bindgen(js_name = s)]
-    fn store_set(store: u32, key: &str, value: &str);
-    #[wasm_bindgen(js_name = r)]
-    fn store_remove(store: u32, key: &str);
+    /// Writes `[pointer, length]` of the value, allocated with `exports::m`, to `out`; leaves
+    /// it zero when there is none.
+    fn g(store: u32, key: *const u8, key_len: usize, out: *mut usize);
+    fn s(store: u32, key: *const u8, key_len: usize, value: *const u8, value_len: usize);
+    fn r(store: u32, key: *const u8, key_len: usize);
     /// Hands the loader the body of the batch `exports::next` is about to return the id of.
-    /// (A `String` result would cost the wasm a shrinking copy and the glue a deferred free.)
-    #[wasm_bindgen(js_name = b)]
-    pub(crate) fn put_batch(body: &str);
+    fn b(body: *const u8, len: usize);
+}
+
+/// Hands the loader the body of the batch `exports::next` is about to return the id of.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+pub(crate) fn put_batch(body: &str) {
+    // SAFETY: the loader only reads `len` bytes at `body` during the call.
+    unsafe { b(body.as_ptr(), body.len()) }
 }
 
 /// One of the loader's stores, by number.
+#[cfg(target_arch = "wasm32")]
 pub struct Host(u32);
 
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
 impl Store for Host {
     fn get(&self, key: &str) -> Option<String> {
-        store_get(self.0, key)
+        let mut out = [0usize; 2];
+        // SAFETY: the loader reads the key during the call and writes two words to `out`: a
+        // block `exports::m` allocated for it and the UTF-8 it copied there (or leaves zeros).
+        unsafe {
+            g(self.0, key.as_ptr(), key.len(), out.as_mut_ptr());
+            (out[0] != 0).then(|| exports::take(out[0] as *mut u8, out[1]))
+        }
     }
     fn set(&self, key: &str, value: &str) {
-        store_set(self.0, key, value);
+        // SAFETY: the loader only reads the two strings during the call.
+        unsafe { s(self.0, key.as_ptr(), key.len(), value.as_ptr(), value.len()) }
     }
     fn remove(&self, key: &str) {
-        store_remove(self.0, key);
+        // SAFETY: as above.
+        unsafe { r(self.0, key.as_ptr(), key.len()) }
     }
 }
 
 /// Operations of `exports::call`. One entry point with the arguments packed in one string keeps
-/// the wasm-bindgen glue (JS and wasm) to a few functions instead of one per command.
+/// the loader's glue to a few functions instead of one per command.
 pub const OP_PAGE: u32 = 0;
 pub const OP_TRACK: u32 = 1;
 pub const OP_IDENTIFY: u32 = 2;

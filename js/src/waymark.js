@@ -6,8 +6,7 @@
 // Nothing here may throw into the host page: every entry point is wrapped, storage adapters
 // swallow their errors, and a missing or broken API (localStorage, sendBeacon, fetch) degrades
 // to the next best thing.
-import { initSync, create, call as tagCall, next, done as tagDone } from '../dist/pkg/waymark_collector.js'
-import { stores, batch } from './imports.js'
+import { stores, batch, x, put, imports, bind } from './imports.js'
 
 const w = globalThis
 const d = w.document
@@ -86,20 +85,20 @@ function schedule(wait) {
 }
 
 // Commands to the wasm module; string arguments are joined with U+0001.
-function call(op, ts, n, x, ...args) {
-  schedule(tagCall(op, ts, n || 0, x || 0, args.map((a) => String(a).replace(/\x01/g, '')).join('\x01')))
+function call(op, ts, n, v, ...args) {
+  schedule(x.call(op, ts, n || 0, v || 0, ...put(args.map((a) => String(a).replace(/\x01/g, '')).join('\x01'))))
 }
 const signal = (n, x) => call(5 /* SIGNAL */, now(), n, x)
 
 // Sends one batch; `force`: everything not yet sent, now, the page is being hidden or left.
 function pump(force) {
   let id
-  while ((id = next(now(), !!force))) {
+  while ((id = x.next(now(), !!force))) {
     send(batch, id, force)
     if (!force) return
   }
   // Nothing sent: ask when to come back (operation 9 does nothing but answer that).
-  schedule(tagCall(9, now(), 0, 0, ''))
+  schedule(x.call(9, now(), 0, 0, ...put('')))
 }
 
 const done = safe((id, status, retryAfter) => {
@@ -107,7 +106,7 @@ const done = safe((id, status, retryAfter) => {
   if (retryAfter) {
     ms = +retryAfter >= 0 ? retryAfter * 1000 : Date.parse(retryAfter) - now()
   }
-  schedule(tagDone(now(), id, status, ms > 0 ? ms : 0))
+  schedule(x.done(now(), id, status, ms > 0 ? ms : 0))
 })
 
 function send(body, id, beacon) {
@@ -255,8 +254,8 @@ const api = {
     }
     stores[0] = ids
     stores[1] = ls
-    create(
-      [o.site || '', nav.userAgent || '', nav.language || ''].join('\x01'),
+    x.create(
+      ...put([o.site || '', nav.userAgent || '', nav.language || ''].join('\x01')),
       (ids ? 1 : 0) | (ls ? 2 : 0) | (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
       o.flushInterval >= 0 ? o.flushInterval : 1000,
       seed[0],
@@ -312,14 +311,12 @@ const stub = w.waymark
 if (stub && stub.q) for (const [t, a] of stub.q) queue.push([t, a[0], [].slice.call(a, 1)])
 if (d) {
   w.waymark = waymark
-  // Compiled here and instantiated with the glue's `initSync`: the glue's own async loader
-  // (fetch fallbacks, MIME checks, messages) is then left out of the bundle.
   fetch(new URL('waymark.wasm', import.meta.url))
     .then((r) => r.arrayBuffer())
-    .then((b) => WebAssembly.compile(b))
+    .then((b) => WebAssembly.instantiate(b, imports))
     .then(
-    safe((module) => {
-      initSync({ module })
+    safe((r) => {
+      bind(r.instance.exports)
       ready = true
       const calls = queue
       queue = []

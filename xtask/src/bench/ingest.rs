@@ -233,29 +233,6 @@ impl Drop for Server {
     }
 }
 
-fn build_server(root: &Path) -> Result<std::path::PathBuf> {
-    println!("building the ingest server (release)...");
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "waymark-ingest",
-            "--bin",
-            "ingest-server",
-        ])
-        .current_dir(root)
-        .status()
-        .context("running cargo build")?;
-    if !st.success() {
-        bail!("cargo build --release -p waymark-ingest failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    Ok(target.join("release/ingest-server"))
-}
-
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let binary = match &o.server {
@@ -263,7 +240,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             println!("using the given server binary {}", path.display());
             path.clone()
         }
-        None => build_server(root)?,
+        None => super::build_release_server(root)?,
     };
 
     println!("starting a private ClickHouse...");

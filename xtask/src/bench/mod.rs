@@ -10,6 +10,24 @@ mod query;
 
 const BENCHES: &str = "ingest, edge, query";
 
+/// Builds the release ingest server (what the benchmarks measure) and returns its path.
+pub fn build_release_server(root: &Path) -> Result<std::path::PathBuf> {
+    println!("building the ingest server (release)...");
+    crate::stage::run(
+        crate::stage::cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "waymark-ingest",
+                "--bin",
+                "ingest-server",
+            ])
+            .current_dir(root),
+    )?;
+    Ok(crate::tools::target_dir(root).join("release/ingest-server"))
+}
+
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let _ = root;
     match args.first().map(String::as_str) {

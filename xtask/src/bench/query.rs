@@ -691,26 +691,7 @@ fn now_ms() -> i64 {
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let o = parse(args)?;
-    println!("building the ingest server (release)...");
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "waymark-ingest",
-            "--bin",
-            "ingest-server",
-        ])
-        .current_dir(root)
-        .status()
-        .context("running cargo build")?;
-    if !st.success() {
-        bail!("cargo build --release -p waymark-ingest failed");
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    let binary = target.join("release/ingest-server");
+    let binary = super::build_release_server(root)?;
 
     println!("starting a private ClickHouse...");
     let ch = ClickHouse::start().map_err(|e| anyhow::anyhow!("{e}"))?;
