@@ -17,9 +17,20 @@ pub struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    ready_line: String,
 }
 
 impl Proc {
+    /// The line it printed to say it was ready (e.g. `listening on 127.0.0.1:PORT`).
+    pub fn ready_line(&self) -> &str {
+        &self.ready_line
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the process is called in messages.
     pub fn name(&self) -> &str {
         &self.name
@@ -91,18 +102,22 @@ pub fn spawn_until(
         // Keep reading to the end so the child never blocks on a full pipe.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if !told && line.contains(&marker) {
-                let _ = tx.send(());
+                let _ = tx.send(line.clone());
                 told = true;
             }
         }
     });
-    let proc = Proc {
+    let mut proc = Proc {
         name: name.to_string(),
         child,
         log: log.to_path_buf(),
+        ready_line: String::new(),
     };
     match rx.recv_timeout(timeout) {
-        Ok(()) => Ok(proc),
+        Ok(line) => {
+            proc.ready_line = line;
+            Ok(proc)
+        }
         Err(_) => Err(Error::Other(format!(
             "{name} did not print {ready:?} within {timeout:?}; the end of its log {}:\n{}",
             log.display(),

@@ -15,9 +15,9 @@
 //! taken close together). `--paced-secs 0` skips step 2.
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -213,26 +213,6 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let binary = match &o.server {
@@ -265,23 +245,8 @@ write_keys = ["wk_bench"]
             dir.join("spool").display()
         ),
     )?;
-    let mut child = Command::new(&binary)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let pid = child.id();
-    let server = Server(child);
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .to_string();
+    let (server, addr) = super::start_server(&binary, &config, &dir.join("server.log"))?;
+    let pid = server.id();
     let url = format!("http://{addr}/v1/batch");
     // Warm up: schema applied, connections open.
     post(&agent(), &url, &batch_body("warm", 1, 0))?;

@@ -28,6 +28,31 @@ pub fn build_release_server(root: &Path) -> Result<std::path::PathBuf> {
     Ok(crate::tools::target_dir(root).join("release/ingest-server"))
 }
 
+/// Starts `binary --config config` (stderr to `log`) and returns it with the address it listens on.
+pub fn start_server(
+    binary: &Path,
+    config: &Path,
+    log: &Path,
+) -> Result<(waymark_testkit::process::Proc, String)> {
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg("--config").arg(config).env("RUST_LOG", "warn");
+    let p = waymark_testkit::process::spawn_until(
+        "ingest server",
+        cmd,
+        "listening on ",
+        log,
+        std::time::Duration::from_secs(60),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let addr = p
+        .ready_line()
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| anyhow::anyhow!("unexpected ready line {:?}", p.ready_line()))?
+        .to_string();
+    Ok((p, addr))
+}
+
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let _ = root;
     match args.first().map(String::as_str) {

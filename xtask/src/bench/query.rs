@@ -14,7 +14,7 @@
 //! The server's cache is off (`cache_ttl = "0s"`), so every request reaches ClickHouse.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -600,26 +600,6 @@ fn load(ch: &ClickHouse, db: &str, o: &Opts, now: i64) -> Result<(Vec<Visitor>, 
     Ok((visitors, n))
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -721,22 +701,7 @@ sites = ["{SITE}"]
             dir.join("spool").display()
         ),
     )?;
-    let mut child = Command::new(&binary)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let server = Server(child);
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?
-        .to_string();
+    let (server, addr) = super::start_server(&binary, &config, &dir.join("server.log"))?;
     // The server applied the migrations (tables and materialized views) at start.
     let deadline = Instant::now() + Duration::from_secs(60);
     while count(&ch, &format!("SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'q_ident_by_anon_mv'")) == 0 {
