@@ -63,10 +63,52 @@ pub enum ServeError {
 /// by then stays in the spool and is replayed at the next start.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long start-up waits for the first migration attempt before serving anyway.
+const MIGRATION_WAIT: Duration = Duration::from_secs(10);
+
 /// The size at which a spool segment is sealed: small enough that consumed data is freed
 /// promptly, large enough to keep file counts low.
 fn segment_bytes(max: u64) -> u64 {
     (max / 16).clamp(256 << 10, 64 << 20)
+}
+
+/// Applies the schema migrations, retrying with backoff while ClickHouse is unreachable, until
+/// they succeed or the server stops.
+async fn apply_migrations(
+    sink: Arc<ClickHouseSink>,
+    metrics: Arc<metrics::Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    first_try: tokio::sync::oneshot::Sender<()>,
+) {
+    use store::Sink as _;
+    let mut delay = Duration::from_secs(1);
+    let mut first_try = Some(first_try);
+    loop {
+        let result = sink.prepare().await;
+        if let Some(tx) = first_try.take() {
+            let _ = tx.send(());
+        }
+        match result {
+            Ok(()) => {
+                metrics
+                    .clickhouse_up
+                    .store(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!("ClickHouse schema ready");
+                return;
+            }
+            Err(e) => {
+                metrics
+                    .clickhouse_up
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "ClickHouse schema not applied yet; accepting into the spool and retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// Runs the server on `listener` until `shutdown` resolves, then stops accepting, lets requests
@@ -95,32 +137,30 @@ pub async fn serve(
     );
 
     let metrics = Arc::new(metrics::Metrics::default());
-    let sink = Arc::new(ClickHouseSink::new(&config.clickhouse));
-    // Apply migrations now if ClickHouse is there; the writer retries before inserting if not.
-    match tokio::time::timeout(
-        Duration::from_secs(10),
-        store::migrate(
-            &store::client(&config.clickhouse),
-            &config.clickhouse.database,
-        ),
-    )
-    .await
-    {
-        Ok(Ok(applied)) => {
-            metrics
-                .clickhouse_up
-                .store(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(database = %config.clickhouse.database, ?applied, "ClickHouse schema ready")
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "ClickHouse not ready at start; accepting into the spool and retrying")
-        }
-        Err(_) => tracing::warn!(
-            "ClickHouse did not answer at start; accepting into the spool and retrying"
-        ),
-    }
-
+    let schema = Arc::new(store::SchemaStatus::default());
+    let sink = Arc::new(ClickHouseSink::new(&config.clickhouse, schema.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Migrations run in the background, however long a backfill takes: intake goes on into the
+    // spool meanwhile, the writer waits for them (its own `prepare` queues behind this one),
+    // and the query API answers 503 until they are done.
+    let (first_try_tx, first_try) = tokio::sync::oneshot::channel();
+    let migrations = tokio::spawn(apply_migrations(
+        sink.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+        first_try_tx,
+    ));
+    // Usually that is quick: wait for the first attempt (bounded) so the query API is ready
+    // when the server says it listens; a long backfill goes on in the background.
+    if tokio::time::timeout(MIGRATION_WAIT, first_try)
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            schema = %schema.describe(),
+            "ClickHouse migrations still running; serving meanwhile (the query API answers 503 until they finish)"
+        );
+    }
     let writer = Writer::new(
         spool.clone(),
         sink,
@@ -130,7 +170,7 @@ pub async fn serve(
     );
     let writer = tokio::spawn(writer.run());
 
-    let state = AppState::new(config, spool.clone(), metrics);
+    let state = AppState::new(config, spool.clone(), metrics, schema);
     let router = app(state);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");
@@ -147,6 +187,7 @@ pub async fn serve(
         "stopped accepting; flushing the spool to ClickHouse"
     );
     let _ = stop_tx.send(true);
+    migrations.abort();
     match tokio::time::timeout(FLUSH_TIMEOUT, writer).await {
         Ok(_) => tracing::info!(left_in_spool = spool.pending_bytes(), "writer stopped"),
         Err(_) => tracing::warn!(

@@ -116,9 +116,10 @@ async fn profile_figures_are_exact_with_stitching_and_duplicates() {
     for t in [
         "events",
         "q_visitor",
-        "q_visitor_daily",
-        "q_products",
+        "q_visitor_days",
+        "q_visitor_products",
         "q_orders",
+        "q_history",
     ] {
         sql(&format!("OPTIMIZE TABLE {}.{t} FINAL", db.name));
     }

@@ -47,10 +47,16 @@ pub struct Inner {
     pub limiter: RateLimiter,
     pub replay: edge::ReplayGuard,
     pub clickhouse: clickhouse::Client,
+    pub schema: Arc<crate::store::SchemaStatus>,
 }
 
 impl AppState {
-    pub fn new(config: Config, spool: Spool, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Config,
+        spool: Spool,
+        metrics: Arc<Metrics>,
+        schema: Arc<crate::store::SchemaStatus>,
+    ) -> Self {
         let keys = config
             .sites
             .iter()
@@ -67,6 +73,7 @@ impl AppState {
             limiter: RateLimiter::new(&config.sites),
             replay: edge::ReplayGuard::default(),
             clickhouse,
+            schema,
             config,
         }))
     }
@@ -82,7 +89,10 @@ pub fn app(state: AppState) -> Router {
         .merge(batch::routes(&state))
         .merge(edge::routes(&state))
         .merge(ops::routes())
-        .merge(crate::query::routes(&state.0.config))
+        .merge(crate::query::routes(
+            &state.0.config,
+            state.0.schema.clone(),
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
 }

@@ -5,7 +5,8 @@
 //! last event of the page; passing it as `before` continues strictly after it. `before` also
 //! accepts an RFC 3339 time. An event inserted twice and not yet merged is listed once, at the
 //! later of its times, on exactly one page (keys are grouped by message id before paging). The
-//! read is limited to the person's `(site, visitor_id)` key ranges.
+//! read is limited to the person's `(site, visitor_id)` key ranges of `q_history` (a copy of the
+//! listed columns sorted by visitor and time, in small granules: see `query::schema`).
 
 use std::sync::Arc;
 
@@ -160,10 +161,10 @@ async fn history(st: &QueryState, site: &str, id: &str, p: &Params) -> Result<Va
     let sql = format!(
         "SELECT message_id, type, event, name, timestamp_ms, session_id, page_url, page_title,
     product_id, properties
-FROM {db}.events
+FROM {db}.q_history
 WHERE {visitors} AND (timestamp_ms, message_id) IN (
     SELECT ts, message_id FROM (
-        SELECT message_id, max(timestamp_ms) AS ts FROM {db}.events WHERE {filter}
+        SELECT message_id, max(timestamp_ms) AS ts FROM {db}.q_history WHERE {filter}
         GROUP BY message_id {having}
         ORDER BY ts DESC, message_id DESC LIMIT {n}))
 ORDER BY timestamp_ms DESC, message_id DESC LIMIT 1 BY message_id",

@@ -157,6 +157,10 @@ pub enum QueryError {
     /// 503 + Retry-After: ClickHouse did not answer or failed; retrying later may work.
     #[error("the database failed: {0}")]
     Unavailable(String),
+    /// 503 + Retry-After: the server is still applying its ClickHouse migrations (a new query
+    /// table backfilling after an upgrade).
+    #[error("schema: ClickHouse migrations are not applied yet ({0}); retry shortly")]
+    Migrating(String),
 }
 
 impl QueryError {
@@ -180,6 +184,9 @@ impl QueryError {
             QueryError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", Some("site")),
             QueryError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", Some("id")),
             QueryError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
+            QueryError::Migrating(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "migrating", Some("schema"))
+            }
         }
     }
 }
@@ -199,8 +206,9 @@ impl IntoResponse for QueryError {
         let body = json!({ "error": code, "message": self.to_string(), "field": field });
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
+            let after = if code == "migrating" { "5" } else { "1" };
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(after));
         }
         resp
     }
@@ -249,11 +257,27 @@ struct Inner {
     db: String,
     cache: Cache,
     rfm: profile::RfmCache,
+    schema: Arc<crate::store::SchemaStatus>,
 }
 
 impl QueryState {
+    /// A state over a database whose migrations the caller has applied.
     pub fn new(query: &QueryConfig, clickhouse: &ClickHouseConfig) -> Self {
+        Self::with_schema(
+            query,
+            clickhouse,
+            Arc::new(crate::store::SchemaStatus::ready_now()),
+        )
+    }
+
+    /// A state that answers 503 until `schema` is ready.
+    pub fn with_schema(
+        query: &QueryConfig,
+        clickhouse: &ClickHouseConfig,
+        schema: Arc<crate::store::SchemaStatus>,
+    ) -> Self {
         QueryState(Arc::new(Inner {
+            schema,
             cache: Cache {
                 ttl: query.cache_ttl.0,
                 max: query.cache_entries,
@@ -326,6 +350,9 @@ impl QueryState {
 
     /// Starts a SELECT whose `JSONEachRow` answer is read as it streams.
     pub(crate) fn select(&self, sql: &str) -> Result<clickhouse::query::BytesCursor, QueryError> {
+        if !self.0.schema.is_ready() {
+            return Err(QueryError::Migrating(self.0.schema.describe()));
+        }
         // `query_raw`: the SQL is sent verbatim (a `?` inside an escaped literal is not a
         // placeholder). 64-bit integers as JSON numbers.
         Ok(self
@@ -346,8 +373,15 @@ impl QueryState {
 }
 
 /// The query API's routes, ready to merge into the application router.
-pub fn routes<S: Clone + Send + Sync + 'static>(config: &Config) -> Router<S> {
-    router(QueryState::new(&config.query, &config.clickhouse))
+pub fn routes<S: Clone + Send + Sync + 'static>(
+    config: &Config,
+    schema: Arc<crate::store::SchemaStatus>,
+) -> Router<S> {
+    router(QueryState::with_schema(
+        &config.query,
+        &config.clickhouse,
+        schema,
+    ))
 }
 
 /// The routes over an explicit state (tests build one against their own database).
@@ -459,5 +493,31 @@ sites = ["shop"]
             st.authorize(&h("Bearer k1"), None),
             Err(QueryError::BadRequest { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn answers_503_until_the_migrations_are_applied() {
+        let schema = Arc::new(crate::store::SchemaStatus::default());
+        let st = QueryState::with_schema(
+            &QueryConfig::default(),
+            &ClickHouseConfig::default(),
+            schema.clone(),
+        );
+        let e = st.fetch::<Value>("SELECT 1").await.unwrap_err();
+        assert!(matches!(e, QueryError::Migrating(_)), "{e}");
+        assert_eq!(schema.describe(), "pending");
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "5");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "migrating");
+        assert_eq!(body["field"], "schema");
+        assert!(
+            body["message"].as_str().unwrap().contains("pending"),
+            "{body}"
+        );
     }
 }

@@ -294,7 +294,7 @@ FROM {db}.q_visitor WHERE {filter}"
     uniqExactIfMerge(page_views) AS page_views_30,
     uniqExactIfMerge(sessions) AS sessions_30,
     arraySum(arrayMap(x -> x.2, groupUniqArrayIfMerge(engaged))) AS engaged_ms_30
-FROM {db}.q_visitor_daily WHERE {filter} AND day >= today() - 29"
+FROM {db}.q_visitor_days WHERE {filter} AND day >= today() - 29"
     );
     let products_sql = format!(
         "SELECT product_id, argMaxIfMerge(name) AS name, maxIfMerge(last_viewed) AS last_viewed,
@@ -302,7 +302,7 @@ FROM {db}.q_visitor_daily WHERE {filter} AND day >= today() - 29"
     arraySum(arrayMap(x -> x.2, groupUniqArrayIfMerge(engaged))) AS engaged_ms,
     maxIfMerge(last_added) AS last_added, maxIfMerge(last_removed) AS last_removed,
     argMaxIfMerge(cart_line) AS cart_line
-FROM {db}.q_products WHERE {filter} GROUP BY product_id"
+FROM {db}.q_visitor_products WHERE {filter} GROUP BY product_id"
     );
     // FINAL collapses a re-inserted order row; grouping by the order key collapses the same
     // order seen under two of the person's visitor ids.

@@ -5,6 +5,8 @@ pub mod row;
 pub mod schema;
 pub mod writer;
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 
 use crate::config::ClickHouseConfig;
@@ -111,8 +113,60 @@ pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
         .with_validation(false)
 }
 
-/// Creates the database and applies every migration not yet recorded. Idempotent.
-pub async fn migrate(client: &clickhouse::Client, db: &str) -> Result<Vec<u32>, StoreError> {
+/// Where the ClickHouse schema stands, shared by the start-up migration, the writer, the query
+/// API and `/readyz`. Migrations can take minutes on a large `events` table (a new query table
+/// backfills from it), so they run in the background: intake goes on into the spool, the
+/// writer waits for the schema, and the query API answers 503 until it is ready.
+#[derive(Debug, Default)]
+pub struct SchemaStatus {
+    ready: std::sync::atomic::AtomicBool,
+    /// The version being applied (0: none).
+    applying: std::sync::atomic::AtomicU32,
+    /// One migration run at a time per process (start-up and the writer may both ask).
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl SchemaStatus {
+    /// A status that says ready: for callers that applied the migrations themselves (tests).
+    pub fn ready_now() -> Self {
+        let s = SchemaStatus::default();
+        s.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        s
+    }
+
+    /// Every migration is applied.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `"ok"`, `"migrating: <version> <name>"` or `"pending"` (not yet applied, e.g. ClickHouse
+    /// unreachable so far).
+    pub fn describe(&self) -> String {
+        if self.is_ready() {
+            return "ok".into();
+        }
+        match self.applying.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => "pending".into(),
+            v => {
+                let name = schema::MIGRATIONS
+                    .iter()
+                    .find(|m| m.version == v)
+                    .map_or("", |m| m.name);
+                format!("migrating: {v} {name}")
+            }
+        }
+    }
+}
+
+/// Creates the database and applies every migration not yet recorded, logging each with its
+/// duration. Idempotent; concurrent calls sharing `status` run one after the other.
+pub async fn migrate(
+    client: &clickhouse::Client,
+    db: &str,
+    status: &SchemaStatus,
+) -> Result<Vec<u32>, StoreError> {
+    use std::sync::atomic::Ordering;
+    let _one_at_a_time = status.lock.lock().await;
     let run =
         |sql: String| async move { client.query(&sql).execute().await.map_err(|e| classify(&e)) };
     run(format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
@@ -127,8 +181,19 @@ pub async fn migrate(client: &clickhouse::Client, db: &str) -> Result<Vec<u32>, 
         if applied.contains(&m.version) {
             continue;
         }
+        status.applying.store(m.version, Ordering::Relaxed);
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            statements = m.statements.len(),
+            "applying ClickHouse migration"
+        );
+        let started = std::time::Instant::now();
         for stmt in m.statements {
-            run(schema::render(stmt, db)).await?;
+            if let Err(e) = run(schema::render(stmt, db)).await {
+                status.applying.store(0, Ordering::Relaxed);
+                return Err(e);
+            }
         }
         run(format!(
             "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES ({}, '{}', now())",
@@ -138,10 +203,13 @@ pub async fn migrate(client: &clickhouse::Client, db: &str) -> Result<Vec<u32>, 
         tracing::info!(
             version = m.version,
             name = m.name,
+            ms = started.elapsed().as_millis() as u64,
             "applied ClickHouse migration"
         );
         newly.push(m.version);
     }
+    status.applying.store(0, Ordering::Relaxed);
+    status.ready.store(true, Ordering::Relaxed);
     Ok(newly)
 }
 
@@ -153,15 +221,17 @@ pub struct ClickHouseSink {
     client: clickhouse::Client,
     db_client: clickhouse::Client,
     database: String,
+    schema: Arc<SchemaStatus>,
 }
 
 impl ClickHouseSink {
-    pub fn new(cfg: &ClickHouseConfig) -> Self {
+    pub fn new(cfg: &ClickHouseConfig, schema: Arc<SchemaStatus>) -> Self {
         let client = client(cfg);
         ClickHouseSink {
             db_client: client.clone().with_database(&cfg.database),
             client,
             database: cfg.database.clone(),
+            schema,
         }
     }
 
@@ -202,7 +272,11 @@ impl Sink for ClickHouseSink {
     }
 
     fn prepare(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move { migrate(&self.client, &self.database).await.map(|_| ()) })
+        Box::pin(async move {
+            migrate(&self.client, &self.database, &self.schema)
+                .await
+                .map(|_| ())
+        })
     }
 }
 

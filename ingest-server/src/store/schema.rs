@@ -175,6 +175,21 @@ ORDER BY (quarantined_at, site)"],
         name: "query_ident_by_anon",
         statements: crate::query::schema::IDENT_BY_ANON,
     },
+    Migration {
+        version: 106,
+        name: "query_history",
+        statements: crate::query::schema::HISTORY,
+    },
+    Migration {
+        version: 107,
+        name: "query_visitor_days",
+        statements: crate::query::schema::DAYS,
+    },
+    Migration {
+        version: 108,
+        name: "query_visitor_products",
+        statements: crate::query::schema::VISITOR_PRODUCTS,
+    },
 ];
 
 /// Renders a statement for a database.

@@ -58,11 +58,13 @@ impl Db {
             ..ClickHouseConfig::default()
         };
         let client = waymark_ingest::store::client(&cfg);
-        waymark_ingest::store::migrate(&client, &name)
+        let schema = std::sync::Arc::new(waymark_ingest::store::SchemaStatus::default());
+        waymark_ingest::store::migrate(&client, &name, &schema)
             .await
             .unwrap_or_else(|e| panic!("migrations: {e}"));
+        assert!(schema.is_ready());
         Db {
-            sink: ClickHouseSink::new(&cfg),
+            sink: ClickHouseSink::new(&cfg, schema),
             name,
             ch: cfg,
         }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench query [--events N] [--visitors V] [--samples S]`
+//! `cargo xtask bench query [--events N] [--visitors V] [--samples S] [--keep DIR]`
 //!
 //! Loads synthetic history (default 10 million events for 100,000 visitors) into a private
 //! ClickHouse whose schema the release ingest server created (so the query API's materialized
@@ -12,6 +12,11 @@
 //! of those on two devices, stitched through `identities`), and carts, removals and orders are
 //! mixed in. Rows are generated as TSV and streamed into `clickhouse-client`.
 //! The server's cache is off (`cache_ttl = "0s"`), so every request reaches ClickHouse.
+//!
+//! `--keep DIR` keeps ClickHouse's data in `DIR` and reuses it on the next run with the same
+//! `--events` and `--visitors` (the load takes about two minutes for the default size): the
+//! history is generated relative to the time of the first run, so windows such as "within 24h"
+//! drift as the kept data ages. The server's migrations still run, so a new table backfills.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -47,6 +52,7 @@ struct Opts {
     events: u64,
     visitors: usize,
     samples: usize,
+    keep: Option<std::path::PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -54,6 +60,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         events: 10_000_000,
         visitors: 100_000,
         samples: 1_000,
+        keep: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -62,7 +69,10 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--events" => o.events = val()?.parse().context("--events")?,
             "--visitors" => o.visitors = val()?.parse().context("--visitors")?,
             "--samples" => o.samples = val()?.parse().context("--samples")?,
-            other => bail!("unknown option {other:?} (use --events N, --visitors V, --samples S)"),
+            "--keep" => o.keep = Some(val()?.into()),
+            other => bail!(
+                "unknown option {other:?} (use --events N, --visitors V, --samples S, --keep DIR)"
+            ),
         }
     }
     if o.visitors == 0 || o.events < o.visitors as u64 || o.samples == 0 {
@@ -510,11 +520,11 @@ fn count(ch: &ClickHouse, sql: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Loads the synthetic history; returns the visitors and their event counts.
-fn load(ch: &ClickHouse, db: &str, o: &Opts, now: i64) -> Result<(Vec<Visitor>, Vec<u64>)> {
+/// The visitors (ids, country, device) and how many events each has; the generator is
+/// returned too, so the history that follows is the same on every run.
+fn population(o: &Opts) -> (Rng, Vec<Visitor>, Vec<u64>) {
     let mut rng = Rng(0x5EED);
     let n = activity(o.events, o.visitors);
-    let products = Zipf::new(PRODUCTS, 1.0);
     let country_cdf: Vec<f64> = COUNTRIES
         .iter()
         .scan(0.0, |a, c| {
@@ -545,7 +555,18 @@ fn load(ch: &ClickHouse, db: &str, o: &Opts, now: i64) -> Result<(Vec<Visitor>, 
             }
         })
         .collect();
+    (rng, visitors, n)
+}
 
+/// Loads the synthetic history of `population`.
+fn load(
+    ch: &ClickHouse,
+    db: &str,
+    o: &Opts,
+    now: i64,
+    (mut rng, visitors, n): (Rng, Vec<Visitor>, Vec<u64>),
+) -> Result<(Vec<Visitor>, Vec<u64>)> {
+    let products = Zipf::new(PRODUCTS, 1.0);
     let mut events = insert_client(
         ch,
         &format!("INSERT INTO {db}.events ({COLUMNS}) FORMAT TabSeparated"),
@@ -674,8 +695,36 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let binary = super::build_release_server(root)?;
 
     println!("starting a private ClickHouse...");
-    let ch = ClickHouse::start().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let db = ch.fresh_database().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ch = match &o.keep {
+        Some(dir) => ClickHouse::start_kept(
+            dir,
+            waymark_testkit::free_port(),
+            waymark_testkit::free_port(),
+        ),
+        None => ClickHouse::start(),
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // With --keep: the database `bench`, reused when its marker matches this run's size.
+    let kept_now = match &o.keep {
+        None => None,
+        Some(_) => ch
+            .query(&format!(
+                "SELECT now_ms FROM bench.bench_meta WHERE events = {} AND visitors = {} FORMAT TSV",
+                o.events, o.visitors
+            ))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok()),
+    };
+    let db = match (&o.keep, kept_now) {
+        (None, _) => ch.fresh_database().map_err(|e| anyhow::anyhow!("{e}"))?,
+        (Some(_), Some(_)) => "bench".to_string(),
+        (Some(_), None) => {
+            for sql in ["DROP DATABASE IF EXISTS bench", "CREATE DATABASE bench"] {
+                ch.query(sql).map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
+            }
+            "bench".to_string()
+        }
+    };
     let dir = std::env::temp_dir().join(format!("waymark-bench-query-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("ingest.toml");
@@ -702,21 +751,64 @@ sites = ["{SITE}"]
         ),
     )?;
     let (server, addr) = super::start_server(&binary, &config, &dir.join("server.log"))?;
-    // The server applied the migrations (tables and materialized views) at start.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&ch, &format!("SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'q_ident_by_anon_mv'")) == 0 {
-        if Instant::now() > deadline {
-            bail!("the ingest server did not create the schema within 60 s");
+    // Wait for the server's migrations (tables and materialized views; on kept data a new
+    // query table backfills from `events`, which takes a while).
+    let started = Instant::now();
+    let mut said = String::new();
+    loop {
+        // `"schema":"ok"`, `"schema":"migrating: 106 query_history"`, ...
+        let ready = timed(&agent(), "GET", &format!("http://{addr}/readyz"), None, "")
+            .ok()
+            .and_then(|(_, _, body)| {
+                let rest = &body[body.find("\"schema\":\"")? + 10..];
+                Some(rest[..rest.find('"')?].to_string())
+            })
+            .unwrap_or_default();
+        if ready == "ok" {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if ready != said {
+            println!("  schema: {ready}");
+            said = ready;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("the ingest server did not apply its migrations within 30 min");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if started.elapsed() > Duration::from_secs(1) {
+        println!(
+            "  migrations applied in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     }
 
-    let now = now_ms();
-    println!(
-        "generating and loading {} events for {} visitors...",
-        o.events, o.visitors
-    );
-    let (visitors, n) = load(&ch, &db, &o, now)?;
+    let (visitors, n) = if let Some(now) = kept_now {
+        println!(
+            "reusing the kept {} events for {} visitors (loaded {:.1} h ago)",
+            o.events,
+            o.visitors,
+            (now_ms() - now) as f64 / 3.6e6
+        );
+        let (_, visitors, n) = population(&o);
+        (visitors, n)
+    } else {
+        let now = now_ms();
+        println!(
+            "generating and loading {} events for {} visitors...",
+            o.events, o.visitors
+        );
+        let loaded = load(&ch, &db, &o, now, population(&o))?;
+        if o.keep.is_some() {
+            for sql in [
+                "CREATE TABLE bench.bench_meta (events UInt64, visitors UInt64, now_ms Int64) ENGINE = TinyLog".to_string(),
+                format!("INSERT INTO bench.bench_meta VALUES ({}, {}, {now})", o.events, o.visitors),
+            ] {
+                ch.query(&sql).map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
+            }
+        }
+        loaded
+    };
 
     // Let background merges settle (bounded), then report the parts left.
     let settle = Instant::now();
