@@ -509,7 +509,9 @@ fn take_object(
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => {
             let mut keys = 0usize;
-            if check_tree(p, field, &m, 1, &mut keys) {
+            let mut path = String::with_capacity(64);
+            path.push_str(field);
+            if check_tree(p, &mut path, &m, 1, &mut keys) {
                 m
             } else {
                 Map::new()
@@ -524,15 +526,21 @@ fn take_object(
 
 /// Checks depth, key count, key and string lengths. Reports the first problem in the tree and
 /// returns whether it is fine.
+///
+/// `path` is one buffer, extended and cut back while walking (no string per key); it names the
+/// place of a problem (`properties.items[2].name`).
 fn check_tree(
     p: &mut Problems<'_>,
-    path: &str,
+    path: &mut String,
     m: &Map<String, Value>,
     depth: usize,
     keys: &mut usize,
 ) -> bool {
     if depth > MAX_DEPTH {
-        p.add(path, format!("nested deeper than {MAX_DEPTH} levels"));
+        p.add(
+            path.as_str(),
+            format!("nested deeper than {MAX_DEPTH} levels"),
+        );
         return false;
     }
     for (k, v) in m {
@@ -543,11 +551,18 @@ fn check_tree(
             return false;
         }
         if k.len() > MAX_NAME_LEN {
-            p.add(path, format!("a key is longer than {MAX_NAME_LEN} bytes"));
+            p.add(
+                path.as_str(),
+                format!("a key is longer than {MAX_NAME_LEN} bytes"),
+            );
             return false;
         }
-        let child = format!("{path}.{k}");
-        if !check_value(p, &child, v, depth, keys) {
+        let len = path.len();
+        path.push('.');
+        path.push_str(k);
+        let ok = check_value(p, path, v, depth, keys);
+        path.truncate(len);
+        if !ok {
             return false;
         }
     }
@@ -556,25 +571,39 @@ fn check_tree(
 
 fn check_value(
     p: &mut Problems<'_>,
-    path: &str,
+    path: &mut String,
     v: &Value,
     depth: usize,
     keys: &mut usize,
 ) -> bool {
     match v {
         Value::String(s) if s.len() > MAX_STRING_LEN => {
-            p.add(path, format!("string longer than {MAX_STRING_LEN} bytes"));
+            p.add(
+                path.as_str(),
+                format!("string longer than {MAX_STRING_LEN} bytes"),
+            );
             false
         }
         Value::Object(m) => check_tree(p, path, m, depth + 1, keys),
         Value::Array(a) => {
             if depth + 1 > MAX_DEPTH {
-                p.add(path, format!("nested deeper than {MAX_DEPTH} levels"));
+                p.add(
+                    path.as_str(),
+                    format!("nested deeper than {MAX_DEPTH} levels"),
+                );
                 return false;
             }
-            a.iter()
-                .enumerate()
-                .all(|(i, x)| check_value(p, &format!("{path}[{i}]"), x, depth + 1, keys))
+            let len = path.len();
+            for (i, x) in a.iter().enumerate() {
+                use core::fmt::Write as _;
+                let _ = write!(path, "[{i}]");
+                let ok = check_value(p, path, x, depth + 1, keys);
+                path.truncate(len);
+                if !ok {
+                    return false;
+                }
+            }
+            true
         }
         _ => true,
     }

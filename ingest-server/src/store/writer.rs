@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};
 
 use super::row::{EventRow, QuarantineRow};
 use super::{exception_code, ErrorClass, Sink, StoreError};
@@ -99,16 +99,24 @@ impl<S: Sink> Writer<S> {
     /// Runs until shutdown is signalled and everything spooled is delivered (or cannot be
     /// delivered right now, in which case it stays in the spool for the next start).
     pub async fn run(self) {
-        // Reading and decoding the next batch overlaps with inserting this one; the channel
-        // holds one batch, so at most three are in memory (reading, queued, inserting).
+        // Reading and decoding the next batch overlaps with inserting this one. The gatherer
+        // hands a batch over only when the inserter is free (`idle`), and until then goes on
+        // adding rows to it (up to the row and byte limits): no batch waits, closed, behind an
+        // insert while newer rows wait behind it. At most two batches are in memory.
         let (tx, mut rx) = mpsc::channel::<Gathered>(1);
+        let idle = Arc::new(Semaphore::new(0));
         let gatherer = tokio::spawn(gather(
             self.spool.clone(),
             self.settings.clone(),
             self.shutdown.clone(),
+            idle.clone(),
             tx,
         ));
-        while let Some(batch) = rx.recv().await {
+        loop {
+            idle.add_permits(1);
+            let Some(batch) = rx.recv().await else {
+                break;
+            };
             self.spool.set_oldest_pending_ms(Some(batch.oldest));
             if !batch.undecodable.is_empty() && self.quarantine(&batch.undecodable).await.is_err() {
                 break;
@@ -127,6 +135,7 @@ impl<S: Sink> Writer<S> {
             }
             self.spool.set_oldest_pending_ms(None);
         }
+        idle.close();
         drop(rx);
         let _ = gatherer.await;
     }
@@ -300,6 +309,7 @@ async fn gather(
     spool: Spool,
     settings: WriterSettings,
     mut shutdown: watch::Receiver<bool>,
+    idle: Arc<Semaphore>,
     tx: mpsc::Sender<Gathered>,
 ) {
     let mut reader = spool.reader();
@@ -338,16 +348,44 @@ async fn gather(
                     continue;
                 }
             }
-            if rows.len() >= settings.max_rows || bytes >= settings.max_bytes {
-                break;
-            }
+            let full = rows.len() >= settings.max_rows || bytes >= settings.max_bytes;
             let stopping = *shutdown.borrow();
-            let age = oldest.map(|o| Duration::from_millis(now_ms().saturating_sub(o)));
-            if end.is_some() && (stopping || age >= Some(settings.max_age)) {
-                break;
-            }
             if stopping && end.is_none() {
                 return;
+            }
+            let age = oldest.map(|o| Duration::from_millis(now_ms().saturating_sub(o)));
+            if end.is_some() && (full || stopping || age >= Some(settings.max_age)) {
+                // Due: hand it over as soon as the inserter is free. A full batch (or one at
+                // shutdown) waits for that; one that is not full keeps taking rows meanwhile.
+                match idle.try_acquire() {
+                    Ok(p) => {
+                        p.forget();
+                        break;
+                    }
+                    Err(TryAcquireError::Closed) => return,
+                    Err(TryAcquireError::NoPermits) => {}
+                }
+                if full || stopping {
+                    match idle.acquire().await {
+                        Ok(p) => {
+                            p.forget();
+                            break;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                tokio::select! {
+                    r = committed.changed() => { if r.is_err() { return; } }
+                    p = idle.acquire() => match p {
+                        Ok(p) => {
+                            p.forget();
+                            break;
+                        }
+                        Err(_) => return,
+                    },
+                    _ = shutdown.changed() => {}
+                }
+                continue;
             }
             let wait = match age {
                 Some(a) => settings.max_age.saturating_sub(a),
@@ -387,12 +425,19 @@ mod tests {
         stored: Mutex<Vec<String>>,
         quarantined: Mutex<Vec<QuarantineRow>>,
         calls: Mutex<u32>,
+        /// When set, the next insert waits for it; and the size of each stored batch.
+        hold: Mutex<Option<Arc<tokio::sync::Notify>>>,
+        batches: Mutex<Vec<usize>>,
     }
 
     impl Sink for FakeSink {
         fn insert<'a>(&'a self, rows: &'a [EventRow]) -> BoxFuture<'a, Result<(), StoreError>> {
             Box::pin(async move {
                 *self.calls.lock().unwrap() += 1;
+                let hold = self.hold.lock().unwrap().take();
+                if let Some(h) = hold {
+                    h.notified().await;
+                }
                 let mut o = self.outage.lock().unwrap();
                 if *o > 0 {
                     *o -= 1;
@@ -411,6 +456,7 @@ mod tests {
                     .lock()
                     .unwrap()
                     .extend(rows.iter().map(|r| r.message_id.clone()));
+                self.batches.lock().unwrap().push(rows.len());
                 Ok(())
             })
         }
@@ -493,6 +539,44 @@ mod tests {
         tx.send(true).unwrap();
         assert!(w.deliver(&[row(1, "ok")]).await.is_err());
         assert!(sink.stored.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn rows_due_during_an_insert_go_together_when_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(FakeSink::default());
+        let gate = Arc::new(tokio::sync::Notify::new());
+        *sink.hold.lock().unwrap() = Some(gate.clone());
+        let (mut w, tx) = writer(sink.clone(), dir.path());
+        w.settings.max_age = Duration::from_millis(10);
+        let spool = w.spool.clone();
+        let run = tokio::spawn(w.run());
+        let append = |i: usize| {
+            let spool = spool.clone();
+            async move {
+                let payload = serde_json::to_vec(&vec![row(i, "ok")]).unwrap();
+                spool.append(payload).await.unwrap();
+            }
+        };
+        append(0).await;
+        let until = Instant::now() + Duration::from_secs(5);
+        while *sink.calls.lock().unwrap() == 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The first insert is under way (held): each of these rows is due (10 ms) before it
+        // ends, and they are handed over as one batch when it does, not one batch each.
+        for i in 1..=10 {
+            append(i).await;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        gate.notify_one();
+        while sink.stored.lock().unwrap().len() < 11 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tx.send(true).unwrap();
+        run.await.unwrap();
+        assert_eq!(*sink.batches.lock().unwrap(), [1, 10]);
+        assert_eq!(spool.pending_bytes(), 0);
     }
 
     #[tokio::test]
