@@ -481,15 +481,14 @@ impl<S: Store> Core<S> {
             }
         }
         let bytes = items.bytes() + items.len();
-        let room = MAX_SEND_EVENTS - items.len();
-        let n = if items.is_empty() {
-            queue::fit(&self.buffer, room, MAX_SEND_BYTES)
-        } else {
-            queue::fit(&self.buffer, room, MAX_SEND_BYTES.saturating_sub(bytes)).min(fits_strictly(
-                &self.buffer,
-                MAX_SEND_BYTES.saturating_sub(bytes),
-            ))
-        };
+        // With events from the retry queue already in, only what fits (possibly nothing): the
+        // rest waits for the next batch.
+        let n = queue::fit(
+            &self.buffer,
+            MAX_SEND_EVENTS - items.len(),
+            MAX_SEND_BYTES.saturating_sub(bytes),
+            items.is_empty(),
+        );
         items.append(&self.buffer.take_front(n));
         if items.is_empty() {
             return String::new();
@@ -614,18 +613,6 @@ fn set_or_remove<S: Store>(s: &S, k: &str, v: &str) {
     } else {
         s.set(k, v);
     }
-}
-
-/// Number of leading items whose bytes fit in `max_bytes` (possibly zero).
-fn fits_strictly(items: &Lines, max_bytes: usize) -> usize {
-    let mut bytes = 0;
-    items
-        .iter()
-        .take_while(|i| {
-            bytes += i.len() + 1;
-            bytes <= max_bytes
-        })
-        .count()
 }
 
 /// `s` cut to at most `max` bytes at a character boundary.
