@@ -7,11 +7,15 @@
 //! (UUIDv7 `messageId`), batching, the retry queue in localStorage with backoff, and engaged
 //! time.
 //!
+//! The exports and imports go through wasm-bindgen; storage (localStorage, or the loader's
+//! cookie jar behind the same interface) through web-sys's `Storage` ([`Host`]).
+//!
 //! Size matters more than anything here (12 KB gzipped for wasm + JS): no serde, no
-//! `core::fmt` (no `format!`, no `{}`), integers written by hand, no web-sys (four imports of
-//! our own, `js/src/imports.js`), one `call` entry point, a small allocator (`heap.rs`), every
-//! list of events one string ([`queue::Lines`]). Everything but the exports, the imports and
-//! the allocator is plain Rust tested natively (`cargo test -p waymark-collector`).
+//! `core::fmt` (no `format!`, no `{}`), integers written by hand, web-sys with only the
+//! `Storage` feature, two entry points (`create` and one `call` for everything else), a small
+//! allocator (`heap.rs`), every list of events one string ([`queue::Lines`]). Everything but
+//! the exports, the imports and the allocator is plain Rust tested natively (`cargo test -p
+//! waymark-collector`).
 //!
 //! On wasm32 the crate is `no_std` with a panic handler that traps without formatting: with
 //! `std`, its panic machinery keeps `core::fmt` (about 8 KB of wasm) alive behind every bounds
@@ -56,67 +60,45 @@ fn panic(_: &::core::panic::PanicInfo<'_>) -> ! {
 #[global_allocator]
 static ALLOCATOR: heap::Heap = heap::Heap::new();
 
-/// Flags the loader passes to `exports::create`: it has storage for ids and the session,
-/// storage for the retry queue, consent is required, or Global Privacy Control or Do Not Track
-/// is on and the site asked to honour it.
-pub const FLAG_IDS: u32 = 1;
-pub const FLAG_QUEUE: u32 = 2;
-pub const FLAG_REQUIRE_CONSENT: u32 = 4;
-pub const FLAG_SIGNAL_OPT_OUT: u32 = 8;
+/// Flags the loader passes to `exports::create`: consent is required, or Global Privacy
+/// Control or Do Not Track is on and the site asked to honour it.
+pub const FLAG_REQUIRE_CONSENT: u64 = 4;
+pub const FLAG_SIGNAL_OPT_OUT: u64 = 8;
 
-// What the loader provides (`js/src/imports.js`, module `w`): storage, store 0 holding the ids
-// and the session (cookies or localStorage), store 1 the retry queue (localStorage). They catch
-// every error (a blocked or full storage reads as empty). Plain wasm imports taking a store
-// number and `(pointer, length)` strings: no wasm-bindgen glue, no externref table.
+// The loader's one import (`js/src/imports.js`; the path is relative to the glue in
+// `js/dist/pkg`, where esbuild resolves it).
 #[cfg(target_arch = "wasm32")]
-#[allow(unsafe_code)]
-#[link(wasm_import_module = "w")]
+#[wasm_bindgen::prelude::wasm_bindgen(raw_module = "../../src/imports.js")]
 extern "C" {
-    /// Writes `[pointer, length]` of the value, allocated with `exports::m`, to `out`; leaves
-    /// it zero when there is none.
-    fn g(store: u32, key: *const u8, key_len: usize, out: *mut usize);
-    fn s(store: u32, key: *const u8, key_len: usize, value: *const u8, value_len: usize);
-    fn r(store: u32, key: *const u8, key_len: usize);
-    /// Hands the loader the body of the batch `exports::next` is about to return the id of.
-    fn b(body: *const u8, len: usize);
+    /// Hands the loader the body of the batch `exports::call` (`OP_NEXT`) is about to return
+    /// the id of. (A `String` result would cost the wasm a shrinking copy and the glue a
+    /// deferred free.)
+    #[wasm_bindgen(js_name = b)]
+    pub(crate) fn put_batch(body: &str);
 }
 
-/// Hands the loader the body of the batch `exports::next` is about to return the id of.
+/// One of the page's stores, through web-sys: `localStorage` itself, or the loader's cookie
+/// jar, which has the same three methods (`getItem`, `setItem`, `removeItem`; web-sys calls
+/// them by name). Every call is web-sys's `catch` variant: a blocked, full or throwing storage
+/// reads as empty and never throws into the page.
 #[cfg(target_arch = "wasm32")]
-#[allow(unsafe_code)]
-pub(crate) fn put_batch(body: &str) {
-    // SAFETY: the loader only reads `len` bytes at `body` during the call.
-    unsafe { b(body.as_ptr(), body.len()) }
-}
-
-/// One of the loader's stores, by number.
-#[cfg(target_arch = "wasm32")]
-pub struct Host(u32);
+pub struct Host(web_sys::Storage);
 
 #[cfg(target_arch = "wasm32")]
-#[allow(unsafe_code)]
 impl Store for Host {
     fn get(&self, key: &str) -> Option<String> {
-        let mut out = [0usize; 2];
-        // SAFETY: the loader reads the key during the call and writes two words to `out`: a
-        // block `exports::m` allocated for it and the UTF-8 it copied there (or leaves zeros).
-        unsafe {
-            g(self.0, key.as_ptr(), key.len(), out.as_mut_ptr());
-            (out[0] != 0).then(|| exports::take(out[0] as *mut u8, out[1]))
-        }
+        self.0.get_item(key).ok().flatten()
     }
     fn set(&self, key: &str, value: &str) {
-        // SAFETY: the loader only reads the two strings during the call.
-        unsafe { s(self.0, key.as_ptr(), key.len(), value.as_ptr(), value.len()) }
+        let _ = self.0.set_item(key, value);
     }
     fn remove(&self, key: &str) {
-        // SAFETY: as above.
-        unsafe { r(self.0, key.as_ptr(), key.len()) }
+        let _ = self.0.remove_item(key);
     }
 }
 
 /// Operations of `exports::call`. One entry point with the arguments packed in one string keeps
-/// the loader's glue to a few functions instead of one per command.
+/// the glue (JS and wasm) to one function instead of one per command.
 pub const OP_PAGE: u32 = 0;
 pub const OP_TRACK: u32 = 1;
 pub const OP_IDENTIFY: u32 = 2;
@@ -124,6 +106,8 @@ pub const OP_RESET: u32 = 3;
 pub const OP_CONSENT: u32 = 4;
 pub const OP_SIGNAL: u32 = 5;
 pub const OP_PRODUCT: u32 = 6;
+pub const OP_NEXT: u32 = 7;
+pub const OP_DONE: u32 = 8;
 
 /// Separates the string arguments of `exports::call` (it cannot occur in them: the loader strips
 /// control characters from the strings it passes).

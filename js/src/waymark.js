@@ -1,12 +1,19 @@
 // The Waymark tag loader: an ES module, loaded by a one-line async script tag (after the inline
 // stub in snippet.html) or imported from npm. It owns what is cheap in JS (DOM listeners, timers,
 // fetch and sendBeacon, storage access) and hands compact calls to the wasm module, which owns
-// ids, sessions, consent, event JSON, batching and the retry queue (collector-wasm/).
+// ids, sessions, consent, event JSON, batching and the retry queue (collector-wasm/), and reads
+// and writes storage through web-sys.
 //
-// Nothing here may throw into the host page: every entry point is wrapped, storage adapters
-// swallow their errors, and a missing or broken API (localStorage, sendBeacon, fetch) degrades
-// to the next best thing.
-import { stores, batch, x, put, imports, bind } from './imports.js'
+// Nothing here may throw into the host page: every entry point is wrapped, storage calls catch
+// their errors (web-sys `catch` imports), and a missing or broken API (localStorage, sendBeacon,
+// fetch) degrades to the next best thing.
+//
+// The glue is wasm-bindgen's (`--target bundler`, built into dist/pkg): it exports `create` and
+// `call`, the functions the wasm module imports, and `__wbg_set_wasm`.
+import * as glue from '../dist/pkg/waymark_collector_bg.js'
+import { batch } from './imports.js'
+
+const { create, call: tagCall } = glue
 
 const w = globalThis
 const d = w.document
@@ -16,7 +23,7 @@ const now = Date.now
 const CLICKABLE = 'a,button,[data-waymark-event],input[type=submit],input[type=button]'
 // `call` operations (collector-wasm/src/lib.rs, `OP_*`), written as numbers with a comment:
 // esbuild keeps named constants as variables. 0 page, 1 track, 2 identify, 3 reset, 4 consent,
-// 5 signal, 6 product.
+// 5 signal, 6 product, 7 next batch, 8 batch done.
 
 let tag // init ran
 let ready // the wasm module is instantiated
@@ -40,27 +47,29 @@ const json = (o) => {
     return ''
   }
 }
-// Storage for the wasm module (`imports.js` catches what these throw).
+// Storage for the wasm module, which uses it through web-sys's `Storage` (whose calls catch
+// what these throw): `localStorage` itself when it works, ...
 function localStore() {
   try {
     const s = w.localStorage
     s.setItem('wm_t', '1')
     s.removeItem('wm_t')
-    return { g: (k) => s.getItem(k), s: (k, v) => s.setItem(k, v), r: (k) => s.removeItem(k) }
+    return s
   } catch (e) {
     return null
   }
 }
 
+// ... or first-party cookies behind the same three `Storage` methods.
 function cookieStore(domain) {
   const attrs = ';path=/;samesite=lax' + (domain ? ';domain=' + domain : '') + (loc.protocol == 'https:' ? ';secure' : '')
   return {
-    g: (k) => {
+    getItem: (k) => {
       const m = d.cookie.match('(?:^|; *)' + k + '=([^;]*)')
       return m ? decodeURIComponent(m[1]) : null
     },
-    s: (k, v) => (d.cookie = k + '=' + encodeURIComponent(v) + attrs + ';max-age=31536000'),
-    r: (k) => (d.cookie = k + '=' + attrs + ';max-age=0'),
+    setItem: (k, v) => (d.cookie = k + '=' + encodeURIComponent(v) + attrs + ';max-age=31536000'),
+    removeItem: (k) => (d.cookie = k + '=' + attrs + ';max-age=0'),
   }
 }
 
@@ -86,19 +95,19 @@ function schedule(wait) {
 
 // Commands to the wasm module; string arguments are joined with U+0001.
 function call(op, ts, n, v, ...args) {
-  schedule(x.call(op, ts, n || 0, v || 0, ...put(args.map((a) => String(a).replace(/\x01/g, '')).join('\x01'))))
+  schedule(tagCall(op, ts, n || 0, 0, v || 0, args.map((a) => String(a).replace(/\x01/g, '')).join('\x01')))
 }
 const signal = (n, x) => call(5 /* SIGNAL */, now(), n, x)
 
 // Sends one batch; `force`: everything not yet sent, now, the page is being hidden or left.
 function pump(force) {
   let id
-  while ((id = x.next(now(), !!force))) {
+  while ((id = tagCall(7 /* NEXT */, now(), force ? 1 : 0, 0, 0, '')) > 0) {
     send(batch, id, force)
     if (!force) return
   }
   // Nothing sent: ask when to come back (operation 9 does nothing but answer that).
-  schedule(x.call(9, now(), 0, 0, ...put('')))
+  schedule(tagCall(9, now(), 0, 0, 0, ''))
 }
 
 const done = safe((id, status, retryAfter) => {
@@ -106,7 +115,7 @@ const done = safe((id, status, retryAfter) => {
   if (retryAfter) {
     ms = +retryAfter >= 0 ? retryAfter * 1000 : Date.parse(retryAfter) - now()
   }
-  schedule(x.done(now(), id, status, ms > 0 ? ms : 0))
+  schedule(tagCall(8 /* DONE */, now(), id, status, ms > 0 ? ms : 0, ''))
 })
 
 function send(body, id, beacon) {
@@ -252,17 +261,18 @@ const api = {
     } catch (e) {
       for (let i = 0; i < 4; i++) seed[i] = Math.random() * 2 ** 32
     }
-    stores[0] = ids
-    stores[1] = ls
-    x.create(
-      ...put([o.site || '', nav.userAgent || '', nav.language || ''].join('\x01')),
-      (ids ? 1 : 0) | (ls ? 2 : 0) | (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
-      o.flushInterval >= 0 ? o.flushInterval : 1000,
-      seed[0],
-      seed[1],
-      seed[2],
-      seed[3],
-      ts,
+    create(
+      [
+        o.site || '',
+        nav.userAgent || '',
+        nav.language || '',
+        (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
+        o.flushInterval >= 0 ? o.flushInterval | 0 : 1000,
+        ...seed,
+        ts,
+      ].join('\x01'),
+      ids,
+      ls,
     )
     tag = 1
     if (o.autocapture !== false) autocapture()
@@ -311,12 +321,15 @@ const stub = w.waymark
 if (stub && stub.q) for (const [t, a] of stub.q) queue.push([t, a[0], [].slice.call(a, 1)])
 if (d) {
   w.waymark = waymark
+  // Instantiated here with the glue as its imports (what wasm-bindgen's bundler output does
+  // through a bundler's wasm import): no loader code from the glue.
   fetch(new URL('waymark.wasm', import.meta.url))
     .then((r) => r.arrayBuffer())
-    .then((b) => WebAssembly.instantiate(b, imports))
+    .then((b) => WebAssembly.instantiate(b, { './waymark_collector_bg.js': glue }))
     .then(
-    safe((r) => {
-      bind(r.instance.exports)
+    safe(({ instance }) => {
+      glue.__wbg_set_wasm(instance.exports)
+      instance.exports.__wbindgen_start()
       ready = true
       const calls = queue
       queue = []
