@@ -65,7 +65,7 @@ static ALLOCATOR: heap::Heap = heap::Heap::new();
 pub const FLAG_REQUIRE_CONSENT: u64 = 4;
 pub const FLAG_SIGNAL_OPT_OUT: u64 = 8;
 
-// The loader's one import (`js/src/imports.js`; the path is relative to the glue in
+// The loader's own imports (`js/src/imports.js`; the path is relative to the glue in
 // `js/dist/pkg`, where esbuild resolves it).
 #[cfg(target_arch = "wasm32")]
 #[wasm_bindgen::prelude::wasm_bindgen(raw_module = "../../src/imports.js")]
@@ -75,6 +75,9 @@ extern "C" {
     /// deferred free.)
     #[wasm_bindgen(js_name = b)]
     pub(crate) fn put_batch(body: &str);
+    /// `new Date(ms).toISOString()` (see `time::rfc3339`).
+    #[wasm_bindgen(js_name = t)]
+    pub(crate) fn iso_time(ms: f64) -> String;
 }
 
 /// One of the page's stores, through web-sys: `localStorage` itself, or the loader's cookie

@@ -6,3 +6,8 @@ export let batch = ''
 export function b(body) {
   batch = body
 }
+
+// Times for the event JSON, formatted by the browser (collector-wasm/src/time.rs).
+export function t(ms) {
+  return new Date(ms).toISOString()
+}
