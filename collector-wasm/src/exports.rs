@@ -76,9 +76,8 @@ pub fn create(cfg: &str, ids: Option<Storage>, queue: Option<Storage>) {
 }
 
 /// Runs command `op` at time `ts`:
-/// - `OP_PAGE`: `args` href, path, search, title, referrer, name, properties JSON, product
-///   id, then `utm_source`, `utm_medium`, `utm_campaign`, `utm_term`, `utm_content`; `n` bit 0
-///   visible, bit 1 focused.
+/// - `OP_PAGE`: `args` the page JSON, the campaign JSON, name, properties JSON, product id
+///   (see [`PageView`]); `n` bit 0 visible, bit 1 focused.
 /// - `OP_TRACK`: `args` name, properties JSON, product id (for `Product Viewed`).
 /// - `OP_IDENTIFY`: `args` user id, traits JSON.
 /// - `OP_RESET`; `OP_CONSENT`: `n` 1 granted, 0 denied.
@@ -98,20 +97,16 @@ pub fn create(cfg: &str, ids: Option<Storage>, queue: Option<Storage>) {
 #[wasm_bindgen]
 pub fn call(op: u32, ts: f64, n: u32, m: u32, x: f64, args: &str) -> f64 {
     let ts = ts as u64;
-    let [a, b, c, d, e, f, g, h, u0, u1, u2, u3, u4, ..] = crate::args(args);
+    let [a, b, c, d, e, ..] = crate::args(args);
     with(|core| {
         match op {
             OP_PAGE => {
                 let page = PageView {
-                    href: a,
-                    path: b,
-                    search: c,
-                    title: d,
-                    referrer: e,
-                    name: f,
-                    props: g,
-                    product: h,
-                    utm: [u0, u1, u2, u3, u4],
+                    page: a,
+                    campaign: b,
+                    name: c,
+                    props: d,
+                    product: e,
                 };
                 core.page(ts, &page, n & 1 != 0, n & 2 != 0)
             }

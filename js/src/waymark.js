@@ -144,21 +144,22 @@ function page(ts, name, props) {
   lastUrl = loc.href
   const el = d.querySelector('[data-waymark-product]')
   const state = (d.visibilityState == 'hidden' ? 0 : 1) | (d.hasFocus() ? 2 : 0)
+  // `context.page` and `context.campaign` (from the UTM parameters), empty members left out.
+  const ctx = { url: lastUrl, path: loc.pathname, search: loc.search, title: d.title, referrer }
+  const utm = {}
   const q = new URLSearchParams(loc.search)
+  for (const k of ['source', 'medium', 'campaign', 'term', 'content']) utm[k == 'campaign' ? 'name' : k] = q.get('utm_' + k)
+  for (const o of [ctx, utm]) for (const k in o) if (!o[k]) delete o[k]
   call(
     0 /* PAGE */,
     ts,
     state,
     0,
-    lastUrl,
-    loc.pathname,
-    loc.search,
-    d.title,
-    referrer,
+    JSON.stringify(ctx),
+    JSON.stringify(utm),
     name || '',
     json(props),
     el ? el.getAttribute('data-waymark-product') : '',
-    ...['source', 'medium', 'campaign', 'term', 'content'].map((k) => q.get('utm_' + k) || ''),
   )
   referrer = lastUrl
   scrolled = 0
@@ -302,11 +303,14 @@ function run(ts, cmd, args) {
   if (!tag && cmd != 'init') return queue.push([ts, cmd, args])
   const f = api[cmd]
   if (f) f(ts, ...args)
-  if (cmd == 'init' && tag) {
-    const waiting = queue
-    queue = []
-    for (const [t, c, a] of waiting) safe(run)(t, c, a)
-  }
+  if (cmd == 'init' && tag) replay()
+}
+
+// Runs the calls queued so far, in order.
+function replay() {
+  const calls = queue
+  queue = []
+  for (const [t, c, a] of calls) safe(run)(t, c, a)
 }
 
 /** `waymark('init', {...})`, `waymark('track', name, props)`, ... (see waymark.d.ts). */
@@ -331,9 +335,7 @@ if (d) {
       glue.__wbg_set_wasm(instance.exports)
       instance.exports.__wbindgen_start()
       ready = true
-      const calls = queue
-      queue = []
-      for (const [t, c, a] of calls) safe(run)(t, c, a)
+      replay()
     }),
     () => {},
   )

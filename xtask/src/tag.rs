@@ -17,7 +17,7 @@ use crate::tools::Tools;
 /// The wasm plus every byte of JS it needs, gzipped: the budget ("Size and cost").
 pub const BUDGET_GZ: usize = 12 * 1024;
 /// What the build is held to for now: with wasm-bindgen and web-sys the budget is not met yet
-/// (12.90 KB reached; see js/README.md, "Size"), so the stage fails above this, to catch
+/// (12.55 KB reached; see js/README.md, "Size"), so the stage fails above this, to catch
 /// growth, and says the budget is missed on every run. Lower it to `BUDGET_GZ` once the tag
 /// fits.
 pub const LIMIT_GZ: usize = 13 * 1024 + 256;
