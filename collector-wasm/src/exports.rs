@@ -6,11 +6,10 @@ use alloc::string::String;
 use core::cell::RefCell;
 
 use wasm_bindgen::prelude::*;
-use web_sys::Storage;
 
 use crate::engine::{Config, Consent, Core, PageView};
 use crate::url::parse_u64;
-use crate::{args, Host, FLAG_REQUIRE_CONSENT, FLAG_SIGNAL_OPT_OUT};
+use crate::{args, Host, FLAG_IDS, FLAG_QUEUE, FLAG_REQUIRE_CONSENT, FLAG_SIGNAL_OPT_OUT};
 use crate::{OP_CONSENT, OP_DONE, OP_IDENTIFY, OP_NEXT, OP_PAGE, OP_PRODUCT, OP_RESET};
 use crate::{OP_SIGNAL, OP_TRACK};
 
@@ -32,22 +31,19 @@ fn with<R>(f: impl FnOnce(&mut Core<Host>) -> R) -> Option<R> {
 /// Creates the tag (once; later calls change nothing). `cfg`: write key, user agent, locale,
 /// then in decimal `FLAG_*`, the flush interval in ms, four random u32s from
 /// `crypto.getRandomValues` and the time (Unix ms, `Date.now()`), separated by U+0001 (numbers
-/// in the one string rather than as arguments: less glue). `ids`: the store for the ids and
-/// the session (`localStorage` or the loader's cookie jar); `queue`: the store for the retry
-/// queue (`localStorage`); without one, that state is kept in memory only (cookieless mode,
-/// blocked storage).
+/// in the one string rather than as arguments: less glue). Without [`FLAG_IDS`] or
+/// [`FLAG_QUEUE`] that state is kept in memory only (cookieless mode, blocked storage).
 #[wasm_bindgen]
-pub fn create(cfg: &str, ids: Option<Storage>, queue: Option<Storage>) {
-    let stores = (ids.map(Host), queue.map(Host));
+pub fn create(cfg: &str) {
     let mut tag = match TAG.0.try_borrow_mut() {
         Ok(tag) if tag.is_none() => tag,
-        // Created already. The stores are forgotten, not dropped: that would cost the wasm
-        // the code that frees a JS reference, for a call the loader never makes.
-        _ => return core::mem::forget(stores),
+        _ => return,
     };
     let [write_key, user_agent, locale, flags, flush, s0, s1, s2, s3, now, ..] = args(cfg);
     let num = |s: &str| parse_u64(s).unwrap_or(0);
     let flags = num(flags);
+    let ids = (flags & FLAG_IDS != 0).then_some(Host(0));
+    let queue = (flags & FLAG_QUEUE != 0).then_some(Host(1));
     let consent = if flags & FLAG_SIGNAL_OPT_OUT != 0 {
         Consent::Denied
     } else if flags & FLAG_REQUIRE_CONSENT != 0 {
@@ -71,7 +67,7 @@ pub fn create(cfg: &str, ids: Option<Storage>, queue: Option<Storage>) {
     // The old value is `None` (checked above): forgetting it rather than dropping it spares the
     // wasm the drop code of a whole `Core`, which nothing else needs (the tag lives as long as
     // the page).
-    let core = Core::new(cfg, stores.0, stores.1, num(now));
+    let core = Core::new(cfg, ids, queue, num(now));
     core::mem::forget(tag.replace(core));
 }
 

@@ -7,13 +7,16 @@
 //! (UUIDv7 `messageId`), batching, the retry queue in localStorage with backoff, and engaged
 //! time.
 //!
-//! The exports and imports go through wasm-bindgen; storage (localStorage, or the loader's
-//! cookie jar behind the same interface) through web-sys's `Storage` ([`Host`]).
+//! The exports and imports go through wasm-bindgen. Storage goes through imports of the
+//! loader's taking a store number ([`Host`]), not web-sys's `Storage`: web-sys objects cost the
+//! module wasm-bindgen's externref table and exception handling, 0.85 KB gzipped, more than
+//! the 12 KB budget leaves (js/README.md, "Size").
 //!
 //! Size matters more than anything here (12 KB gzipped for wasm + JS): no serde, no
-//! `core::fmt` (no `format!`, no `{}`), integers written by hand, web-sys with only the
-//! `Storage` feature, two entry points (`create` and one `call` for everything else), a small
-//! allocator (`heap.rs`), every list of events one string ([`queue::Lines`]). Everything but
+//! `core::fmt` (no `format!`, no `{}`), integers written by hand, two entry points (`create`
+//! and one `call` for everything else), a small allocator (`heap.rs`), every list of events one
+//! string ([`queue::Lines`]); what the browser does natively (times, the page and campaign
+//! objects) the loader does. Everything but
 //! the exports, the imports and the allocator is plain Rust tested natively (`cargo test -p
 //! waymark-collector`).
 //!
@@ -60,8 +63,11 @@ fn panic(_: &::core::panic::PanicInfo<'_>) -> ! {
 #[global_allocator]
 static ALLOCATOR: heap::Heap = heap::Heap::new();
 
-/// Flags the loader passes to `exports::create`: consent is required, or Global Privacy
+/// Flags the loader passes to `exports::create`: it has storage for ids and the session
+/// (store 0), storage for the retry queue (store 1), consent is required, or Global Privacy
 /// Control or Do Not Track is on and the site asked to honour it.
+pub const FLAG_IDS: u64 = 1;
+pub const FLAG_QUEUE: u64 = 2;
 pub const FLAG_REQUIRE_CONSENT: u64 = 4;
 pub const FLAG_SIGNAL_OPT_OUT: u64 = 8;
 
@@ -70,6 +76,16 @@ pub const FLAG_SIGNAL_OPT_OUT: u64 = 8;
 #[cfg(target_arch = "wasm32")]
 #[wasm_bindgen::prelude::wasm_bindgen(raw_module = "../../src/imports.js")]
 extern "C" {
+    // Storage: store 0 holds the ids and the session (cookies or localStorage), store 1 the
+    // retry queue (localStorage). They catch every error (a blocked or full storage reads as
+    // empty). Free functions taking a store number rather than JS objects: then neither the
+    // wasm nor the glue needs an externref table.
+    #[wasm_bindgen(js_name = g)]
+    fn store_get(store: u32, key: &str) -> Option<String>;
+    #[wasm_bindgen(js_name = s)]
+    fn store_set(store: u32, key: &str, value: &str);
+    #[wasm_bindgen(js_name = r)]
+    fn store_remove(store: u32, key: &str);
     /// Hands the loader the body of the batch `exports::call` (`OP_NEXT`) is about to return
     /// the id of. (A `String` result would cost the wasm a shrinking copy and the glue a
     /// deferred free.)
@@ -80,23 +96,20 @@ extern "C" {
     pub(crate) fn iso_time(ms: f64) -> String;
 }
 
-/// One of the page's stores, through web-sys: `localStorage` itself, or the loader's cookie
-/// jar, which has the same three methods (`getItem`, `setItem`, `removeItem`; web-sys calls
-/// them by name). Every call is web-sys's `catch` variant: a blocked, full or throwing storage
-/// reads as empty and never throws into the page.
+/// One of the loader's stores, by number.
 #[cfg(target_arch = "wasm32")]
-pub struct Host(web_sys::Storage);
+pub struct Host(u32);
 
 #[cfg(target_arch = "wasm32")]
 impl Store for Host {
     fn get(&self, key: &str) -> Option<String> {
-        self.0.get_item(key).ok().flatten()
+        store_get(self.0, key)
     }
     fn set(&self, key: &str, value: &str) {
-        let _ = self.0.set_item(key, value);
+        store_set(self.0, key, value)
     }
     fn remove(&self, key: &str) {
-        let _ = self.0.remove_item(key);
+        store_remove(self.0, key)
     }
 }
 

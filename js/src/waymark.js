@@ -1,17 +1,17 @@
 // The Waymark tag loader: an ES module, loaded by a one-line async script tag (after the inline
 // stub in snippet.html) or imported from npm. It owns what is cheap in JS (DOM listeners, timers,
 // fetch and sendBeacon, storage access) and hands compact calls to the wasm module, which owns
-// ids, sessions, consent, event JSON, batching and the retry queue (collector-wasm/), and reads
-// and writes storage through web-sys.
+// ids, sessions, consent, event JSON, batching and the retry queue (collector-wasm/).
 //
-// Nothing here may throw into the host page: every entry point is wrapped, storage calls catch
-// their errors (web-sys `catch` imports), and a missing or broken API (localStorage, sendBeacon,
+// Nothing here may throw into the host page: every entry point is wrapped, storage adapters
+// swallow their errors (imports.js), and a missing or broken API (localStorage, sendBeacon,
 // fetch) degrades to the next best thing.
 //
 // The glue is wasm-bindgen's (`--target bundler`, built into dist/pkg): it exports `create` and
-// `call`, the functions the wasm module imports, and `__wbg_set_wasm`.
+// `call`, the functions the wasm module imports, and `__wbg_set_wasm`; imports.js has the
+// module's own imports (storage, the batch body, times).
 import * as glue from '../dist/pkg/waymark_collector_bg.js'
-import { batch } from './imports.js'
+import { batch, stores } from './imports.js'
 
 const { create, call: tagCall } = glue
 
@@ -47,8 +47,8 @@ const json = (o) => {
     return ''
   }
 }
-// Storage for the wasm module, which uses it through web-sys's `Storage` (whose calls catch
-// what these throw): `localStorage` itself when it works, ...
+// Storage for the wasm module (`imports.js` catches what these throw): `localStorage` itself
+// when it works, ...
 function localStore() {
   try {
     const s = w.localStorage
@@ -60,7 +60,7 @@ function localStore() {
   }
 }
 
-// ... or first-party cookies behind the same three `Storage` methods.
+// ... or first-party cookies behind the same three methods.
 function cookieStore(domain) {
   const attrs = ';path=/;samesite=lax' + (domain ? ';domain=' + domain : '') + (loc.protocol == 'https:' ? ';secure' : '')
   return {
@@ -262,18 +262,18 @@ const api = {
     } catch (e) {
       for (let i = 0; i < 4; i++) seed[i] = Math.random() * 2 ** 32
     }
+    stores[0] = ids
+    stores[1] = ls
     create(
       [
         o.site || '',
         nav.userAgent || '',
         nav.language || '',
-        (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
+        (ids ? 1 : 0) | (ls ? 2 : 0) | (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
         o.flushInterval >= 0 ? o.flushInterval | 0 : 1000,
         ...seed,
         ts,
       ].join('\x01'),
-      ids,
-      ls,
     )
     tag = 1
     if (o.autocapture !== false) autocapture()
