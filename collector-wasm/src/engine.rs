@@ -15,7 +15,6 @@ use crate::json;
 use crate::policy::{self, Engagement, Session};
 use crate::queue::{self, Lines, Queue};
 use crate::time::rfc3339;
-use crate::url;
 use crate::wire::{
     self as names, MAX_ENGAGED_MS, MAX_EVENTS_PER_BATCH, MAX_EVENT_BYTES, MAX_ID_LEN, MAX_NAME_LEN,
 };
@@ -23,6 +22,12 @@ use crate::wire::{
 /// The library name and version in `context.library`.
 pub const LIBRARY: &str = "waymark.js";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// `context.library` as JSON (one constant: fewer calls than writing it piece by piece).
+const LIBRARY_JSON: &str = concat!(
+    "\"library\":{\"name\":\"waymark.js\",\"version\":\"",
+    env!("CARGO_PKG_VERSION"),
+    "\"}"
+);
 
 /// Largest batch body. `sendBeacon` and `fetch(.., {keepalive})` share a 64 KiB quota for
 /// everything in flight, and an ordinary send may overlap a page-hide beacon: half each.
@@ -54,22 +59,23 @@ pub trait Store {
     fn remove(&self, key: &str);
 }
 
-/// What the loader reports about a page view (the URL parts as `location` has them).
+/// What the loader reports about a page view.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PageView<'a> {
-    pub href: &'a str,
-    pub path: &'a str,
-    pub search: &'a str,
-    pub title: &'a str,
-    pub referrer: &'a str,
+    /// `context.page`: a JSON object with `url`, `path`, `search`, `title` and `referrer` as
+    /// `location` and `document` have them, empty members left out (the loader's
+    /// `JSON.stringify`, native and free in the browser).
+    pub page: &'a str,
+    /// `context.campaign`: a JSON object with what is set of `source`, `medium`, `name`, `term`
+    /// and `content` (from `utm_source`, `utm_medium`, `utm_campaign`, `utm_term` and
+    /// `utm_content`), or empty or `{}` when none is.
+    pub campaign: &'a str,
     /// `page(name)`, for named page views.
     pub name: &'a str,
     /// Properties JSON object, or empty.
     pub props: &'a str,
     /// `data-waymark-product` of the page, or empty.
     pub product: &'a str,
-    /// `utm_source`, `utm_medium`, `utm_campaign`, `utm_term`, `utm_content`.
-    pub utm: [&'a str; 5],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,11 +155,7 @@ impl<S: Store> Core<S> {
                 }
             }
         };
-        let mut context_tail = String::from("\"library\":{\"name\":\"");
-        json::put(&mut context_tail, LIBRARY);
-        json::put(&mut context_tail, "\",\"version\":\"");
-        json::put(&mut context_tail, VERSION);
-        json::put(&mut context_tail, "\"}");
+        let mut context_tail = String::from(LIBRARY_JSON);
         let mut first = false;
         json::opt_str(&mut context_tail, &mut first, "userAgent", &cfg.user_agent);
         json::opt_str(&mut context_tail, &mut first, "locale", &cfg.locale);
@@ -198,27 +200,16 @@ impl<S: Store> Core<S> {
         self.leave(ts);
         self.touch(ts);
         let PageView {
-            href,
-            path,
-            search,
-            title,
-            referrer,
+            page,
+            campaign,
             name,
             props,
             product,
-            utm,
         } = *p;
-        let mut p = String::from("{");
-        let mut first = true;
-        json::opt_str(&mut p, &mut first, "url", href);
-        json::opt_str(&mut p, &mut first, "path", path);
-        json::opt_str(&mut p, &mut first, "search", search);
-        json::opt_str(&mut p, &mut first, "title", title);
-        json::opt_str(&mut p, &mut first, "referrer", referrer);
-        json::put(&mut p, "}");
-        self.page = p;
-        if let Some(c) = url::campaign(utm) {
-            self.campaign = c;
+        self.page = String::from(json::object(page));
+        // (A campaign is kept for the session: a page view without one leaves it.)
+        if json::object(campaign).len() > 2 {
+            self.campaign = String::from(campaign);
             self.save_ids();
         }
         self.engage = Engagement::start(ts, visible, focused);
@@ -371,15 +362,15 @@ impl<S: Store> Core<S> {
         json::put(&mut e, kind);
         json::put(&mut e, "\",\"messageId\":\"");
         json::put(&mut e, &self.ids.v7(ts));
-        json::put(&mut e, "\"");
+        // (The anonymous id is never empty: `new` and `reset` make one.)
+        json::put(&mut e, "\",\"anonymousId\":");
+        json::string(&mut e, &self.anon);
         let mut first = false;
-        json::opt_str(&mut e, &mut first, "anonymousId", &self.anon);
         json::opt_str(&mut e, &mut first, "userId", &self.user);
         if !name_field.is_empty() {
             json::opt_str(&mut e, &mut first, name_field, truncate(name, MAX_NAME_LEN));
         }
-        json::key(&mut e, &mut first, "originalTimestamp");
-        json::put(&mut e, "\"");
+        json::put(&mut e, ",\"originalTimestamp\":\"");
         rfc3339(&mut e, ts);
         json::put(&mut e, "\",\"context\":{");
         json::put(&mut e, &self.context_tail);
@@ -394,16 +385,7 @@ impl<S: Store> Core<S> {
         json::put(&mut e, "},\"");
         json::put(&mut e, body_field);
         json::put(&mut e, "\":");
-        // `body` is JSON.stringify output of an object from the loader; anything else is dropped.
-        json::put(
-            &mut e,
-            // (Byte checks: `char` patterns pull a UTF-8 encoder into the wasm.)
-            if body.as_bytes().first() == Some(&b'{') && body.as_bytes().last() == Some(&b'}') {
-                body
-            } else {
-                "{}"
-            },
-        );
+        json::put(&mut e, json::object(body));
         json::put(&mut e, "}");
         e
     }
@@ -481,15 +463,14 @@ impl<S: Store> Core<S> {
             }
         }
         let bytes = items.bytes() + items.len();
-        let room = MAX_SEND_EVENTS - items.len();
-        let n = if items.is_empty() {
-            queue::fit(&self.buffer, room, MAX_SEND_BYTES)
-        } else {
-            queue::fit(&self.buffer, room, MAX_SEND_BYTES.saturating_sub(bytes)).min(fits_strictly(
-                &self.buffer,
-                MAX_SEND_BYTES.saturating_sub(bytes),
-            ))
-        };
+        // With events from the retry queue already in, only what fits (possibly nothing): the
+        // rest waits for the next batch.
+        let n = queue::fit(
+            &self.buffer,
+            MAX_SEND_EVENTS - items.len(),
+            MAX_SEND_BYTES.saturating_sub(bytes),
+            items.is_empty(),
+        );
         items.append(&self.buffer.take_front(n));
         if items.is_empty() {
             return String::new();
@@ -614,18 +595,6 @@ fn set_or_remove<S: Store>(s: &S, k: &str, v: &str) {
     } else {
         s.set(k, v);
     }
-}
-
-/// Number of leading items whose bytes fit in `max_bytes` (possibly zero).
-fn fits_strictly(items: &Lines, max_bytes: usize) -> usize {
-    let mut bytes = 0;
-    items
-        .iter()
-        .take_while(|i| {
-            bytes += i.len() + 1;
-            bytes <= max_bytes
-        })
-        .count()
 }
 
 /// `s` cut to at most `max` bytes at a character boundary.

@@ -48,11 +48,12 @@ fn core_with(store: &Mem, consent: Consent, now: u64) -> Core<Mem> {
 
 fn page(c: &mut Core<Mem>, ts: u64, href: &str) {
     let path = href.trim_start_matches("https://shop.test");
+    let page = serde_json::json!({
+        "url": href, "path": path, "title": "Title", "referrer": "https://ref.test/"
+    })
+    .to_string();
     let p = PageView {
-        href,
-        path,
-        title: "Title",
-        referrer: "https://ref.test/",
+        page: &page,
         ..PageView::default()
     };
     c.page(ts, &p, true, true);
@@ -85,16 +86,21 @@ fn ids(batch: &Value) -> Vec<String> {
 fn a_page_view_is_a_valid_segment_event_with_page_and_campaign_context() {
     let store = Mem::default();
     let mut c = core_with(&store, Consent::Granted, T0);
+    // What the loader writes with `JSON.stringify`.
+    let page_json = serde_json::json!({
+        "url": "https://shop.test/p/1?utm_source=mail&utm_campaign=bf#top",
+        "path": "/p/1",
+        "search": "?utm_source=mail&utm_campaign=bf",
+        "title": "Shoe \"1\"",
+        "referrer": "https://ref.test/",
+    })
+    .to_string();
     let p = PageView {
-        href: "https://shop.test/p/1?utm_source=mail&utm_campaign=bf#top",
-        path: "/p/1",
-        search: "?utm_source=mail&utm_campaign=bf",
-        title: "Shoe \"1\"",
-        referrer: "https://ref.test/",
+        page: &page_json,
+        campaign: r#"{"source":"mail","name":"bf"}"#,
         name: "Product",
         props: r#"{"a":1}"#,
         product: "",
-        utm: ["mail", "", "bf", "", ""],
     };
     c.page(T0, &p, true, true);
     assert_eq!(c.wake(T0), Some(1000));

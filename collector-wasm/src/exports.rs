@@ -2,15 +2,16 @@
 //! class. A class costs a JS wrapper with a `FinalizationRegistry` in the glue and reference
 //! counting in the wasm, for an object that lives as long as the page anyway.
 
-#![allow(unsafe_code)] // `no_mangle` exports; strings handed over as (pointer, length)
-
 use alloc::string::String;
-use alloc::vec::Vec;
 use core::cell::RefCell;
 
+use wasm_bindgen::prelude::*;
+
 use crate::engine::{Config, Consent, Core, PageView};
+use crate::url::parse_u64;
 use crate::{args, Host, FLAG_IDS, FLAG_QUEUE, FLAG_REQUIRE_CONSENT, FLAG_SIGNAL_OPT_OUT};
-use crate::{OP_CONSENT, OP_IDENTIFY, OP_PAGE, OP_PRODUCT, OP_RESET, OP_SIGNAL, OP_TRACK};
+use crate::{OP_CONSENT, OP_DONE, OP_IDENTIFY, OP_NEXT, OP_PAGE, OP_PRODUCT, OP_RESET};
+use crate::{OP_SIGNAL, OP_TRACK};
 
 struct Global(RefCell<Option<Core<Host>>>);
 
@@ -27,50 +28,22 @@ fn with<R>(f: impl FnOnce(&mut Core<Host>) -> R) -> Option<R> {
     TAG.0.try_borrow_mut().ok()?.as_mut().map(f)
 }
 
-/// Allocates `len` bytes for a string the loader copies in (UTF-8 from `TextEncoder`) and
-/// passes to an export or returns from the `g` import; the wasm then owns it ([`take`]).
-#[no_mangle]
-pub extern "C" fn m(len: usize) -> *mut u8 {
-    let mut v = Vec::<u8>::with_capacity(len);
-    let p = v.as_mut_ptr();
-    core::mem::forget(v);
-    p
-}
-
-/// The string at `p`: `len` bytes of UTF-8 in a block [`m`] allocated for exactly `len`.
-///
-/// # Safety
-/// `p` and `len` come from [`m`], filled by the loader with `TextEncoder` output.
-pub(crate) unsafe fn take(p: *mut u8, len: usize) -> String {
-    // SAFETY: see above: allocated by `Vec::with_capacity(len)`, valid UTF-8.
-    unsafe { String::from_raw_parts(p, len, len) }
-}
-
-/// Creates the tag (once; later calls change nothing). Times are Unix milliseconds from
-/// `Date.now()`. `cfg`: write key, user agent and locale, separated by U+0001. `flags`:
-/// `FLAG_*`; without [`FLAG_IDS`] or [`FLAG_QUEUE`] that state is kept in memory only
-/// (cookieless mode, blocked storage). `s0..s3`: random u32s from `crypto.getRandomValues`.
-#[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub extern "C" fn create(
-    cfg: *mut u8,
-    cfg_len: usize,
-    flags: u32,
-    flush_interval_ms: u32,
-    s0: u32,
-    s1: u32,
-    s2: u32,
-    s3: u32,
-    now: f64,
-) {
-    // SAFETY: the loader passes a string it copied in through `m`.
-    let cfg = unsafe { take(cfg, cfg_len) };
-    let Ok(mut tag) = TAG.0.try_borrow_mut() else {
-        return;
+/// Creates the tag (once; later calls change nothing). `cfg`: write key, user agent, locale,
+/// then in decimal `FLAG_*`, the flush interval in ms, four random u32s from
+/// `crypto.getRandomValues` and the time (Unix ms, `Date.now()`), separated by U+0001 (numbers
+/// in the one string rather than as arguments: less glue). Without [`FLAG_IDS`] or
+/// [`FLAG_QUEUE`] that state is kept in memory only (cookieless mode, blocked storage).
+#[wasm_bindgen]
+pub fn create(cfg: &str) {
+    let mut tag = match TAG.0.try_borrow_mut() {
+        Ok(tag) if tag.is_none() => tag,
+        _ => return,
     };
-    if tag.is_some() {
-        return;
-    }
+    let [write_key, user_agent, locale, flags, flush, s0, s1, s2, s3, now, ..] = args(cfg);
+    let num = |s: &str| parse_u64(s).unwrap_or(0);
+    let flags = num(flags);
+    let ids = (flags & FLAG_IDS != 0).then_some(Host(0));
+    let queue = (flags & FLAG_QUEUE != 0).then_some(Host(1));
     let consent = if flags & FLAG_SIGNAL_OPT_OUT != 0 {
         Consent::Denied
     } else if flags & FLAG_REQUIRE_CONSENT != 0 {
@@ -78,54 +51,58 @@ pub extern "C" fn create(
     } else {
         Consent::Granted
     };
-    let ids = (flags & FLAG_IDS != 0).then_some(Host(0));
-    let queue = (flags & FLAG_QUEUE != 0).then_some(Host(1));
-    let [write_key, user_agent, locale, ..] = args(&cfg);
     let cfg = Config {
         write_key: String::from(write_key),
         consent,
-        flush_interval_ms: u64::from(flush_interval_ms),
+        flush_interval_ms: num(flush),
         user_agent: String::from(user_agent),
         locale: String::from(locale),
-        seed: [s0, s1, s2, s3],
+        seed: [
+            num(s0) as u32,
+            num(s1) as u32,
+            num(s2) as u32,
+            num(s3) as u32,
+        ],
     };
     // The old value is `None` (checked above): forgetting it rather than dropping it spares the
     // wasm the drop code of a whole `Core`, which nothing else needs (the tag lives as long as
     // the page).
-    core::mem::forget(tag.replace(Core::new(cfg, ids, queue, now as u64)));
+    let core = Core::new(cfg, ids, queue, num(now));
+    core::mem::forget(tag.replace(core));
 }
 
 /// Runs command `op` at time `ts`:
-/// - `OP_PAGE`: `args` href, path, search, title, referrer, name, properties JSON, product
-///   id, then `utm_source`, `utm_medium`, `utm_campaign`, `utm_term`, `utm_content`; `n` bit 0
-///   visible, bit 1 focused.
+/// - `OP_PAGE`: `args` the page JSON, the campaign JSON, name, properties JSON, product id
+///   (see [`PageView`]); `n` bit 0 visible, bit 1 focused.
 /// - `OP_TRACK`: `args` name, properties JSON, product id (for `Product Viewed`).
 /// - `OP_IDENTIFY`: `args` user id, traits JSON.
 /// - `OP_RESET`; `OP_CONSENT`: `n` 1 granted, 0 denied.
 /// - `OP_SIGNAL`: `n` 0 activity, 1 visible, 2 hidden, 3 focus, 4 blur, 5 scroll depth `x`
 ///   percent, 6 leave (report engagement), 7 back online.
 /// - `OP_PRODUCT`: `args` the product id of the current page view.
+/// - `OP_NEXT`: a batch to POST, `n` 1 when forced (the page is being hidden or left:
+///   everything not yet sent). Returns its id, its body handed over just before through the
+///   loader's `b` import, or 0 for none. (Batch ids count from 1; they would wrap to 0 only
+///   after 2^32 batches.)
+/// - `OP_DONE`: outcome of batch `n`: HTTP status `m` or 0 for a network error, and the
+///   `Retry-After` in ms `x` (0 when absent).
 ///
-/// Returns milliseconds until [`next`] has a batch, or -1.
-#[no_mangle]
-pub extern "C" fn call(op: u32, ts: f64, n: u32, x: f64, args: *mut u8, args_len: usize) -> f64 {
-    // SAFETY: the loader passes a string it copied in through `m`.
-    let args = unsafe { take(args, args_len) };
+/// Returns milliseconds until `OP_NEXT` has a batch, or -1 (any other op, such as 9, does
+/// nothing but answer that). One entry point for everything keeps the glue, JS and wasm, to
+/// one function.
+#[wasm_bindgen]
+pub fn call(op: u32, ts: f64, n: u32, m: u32, x: f64, args: &str) -> f64 {
     let ts = ts as u64;
-    let [a, b, c, d, e, f, g, h, u0, u1, u2, u3, u4, ..] = crate::args(&args);
+    let [a, b, c, d, e, ..] = crate::args(args);
     with(|core| {
         match op {
             OP_PAGE => {
                 let page = PageView {
-                    href: a,
-                    path: b,
-                    search: c,
-                    title: d,
-                    referrer: e,
-                    name: f,
-                    props: g,
-                    product: h,
-                    utm: [u0, u1, u2, u3, u4],
+                    page: a,
+                    campaign: b,
+                    name: c,
+                    props: d,
+                    product: e,
                 };
                 core.page(ts, &page, n & 1 != 0, n & 2 != 0)
             }
@@ -135,40 +112,18 @@ pub extern "C" fn call(op: u32, ts: f64, n: u32, x: f64, args: *mut u8, args_len
             OP_CONSENT => core.consent(ts, n != 0),
             OP_SIGNAL => core.signal(ts, n, x as u32),
             OP_PRODUCT => core.product(a),
+            OP_NEXT => {
+                let body = core.next(ts, n != 0);
+                if body.is_empty() {
+                    return 0.0;
+                }
+                crate::put_batch(&body);
+                return f64::from(core.last_id);
+            }
+            OP_DONE => core.done(ts, n, m, x as u64),
             _ => {}
         }
-        wake(core, ts)
+        core.wake(ts).map_or(-1.0, |d| d as f64)
     })
     .unwrap_or(-1.0)
-}
-
-/// The id of a batch to POST, its body handed over just before through the loader's `b`
-/// import, or 0 for none. (Batch ids count from 1; they would wrap to 0 only after 2^32
-/// batches.)
-#[no_mangle]
-pub extern "C" fn next(now: f64, force: bool) -> u32 {
-    with(|core| {
-        let body = core.next(now as u64, force);
-        if body.is_empty() {
-            return 0;
-        }
-        crate::put_batch(&body);
-        core.last_id
-    })
-    .unwrap_or(0)
-}
-
-/// Outcome of batch `id`: HTTP status or 0 for a network error, and the `Retry-After` in ms
-/// (0 when absent). Returns what [`call`] returns.
-#[no_mangle]
-pub extern "C" fn done(now: f64, id: u32, status: u32, retry_after_ms: f64) -> f64 {
-    with(|core| {
-        core.done(now as u64, id, status, retry_after_ms as u64);
-        wake(core, now as u64)
-    })
-    .unwrap_or(-1.0)
-}
-
-fn wake(core: &Core<Host>, now: u64) -> f64 {
-    core.wake(now).map_or(-1.0, |d| d as f64)
 }

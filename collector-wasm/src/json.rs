@@ -60,6 +60,17 @@ pub fn uint(out: &mut String, mut n: u64) {
     }
 }
 
+/// `s` if it is a JSON object, or `{}`: for objects the loader wrote with `JSON.stringify`
+/// (properties, traits, the page context), whose output only needs telling from nothing or a
+/// non-object. (Byte checks: `char` patterns pull a UTF-8 encoder into the wasm.)
+pub fn object(s: &str) -> &str {
+    if s.as_bytes().first() == Some(&b'{') && s.as_bytes().last() == Some(&b'}') {
+        s
+    } else {
+        "{}"
+    }
+}
+
 /// Appends `,"key":` (or `"key":` for the first member, when `first` is set; then clears it).
 pub fn key(out: &mut String, first: &mut bool, k: &str) {
     if !*first {
@@ -112,6 +123,14 @@ mod tests {
             let mut o = String::new();
             uint(&mut o, n);
             assert_eq!(o, n.to_string());
+        }
+    }
+
+    #[test]
+    fn objects_are_told_from_anything_else() {
+        assert_eq!(object(r#"{"a":1}"#), r#"{"a":1}"#);
+        for v in ["", "null", "[1]", "\"s\"", "{", "}"] {
+            assert_eq!(object(v), "{}", "{v}");
         }
     }
 

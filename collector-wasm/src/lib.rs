@@ -7,11 +7,18 @@
 //! (UUIDv7 `messageId`), batching, the retry queue in localStorage with backoff, and engaged
 //! time.
 //!
+//! The exports and imports go through wasm-bindgen. Storage goes through imports of the
+//! loader's taking a store number ([`Host`]), not web-sys's `Storage`: web-sys objects cost the
+//! module wasm-bindgen's externref table and exception handling, 0.85 KB gzipped, more than
+//! the 12 KB budget leaves (js/README.md, "Size").
+//!
 //! Size matters more than anything here (12 KB gzipped for wasm + JS): no serde, no
-//! `core::fmt` (no `format!`, no `{}`), integers written by hand, no web-sys (four imports of
-//! our own, `js/src/imports.js`), one `call` entry point, a small allocator (`heap.rs`), every
-//! list of events one string ([`queue::Lines`]). Everything but the exports, the imports and
-//! the allocator is plain Rust tested natively (`cargo test -p waymark-collector`).
+//! `core::fmt` (no `format!`, no `{}`), integers written by hand, two entry points (`create`
+//! and one `call` for everything else), a small allocator (`heap.rs`), every list of events one
+//! string ([`queue::Lines`]); what the browser does natively (times, the page and campaign
+//! objects) the loader does. Everything but
+//! the exports, the imports and the allocator is plain Rust tested natively (`cargo test -p
+//! waymark-collector`).
 //!
 //! On wasm32 the crate is `no_std` with a panic handler that traps without formatting: with
 //! `std`, its panic machinery keeps `core::fmt` (about 8 KB of wasm) alive behind every bounds
@@ -56,37 +63,37 @@ fn panic(_: &::core::panic::PanicInfo<'_>) -> ! {
 #[global_allocator]
 static ALLOCATOR: heap::Heap = heap::Heap::new();
 
-/// Flags the loader passes to `exports::create`: it has storage for ids and the session,
-/// storage for the retry queue, consent is required, or Global Privacy Control or Do Not Track
-/// is on and the site asked to honour it.
-pub const FLAG_IDS: u32 = 1;
-pub const FLAG_QUEUE: u32 = 2;
-pub const FLAG_REQUIRE_CONSENT: u32 = 4;
-pub const FLAG_SIGNAL_OPT_OUT: u32 = 8;
+/// Flags the loader passes to `exports::create`: it has storage for ids and the session
+/// (store 0), storage for the retry queue (store 1), consent is required, or Global Privacy
+/// Control or Do Not Track is on and the site asked to honour it.
+pub const FLAG_IDS: u64 = 1;
+pub const FLAG_QUEUE: u64 = 2;
+pub const FLAG_REQUIRE_CONSENT: u64 = 4;
+pub const FLAG_SIGNAL_OPT_OUT: u64 = 8;
 
-// What the loader provides (`js/src/imports.js`, module `w`): storage, store 0 holding the ids
-// and the session (cookies or localStorage), store 1 the retry queue (localStorage). They catch
-// every error (a blocked or full storage reads as empty). Plain wasm imports taking a store
-// number and `(pointer, length)` strings: no wasm-bindgen glue, no externref table.
+// The loader's own imports (`js/src/imports.js`; the path is relative to the glue in
+// `js/dist/pkg`, where esbuild resolves it).
 #[cfg(target_arch = "wasm32")]
-#[allow(unsafe_code)]
-#[link(wasm_import_module = "w")]
+#[wasm_bindgen::prelude::wasm_bindgen(raw_module = "../../src/imports.js")]
 extern "C" {
-    /// Writes `[pointer, length]` of the value, allocated with `exports::m`, to `out`; leaves
-    /// it zero when there is none.
-    fn g(store: u32, key: *const u8, key_len: usize, out: *mut usize);
-    fn s(store: u32, key: *const u8, key_len: usize, value: *const u8, value_len: usize);
-    fn r(store: u32, key: *const u8, key_len: usize);
-    /// Hands the loader the body of the batch `exports::next` is about to return the id of.
-    fn b(body: *const u8, len: usize);
-}
-
-/// Hands the loader the body of the batch `exports::next` is about to return the id of.
-#[cfg(target_arch = "wasm32")]
-#[allow(unsafe_code)]
-pub(crate) fn put_batch(body: &str) {
-    // SAFETY: the loader only reads `len` bytes at `body` during the call.
-    unsafe { b(body.as_ptr(), body.len()) }
+    // Storage: store 0 holds the ids and the session (cookies or localStorage), store 1 the
+    // retry queue (localStorage). They catch every error (a blocked or full storage reads as
+    // empty). Free functions taking a store number rather than JS objects: then neither the
+    // wasm nor the glue needs an externref table.
+    #[wasm_bindgen(js_name = g)]
+    fn store_get(store: u32, key: &str) -> Option<String>;
+    #[wasm_bindgen(js_name = s)]
+    fn store_set(store: u32, key: &str, value: &str);
+    #[wasm_bindgen(js_name = r)]
+    fn store_remove(store: u32, key: &str);
+    /// Hands the loader the body of the batch `exports::call` (`OP_NEXT`) is about to return
+    /// the id of. (A `String` result would cost the wasm a shrinking copy and the glue a
+    /// deferred free.)
+    #[wasm_bindgen(js_name = b)]
+    pub(crate) fn put_batch(body: &str);
+    /// `new Date(ms).toISOString()` (see `time::rfc3339`).
+    #[wasm_bindgen(js_name = t)]
+    pub(crate) fn iso_time(ms: f64) -> String;
 }
 
 /// One of the loader's stores, by number.
@@ -94,29 +101,20 @@ pub(crate) fn put_batch(body: &str) {
 pub struct Host(u32);
 
 #[cfg(target_arch = "wasm32")]
-#[allow(unsafe_code)]
 impl Store for Host {
     fn get(&self, key: &str) -> Option<String> {
-        let mut out = [0usize; 2];
-        // SAFETY: the loader reads the key during the call and writes two words to `out`: a
-        // block `exports::m` allocated for it and the UTF-8 it copied there (or leaves zeros).
-        unsafe {
-            g(self.0, key.as_ptr(), key.len(), out.as_mut_ptr());
-            (out[0] != 0).then(|| exports::take(out[0] as *mut u8, out[1]))
-        }
+        store_get(self.0, key)
     }
     fn set(&self, key: &str, value: &str) {
-        // SAFETY: the loader only reads the two strings during the call.
-        unsafe { s(self.0, key.as_ptr(), key.len(), value.as_ptr(), value.len()) }
+        store_set(self.0, key, value)
     }
     fn remove(&self, key: &str) {
-        // SAFETY: as above.
-        unsafe { r(self.0, key.as_ptr(), key.len()) }
+        store_remove(self.0, key)
     }
 }
 
 /// Operations of `exports::call`. One entry point with the arguments packed in one string keeps
-/// the loader's glue to a few functions instead of one per command.
+/// the glue (JS and wasm) to one function instead of one per command.
 pub const OP_PAGE: u32 = 0;
 pub const OP_TRACK: u32 = 1;
 pub const OP_IDENTIFY: u32 = 2;
@@ -124,6 +122,8 @@ pub const OP_RESET: u32 = 3;
 pub const OP_CONSENT: u32 = 4;
 pub const OP_SIGNAL: u32 = 5;
 pub const OP_PRODUCT: u32 = 6;
+pub const OP_NEXT: u32 = 7;
+pub const OP_DONE: u32 = 8;
 
 /// Separates the string arguments of `exports::call` (it cannot occur in them: the loader strips
 /// control characters from the strings it passes).

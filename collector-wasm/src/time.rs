@@ -1,11 +1,22 @@
-//! RFC 3339 timestamps (`2026-11-29T01:02:03.456Z`) from Unix milliseconds, by hand.
+//! RFC 3339 timestamps (`2026-11-29T01:02:03.456Z`) from Unix milliseconds.
+//!
+//! In the browser the loader formats them (`Date.prototype.toISOString`, the same format; the
+//! browser does it natively, and the wasm is 0.2 KB smaller gzipped without the calendar code).
+//! Elsewhere (the unit tests) by hand, checked against the protocol crate below.
 
 use alloc::string::String;
 
 use crate::json;
 
-/// Appends the UTC time `ms` (milliseconds since 1970; negative is clamped to 0) as RFC 3339
-/// with milliseconds and a `Z`.
+/// Appends the UTC time `ms` (milliseconds since 1970) as RFC 3339 with milliseconds and a `Z`.
+#[cfg(target_arch = "wasm32")]
+pub fn rfc3339(out: &mut String, ms: u64) {
+    // (Clamped to the last time a JS `Date` holds, so `toISOString` cannot throw.)
+    json::put(out, &crate::iso_time(ms.min(8_640_000_000_000_000) as f64));
+}
+
+/// Appends the UTC time `ms` (milliseconds since 1970) as RFC 3339 with milliseconds and a `Z`.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn rfc3339(out: &mut String, ms: u64) {
     let days = ms / 86_400_000;
     let rem = ms % 86_400_000;
@@ -26,6 +37,7 @@ pub fn rfc3339(out: &mut String, ms: u64) {
     json::put(out, "Z");
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn pad(out: &mut String, n: u64, width: u32) {
     let mut div = 10u64.pow(width - 1);
     while div > 0 {
@@ -35,6 +47,7 @@ fn pad(out: &mut String, n: u64, width: u32) {
 }
 
 /// Days since 1970-01-01 to (year, month, day): Howard Hinnant's `civil_from_days`.
+#[cfg(not(target_arch = "wasm32"))]
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;

@@ -1,29 +1,9 @@
-//! Small text helpers: the UTM campaign object and byte-level splitting.
+//! Small text helpers: byte-level splitting and decimal numbers.
 //!
 //! Byte scanning only: `str::split`/`find` with `char` patterns pull the generic searchers into
-//! the wasm. The loader parses the URL itself (`location.pathname`, `URLSearchParams`), which
-//! the browser does natively and for free.
-
-use alloc::string::String;
-
-use crate::json;
-
-/// The JSON object for `context.campaign` from the values of `utm_source`, `utm_medium`,
-/// `utm_campaign`, `utm_term` and `utm_content` (decoded by the loader's `URLSearchParams`),
-/// or `None` when all are empty.
-pub fn campaign(utm: [&str; 5]) -> Option<String> {
-    let [source, medium, name, term, content] = utm;
-    let mut out = String::from("{");
-    let mut first = true;
-    // One call per field: a loop over an array costs the wasm an array iterator.
-    json::opt_str(&mut out, &mut first, "source", source);
-    json::opt_str(&mut out, &mut first, "medium", medium);
-    json::opt_str(&mut out, &mut first, "name", name);
-    json::opt_str(&mut out, &mut first, "term", term);
-    json::opt_str(&mut out, &mut first, "content", content);
-    json::put(&mut out, "}");
-    (!first).then_some(out)
-}
+//! the wasm. The loader parses the URL itself (`location.pathname`, `URLSearchParams`) and
+//! writes the page and campaign objects (`JSON.stringify`), which the browser does natively and
+//! for free.
 
 /// `s` split at each byte `sep` (ASCII).
 pub fn parts(s: &str, sep: u8) -> impl Iterator<Item = &str> {
@@ -64,17 +44,6 @@ pub fn parse_u64(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn campaign_keeps_what_is_set_and_escapes_it() {
-        let c = campaign(["news letter", "email", "black \"friday\"", "", "☃"]).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&c).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"source": "news letter", "medium": "email", "name": "black \"friday\"", "content": "☃"})
-        );
-        assert_eq!(campaign([""; 5]), None);
-    }
 
     #[test]
     fn byte_splitting() {

@@ -4,9 +4,16 @@
 // ids, sessions, consent, event JSON, batching and the retry queue (collector-wasm/).
 //
 // Nothing here may throw into the host page: every entry point is wrapped, storage adapters
-// swallow their errors, and a missing or broken API (localStorage, sendBeacon, fetch) degrades
-// to the next best thing.
-import { stores, batch, x, put, imports, bind } from './imports.js'
+// swallow their errors (imports.js), and a missing or broken API (localStorage, sendBeacon,
+// fetch) degrades to the next best thing.
+//
+// The glue is wasm-bindgen's (`--target bundler`, built into dist/pkg): it exports `create` and
+// `call`, the functions the wasm module imports, and `__wbg_set_wasm`; imports.js has the
+// module's own imports (storage, the batch body, times).
+import * as glue from '../dist/pkg/waymark_collector_bg.js'
+import { batch, stores } from './imports.js'
+
+const { create, call: tagCall } = glue
 
 const w = globalThis
 const d = w.document
@@ -16,7 +23,7 @@ const now = Date.now
 const CLICKABLE = 'a,button,[data-waymark-event],input[type=submit],input[type=button]'
 // `call` operations (collector-wasm/src/lib.rs, `OP_*`), written as numbers with a comment:
 // esbuild keeps named constants as variables. 0 page, 1 track, 2 identify, 3 reset, 4 consent,
-// 5 signal, 6 product.
+// 5 signal, 6 product, 7 next batch, 8 batch done.
 
 let tag // init ran
 let ready // the wasm module is instantiated
@@ -40,27 +47,29 @@ const json = (o) => {
     return ''
   }
 }
-// Storage for the wasm module (`imports.js` catches what these throw).
+// Storage for the wasm module (`imports.js` catches what these throw): `localStorage` itself
+// when it works, ...
 function localStore() {
   try {
     const s = w.localStorage
     s.setItem('wm_t', '1')
     s.removeItem('wm_t')
-    return { g: (k) => s.getItem(k), s: (k, v) => s.setItem(k, v), r: (k) => s.removeItem(k) }
+    return s
   } catch (e) {
     return null
   }
 }
 
+// ... or first-party cookies behind the same three methods.
 function cookieStore(domain) {
   const attrs = ';path=/;samesite=lax' + (domain ? ';domain=' + domain : '') + (loc.protocol == 'https:' ? ';secure' : '')
   return {
-    g: (k) => {
+    getItem: (k) => {
       const m = d.cookie.match('(?:^|; *)' + k + '=([^;]*)')
       return m ? decodeURIComponent(m[1]) : null
     },
-    s: (k, v) => (d.cookie = k + '=' + encodeURIComponent(v) + attrs + ';max-age=31536000'),
-    r: (k) => (d.cookie = k + '=' + attrs + ';max-age=0'),
+    setItem: (k, v) => (d.cookie = k + '=' + encodeURIComponent(v) + attrs + ';max-age=31536000'),
+    removeItem: (k) => (d.cookie = k + '=' + attrs + ';max-age=0'),
   }
 }
 
@@ -86,19 +95,19 @@ function schedule(wait) {
 
 // Commands to the wasm module; string arguments are joined with U+0001.
 function call(op, ts, n, v, ...args) {
-  schedule(x.call(op, ts, n || 0, v || 0, ...put(args.map((a) => String(a).replace(/\x01/g, '')).join('\x01'))))
+  schedule(tagCall(op, ts, n || 0, 0, v || 0, args.map((a) => String(a).replace(/\x01/g, '')).join('\x01')))
 }
 const signal = (n, x) => call(5 /* SIGNAL */, now(), n, x)
 
 // Sends one batch; `force`: everything not yet sent, now, the page is being hidden or left.
 function pump(force) {
   let id
-  while ((id = x.next(now(), !!force))) {
+  while ((id = tagCall(7 /* NEXT */, now(), force ? 1 : 0, 0, 0, '')) > 0) {
     send(batch, id, force)
     if (!force) return
   }
   // Nothing sent: ask when to come back (operation 9 does nothing but answer that).
-  schedule(x.call(9, now(), 0, 0, ...put('')))
+  schedule(tagCall(9, now(), 0, 0, 0, ''))
 }
 
 const done = safe((id, status, retryAfter) => {
@@ -106,7 +115,7 @@ const done = safe((id, status, retryAfter) => {
   if (retryAfter) {
     ms = +retryAfter >= 0 ? retryAfter * 1000 : Date.parse(retryAfter) - now()
   }
-  schedule(x.done(now(), id, status, ms > 0 ? ms : 0))
+  schedule(tagCall(8 /* DONE */, now(), id, status, ms > 0 ? ms : 0, ''))
 })
 
 function send(body, id, beacon) {
@@ -135,21 +144,22 @@ function page(ts, name, props) {
   lastUrl = loc.href
   const el = d.querySelector('[data-waymark-product]')
   const state = (d.visibilityState == 'hidden' ? 0 : 1) | (d.hasFocus() ? 2 : 0)
+  // `context.page` and `context.campaign` (from the UTM parameters), empty members left out.
+  const ctx = { url: lastUrl, path: loc.pathname, search: loc.search, title: d.title, referrer }
+  const utm = {}
   const q = new URLSearchParams(loc.search)
+  for (const k of ['source', 'medium', 'campaign', 'term', 'content']) utm[k == 'campaign' ? 'name' : k] = q.get('utm_' + k)
+  for (const o of [ctx, utm]) for (const k in o) if (!o[k]) delete o[k]
   call(
     0 /* PAGE */,
     ts,
     state,
     0,
-    lastUrl,
-    loc.pathname,
-    loc.search,
-    d.title,
-    referrer,
+    JSON.stringify(ctx),
+    JSON.stringify(utm),
     name || '',
     json(props),
     el ? el.getAttribute('data-waymark-product') : '',
-    ...['source', 'medium', 'campaign', 'term', 'content'].map((k) => q.get('utm_' + k) || ''),
   )
   referrer = lastUrl
   scrolled = 0
@@ -254,15 +264,16 @@ const api = {
     }
     stores[0] = ids
     stores[1] = ls
-    x.create(
-      ...put([o.site || '', nav.userAgent || '', nav.language || ''].join('\x01')),
-      (ids ? 1 : 0) | (ls ? 2 : 0) | (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
-      o.flushInterval >= 0 ? o.flushInterval : 1000,
-      seed[0],
-      seed[1],
-      seed[2],
-      seed[3],
-      ts,
+    create(
+      [
+        o.site || '',
+        nav.userAgent || '',
+        nav.language || '',
+        (ids ? 1 : 0) | (ls ? 2 : 0) | (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
+        o.flushInterval >= 0 ? o.flushInterval | 0 : 1000,
+        ...seed,
+        ts,
+      ].join('\x01'),
     )
     tag = 1
     if (o.autocapture !== false) autocapture()
@@ -292,11 +303,14 @@ function run(ts, cmd, args) {
   if (!tag && cmd != 'init') return queue.push([ts, cmd, args])
   const f = api[cmd]
   if (f) f(ts, ...args)
-  if (cmd == 'init' && tag) {
-    const waiting = queue
-    queue = []
-    for (const [t, c, a] of waiting) safe(run)(t, c, a)
-  }
+  if (cmd == 'init' && tag) replay()
+}
+
+// Runs the calls queued so far, in order.
+function replay() {
+  const calls = queue
+  queue = []
+  for (const [t, c, a] of calls) safe(run)(t, c, a)
 }
 
 /** `waymark('init', {...})`, `waymark('track', name, props)`, ... (see waymark.d.ts). */
@@ -311,16 +325,17 @@ const stub = w.waymark
 if (stub && stub.q) for (const [t, a] of stub.q) queue.push([t, a[0], [].slice.call(a, 1)])
 if (d) {
   w.waymark = waymark
+  // Instantiated here with the glue as its imports (what wasm-bindgen's bundler output does
+  // through a bundler's wasm import): no loader code from the glue.
   fetch(new URL('waymark.wasm', import.meta.url))
     .then((r) => r.arrayBuffer())
-    .then((b) => WebAssembly.instantiate(b, imports))
+    .then((b) => WebAssembly.instantiate(b, { './waymark_collector_bg.js': glue }))
     .then(
-    safe((r) => {
-      bind(r.instance.exports)
+    safe(({ instance }) => {
+      glue.__wbg_set_wasm(instance.exports)
+      instance.exports.__wbindgen_start()
       ready = true
-      const calls = queue
-      queue = []
-      for (const [t, c, a] of calls) safe(run)(t, c, a)
+      replay()
     }),
     () => {},
   )
