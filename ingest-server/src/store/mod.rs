@@ -258,9 +258,15 @@ impl ClickHouseSink {
 impl Sink for ClickHouseSink {
     fn insert<'a>(&'a self, rows: &'a [EventRow]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            self.insert_rows("events", rows).await?;
+            // Both at once: the batch is done when the slower is (a failure of either retries
+            // both; the tables collapse the rows inserted twice).
             let links: Vec<IdentityRow> = rows.iter().flat_map(identity_links).collect();
-            self.insert_rows("identities", &links).await
+            futures::future::try_join(
+                self.insert_rows("events", rows),
+                self.insert_rows("identities", &links),
+            )
+            .await
+            .map(|_| ())
         })
     }
 
