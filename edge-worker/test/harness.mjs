@@ -38,8 +38,18 @@ export function requireBuild() {
  * - `queue`: bind WAYMARK_QUEUE (producer and consumer) when true; otherwise batches are
  *   forwarded directly.
  * - `vars`: more variables (IP_MODE, GPC_MODE, ALLOWED_ORIGINS ...).
+ * - `maxRetries`: deliveries of a queued batch before it moves to the dead-letter queue.
+ * - `deadLetterSink`: a URL; when set, a second worker consumes the dead-letter queue and POSTs
+ *   each message body there, so a test can see what landed in it.
  */
-export async function startWorker({ ingestUrl, secret = 'test-secret', queue = false, vars = {} } = {}) {
+export async function startWorker({
+  ingestUrl,
+  secret = 'test-secret',
+  queue = false,
+  vars = {},
+  maxRetries = 60,
+  deadLetterSink,
+} = {}) {
   requireBuild();
   const options = {
     modules: true,
@@ -58,8 +68,8 @@ export async function startWorker({ ingestUrl, secret = 'test-secret', queue = f
       [QUEUE]: {
         maxBatchSize: 10,
         maxBatchTimeout: 0.2,
-        // Enough retries, one second apart, to outlast the outages the tests cause.
-        maxRetries: 60,
+        // By default enough retries, one second apart, to outlast the outages the tests cause.
+        maxRetries,
         retryDelay: 1,
         deadLetterQueue: `${QUEUE}-dlq`,
       },
@@ -80,7 +90,28 @@ export async function startWorker({ ingestUrl, secret = 'test-secret', queue = f
       });
     }
   };
-  const mf = new Miniflare(options);
+  let mfOptions = options;
+  if (deadLetterSink) {
+    const { cf, handleRuntimeStdio, ...edge } = options;
+    const dlq = {
+      name: 'dead-letters',
+      modules: true,
+      compatibilityDate: options.compatibilityDate,
+      bindings: { SINK: deadLetterSink },
+      queueConsumers: { [`${QUEUE}-dlq`]: { maxBatchSize: 10, maxBatchTimeout: 0.2 } },
+      script: `export default {
+  async queue(batch, env) {
+    for (const m of batch.messages) {
+      await fetch(env.SINK, { method: 'POST', body: typeof m.body === 'string' ? m.body : JSON.stringify(m.body) });
+      m.ack();
+    }
+  },
+};`,
+    };
+    // The edge worker first: it is the one `dispatchFetch` reaches.
+    mfOptions = { cf, handleRuntimeStdio, workers: [{ name: 'edge', ...edge }, dlq] };
+  }
+  const mf = new Miniflare(mfOptions);
   await mf.ready;
   mf.logs = logs;
   return mf;

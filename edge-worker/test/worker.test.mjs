@@ -1,6 +1,7 @@
 // The built worker in workerd (Miniflare) against a recording stand-in for the ingest server's
 // /v1/edge. The same worker against the real ingest server and ClickHouse is ingest.test.mjs.
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 
 import {
@@ -9,6 +10,7 @@ import {
   PREFIX,
   batch,
   event,
+  freePort,
   postBatch,
   runId,
   startRecorder,
@@ -286,6 +288,53 @@ describe('queue forwarding', () => {
     } finally {
       await mf.dispose();
       await rec.stop();
+    }
+  });
+
+  test('a batch that is never accepted ends in the dead-letter queue, intact', async () => {
+    const rec = await startRecorder();
+    rec.failNext(Number.MAX_SAFE_INTEGER); // the ingest server answers 503, always
+    // What the dead-letter queue's consumer (a second worker) hands on.
+    const dead = [];
+    const port = await freePort();
+    const sink = http.createServer((req, res) => {
+      const chunks = [];
+      req.on('data', (c) => chunks.push(c));
+      req.on('end', () => {
+        dead.push(Buffer.concat(chunks).toString('utf8'));
+        res.end('ok');
+      });
+    });
+    await new Promise((resolve) => sink.listen(port, '127.0.0.1', resolve));
+    const mf = await startWorker({
+      ingestUrl: rec.url,
+      queue: true,
+      maxRetries: 2,
+      deadLetterSink: `http://127.0.0.1:${port}/`,
+    });
+    try {
+      const run = runId();
+      const r = await postBatch(mf, batch(run, 3));
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.json.forwarded, 'queue');
+      await waitFor('the batch in the dead-letter queue', () => dead.length >= 1, { timeoutMs: 30_000 });
+      assert.equal(dead.length, 1, dead.join('\n'));
+      // The envelope as the edge built it: events, geo and client fields, ready to replay.
+      const env = JSON.parse(dead[0]);
+      assert.deepEqual(
+        env.events.map((e) => e.messageId),
+        [0, 1, 2].map((i) => `${run}-${i}`),
+      );
+      assert.equal(env.geo.city, 'Berlin');
+      assert.equal(env.client.ip, '203.0.113.0');
+      // Delivered once and retried twice, each refused; nothing accepted.
+      assert.equal(rec.failed, 3);
+      assert.equal(rec.accepted.length, 0);
+    } finally {
+      await mf.dispose();
+      await rec.stop();
+      sink.closeAllConnections();
+      await new Promise((resolve) => sink.close(resolve));
     }
   });
 });
