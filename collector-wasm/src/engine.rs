@@ -50,6 +50,10 @@ pub const KEY_USER: &str = "wm_uid";
 pub const KEY_SESSION: &str = "wm_ses";
 pub const KEY_CAMPAIGN: &str = "wm_cmp";
 pub const KEY_QUEUE: &str = "wm_q";
+/// The ordinary batch that was in flight when the page was hidden, in the queue's format: kept
+/// until it is answered; a page that went away first leaves it for the next one to send again
+/// (a duplicate at worst, which the server drops by `messageId`).
+pub const KEY_INFLIGHT: &str = "wm_f";
 
 /// Where the tag keeps state between pages: a cookie jar or localStorage. Implementations
 /// swallow every error (a full or blocked storage is the same as none).
@@ -125,6 +129,8 @@ pub struct Core<S: Store> {
     attempts: u32,
     /// Batches sent and not yet answered: (id, events, forced).
     inflight: Vec<(u32, Lines, bool)>,
+    /// The id of the batch saved under [`KEY_INFLIGHT`] (0: none).
+    saved_inflight: u32,
     pub last_id: u32,
     engage: Engagement,
     flush_interval_ms: u64,
@@ -185,11 +191,23 @@ impl<S: Store> Core<S> {
             retry_at: 0,
             attempts: 0,
             inflight: Vec::new(),
+            saved_inflight: 0,
             last_id: 0,
             engage: Engagement::default(),
             flush_interval_ms: cfg.flush_interval_ms,
         };
         core.save_ids();
+        // A batch an earlier page had in flight when it went away: back into the queue.
+        if let Some(f) = core.queue_store.as_ref().and_then(|s| s.get(KEY_INFLIGHT)) {
+            if core.consent == Consent::Granted {
+                let mut q = core.load_queue();
+                q.unshift(Queue::parse(&f).items);
+                core.save_queue(q);
+                if let Some(s) = &core.queue_store {
+                    s.remove(KEY_INFLIGHT);
+                }
+            }
+        }
         core
     }
 
@@ -281,6 +299,7 @@ impl<S: Store> Core<S> {
             }
             if let Some(s) = &self.queue_store {
                 s.remove(KEY_QUEUE);
+                s.remove(KEY_INFLIGHT);
             }
         }
     }
@@ -446,7 +465,21 @@ impl<S: Store> Core<S> {
             return String::new();
         }
         let mut items = Lines::default();
-        if !force {
+        if force {
+            // The page may go away before the ordinary send in flight is answered: keep its
+            // events in storage until it is.
+            if let (Some(s), Some((id, sent, _))) = (
+                &self.queue_store,
+                self.inflight.iter().find(|(_, _, forced)| !forced),
+            ) {
+                let q = Queue {
+                    items: sent.clone(),
+                    dropped: 0,
+                };
+                s.set(KEY_INFLIGHT, &q.serialize());
+                self.saved_inflight = *id;
+            }
+        } else {
             if self.busy() || self.retry_at > now {
                 return String::new();
             }
@@ -505,6 +538,12 @@ impl<S: Store> Core<S> {
             return;
         };
         let (_, items, _) = self.inflight.swap_remove(pos);
+        if id == self.saved_inflight {
+            self.saved_inflight = 0;
+            if let Some(s) = &self.queue_store {
+                s.remove(KEY_INFLIGHT);
+            }
+        }
         if (200..300).contains(&status) {
             self.attempts = 0;
             self.retry_at = 0;

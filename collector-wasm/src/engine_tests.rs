@@ -363,6 +363,58 @@ fn page_hide_takes_everything_unsent_even_while_a_send_is_in_flight() {
 }
 
 #[test]
+fn a_send_in_flight_at_page_hide_stays_in_storage_until_it_is_answered() {
+    let store = Mem::default();
+    let mut c = core_with(&store, Consent::Granted, T0);
+    c.track(T0, "A", "", "");
+    let (id, _) = send(&mut c, T0 + 1000).unwrap();
+    assert_eq!(
+        store.get(KEY_INFLIGHT),
+        None,
+        "nothing written for an ordinary send"
+    );
+    c.track(T0 + 1001, "B", "", "");
+    let _beacon = c.next(T0 + 2000, true);
+    let saved = store.get(KEY_INFLIGHT).expect("the send in flight is kept");
+    assert!(saved.contains("\"event\":\"A\"") && !saved.contains("\"event\":\"B\""));
+    c.done(T0 + 2001, c.last_id, 200, 0);
+    assert!(
+        store.get(KEY_INFLIGHT).is_some(),
+        "the beacon's answer is not the send's"
+    );
+    // The page was only hidden: the send is answered, and nothing is kept or sent again.
+    c.done(T0 + 2002, id, 200, 0);
+    assert_eq!(store.get(KEY_INFLIGHT), None);
+    assert_eq!(store.get(KEY_QUEUE), None);
+    // Hidden again with nothing in flight: nothing is kept.
+    c.track(T0 + 3000, "C", "", "");
+    let _ = c.next(T0 + 3001, true);
+    assert_eq!(store.get(KEY_INFLIGHT), None);
+}
+
+#[test]
+fn a_send_a_page_left_in_flight_is_sent_again_by_the_next_page() {
+    let store = Mem::default();
+    let mut c = core_with(&store, Consent::Granted, T0);
+    c.track(T0, "A", "", "");
+    c.track(T0, "B", "", "");
+    let (_, b) = send(&mut c, T0 + 1000).unwrap();
+    let in_flight = ids(&b);
+    let _beacon = c.next(T0 + 1001, true);
+    drop(c); // the page went away before its send was answered (it may or may not have arrived)
+    let mut c2 = core_with(&store, Consent::Granted, T0 + 5000);
+    assert_eq!(store.get(KEY_INFLIGHT), None, "moved into the retry queue");
+    let (id2, b2) = send(&mut c2, T0 + 5000).unwrap();
+    assert_eq!(
+        ids(&b2),
+        in_flight,
+        "the same events, with the same messageIds"
+    );
+    c2.done(T0 + 5100, id2, 200, 0);
+    assert_eq!(store.get(KEY_QUEUE), None);
+}
+
+#[test]
 fn oversized_events_are_dropped_and_counted_in_the_next_batch() {
     let store = Mem::default();
     let mut c = core_with(&store, Consent::Granted, T0);

@@ -77,6 +77,35 @@ test('offline, then online: the persistent queue is delivered exactly once', asy
   await context.close()
 })
 
+test('a send in flight when the page goes away, failing after, is sent again by the next page', async () => {
+  srv.pages.set('/inflight', html({ init: { site: 'infl', flushInterval: 20 } }))
+  const { page, context, errors } = await newPage(browser)
+  await page.goto(`${srv.origin}/inflight`)
+  await srv.waitFor((e) => e.some(ofSite('infl')), 'the page view')
+  srv.responses.push('hold')
+  await page.evaluate(() => waymark('track', 'In flight'))
+  for (let i = 0; i < 400 && !srv.held.length; i++) await new Promise((r) => setTimeout(r, 25))
+  assert.equal(srv.held.length, 1, 'the send is held open')
+  // Hidden, then gone, with the send still unanswered: its events stay in localStorage.
+  await setVisibility(page, 'hidden')
+  const kept = await page.evaluate(() => localStorage.getItem('wm_f'))
+  assert.ok(kept && kept.includes('In flight'), String(kept))
+  const id = JSON.parse(kept.split('\n')[1]).messageId
+  await page.goto('about:blank')
+  srv.release(503) // the answer reaches no page
+  // The next page of the site sends them again, with the same messageId, exactly once.
+  await page.goto(`${srv.origin}/inflight`)
+  await srv.waitFor((e) => e.some((x) => x.event == 'In flight'), 'the event sent again')
+  await page.waitForFunction(() => localStorage.getItem('wm_f') == null && localStorage.getItem('wm_q') == null)
+  const again = srv.events().filter((x) => x.event == 'In flight')
+  assert.deepEqual(
+    again.map((x) => x.messageId),
+    [id],
+  )
+  assert.deepEqual(errors, [])
+  await context.close()
+})
+
 test('5xx and 429 are retried (honouring Retry-After), other 4xx are not', async () => {
   srv.pages.set('/retry', html({ init: { site: 'rty', flushInterval: 20 } }))
   const { page, context, errors } = await newPage(browser)

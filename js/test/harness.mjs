@@ -42,27 +42,40 @@ export function html({ init = {}, body = '', before = '', head = '', delay = 0, 
 </head><body>${body}</body></html>`
 }
 
-/** The recording collector. `pages`: path -> HTML. `respond`: status for the next batches. */
+/**
+ * The recording collector. `pages`: path -> HTML. `responses`: statuses (or [status,
+ * retryAfter]) for the next batches, in order, then 200; `'hold'` keeps a request open until
+ * `release(status)` answers it.
+ */
 export async function collector() {
   const pages = new Map()
   const batches = [] // { body, headers, at }
-  const responses = [] // statuses (or [status, retryAfter]) to answer with, in order; then 200
+  const responses = []
   const answered = [] // { status, at } for every batch request
+  const held = [] // { res, data, headers } waiting for `release`
+  const record = (status, data, headers) => {
+    if (status >= 300) return
+    try {
+      batches.push({ body: JSON.parse(data), headers, at: Date.now() })
+    } catch (e) {
+      batches.push({ body: null, raw: data, headers, at: Date.now() })
+    }
+  }
   const server = createServer((req, res) => {
     const url = new URL(req.url, 'http://x')
     if (req.method == 'POST' && url.pathname == '/v1/batch') {
       let data = ''
       req.on('data', (c) => (data += c))
       req.on('end', () => {
-        const [status, retryAfter] = [].concat(responses.length ? responses.shift() : 200)
-        answered.push({ status, at: Date.now() })
-        if (status < 300) {
-          try {
-            batches.push({ body: JSON.parse(data), headers: req.headers, at: Date.now() })
-          } catch (e) {
-            batches.push({ body: null, raw: data, headers: req.headers, at: Date.now() })
-          }
+        const next = responses.length ? responses.shift() : 200
+        if (next == 'hold') {
+          answered.push({ status: 'held', at: Date.now() })
+          held.push({ res, data, headers: req.headers })
+          return
         }
+        const [status, retryAfter] = [].concat(next)
+        answered.push({ status, at: Date.now() })
+        record(status, data, req.headers)
         const headers = { 'content-type': 'application/json', 'access-control-allow-origin': '*' }
         if (retryAfter) headers['retry-after'] = retryAfter
         res.writeHead(status, headers)
@@ -96,6 +109,15 @@ export async function collector() {
     batches,
     responses,
     answered,
+    held,
+    /** Answers every held request with `status` (recorded only if it is a success). */
+    release(status) {
+      for (const { res, data, headers } of held.splice(0)) {
+        record(status, data, headers)
+        res.writeHead(status, { 'content-type': 'application/json', 'access-control-allow-origin': '*' })
+        res.end('{}')
+      }
+    },
     /** Every event received, in arrival order, with its batch. */
     events(site) {
       return batches
