@@ -82,10 +82,11 @@ test('a send in flight when the page goes away, failing after, is sent again by 
   const { page, context, errors } = await newPage(browser)
   await page.goto(`${srv.origin}/inflight`)
   await srv.waitFor((e) => e.some(ofSite('infl')), 'the page view')
-  srv.responses.push('hold')
+  srv.hold('infl')
   await page.evaluate(() => waymark('track', 'In flight'))
   for (let i = 0; i < 400 && !srv.held.length; i++) await new Promise((r) => setTimeout(r, 25))
   assert.equal(srv.held.length, 1, 'the send is held open')
+  assert.ok(srv.held[0].data.includes('In flight'), srv.held[0].data)
   // Hidden, then gone, with the send still unanswered: its events stay in localStorage.
   await setVisibility(page, 'hidden')
   const kept = await page.evaluate(() => localStorage.getItem('wm_f'))

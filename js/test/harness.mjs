@@ -44,8 +44,9 @@ export function html({ init = {}, body = '', before = '', head = '', delay = 0, 
 
 /**
  * The recording collector. `pages`: path -> HTML. `responses`: statuses (or [status,
- * retryAfter]) for the next batches, in order, then 200; `'hold'` keeps a request open until
- * `release(status)` answers it.
+ * retryAfter]) for the next batches, in order, then 200. `hold(site)`: the next batch of that
+ * site is kept open until `release(status)` answers it (by site, so that a late request of an
+ * earlier test cannot take its place).
  */
 export async function collector() {
   const pages = new Map()
@@ -53,6 +54,7 @@ export async function collector() {
   const responses = []
   const answered = [] // { status, at } for every batch request
   const held = [] // { res, data, headers } waiting for `release`
+  let holdSite = null
   const record = (status, data, headers) => {
     if (status >= 300) return
     try {
@@ -67,13 +69,13 @@ export async function collector() {
       let data = ''
       req.on('data', (c) => (data += c))
       req.on('end', () => {
-        const next = responses.length ? responses.shift() : 200
-        if (next == 'hold') {
+        if (holdSite != null && data.includes(`"writeKey":${JSON.stringify(holdSite)}`)) {
+          holdSite = null
           answered.push({ status: 'held', at: Date.now() })
           held.push({ res, data, headers: req.headers })
           return
         }
-        const [status, retryAfter] = [].concat(next)
+        const [status, retryAfter] = [].concat(responses.length ? responses.shift() : 200)
         answered.push({ status, at: Date.now() })
         record(status, data, req.headers)
         const headers = { 'content-type': 'application/json', 'access-control-allow-origin': '*' }
@@ -110,6 +112,9 @@ export async function collector() {
     responses,
     answered,
     held,
+    hold(site) {
+      holdSite = site
+    },
     /** Answers every held request with `status` (recorded only if it is a success). */
     release(status) {
       for (const { res, data, headers } of held.splice(0)) {
