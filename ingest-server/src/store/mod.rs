@@ -124,6 +124,9 @@ pub struct SchemaStatus {
     applying: std::sync::atomic::AtomicU32,
     /// One migration run at a time per process (start-up and the writer may both ask).
     lock: tokio::sync::Mutex<()>,
+    /// Why the last attempt failed (ClickHouse unreachable, a statement refused), until one
+    /// succeeds.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl SchemaStatus {
@@ -139,14 +142,17 @@ impl SchemaStatus {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// `"ok"`, `"migrating: <version> <name>"` or `"pending"` (not yet applied, e.g. ClickHouse
-    /// unreachable so far).
+    /// `"ok"`, `"migrating: <version> <name>"`, or `"pending"` (not yet applied), with why the
+    /// last attempt failed when one did (`"pending: <error>"`).
     pub fn describe(&self) -> String {
         if self.is_ready() {
             return "ok".into();
         }
         match self.applying.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => "pending".into(),
+            0 => match self.last_error.lock().expect("schema status").as_deref() {
+                Some(e) => format!("pending: {e}"),
+                None => "pending".into(),
+            },
             v => {
                 let name = schema::MIGRATIONS
                     .iter()
@@ -167,6 +173,24 @@ pub async fn migrate(
 ) -> Result<Vec<u32>, StoreError> {
     use std::sync::atomic::Ordering;
     let _one_at_a_time = status.lock.lock().await;
+    let result = apply(client, db, status).await;
+    status.applying.store(0, Ordering::Relaxed);
+    let mut last = status.last_error.lock().expect("schema status");
+    match &result {
+        Ok(_) => {
+            *last = None;
+            status.ready.store(true, Ordering::Relaxed);
+        }
+        Err(e) => *last = Some(e.message.clone()),
+    }
+    result
+}
+
+async fn apply(
+    client: &clickhouse::Client,
+    db: &str,
+    status: &SchemaStatus,
+) -> Result<Vec<u32>, StoreError> {
     let run =
         |sql: String| async move { client.query(&sql).execute().await.map_err(|e| classify(&e)) };
     run(format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
@@ -181,7 +205,9 @@ pub async fn migrate(
         if applied.contains(&m.version) {
             continue;
         }
-        status.applying.store(m.version, Ordering::Relaxed);
+        status
+            .applying
+            .store(m.version, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             version = m.version,
             name = m.name,
@@ -190,10 +216,7 @@ pub async fn migrate(
         );
         let started = std::time::Instant::now();
         for stmt in m.statements {
-            if let Err(e) = run(schema::render(stmt, db)).await {
-                status.applying.store(0, Ordering::Relaxed);
-                return Err(e);
-            }
+            run(schema::render(stmt, db)).await?;
         }
         run(format!(
             "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES ({}, '{}', now())",
@@ -208,8 +231,6 @@ pub async fn migrate(
         );
         newly.push(m.version);
     }
-    status.applying.store(0, Ordering::Relaxed);
-    status.ready.store(true, Ordering::Relaxed);
     Ok(newly)
 }
 
@@ -289,6 +310,25 @@ impl Sink for ClickHouseSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_migration_says_why() {
+        let status = SchemaStatus::default();
+        assert_eq!(status.describe(), "pending");
+        // Nothing listens on port 1 of the loopback address.
+        let cfg = ClickHouseConfig {
+            url: "http://127.0.0.1:1".into(),
+            ..ClickHouseConfig::default()
+        };
+        let e = migrate(&client(&cfg), "waymark", &status)
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Retryable);
+        let said = status.describe();
+        assert!(said.starts_with("pending: "), "{said}");
+        assert!(said.contains(&e.message), "{said}");
+        assert!(!status.is_ready());
+    }
 
     #[test]
     fn codes_are_read_from_exception_text() {
