@@ -22,9 +22,10 @@
 //!
 //! On wasm32 the crate is `no_std` with a panic handler that traps without formatting: with
 //! `std`, its panic machinery keeps `core::fmt` (about 8 KB of wasm) alive behind every bounds
-//! check. That is also why the tag takes the protocol crate without its `std` feature: then it
-//! is `no_std` too and holds only the names and limits ([`wire`]); the tests use its validation
-//! to check every batch the tag writes.
+//! check. That is also why on wasm32 the tag takes the protocol crate without its `std` feature:
+//! then it is `no_std` too and holds only the names and limits ([`wire`]). Natively it takes
+//! `std` (for the time formatter), and the tests use its validation to check every batch the tag
+//! writes.
 
 #![cfg_attr(all(target_arch = "wasm32", not(test)), no_std)]
 
