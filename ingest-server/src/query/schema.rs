@@ -176,9 +176,32 @@ macro_rules! ident_select {
     };
 }
 
+/// A query table fed by a materialized view, as the statements of its migration: the table
+/// (`definition` is what follows its name: columns, engine, settings), the view on `select`
+/// (a macro naming the query), the backfill of what the source holds already, then any
+/// statements after (dropping what the table replaces).
+macro_rules! fed_table {
+    ($name:literal, $definition:literal, $select:ident $(, $then:literal)* $(,)?) => {
+        &[
+            concat!("CREATE TABLE IF NOT EXISTS {db}.", $name, " ", $definition),
+            concat!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.",
+                $name,
+                "_mv TO {db}.",
+                $name,
+                " AS ",
+                $select!()
+            ),
+            concat!("INSERT INTO {db}.", $name, " ", $select!()),
+            $($then,)*
+        ]
+    };
+}
+
 /// Migration 100: per-visitor lifetime state.
-pub const VISITOR: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {db}.q_visitor (
+pub const VISITOR: &[&str] = fed_table!(
+    "q_visitor",
+    "(
     site String,
     visitor_id String,
     first_seen AggregateFunction(min, Int64),
@@ -190,16 +213,13 @@ pub const VISITOR: &[&str] = &[
     user_id AggregateFunction(argMaxIf, String, Int64, UInt8)
 ) ENGINE = AggregatingMergeTree ORDER BY (site, visitor_id)
 SETTINGS index_granularity = 256",
-    concat!(
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.q_visitor_mv TO {db}.q_visitor AS ",
-        visitor_select!()
-    ),
-    concat!("INSERT INTO {db}.q_visitor ", visitor_select!()),
-];
+    visitor_select
+);
 
 /// Migration 101: per-visitor, per-day counts and engaged time.
-pub const DAILY: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {db}.q_visitor_daily (
+pub const DAILY: &[&str] = fed_table!(
+    "q_visitor_daily",
+    "(
     site String,
     visitor_id String,
     day Date,
@@ -209,16 +229,13 @@ pub const DAILY: &[&str] = &[
     engaged AggregateFunction(groupUniqArrayIf, Tuple(String, UInt64), UInt8)
 ) ENGINE = AggregatingMergeTree PARTITION BY toYYYYMM(day) ORDER BY (site, visitor_id, day)
 SETTINGS index_granularity = 256",
-    concat!(
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.q_visitor_daily_mv TO {db}.q_visitor_daily AS ",
-        daily_select!()
-    ),
-    concat!("INSERT INTO {db}.q_visitor_daily ", daily_select!()),
-];
+    daily_select
+);
 
 /// Migration 102: per-visitor, per-product state (recently viewed, cart).
-pub const PRODUCTS: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {db}.q_products (
+pub const PRODUCTS: &[&str] = fed_table!(
+    "q_products",
+    "(
     site String,
     visitor_id String,
     product_id String,
@@ -231,16 +248,13 @@ pub const PRODUCTS: &[&str] = &[
     cart_line AggregateFunction(argMaxIf, Tuple(Float64, Float64, String), Int64, UInt8)
 ) ENGINE = AggregatingMergeTree ORDER BY (site, visitor_id, product_id)
 SETTINGS index_granularity = 256",
-    concat!(
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.q_products_mv TO {db}.q_products AS ",
-        products_select!()
-    ),
-    concat!("INSERT INTO {db}.q_products ", products_select!()),
-];
+    products_select
+);
 
 /// Migration 103: one row per order.
-pub const ORDERS: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {db}.q_orders (
+pub const ORDERS: &[&str] = fed_table!(
+    "q_orders",
+    "(
     site String,
     visitor_id String,
     order_key String,
@@ -249,16 +263,13 @@ pub const ORDERS: &[&str] = &[
     currency String
 ) ENGINE = ReplacingMergeTree ORDER BY (site, visitor_id, order_key)
 SETTINGS index_granularity = 256",
-    concat!(
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.q_orders_mv TO {db}.q_orders AS ",
-        orders_select!()
-    ),
-    concat!("INSERT INTO {db}.q_orders ", orders_select!()),
-];
+    orders_select
+);
 
 /// Migration 104: events by name and time, for audiences.
-pub const BY_NAME: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {db}.q_events_by_name (
+pub const BY_NAME: &[&str] = fed_table!(
+    "q_events_by_name",
+    "(
     site String,
     event String,
     timestamp DateTime,
@@ -267,32 +278,26 @@ pub const BY_NAME: &[&str] = &[
     message_id String,
     properties String
 ) ENGINE = MergeTree PARTITION BY toYYYYMM(timestamp) ORDER BY (site, event, timestamp)",
-    concat!(
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.q_events_by_name_mv TO {db}.q_events_by_name AS ",
-        by_name_select!()
-    ),
-    concat!("INSERT INTO {db}.q_events_by_name ", by_name_select!()),
-];
+    by_name_select
+);
 
 /// Migration 105: anonymous id -> user id.
-pub const IDENT_BY_ANON: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {db}.q_ident_by_anon (
+pub const IDENT_BY_ANON: &[&str] = fed_table!(
+    "q_ident_by_anon",
+    "(
     site String,
     anonymous_id String,
     user_id String,
     linked_at DateTime
 ) ENGINE = ReplacingMergeTree ORDER BY (site, anonymous_id, user_id)
 SETTINGS index_granularity = 256",
-    concat!(
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.q_ident_by_anon_mv TO {db}.q_ident_by_anon AS ",
-        ident_select!()
-    ),
-    concat!("INSERT INTO {db}.q_ident_by_anon ", ident_select!()),
-];
+    ident_select
+);
 
 /// Migration 106: one person's events by time, for the event history.
-pub const HISTORY: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {db}.q_history (
+pub const HISTORY: &[&str] = fed_table!(
+    "q_history",
+    "(
     site String,
     visitor_id String,
     timestamp DateTime,
@@ -309,16 +314,13 @@ pub const HISTORY: &[&str] = &[
 ) ENGINE = ReplacingMergeTree
 ORDER BY (site, visitor_id, timestamp_ms, message_id)
 SETTINGS index_granularity = 256",
-    concat!(
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.q_history_mv TO {db}.q_history AS ",
-        history_select!()
-    ),
-    concat!("INSERT INTO {db}.q_history ", history_select!()),
-];
+    history_select
+);
 
 /// Migration 107: `q_visitor_days` replaces `q_visitor_daily` (hashed ids, 64-row granules).
-pub const DAYS: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {db}.q_visitor_days (
+pub const DAYS: &[&str] = fed_table!(
+    "q_visitor_days",
+    "(
     site String,
     visitor_id String,
     day Date,
@@ -328,18 +330,15 @@ pub const DAYS: &[&str] = &[
     engaged AggregateFunction(groupUniqArrayIf, Tuple(UInt64, UInt64), UInt8)
 ) ENGINE = AggregatingMergeTree ORDER BY (site, visitor_id, day)
 SETTINGS index_granularity = 64",
-    concat!(
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.q_visitor_days_mv TO {db}.q_visitor_days AS ",
-        days_select!()
-    ),
-    concat!("INSERT INTO {db}.q_visitor_days ", days_select!()),
+    days_select,
     "DROP TABLE IF EXISTS {db}.q_visitor_daily_mv",
-    "DROP TABLE IF EXISTS {db}.q_visitor_daily",
-];
+    "DROP TABLE IF EXISTS {db}.q_visitor_daily"
+);
 
 /// Migration 108: `q_visitor_products` replaces `q_products` (hashed ids, 64-row granules).
-pub const VISITOR_PRODUCTS: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {db}.q_visitor_products (
+pub const VISITOR_PRODUCTS: &[&str] = fed_table!(
+    "q_visitor_products",
+    "(
     site String,
     visitor_id String,
     product_id String,
@@ -352,14 +351,10 @@ pub const VISITOR_PRODUCTS: &[&str] = &[
     cart_line AggregateFunction(argMaxIf, Tuple(Float64, Float64, String), Int64, UInt8)
 ) ENGINE = AggregatingMergeTree ORDER BY (site, visitor_id, product_id)
 SETTINGS index_granularity = 64",
-    concat!(
-        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.q_visitor_products_mv TO {db}.q_visitor_products AS ",
-        visitor_products_select!()
-    ),
-    concat!("INSERT INTO {db}.q_visitor_products ", visitor_products_select!()),
+    visitor_products_select,
     "DROP TABLE IF EXISTS {db}.q_products_mv",
-    "DROP TABLE IF EXISTS {db}.q_products",
-];
+    "DROP TABLE IF EXISTS {db}.q_products"
+);
 
 /// The tables the query API owns (for tests that check they survive hostile input).
 pub const TABLES: &[&str] = &[
