@@ -178,23 +178,56 @@ struct Visitor {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// What varies between the rows `push_row` writes.
+struct Row<'a> {
+    kind: &'a str,
+    event: &'a str,
+    name: &'a str,
+    page: (&'a str, &'a str),
+    product: Option<(usize, Option<f64>)>,
+    order: Option<(&'a str, f64)>,
+    engaged_ms: u64,
+    traits: &'a str,
+}
+
+impl<'a> Row<'a> {
+    /// A track event on `page`, with nothing else set.
+    fn track(event: &'a str, page: (&'a str, &'a str)) -> Row<'a> {
+        Row {
+            kind: "track",
+            event,
+            name: "",
+            page,
+            product: None,
+            order: None,
+            engaged_ms: 0,
+            traits: "{}",
+        }
+    }
+}
+
+/// Writes one event row (TSV, the columns of `COLUMNS`).
+#[allow(clippy::too_many_arguments)]
 fn push_row(
     out: &mut String,
     v: &Visitor,
     anon: &str,
     user: &str,
     msg: &str,
-    kind: &str,
-    event: &str,
-    name: &str,
     ts: i64,
     session: &str,
-    page: (&str, &str),
-    product: Option<(usize, Option<f64>)>,
-    order: Option<(&str, f64)>,
-    engaged_ms: u64,
-    traits: &str,
+    row: &Row<'_>,
 ) {
+    let Row {
+        kind,
+        event,
+        name,
+        page,
+        product,
+        order,
+        engaged_ms,
+        traits,
+    } = *row;
     let (country, city, tz, _) = COUNTRIES[v.country];
     let secs = datetime(ts.div_euclid(1000));
     let (pid, pname, price) = match product {
@@ -279,23 +312,12 @@ fn visitor_history(
                     r#"{{"email":"{u}@example.com","plan":"{}"}}"#,
                     ["free", "pro", "team"][i % 3]
                 );
-                push_row(
-                    out,
-                    v,
-                    anon,
-                    u,
-                    &msg,
-                    "identify",
-                    "",
-                    "",
-                    ts,
-                    &session,
-                    ("", ""),
-                    None,
-                    None,
-                    0,
-                    &traits,
-                );
+                let row = Row {
+                    kind: "identify",
+                    traits: &traits,
+                    ..Row::track("", ("", ""))
+                };
+                push_row(out, v, anon, u, &msg, ts, &session, &row);
                 identified = true;
                 let _ = writeln!(
                     ids,
@@ -317,155 +339,50 @@ fn visitor_history(
             let r = rng.f();
             let page_url = format!("https://shop.example/p/{p}");
             let title = format!("Product {p}");
-            if r < 0.35 {
-                push_row(
-                    out,
-                    v,
-                    anon,
-                    user,
-                    &msg,
-                    "page",
-                    "",
-                    &title,
-                    ts,
-                    &session,
-                    (&page_url, &title),
-                    None,
-                    None,
-                    0,
-                    "{}",
-                );
+            let page = (page_url.as_str(), title.as_str());
+            let order = format!("o{i}-{k}");
+            let row = if r < 0.35 {
+                Row {
+                    kind: "page",
+                    event: "",
+                    name: &title,
+                    ..Row::track("", page)
+                }
             } else if r < 0.55 {
-                push_row(
-                    out,
-                    v,
-                    anon,
-                    user,
-                    &msg,
-                    "track",
-                    "Product Viewed",
-                    "",
-                    ts,
-                    &session,
-                    (&page_url, &title),
-                    Some((p, None)),
-                    None,
-                    0,
-                    "{}",
-                );
+                Row {
+                    product: Some((p, None)),
+                    ..Row::track("Product Viewed", page)
+                }
             } else if r < 0.70 {
-                let ms = 1_000 + rng.below(120_000);
-                push_row(
-                    out,
-                    v,
-                    anon,
-                    user,
-                    &msg,
-                    "track",
-                    "$engagement",
-                    "",
-                    ts,
-                    &session,
-                    (&page_url, &title),
-                    Some((p, None)),
-                    None,
-                    ms,
-                    "{}",
-                );
+                Row {
+                    product: Some((p, None)),
+                    engaged_ms: 1_000 + rng.below(120_000),
+                    ..Row::track("$engagement", page)
+                }
             } else if r < 0.85 {
-                push_row(
-                    out,
-                    v,
-                    anon,
-                    user,
-                    &msg,
-                    "track",
-                    "$click",
-                    "",
-                    ts,
-                    &session,
-                    (&page_url, &title),
-                    None,
-                    None,
-                    0,
-                    "{}",
-                );
+                Row::track("$click", page)
             } else if r < 0.92 {
-                let price = 5.0 + (p % 200) as f64;
-                push_row(
-                    out,
-                    v,
-                    anon,
-                    user,
-                    &msg,
-                    "track",
-                    "Product Added",
-                    "",
-                    ts,
-                    &session,
-                    (&page_url, &title),
-                    Some((p, Some(price))),
-                    None,
-                    0,
-                    "{}",
-                );
+                Row {
+                    product: Some((p, Some(5.0 + (p % 200) as f64))),
+                    ..Row::track("Product Added", page)
+                }
             } else if r < 0.93 {
-                push_row(
-                    out,
-                    v,
-                    anon,
-                    user,
-                    &msg,
-                    "track",
-                    "Product Removed",
-                    "",
-                    ts,
-                    &session,
-                    (&page_url, &title),
-                    Some((p, None)),
-                    None,
-                    0,
-                    "{}",
-                );
+                Row {
+                    product: Some((p, None)),
+                    ..Row::track("Product Removed", page)
+                }
             } else if r < 0.945 {
-                let order = format!("o{i}-{k}");
-                let revenue = 10.0 + rng.below(30_000) as f64 / 100.0;
-                push_row(
-                    out,
-                    v,
-                    anon,
-                    user,
-                    &msg,
-                    "track",
-                    "Order Completed",
-                    "",
-                    ts,
-                    &session,
-                    ("https://shop.example/checkout", "Checkout"),
-                    None,
-                    Some((&order, revenue)),
-                    0,
-                    "{}",
-                );
+                Row {
+                    order: Some((&order, 10.0 + rng.below(30_000) as f64 / 100.0)),
+                    ..Row::track(
+                        "Order Completed",
+                        ("https://shop.example/checkout", "Checkout"),
+                    )
+                }
             } else {
-                push_row(
-                    out,
-                    v,
-                    anon,
-                    user,
-                    &msg,
-                    "track",
-                    "Search",
-                    "",
-                    ts,
-                    &session,
-                    ("https://shop.example/search", "Search"),
-                    None,
-                    None,
-                    0,
-                    "{}",
-                );
-            }
+                Row::track("Search", ("https://shop.example/search", "Search"))
+            };
+            push_row(out, v, anon, user, &msg, ts, &session, &row);
             k += 1;
         }
     }
@@ -664,12 +581,20 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+#[derive(Default)]
 struct Timing {
     ms: Vec<f64>,
     errors: usize,
 }
 
 impl Timing {
+    /// Records one answer of [`timed`]; returns its body.
+    fn add(&mut self, (ms, status, text): (f64, u16, String)) -> String {
+        self.ms.push(ms);
+        self.errors += usize::from(status != 200);
+        text
+    }
+
     fn line(&mut self, what: &str, target: &str) -> String {
         self.ms.sort_by(|a, b| a.total_cmp(b));
         format!(
@@ -845,22 +770,15 @@ sites = ["{SITE}"]
             (id, n[i])
         })
         .collect();
+    let profile_url = |id: &str| format!("{base}/v1/profiles/{id}?site={SITE}");
+    let history_url = |id: &str| format!("{base}/v1/profiles/{id}/events?site={SITE}&limit=50");
+    let audience_url = format!("{base}/v1/audiences/query?site={SITE}");
+    let get = |url: &str| timed(&agent, "GET", url, None, "");
+    let audience = |accept: &str| timed(&agent, "POST", &audience_url, Some(CART_AUDIENCE), accept);
     println!("warming up...");
     for (id, _) in ids.iter().take(20) {
-        timed(
-            &agent,
-            "GET",
-            &format!("{base}/v1/profiles/{id}?site={SITE}"),
-            None,
-            "",
-        )?;
-        timed(
-            &agent,
-            "GET",
-            &format!("{base}/v1/profiles/{id}/events?site={SITE}"),
-            None,
-            "",
-        )?;
+        get(&profile_url(id))?;
+        get(&history_url(id))?;
     }
 
     println!(
@@ -868,69 +786,27 @@ sites = ["{SITE}"]
         ids.len(),
         ids.len()
     );
-    let mut profile = Timing {
-        ms: vec![],
-        errors: 0,
-    };
-    let mut history = Timing {
-        ms: vec![],
-        errors: 0,
-    };
+    let mut profile = Timing::default();
+    let mut history = Timing::default();
     for (id, _) in &ids {
-        let (ms, status, _) = timed(
-            &agent,
-            "GET",
-            &format!("{base}/v1/profiles/{id}?site={SITE}"),
-            None,
-            "",
-        )?;
-        profile.ms.push(ms);
-        profile.errors += usize::from(status != 200);
-        let (ms, status, _) = timed(
-            &agent,
-            "GET",
-            &format!("{base}/v1/profiles/{id}/events?site={SITE}&limit=50"),
-            None,
-            "",
-        )?;
-        history.ms.push(ms);
-        history.errors += usize::from(status != 200);
+        profile.add(get(&profile_url(id))?);
+        history.add(get(&history_url(id))?);
     }
-    let mut audience = Timing {
-        ms: vec![],
-        errors: 0,
-    };
+    let mut audiences = Timing::default();
     let mut members = 0;
     let mut next_cursor = false;
     for _ in 0..30 {
-        let (ms, status, text) = timed(
-            &agent,
-            "POST",
-            &format!("{base}/v1/audiences/query?site={SITE}"),
-            Some(CART_AUDIENCE),
-            "application/json",
-        )?;
-        audience.ms.push(ms);
-        audience.errors += usize::from(status != 200);
+        let text = audiences.add(audience("application/json")?);
         members = text.matches("\"last_seen\"").count();
         next_cursor = text.contains("\"next_cursor\":\"");
     }
-    let mut stream = Timing {
-        ms: vec![],
-        errors: 0,
-    };
+    let mut stream = Timing::default();
     let mut streamed = 0;
     for _ in 0..5 {
-        let (ms, status, text) = timed(
-            &agent,
-            "POST",
-            &format!("{base}/v1/audiences/query?site={SITE}"),
-            Some(CART_AUDIENCE),
-            "application/x-ndjson",
-        )?;
-        stream.ms.push(ms);
-        stream.errors += usize::from(status != 200);
-        streamed = text.lines().count();
+        streamed = stream
+            .add(audience("application/x-ndjson")?)
+            .lines()
+            .count();
     }
     // The heaviest visitor, alone.
     let heavy = (0..visitors.len()).max_by_key(|&i| n[i]).unwrap_or(0);
@@ -938,33 +814,11 @@ sites = ["{SITE}"]
         .user
         .clone()
         .unwrap_or_else(|| visitors[heavy].anon.clone());
-    let mut heavy_profile = Timing {
-        ms: vec![],
-        errors: 0,
-    };
-    let mut heavy_history = Timing {
-        ms: vec![],
-        errors: 0,
-    };
+    let mut heavy_profile = Timing::default();
+    let mut heavy_history = Timing::default();
     for _ in 0..20 {
-        let (ms, status, _) = timed(
-            &agent,
-            "GET",
-            &format!("{base}/v1/profiles/{hid}?site={SITE}"),
-            None,
-            "",
-        )?;
-        heavy_profile.ms.push(ms);
-        heavy_profile.errors += usize::from(status != 200);
-        let (ms, status, _) = timed(
-            &agent,
-            "GET",
-            &format!("{base}/v1/profiles/{hid}/events?site={SITE}&limit=50"),
-            None,
-            "",
-        )?;
-        heavy_history.ms.push(ms);
-        heavy_history.errors += usize::from(status != 200);
+        heavy_profile.add(get(&profile_url(&hid))?);
+        heavy_history.add(get(&history_url(&hid))?);
     }
     drop(server);
 
@@ -979,7 +833,7 @@ sites = ["{SITE}"]
     writeln!(
         out,
         "{}",
-        audience.line("cart-abandonment audience", "300 ms")
+        audiences.line("cart-abandonment audience", "300 ms")
     )?;
     writeln!(
         out,
