@@ -5,31 +5,17 @@
 //
 //   node demo/server.mjs --port 8000 --ingest http://127.0.0.1:8080 --secret S --write-key wk_demo
 //
-// Geo: each request to the worker carries a `cf` object. By default it is DEMO_CF below; a
-// request may bring its own as JSON in the `x-waymark-demo-cf` header or the `waymark_demo_cf`
-// cookie (URL-encoded JSON; the end-to-end test sets it per browser context, and cookies travel
-// with beacons too). The header is removed before the worker sees the request.
+// Geo: each request to the worker carries a `cf` object. By default it is the edge tests'
+// BERLIN_CF (edge-worker/test/harness.mjs); a request may bring its own as JSON in the
+// `x-waymark-demo-cf` header or the `waymark_demo_cf` cookie (URL-encoded JSON; the end-to-end
+// test sets it per browser context, and cookies travel with beacons too). The header is removed before the worker sees the request.
 // Prints `shop listening on http://127.0.0.1:PORT` when ready.
 
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
-import { PREFIX, startWorker } from '../edge-worker/test/harness.mjs';
+import { BERLIN_CF, PREFIX, startWorker } from '../edge-worker/test/harness.mjs';
 import { renderPage } from './shop.mjs';
-
-export const DEMO_CF = {
-  country: 'DE',
-  region: 'Berlin',
-  regionCode: 'BE',
-  city: 'Berlin',
-  postalCode: '10115',
-  latitude: '52.52000',
-  longitude: '13.40500',
-  timezone: 'Europe/Berlin',
-  continent: 'EU',
-  asn: 3320,
-  colo: 'FRA',
-};
 
 const { values: args } = parseArgs({
   options: {
@@ -67,7 +53,7 @@ function demoCf(req) {
   } catch (e) {
     console.error(`ignoring a malformed demo cf value: ${e}`);
   }
-  return DEMO_CF;
+  return BERLIN_CF;
 }
 
 async function toWorker(req, res, body) {
