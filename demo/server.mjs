@@ -8,7 +8,8 @@
 // Geo: each request to the worker carries a `cf` object. By default it is the edge tests'
 // BERLIN_CF (edge-worker/test/harness.mjs); a request may bring its own as JSON in the
 // `x-waymark-demo-cf` header or the `waymark_demo_cf` cookie (URL-encoded JSON; the end-to-end
-// test sets it per browser context, and cookies travel with beacons too). The header is removed before the worker sees the request.
+// test sets it per browser context, and cookies travel with beacons too). The header is removed
+// before the worker sees the request.
 // Prints `shop listening on http://127.0.0.1:PORT` when ready.
 
 import http from 'node:http';
