@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+pub use waymark_protocol::edge::IpMode;
 
 /// Every setting, with its default, as printed by `ingest-server --help`.
 pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; every key is optional):
@@ -198,7 +199,8 @@ pub struct SiteConfig {
     #[serde(default)]
     pub allowed_origins: Vec<String>,
     #[serde(default)]
-    pub ip: IpSetting,
+    /// What happens to the client IP: never stored raw.
+    pub ip: IpMode,
     /// Absent = unlimited (see `crate::ratelimit` for why that is the default).
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
@@ -210,15 +212,6 @@ pub struct SiteConfig {
 pub struct RateLimitConfig {
     pub events_per_second: f64,
     pub burst: u64,
-}
-
-/// What happens to the client IP: never stored raw.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IpSetting {
-    #[default]
-    Truncate,
-    Drop,
 }
 
 /// A size in bytes, written as `"64MiB"`, `"1GB"`, `"512"` or a bare integer.
@@ -570,7 +563,7 @@ rate_limit = { events_per_second = 5000, burst = 20000 }
         assert_eq!(c.writer.max_age.0, Duration::from_secs(1));
         let edge = c.edge.as_ref().unwrap();
         assert_eq!(edge.replay_window.0, Duration::from_secs(300));
-        assert_eq!(c.sites[0].ip, IpSetting::Truncate);
+        assert_eq!(c.sites[0].ip, IpMode::Truncate);
         assert_eq!(
             c.sites[0].rate_limit,
             Some(RateLimitConfig {

@@ -20,13 +20,12 @@ use waymark_protocol::skew::{self, SkewRule};
 use waymark_protocol::time::parse_rfc3339;
 use waymark_protocol::Event;
 
-use crate::config::IpSetting;
 use crate::store::row::EventRow;
 
 /// Where a request came from and what is known about it.
 pub struct RequestFacts<'a> {
     pub site: &'a str,
-    pub ip_mode: IpSetting,
+    pub ip_mode: IpMode,
     pub received_at_ms: i64,
     pub batch_sent_at: Option<&'a str>,
     /// `"api"` (Segment endpoints) or `"edge"`.
@@ -224,10 +223,7 @@ pub fn to_row(ev: &Event, facts: &RequestFacts<'_>, ua: &UaParser) -> EventRow {
     let ua_info = ua.parse(&user_agent);
     let edge_bot = facts.client.map(|c| c.bot).unwrap_or(false);
 
-    let mode = match facts.ip_mode {
-        IpSetting::Truncate => IpMode::Truncate,
-        IpSetting::Drop => IpMode::Drop,
-    };
+    let mode = facts.ip_mode;
     let raw_ip = facts
         .client
         .and_then(|c| c.ip.clone())
@@ -369,7 +365,7 @@ mod tests {
     fn facts<'a>(geo: Option<&'a Geo>, client: Option<&'a Client>) -> RequestFacts<'a> {
         RequestFacts {
             site: "shop",
-            ip_mode: IpSetting::Truncate,
+            ip_mode: IpMode::Truncate,
             received_at_ms: RECEIVED,
             batch_sent_at: None,
             source: "api",
@@ -446,7 +442,7 @@ mod tests {
             bot: false,
         };
         let mut f = facts(Some(&geo), Some(&client));
-        f.ip_mode = IpSetting::Drop;
+        f.ip_mode = IpMode::Drop;
         f.source = "edge";
         let r = to_row(&ev, &f, &UaParser::default());
         assert_eq!(r.visitor_id, "u1");

@@ -93,13 +93,15 @@ pub struct EdgeForward {
     pub envelopes: Vec<EdgeEnvelope>,
 }
 
-/// What to do with a client's IP address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What to do with a client's IP address (the edge's `IP_MODE`, the ingest server's per-site
+/// `ip`). The default keeps the network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IpMode {
     /// Keep nothing.
     Drop,
     /// Keep the network: IPv4 /24, IPv6 /48.
+    #[default]
     Truncate,
 }
 
