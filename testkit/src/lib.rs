@@ -142,14 +142,18 @@ impl ClickHouse {
         write_config(&home, self.http_port, self.tcp_port)?;
         // The wrapper kills the server as soon as its stdin closes: on drop, or when this
         // process dies for any reason. `exec` is not used so that the shell stays to do it.
+        // A temporary home is removed once the server is gone (a test binary's shared server
+        // lives in a static that is never dropped, so `TempDir` alone would leave it behind),
+        // unless "keep" came before the EOF ([`Self::stop`], an outage to resume from).
         let script = r#"
 "$@" &
 pid=$!
-cat >/dev/null
+said=$(cat)
 kill -TERM "$pid" 2>/dev/null
-for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.1; done
+for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 kill -KILL "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
+if [ -n "$WAYMARK_CH_REMOVE_HOME" ] && [ "$said" != keep ]; then rm -rf "$WAYMARK_CH_REMOVE_HOME"; fi
 exit 0
 "#;
         let mut command = Command::new("sh");
@@ -163,6 +167,13 @@ exit 0
                 home.join("config.xml").display()
             ))
             .current_dir(&home)
+            .env(
+                "WAYMARK_CH_REMOVE_HOME",
+                match &self.home {
+                    Home::Temp(_) => home.as_os_str(),
+                    Home::Kept(_) => std::ffi::OsStr::new(""),
+                },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
@@ -272,6 +283,9 @@ exit 0
 
     /// Stops the server but keeps its data and ports, to simulate an outage.
     pub fn stop(&mut self) {
+        if let Some((_, stdin)) = self.process.as_mut() {
+            let _ = stdin.write_all(b"keep");
+        }
         self.kill();
     }
 
