@@ -59,6 +59,11 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   cache_ttl = "5s"                 in-process cache of profile / event answers ("0s" = off)
   cache_entries = 10000            answers the cache holds at most
   recent_products = 10             recently viewed products listed in a profile
+  identity_refresh = "1s"          how often the in-memory identity index (anonymous id <-> user
+                                   id) reads links other servers wrote; "0s" = no index, ids
+                                   are resolved in ClickHouse on every request
+  identity_max_links = 1000000     links the index holds at most (about 200 bytes each); beyond,
+                                   it turns itself off and ids are resolved in ClickHouse
   [query.engagement]               30-day engaged time: below medium = "short", below long = "medium"
   medium = "1m"
   long = "10m"

@@ -138,7 +138,16 @@ pub async fn serve(
 
     let metrics = Arc::new(metrics::Metrics::default());
     let schema = Arc::new(store::SchemaStatus::default());
-    let sink = Arc::new(ClickHouseSink::new(&config.clickhouse, schema.clone()));
+    // The identity index: filled by the writer as it inserts links and by a background
+    // refresh from ClickHouse (links from other servers); the query API resolves ids with it.
+    let identities = (!config.query.identity_refresh.0.is_zero()).then(|| {
+        Arc::new(query::identity::IdentityIndex::new(
+            config.query.identity_max_links,
+        ))
+    });
+    let sink = Arc::new(
+        ClickHouseSink::new(&config.clickhouse, schema.clone()).with_identities(identities.clone()),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Migrations run in the background, however long a backfill takes: intake goes on into the
     // spool meanwhile, the writer waits for them (its own `prepare` queues behind this one),
@@ -170,8 +179,16 @@ pub async fn serve(
     );
     let writer = tokio::spawn(writer.run());
 
+    let query = query::QueryState::with_schema(
+        &config.query,
+        &config.clickhouse,
+        schema.clone(),
+        identities.clone(),
+    );
+    let identity_refresh =
+        identities.map(|ix| tokio::spawn(ix.run(query.clone(), config.query.identity_refresh.0)));
     let state = AppState::new(config, spool.clone(), metrics, schema);
-    let router = app(state);
+    let router = app(state, query);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");
     }
@@ -188,6 +205,9 @@ pub async fn serve(
     );
     let _ = stop_tx.send(true);
     migrations.abort();
+    if let Some(t) = identity_refresh {
+        t.abort();
+    }
     match tokio::time::timeout(FLUSH_TIMEOUT, writer).await {
         Ok(_) => tracing::info!(left_in_spool = spool.pending_bytes(), "writer stopped"),
         Err(_) => tracing::warn!(

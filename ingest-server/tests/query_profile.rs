@@ -7,6 +7,9 @@ mod query_support;
 use axum::http::StatusCode;
 use query_support::*;
 use serde_json::{json, Value};
+use waymark_ingest::query::identity::IdentityIndex;
+use waymark_ingest::query::QueryState;
+use waymark_ingest::store::Sink;
 
 fn profile_of(answer: &Answer) -> Value {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
@@ -377,4 +380,108 @@ async fn the_cache_serves_repeats_until_its_ttl() {
         .await
         .json();
     assert_eq!(fresh["counts"]["last_7_days"]["events"], 2);
+}
+
+/// Every site and id the fixtures hold: visitor ids and user ids.
+fn ids_in(db: &Db) -> Vec<(String, String)> {
+    sql(&format!(
+        "SELECT DISTINCT site, id FROM (
+    SELECT site, visitor_id AS id FROM {db}.events
+    UNION ALL SELECT site, user_id AS id FROM {db}.events WHERE user_id != ''
+    UNION ALL SELECT site, anonymous_id AS id FROM {db}.identities)
+ORDER BY site, id FORMAT TSV",
+        db = db.name
+    ))
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .map(|(s, i)| (s.to_string(), i.to_string()))
+    .chain([("shop".to_string(), "nobody".to_string())])
+    .collect()
+}
+
+/// Resolution, profile and history of every id agree between the SQL lookup and the index.
+async fn same_answers(db: &Db, plain: &QueryState, indexed: &QueryState, ix: &IdentityIndex) {
+    let ids = ids_in(db);
+    assert!(ids.len() >= 10, "fixtures: {ids:?}");
+    for (site, id) in &ids {
+        let by_sql = waymark_ingest::query::profile::resolve(plain, site, id)
+            .await
+            .unwrap();
+        assert_eq!(ix.resolve(site, id).as_ref(), Some(&by_sql), "{site} {id}");
+        for uri in [
+            format!("/v1/profiles/{id}?site={site}"),
+            format!("/v1/profiles/{id}/events?site={site}&limit=5"),
+        ] {
+            let a = get(plain, &uri, BOTH_KEY).await;
+            let b = get(indexed, &uri, BOTH_KEY).await;
+            assert_eq!((a.status, &a.text), (b.status, &b.text), "{uri}");
+        }
+    }
+}
+
+/// The in-memory identity index answers as the SQL lookup does; it loads links other servers
+/// wrote (parts of `identities` it has not read), takes this server's links before they are
+/// inserted, and neither loses nor doubles a link when parts merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_index_answers_as_the_sql_lookup_does() {
+    let db = Db::new().await;
+    let now = now_ms();
+    seed(&db, now).await;
+    let plain = db.state(&[]);
+    let (indexed, ix) = db.indexed_state().await;
+    same_answers(&db, &plain, &indexed, &ix).await;
+
+    // Another server's links: straight into `identities`, not through this process.
+    let other_server = |user: &str, anon: &str, at_ms: i64| {
+        sql(&format!(
+            "INSERT INTO {}.identities (site, user_id, anonymous_id, linked_at, message_id, source_type)
+VALUES ('shop', '{user}', '{anon}', {}, 'm-{user}-{anon}', 'identify')",
+            db.name,
+            at_ms / 1000
+        ));
+    };
+    other_server("zed", "z1", now);
+    assert_eq!(
+        ix.resolve("shop", "z1").unwrap().user_id,
+        None,
+        "not read yet"
+    );
+    assert_eq!(
+        ix.refresh(&indexed).await.unwrap(),
+        1,
+        "only the new part is read"
+    );
+    assert_eq!(
+        ix.resolve("shop", "z1").unwrap().user_id.as_deref(),
+        Some("zed")
+    );
+    // a1 (alice's) relinked to zed later; then every part merged into one, which holds blocks
+    // already read and one not read yet.
+    other_server("zed", "a1", now + HOUR);
+    sql(&format!("OPTIMIZE TABLE {}.identities FINAL", db.name));
+    ix.refresh(&indexed).await.unwrap();
+    assert_eq!(
+        ix.resolve("shop", "a1").unwrap().user_id.as_deref(),
+        Some("zed")
+    );
+    same_answers(&db, &plain, &indexed, &ix).await;
+    let links: usize = sql(&format!(
+        "SELECT count() FROM (SELECT DISTINCT site, user_id, anonymous_id FROM {}.identities)",
+        db.name
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    assert_eq!(ix.links(), Some(links));
+
+    // This server's writer adds links before inserting them: resolvable with no refresh.
+    db.sink_into(&ix)
+        .insert(&[row("shop", "n1", "nina", "m-n1", "identify", "", now)])
+        .await
+        .unwrap();
+    assert_eq!(
+        ix.resolve("shop", "n1").unwrap().user_id.as_deref(),
+        Some("nina")
+    );
+    same_answers(&db, &plain, &indexed, &ix).await;
 }

@@ -83,16 +83,13 @@ impl AppState {
     }
 }
 
-/// The whole application.
-pub fn app(state: AppState) -> Router {
+/// The whole application: intake and operations over `state`, the query API over `query`.
+pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
     Router::new()
         .merge(batch::routes(&state))
         .merge(edge::routes(&state))
         .merge(ops::routes())
-        .merge(crate::query::routes(
-            &state.0.config,
-            state.0.schema.clone(),
-        ))
+        .merge(crate::query::router(query))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
 }

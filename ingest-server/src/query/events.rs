@@ -157,21 +157,24 @@ async fn history(st: &QueryState, site: &str, id: &str, p: &Params) -> Result<Va
     // for those rows only (a busy visitor's whole history is never read wide). The keys are
     // grouped by message id first, so a not-yet-merged duplicate (a retry may carry another
     // corrected time) is one event with one time (the later) on every page. One row more than
-    // asked tells whether another page exists.
+    // asked tells whether another page exists. The key set is the PREWHERE, so only the rows
+    // it selects are read wide (ClickHouse's own PREWHERE choice is off for lookups; this
+    // statement measured 4.5 ms of server CPU against 6.8 ms with the defaults).
     let sql = format!(
         "SELECT message_id, type, event, name, timestamp_ms, session_id, page_url, page_title,
     product_id, properties
 FROM {db}.q_history
-WHERE {visitors} AND (timestamp_ms, message_id) IN (
+PREWHERE (timestamp_ms, message_id) IN (
     SELECT ts, message_id FROM (
         SELECT message_id, max(timestamp_ms) AS ts FROM {db}.q_history WHERE {filter}
         GROUP BY message_id {having}
         ORDER BY ts DESC, message_id DESC LIMIT {n}))
+WHERE {visitors}
 ORDER BY timestamp_ms DESC, message_id DESC LIMIT 1 BY message_id",
         having = cursor.unwrap_or_default(),
         n = limit + 1
     );
-    let mut rows: Vec<Row> = st.fetch(&sql).await?;
+    let mut rows: Vec<Row> = st.lookup(&sql).await?;
     if rows.is_empty() && p.before.is_none() && p.kind.is_none() && p.name.is_none() {
         return Err(QueryError::NotFound(format!(
             "id: no visitor or user {id:?} on site {site:?}"

@@ -15,6 +15,7 @@
 
 pub mod audience;
 pub mod events;
+pub mod identity;
 pub mod openapi;
 pub mod profile;
 pub mod schema;
@@ -32,7 +33,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::{ClickHouseConfig, Config, HumanDuration};
+use crate::config::{ClickHouseConfig, HumanDuration};
 
 /// `[query]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +50,11 @@ pub struct QueryConfig {
     pub cache_entries: usize,
     /// How many recently viewed products a profile lists.
     pub recent_products: usize,
+    /// How often the in-memory identity index reads new links from ClickHouse (0 = no index:
+    /// every id is resolved in ClickHouse). See `query::identity`.
+    pub identity_refresh: HumanDuration,
+    /// Links the identity index holds at most; beyond, it turns itself off.
+    pub identity_max_links: usize,
     pub rfm: RfmConfig,
 }
 
@@ -61,6 +67,8 @@ impl Default for QueryConfig {
             cache_ttl: HumanDuration(Duration::from_secs(5)),
             cache_entries: 10_000,
             recent_products: 10,
+            identity_refresh: HumanDuration(Duration::from_secs(1)),
+            identity_max_links: 1_000_000,
             rfm: RfmConfig::default(),
         }
     }
@@ -134,6 +142,13 @@ impl QueryConfig {
         }
         if self.rfm.refresh.0.is_zero() {
             return Err("query.rfm.refresh: must be positive".into());
+        }
+        if !self.identity_refresh.0.is_zero() && self.identity_max_links == 0 {
+            return Err(
+                "query.identity_max_links: must be positive (to resolve every id in \
+                 ClickHouse instead, set query.identity_refresh = \"0s\")"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -258,23 +273,30 @@ struct Inner {
     cache: Cache,
     rfm: profile::RfmCache,
     schema: Arc<crate::store::SchemaStatus>,
+    /// Whether ClickHouse's time zone is UTC, asked once (see [`QueryState::utc_days`]).
+    utc: tokio::sync::OnceCell<bool>,
+    identities: Option<Arc<identity::IdentityIndex>>,
 }
 
 impl QueryState {
-    /// A state over a database whose migrations the caller has applied.
+    /// A state over a database whose migrations the caller has applied, resolving ids in
+    /// ClickHouse (no identity index).
     pub fn new(query: &QueryConfig, clickhouse: &ClickHouseConfig) -> Self {
         Self::with_schema(
             query,
             clickhouse,
             Arc::new(crate::store::SchemaStatus::ready_now()),
+            None,
         )
     }
 
-    /// A state that answers 503 until `schema` is ready.
+    /// A state that answers 503 until `schema` is ready, resolving ids with `identities` once
+    /// it has loaded (its refresh is the caller's to run: [`identity::IdentityIndex::run`]).
     pub fn with_schema(
         query: &QueryConfig,
         clickhouse: &ClickHouseConfig,
         schema: Arc<crate::store::SchemaStatus>,
+        identities: Option<Arc<identity::IdentityIndex>>,
     ) -> Self {
         QueryState(Arc::new(Inner {
             schema,
@@ -284,6 +306,8 @@ impl QueryState {
                 map: Mutex::new(HashMap::new()),
             },
             rfm: profile::RfmCache::default(),
+            utc: tokio::sync::OnceCell::new(),
+            identities,
             client: crate::store::client(clickhouse),
             db: clickhouse.database.clone(),
             config: query.clone(),
@@ -292,6 +316,16 @@ impl QueryState {
 
     pub fn config(&self) -> &QueryConfig {
         &self.0.config
+    }
+
+    /// The in-memory identity index, if this state has one.
+    pub(crate) fn identities(&self) -> Option<&identity::IdentityIndex> {
+        self.0.identities.as_deref()
+    }
+
+    /// Whether the ClickHouse migrations are applied.
+    pub(crate) fn schema_ready(&self) -> bool {
+        self.0.schema.is_ready()
     }
 
     /// The database name (validated by the config: letters, digits, underscores).
@@ -335,21 +369,32 @@ impl QueryState {
 
     /// Runs a SELECT and parses its `JSONEachRow` answer.
     pub(crate) async fn fetch<T: DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>, QueryError> {
-        let mut cursor = self.select(sql)?;
-        let bytes = cursor.collect().await?;
-        bytes
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                serde_json::from_slice(l).map_err(|e| {
-                    QueryError::Unavailable(format!("unexpected answer from ClickHouse: {e}"))
-                })
-            })
-            .collect()
+        parse_rows(&self.select(sql)?.collect().await?)
+    }
+
+    /// [`fetch`](Self::fetch) for a lookup by primary key that reads a few granules of each
+    /// part: one thread and no PREWHERE analysis. Measured on the query bench (CH 18.16, the
+    /// 30-day figures of one visitor): 3.9 ms of server CPU with the defaults, 1.9 ms with
+    /// these settings, literal dates and `=` for a single id (see `profile::visitor_filter`).
+    pub(crate) async fn lookup<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<T>, QueryError> {
+        let mut cursor = self
+            .query(sql)?
+            .with_setting("max_threads", "1")
+            .with_setting("optimize_move_to_prewhere", "0")
+            .with_setting("use_uncompressed_cache", "1")
+            .fetch_bytes("JSONEachRow")?;
+        parse_rows(&cursor.collect().await?)
     }
 
     /// Starts a SELECT whose `JSONEachRow` answer is read as it streams.
     pub(crate) fn select(&self, sql: &str) -> Result<clickhouse::query::BytesCursor, QueryError> {
+        Ok(self.query(sql)?.fetch_bytes("JSONEachRow")?)
+    }
+
+    fn query(&self, sql: &str) -> Result<clickhouse::query::Query, QueryError> {
         if !self.0.schema.is_ready() {
             return Err(QueryError::Migrating(self.0.schema.describe()));
         }
@@ -359,8 +404,37 @@ impl QueryState {
             .0
             .client
             .query_raw(sql)
-            .with_setting("output_format_json_quote_64bit_integers", "0")
-            .fetch_bytes("JSONEachRow")?)
+            .with_setting("output_format_json_quote_64bit_integers", "0"))
+    }
+
+    /// Whether ClickHouse's `today()` and `toDate` count UTC days, so that a window's first day
+    /// can be sent as a literal date computed here (cheaper for ClickHouse to analyse than
+    /// `today() - 6`). Asked once; `false` (keep `today()`) if the answer is not UTC.
+    pub(crate) async fn utc_days(&self) -> Result<bool, QueryError> {
+        self.0
+            .utc
+            .get_or_try_init(|| async {
+                #[derive(Deserialize)]
+                struct Tz {
+                    tz: String,
+                }
+                let rows: Vec<Tz> = self.fetch("SELECT timezone() AS tz").await?;
+                Ok(rows.first().is_some_and(|r| {
+                    matches!(
+                        r.tz.as_str(),
+                        "UTC"
+                            | "Etc/UTC"
+                            | "UCT"
+                            | "Etc/UCT"
+                            | "Zulu"
+                            | "Etc/Zulu"
+                            | "Universal"
+                            | "Etc/Universal"
+                    )
+                }))
+            })
+            .await
+            .copied()
     }
 
     fn cached(&self, key: &str) -> Option<Arc<Value>> {
@@ -372,16 +446,17 @@ impl QueryState {
     }
 }
 
-/// The query API's routes, ready to merge into the application router.
-pub fn routes<S: Clone + Send + Sync + 'static>(
-    config: &Config,
-    schema: Arc<crate::store::SchemaStatus>,
-) -> Router<S> {
-    router(QueryState::with_schema(
-        &config.query,
-        &config.clickhouse,
-        schema,
-    ))
+/// Parses a `JSONEachRow` answer.
+fn parse_rows<T: DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>, QueryError> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice(l).map_err(|e| {
+                QueryError::Unavailable(format!("unexpected answer from ClickHouse: {e}"))
+            })
+        })
+        .collect()
 }
 
 /// The routes over an explicit state (tests build one against their own database).
@@ -424,6 +499,7 @@ pub(crate) fn time_or_null(ms: i64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn config_parses_with_defaults_and_names_bad_keys() {
@@ -502,6 +578,7 @@ sites = ["shop"]
             &QueryConfig::default(),
             &ClickHouseConfig::default(),
             schema.clone(),
+            None,
         );
         let e = st.fetch::<Value>("SELECT 1").await.unwrap_err();
         assert!(matches!(e, QueryError::Migrating(_)), "{e}");

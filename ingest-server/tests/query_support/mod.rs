@@ -4,16 +4,17 @@
 //! and the query router called in-process.
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
 use waymark_ingest::config::{ClickHouseConfig, HumanDuration};
+use waymark_ingest::query::identity::IdentityIndex;
 use waymark_ingest::query::{QueryConfig, QueryState, ReadKey};
 use waymark_ingest::store::row::EventRow;
-use waymark_ingest::store::{ClickHouseSink, Sink};
+use waymark_ingest::store::{ClickHouseSink, SchemaStatus, Sink};
 use waymark_testkit::ClickHouse;
 
 pub const SHOP_KEY: &str = "rk_shop";
@@ -79,29 +80,55 @@ impl Db {
     }
 
     /// The query state with read keys: shop, other, and one for both plus `extra_sites`.
+    /// Ids are resolved in ClickHouse (no identity index).
     pub fn state(&self, extra_sites: &[&str]) -> QueryState {
-        let mut both = vec!["shop".to_string(), "other".to_string()];
-        both.extend(extra_sites.iter().map(|s| s.to_string()));
-        let cfg = QueryConfig {
-            read_keys: vec![
-                ReadKey {
-                    key: SHOP_KEY.into(),
-                    sites: vec!["shop".into()],
-                },
-                ReadKey {
-                    key: OTHER_KEY.into(),
-                    sites: vec!["other".into()],
-                },
-                ReadKey {
-                    key: BOTH_KEY.into(),
-                    sites: both,
-                },
-            ],
-            // Every request reads ClickHouse (the cache has its own test).
-            cache_ttl: HumanDuration(std::time::Duration::ZERO),
-            ..QueryConfig::default()
-        };
-        QueryState::new(&cfg, &self.ch)
+        QueryState::new(&query_config(extra_sites), &self.ch)
+    }
+
+    /// The same state resolving ids with an identity index, loaded from ClickHouse once
+    /// (refresh it again with `IdentityIndex::refresh`).
+    pub async fn indexed_state(&self) -> (QueryState, Arc<IdentityIndex>) {
+        let ix = Arc::new(IdentityIndex::new(1_000));
+        let st = QueryState::with_schema(
+            &query_config(&[]),
+            &self.ch,
+            Arc::new(SchemaStatus::ready_now()),
+            Some(ix.clone()),
+        );
+        ix.refresh(&st)
+            .await
+            .unwrap_or_else(|e| panic!("loading the identity index: {e}"));
+        (st, ix)
+    }
+
+    /// A sink that adds the links it inserts to `ix` first, as the server's writer does.
+    pub fn sink_into(&self, ix: &Arc<IdentityIndex>) -> ClickHouseSink {
+        ClickHouseSink::new(&self.ch, Arc::new(SchemaStatus::ready_now()))
+            .with_identities(Some(ix.clone()))
+    }
+}
+
+fn query_config(extra_sites: &[&str]) -> QueryConfig {
+    let mut both = vec!["shop".to_string(), "other".to_string()];
+    both.extend(extra_sites.iter().map(|s| s.to_string()));
+    QueryConfig {
+        read_keys: vec![
+            ReadKey {
+                key: SHOP_KEY.into(),
+                sites: vec!["shop".into()],
+            },
+            ReadKey {
+                key: OTHER_KEY.into(),
+                sites: vec!["other".into()],
+            },
+            ReadKey {
+                key: BOTH_KEY.into(),
+                sites: both,
+            },
+        ],
+        // Every request reads ClickHouse (the cache has its own test).
+        cache_ttl: HumanDuration(std::time::Duration::ZERO),
+        ..QueryConfig::default()
     }
 }
 

@@ -1,0 +1,335 @@
+//! The identity links (`identities`: anonymous id <-> user id) held in memory, so that turning a
+//! requested id into the person's visitor ids costs no ClickHouse round trip. On the query bench
+//! (10M events, 100k visitors, 30k links) the lookup query it replaces was about 5 ms of a
+//! profile's 14 ms (p50): one sequential round trip before the figures can be read.
+//!
+//! # Where the links come from
+//!
+//! - At start, every active part of `identities` is read (the index answers nothing until that
+//!   load is done: until then, and whenever it is off, resolution is the SQL lookup).
+//! - Then every `identity_refresh` the active parts are listed again and any part holding a
+//!   block not read yet is read. Parts never change, a merge only combines parts whose blocks
+//!   are already known, and a part is counted as read only when as many rows arrived as the part
+//!   holds (a part merged away between listing and reading is read again in its merged form).
+//!   This is how links written by other ingest servers on the same database arrive, within one
+//!   refresh.
+//! - This server's writer adds its links before it inserts them ([`IdentityIndex::add`]), so a
+//!   link never shows up later than the events it came with.
+//!
+//! Links are only ever added: a link removed from ClickHouse (`ALTER TABLE ... DELETE`) stays
+//! here until the server restarts. Above `identity_max_links` links the index turns itself off
+//! (logged) and resolution goes back to SQL, so memory stays bounded (about 200 bytes a link).
+//!
+//! # Resolution (the same as the SQL lookup in `profile::resolve`)
+//!
+//! An anonymous id resolves to the user of its latest link (by `linked_at`; on a tie the greater
+//! user id); any other id is taken as a user id. A user with links is that user plus every
+//! anonymous id ever linked to them; an id without links is a visitor on its own.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::profile::Identity;
+use super::sql::lit;
+use super::{QueryError, QueryState};
+
+const LOADING: u8 = 0;
+const READY: u8 = 1;
+const OFF: u8 = 2;
+
+/// See the module documentation.
+pub struct IdentityIndex {
+    links: RwLock<HashMap<String, SiteLinks>>,
+    /// Block ranges of `identities` already read, sorted and disjoint.
+    read: Mutex<Vec<(i64, i64)>>,
+    state: AtomicU8,
+    max_links: usize,
+}
+
+#[derive(Default)]
+struct SiteLinks {
+    /// Anonymous id -> (linked_at, user id) of its latest link.
+    latest: HashMap<String, (u32, String)>,
+    /// User id -> every anonymous id linked to it.
+    anons: HashMap<String, Vec<String>>,
+    count: usize,
+}
+
+impl IdentityIndex {
+    pub fn new(max_links: usize) -> Self {
+        IdentityIndex {
+            links: RwLock::new(HashMap::new()),
+            read: Mutex::new(Vec::new()),
+            state: AtomicU8::new(LOADING),
+            max_links,
+        }
+    }
+
+    /// How many links the index holds; `None` while loading or when off.
+    pub fn links(&self) -> Option<usize> {
+        (self.state.load(Ordering::Acquire) == READY).then(|| {
+            self.links
+                .read()
+                .expect("identity index lock")
+                .values()
+                .map(|s| s.count)
+                .sum()
+        })
+    }
+
+    /// Adds one link (idempotent). Turns the index off when it would hold too many.
+    pub fn add(&self, site: &str, anonymous_id: &str, user_id: &str, linked_at: u32) {
+        if self.state.load(Ordering::Acquire) == OFF {
+            return;
+        }
+        let mut all = self.links.write().expect("identity index lock");
+        let s = all.entry(site.to_string()).or_default();
+        match s.latest.get_mut(anonymous_id) {
+            Some(cur) => {
+                if (linked_at, user_id) > (cur.0, cur.1.as_str()) {
+                    *cur = (linked_at, user_id.to_string());
+                }
+            }
+            None => {
+                s.latest
+                    .insert(anonymous_id.to_string(), (linked_at, user_id.to_string()));
+            }
+        }
+        let list = s.anons.entry(user_id.to_string()).or_default();
+        if !list.iter().any(|a| a == anonymous_id) {
+            list.push(anonymous_id.to_string());
+            s.count += 1;
+            let total: usize = all.values().map(|s| s.count).sum();
+            if total > self.max_links {
+                all.clear();
+                self.state.store(OFF, Ordering::Release);
+                tracing::warn!(
+                    max_links = self.max_links,
+                    "more identity links than query.identity_max_links: the in-memory identity \
+                     index is off, ids are resolved in ClickHouse"
+                );
+            }
+        }
+    }
+
+    /// The person behind `id`, or `None` when the index cannot answer (loading or off).
+    pub fn resolve(&self, site: &str, id: &str) -> Option<Identity> {
+        if self.state.load(Ordering::Acquire) != READY {
+            return None;
+        }
+        let all = self.links.read().expect("identity index lock");
+        let alone = || Identity {
+            user_id: None,
+            anonymous_ids: Vec::new(),
+            visitors: vec![id.to_string()],
+        };
+        let Some(s) = all.get(site) else {
+            return Some(alone());
+        };
+        let user = s.latest.get(id).map_or(id, |(_, u)| u.as_str());
+        Some(match s.anons.get(user) {
+            Some(list) => {
+                let mut anons = list.clone();
+                anons.sort();
+                let mut visitors = Vec::with_capacity(anons.len() + 1);
+                visitors.push(user.to_string());
+                visitors.extend(anons.iter().cloned());
+                Identity {
+                    user_id: Some(user.to_string()),
+                    anonymous_ids: anons,
+                    visitors,
+                }
+            }
+            None => alone(),
+        })
+    }
+
+    /// Reads the parts of `identities` not read yet; the first success makes the index ready.
+    pub async fn refresh(&self, st: &QueryState) -> Result<usize, QueryError> {
+        if self.state.load(Ordering::Acquire) == OFF {
+            return Ok(0);
+        }
+        let db = st.db();
+        #[derive(Deserialize)]
+        struct Part {
+            name: String,
+            lo: i64,
+            hi: i64,
+            rows: u64,
+        }
+        #[derive(Deserialize)]
+        struct Link {
+            site: String,
+            anonymous_id: String,
+            user_id: String,
+            at: u32,
+        }
+        let parts: Vec<Part> = st
+            .fetch(&format!(
+                "SELECT name, min_block_number AS lo, max_block_number AS hi, rows
+FROM system.parts WHERE database = {} AND table = 'identities' AND active",
+                lit(db)
+            ))
+            .await?;
+        let mut added = 0;
+        for p in parts {
+            if self.covered(p.lo, p.hi) {
+                continue;
+            }
+            let links: Vec<Link> = st
+                .fetch(&format!(
+                    "SELECT site, anonymous_id, user_id, toUInt32(linked_at) AS at
+FROM {db}.identities WHERE _part = {}",
+                    lit(&p.name)
+                ))
+                .await?;
+            for l in &links {
+                self.add(&l.site, &l.anonymous_id, &l.user_id, l.at);
+            }
+            added += links.len();
+            // A part merged away since the listing reads as fewer rows: not marked, so its
+            // blocks are read again from the merged part.
+            if links.len() as u64 == p.rows {
+                self.mark(p.lo, p.hi);
+            }
+        }
+        let _ = self
+            .state
+            .compare_exchange(LOADING, READY, Ordering::AcqRel, Ordering::Acquire);
+        Ok(added)
+    }
+
+    fn covered(&self, lo: i64, hi: i64) -> bool {
+        let read = self.read.lock().expect("identity index lock");
+        read.iter().any(|&(a, b)| a <= lo && hi <= b)
+    }
+
+    fn mark(&self, lo: i64, hi: i64) {
+        let mut read = self.read.lock().expect("identity index lock");
+        read.push((lo, hi));
+        read.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(read.len());
+        for &(a, b) in read.iter() {
+            match merged.last_mut() {
+                Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        *read = merged;
+    }
+
+    /// Keeps the index current: a first load, then a refresh every `every`, until the process
+    /// ends. Waits for the schema; failures are logged and retried at the next tick.
+    pub async fn run(self: std::sync::Arc<Self>, st: QueryState, every: Duration) {
+        let mut logged_ready = false;
+        loop {
+            if st.schema_ready() {
+                let t = Instant::now();
+                match self.refresh(&st).await {
+                    Ok(n) if !logged_ready => {
+                        logged_ready = true;
+                        tracing::info!(
+                            links = n,
+                            ms = t.elapsed().as_millis() as u64,
+                            "identity index loaded"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "identity index refresh failed"),
+                }
+                if self.state.load(Ordering::Acquire) == OFF {
+                    return;
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(max: usize) -> IdentityIndex {
+        let ix = IdentityIndex::new(max);
+        ix.state.store(READY, Ordering::Release);
+        ix
+    }
+
+    #[test]
+    fn answers_nothing_until_loaded() {
+        let ix = IdentityIndex::new(10);
+        ix.add("s", "a1", "u1", 1);
+        assert_eq!(ix.resolve("s", "a1"), None);
+    }
+
+    #[test]
+    fn resolves_like_the_sql_lookup() {
+        let ix = ready(100);
+        ix.add("s", "a2", "u1", 10);
+        ix.add("s", "a1", "u1", 20);
+        ix.add("s", "a1", "u1", 20); // a duplicate changes nothing
+        ix.add("other", "a9", "u1", 5);
+        let u1 = Identity {
+            user_id: Some("u1".into()),
+            anonymous_ids: vec!["a1".into(), "a2".into()],
+            visitors: vec!["u1".into(), "a1".into(), "a2".into()],
+        };
+        assert_eq!(ix.resolve("s", "u1"), Some(u1.clone()));
+        assert_eq!(ix.resolve("s", "a2"), Some(u1));
+        let alone = |id: &str| Identity {
+            user_id: None,
+            anonymous_ids: vec![],
+            visitors: vec![id.into()],
+        };
+        assert_eq!(ix.resolve("s", "a3"), Some(alone("a3")));
+        assert_eq!(ix.resolve("nosite", "a1"), Some(alone("a1")));
+        // Sites never mix.
+        assert_eq!(
+            ix.resolve("other", "u1").unwrap().anonymous_ids,
+            vec!["a9".to_string()]
+        );
+    }
+
+    #[test]
+    fn an_anonymous_id_follows_its_latest_link() {
+        let ix = ready(100);
+        ix.add("s", "a1", "u1", 10);
+        ix.add("s", "a1", "u2", 30);
+        ix.add("s", "a1", "u1", 20); // older than the link to u2, arriving later
+        assert_eq!(
+            ix.resolve("s", "a1").unwrap().user_id.as_deref(),
+            Some("u2")
+        );
+        // u1 still lists a1: it was linked to u1 once (as the SQL lookup lists it).
+        assert_eq!(ix.resolve("s", "u1").unwrap().anonymous_ids, vec!["a1"]);
+    }
+
+    #[test]
+    fn too_many_links_turn_it_off() {
+        let ix = ready(2);
+        ix.add("s", "a1", "u1", 1);
+        ix.add("s", "a2", "u1", 1);
+        assert!(ix.resolve("s", "u1").is_some());
+        ix.add("s", "a3", "u1", 1);
+        assert_eq!(ix.resolve("s", "u1"), None);
+        assert_eq!(ix.links(), None);
+    }
+
+    #[test]
+    fn read_ranges_merge_and_cover() {
+        let ix = IdentityIndex::new(10);
+        ix.mark(1, 1);
+        ix.mark(3, 4);
+        assert!(ix.covered(1, 1) && ix.covered(3, 4));
+        assert!(!ix.covered(1, 4), "block 2 was not read");
+        ix.mark(2, 2);
+        assert!(ix.covered(1, 4));
+        assert!(!ix.covered(4, 5));
+        assert_eq!(*ix.read.lock().unwrap(), vec![(1, 4)]);
+    }
+}
