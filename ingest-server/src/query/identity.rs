@@ -5,7 +5,10 @@
 //!
 //! # Where the links come from
 //!
-//! - At start, every active part of `identities` is read (the index answers nothing until that
+//! The index holds the links of `identities` and the user ids of `q_user_visitors` (users with
+//! events under their own id, see `query::schema`), both read the same way:
+//!
+//! - At start, every active part of both tables is read (the index answers nothing until that
 //!   load is done: until then, and whenever it is off, resolution is the SQL lookup).
 //! - Then every `identity_refresh` the active parts are listed again and any part holding a
 //!   block not read yet is read. Parts never change, a merge only combines parts whose blocks
@@ -13,8 +16,9 @@
 //!   holds (a part merged away between listing and reading is read again in its merged form).
 //!   This is how links written by other ingest servers on the same database arrive, within one
 //!   refresh.
-//! - This server's writer adds its links before it inserts them ([`IdentityIndex::add`]), so a
-//!   link never shows up later than the events it came with.
+//! - This server's writer adds its links and users before it inserts their events
+//!   ([`IdentityIndex::add`], [`IdentityIndex::add_user_visitor`]), so neither shows up later
+//!   than the events it came with.
 //!
 //! Links are only ever added: a link removed from ClickHouse (`ALTER TABLE ... DELETE`) stays
 //! here until the server restarts. Above `identity_max_links` links the index turns itself off
@@ -23,10 +27,12 @@
 //! # Resolution (the same as the SQL lookup in `profile::resolve`)
 //!
 //! An anonymous id resolves to the user of its latest link (by `linked_at`; on a tie the greater
-//! user id); any other id is taken as a user id. A user with links is that user plus every
-//! anonymous id ever linked to them; an id without links is a visitor on its own.
+//! user id); any other id is taken as a user id. A user with links is every anonymous id ever
+//! linked to them, plus the user id itself when it has events of its own; an id without links is
+//! a visitor on its own. The SQL lookup always includes the user id: the answers are the same,
+//! the index only skips reading a key range that holds nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -37,6 +43,10 @@ use super::profile::Identity;
 use super::sql::lit;
 use super::{QueryError, QueryState};
 
+/// Which table's read ranges.
+const LINKS: usize = 0;
+const USERS: usize = 1;
+
 const LOADING: u8 = 0;
 const READY: u8 = 1;
 const OFF: u8 = 2;
@@ -44,10 +54,18 @@ const OFF: u8 = 2;
 /// See the module documentation.
 pub struct IdentityIndex {
     links: RwLock<HashMap<String, SiteLinks>>,
-    /// Block ranges of `identities` already read, sorted and disjoint.
-    read: Mutex<Vec<(i64, i64)>>,
+    /// Block ranges already read, sorted and disjoint: of `identities`, of `q_user_visitors`.
+    read: [Mutex<Vec<(i64, i64)>>; 2],
     state: AtomicU8,
     max_links: usize,
+}
+
+/// A part's block range and row count.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    lo: i64,
+    hi: i64,
+    rows: u64,
 }
 
 #[derive(Default)]
@@ -56,6 +74,9 @@ struct SiteLinks {
     latest: HashMap<String, (u32, String)>,
     /// User id -> every anonymous id linked to it.
     anons: HashMap<String, Vec<String>>,
+    /// User ids with events under their own id.
+    own: HashSet<String>,
+    /// Links and users held (what `identity_max_links` bounds).
     count: usize,
 }
 
@@ -63,7 +84,7 @@ impl IdentityIndex {
     pub fn new(max_links: usize) -> Self {
         IdentityIndex {
             links: RwLock::new(HashMap::new()),
-            read: Mutex::new(Vec::new()),
+            read: Default::default(),
             state: AtomicU8::new(LOADING),
             max_links,
         }
@@ -103,16 +124,33 @@ impl IdentityIndex {
         if !list.iter().any(|a| a == anonymous_id) {
             list.push(anonymous_id.to_string());
             s.count += 1;
-            let total: usize = all.values().map(|s| s.count).sum();
-            if total > self.max_links {
-                all.clear();
-                self.state.store(OFF, Ordering::Release);
-                tracing::warn!(
-                    max_links = self.max_links,
-                    "more identity links than query.identity_max_links: the in-memory identity \
-                     index is off, ids are resolved in ClickHouse"
-                );
-            }
+            self.check_size(&mut all);
+        }
+    }
+
+    /// Notes that `user_id` has events under its own id (idempotent).
+    pub fn add_user_visitor(&self, site: &str, user_id: &str) {
+        if self.state.load(Ordering::Acquire) == OFF {
+            return;
+        }
+        let mut all = self.links.write().expect("identity index lock");
+        let s = all.entry(site.to_string()).or_default();
+        if s.own.insert(user_id.to_string()) {
+            s.count += 1;
+            self.check_size(&mut all);
+        }
+    }
+
+    fn check_size(&self, all: &mut HashMap<String, SiteLinks>) {
+        let total: usize = all.values().map(|s| s.count).sum();
+        if total > self.max_links {
+            all.clear();
+            self.state.store(OFF, Ordering::Release);
+            tracing::warn!(
+                max_links = self.max_links,
+                "more identity links than query.identity_max_links: the in-memory identity \
+                 index is off, ids are resolved in ClickHouse"
+            );
         }
     }
 
@@ -136,7 +174,9 @@ impl IdentityIndex {
                 let mut anons = list.clone();
                 anons.sort();
                 let mut visitors = Vec::with_capacity(anons.len() + 1);
-                visitors.push(user.to_string());
+                if s.own.contains(user) {
+                    visitors.push(user.to_string());
+                }
                 visitors.extend(anons.iter().cloned());
                 Identity {
                     user_id: Some(user.to_string()),
@@ -148,18 +188,11 @@ impl IdentityIndex {
         })
     }
 
-    /// Reads the parts of `identities` not read yet; the first success makes the index ready.
+    /// Reads the parts of `identities` and `q_user_visitors` not read yet; the first success
+    /// makes the index ready. Returns how many rows were read.
     pub async fn refresh(&self, st: &QueryState) -> Result<usize, QueryError> {
         if self.state.load(Ordering::Acquire) == OFF {
             return Ok(0);
-        }
-        let db = st.db();
-        #[derive(Deserialize)]
-        struct Part {
-            name: String,
-            lo: i64,
-            hi: i64,
-            rows: u64,
         }
         #[derive(Deserialize)]
         struct Link {
@@ -168,48 +201,98 @@ impl IdentityIndex {
             user_id: String,
             at: u32,
         }
-        let parts: Vec<Part> = st
-            .fetch(&format!(
-                "SELECT name, min_block_number AS lo, max_block_number AS hi, rows
-FROM system.parts WHERE database = {} AND table = 'identities' AND active",
-                lit(db)
-            ))
-            .await?;
-        let mut added = 0;
-        for p in parts {
-            if self.covered(p.lo, p.hi) {
-                continue;
-            }
+        #[derive(Deserialize)]
+        struct User {
+            site: String,
+            user_id: String,
+        }
+        let mut read = 0;
+        for (name, part) in self.unread(st, LINKS, "identities").await? {
             let links: Vec<Link> = st
                 .fetch(&format!(
                     "SELECT site, anonymous_id, user_id, toUInt32(linked_at) AS at
-FROM {db}.identities WHERE _part = {}",
-                    lit(&p.name)
+FROM {}.identities WHERE _part = {}",
+                    st.db(),
+                    lit(&name)
                 ))
                 .await?;
             for l in &links {
                 self.add(&l.site, &l.anonymous_id, &l.user_id, l.at);
             }
-            added += links.len();
-            // A part merged away since the listing reads as fewer rows: not marked, so its
-            // blocks are read again from the merged part.
-            if links.len() as u64 == p.rows {
-                self.mark(p.lo, p.hi);
+            read += self.done(LINKS, part, links.len());
+        }
+        for (name, part) in self.unread(st, USERS, "q_user_visitors").await? {
+            let users: Vec<User> = st
+                .fetch(&format!(
+                    "SELECT site, user_id FROM {}.q_user_visitors WHERE _part = {}",
+                    st.db(),
+                    lit(&name)
+                ))
+                .await?;
+            for u in &users {
+                self.add_user_visitor(&u.site, &u.user_id);
             }
+            read += self.done(USERS, part, users.len());
         }
         let _ = self
             .state
             .compare_exchange(LOADING, READY, Ordering::AcqRel, Ordering::Acquire);
-        Ok(added)
+        Ok(read)
     }
 
-    fn covered(&self, lo: i64, hi: i64) -> bool {
-        let read = self.read.lock().expect("identity index lock");
+    /// The active parts of `table` holding a block not read yet, and what each holds.
+    async fn unread(
+        &self,
+        st: &QueryState,
+        which: usize,
+        table: &str,
+    ) -> Result<Vec<(String, Part)>, QueryError> {
+        #[derive(Deserialize)]
+        struct Row {
+            name: String,
+            lo: i64,
+            hi: i64,
+            rows: u64,
+        }
+        let parts: Vec<Row> = st
+            .fetch(&format!(
+                "SELECT name, min_block_number AS lo, max_block_number AS hi, rows
+FROM system.parts WHERE database = {} AND table = {} AND active",
+                lit(st.db()),
+                lit(table)
+            ))
+            .await?;
+        Ok(parts
+            .into_iter()
+            .filter(|p| !self.covered(which, p.lo, p.hi))
+            .map(|p| {
+                let part = Part {
+                    lo: p.lo,
+                    hi: p.hi,
+                    rows: p.rows,
+                };
+                (p.name, part)
+            })
+            .collect())
+    }
+
+    /// Marks a part read when as many rows arrived as it holds. A part merged away since the
+    /// listing reads as fewer rows: not marked, so its blocks are read again from the merged
+    /// part. Returns `rows`.
+    fn done(&self, which: usize, part: Part, rows: usize) -> usize {
+        if part.rows == rows as u64 {
+            self.mark(which, part.lo, part.hi);
+        }
+        rows
+    }
+
+    fn covered(&self, which: usize, lo: i64, hi: i64) -> bool {
+        let read = self.read[which].lock().expect("identity index lock");
         read.iter().any(|&(a, b)| a <= lo && hi <= b)
     }
 
-    fn mark(&self, lo: i64, hi: i64) {
-        let mut read = self.read.lock().expect("identity index lock");
+    fn mark(&self, which: usize, lo: i64, hi: i64) {
+        let mut read = self.read[which].lock().expect("identity index lock");
         read.push((lo, hi));
         read.sort_unstable();
         let mut merged: Vec<(i64, i64)> = Vec::with_capacity(read.len());
@@ -274,12 +357,16 @@ mod tests {
         ix.add("s", "a1", "u1", 20);
         ix.add("s", "a1", "u1", 20); // a duplicate changes nothing
         ix.add("other", "a9", "u1", 5);
-        let u1 = Identity {
+        let mut u1 = Identity {
             user_id: Some("u1".into()),
             anonymous_ids: vec!["a1".into(), "a2".into()],
-            visitors: vec!["u1".into(), "a1".into(), "a2".into()],
+            visitors: vec!["a1".into(), "a2".into()],
         };
         assert_eq!(ix.resolve("s", "u1"), Some(u1.clone()));
+        assert_eq!(ix.resolve("s", "a2"), Some(u1.clone()));
+        // Once u1 has events under its own id, lookups read that id too.
+        ix.add_user_visitor("s", "u1");
+        u1.visitors.insert(0, "u1".into());
         assert_eq!(ix.resolve("s", "a2"), Some(u1));
         let alone = |id: &str| Identity {
             user_id: None,
@@ -323,13 +410,35 @@ mod tests {
     #[test]
     fn read_ranges_merge_and_cover() {
         let ix = IdentityIndex::new(10);
-        ix.mark(1, 1);
-        ix.mark(3, 4);
-        assert!(ix.covered(1, 1) && ix.covered(3, 4));
-        assert!(!ix.covered(1, 4), "block 2 was not read");
-        ix.mark(2, 2);
-        assert!(ix.covered(1, 4));
-        assert!(!ix.covered(4, 5));
-        assert_eq!(*ix.read.lock().unwrap(), vec![(1, 4)]);
+        ix.mark(LINKS, 1, 1);
+        ix.mark(LINKS, 3, 4);
+        assert!(ix.covered(LINKS, 1, 1) && ix.covered(LINKS, 3, 4));
+        assert!(!ix.covered(LINKS, 1, 4), "block 2 was not read");
+        ix.mark(LINKS, 2, 2);
+        assert!(ix.covered(LINKS, 1, 4));
+        assert!(!ix.covered(LINKS, 4, 5));
+        assert!(!ix.covered(USERS, 1, 1), "each table has its own ranges");
+        assert_eq!(*ix.read[LINKS].lock().unwrap(), vec![(1, 4)]);
+        // A part that arrived short (merged away meanwhile) is not marked.
+        ix.done(
+            USERS,
+            Part {
+                lo: 7,
+                hi: 7,
+                rows: 3,
+            },
+            2,
+        );
+        assert!(!ix.covered(USERS, 7, 7));
+        ix.done(
+            USERS,
+            Part {
+                lo: 7,
+                hi: 7,
+                rows: 3,
+            },
+            3,
+        );
+        assert!(ix.covered(USERS, 7, 7));
     }
 }

@@ -22,6 +22,12 @@
 //!   rows instead of the whole table.
 //! - `q_ident_by_anon` (ReplacingMergeTree sorted by `(site, anonymous_id)`): the reverse index of
 //!   `identities`, to resolve an anonymous id to its user.
+//! - `q_user_visitors` (ReplacingMergeTree sorted by `(site, user_id)`): the user ids that are
+//!   visitor ids too, because some of their events came without an anonymous id (server-side
+//!   calls). A user id not listed here has no rows under its own id, so the identity index
+//!   (`query::identity`) leaves it out of the ids a lookup reads: one key range less in every
+//!   part of every table (on the query bench, identified people's profiles took 13.8 ms at p50
+//!   against 8.7 ms for anonymous ones, the difference being that range).
 //!
 //! The per-visitor tables use small granules (`index_granularity` 256, and 64 for the day and
 //! product states): a profile reads a handful of rows from each part, and aggregate states (sets
@@ -167,6 +173,12 @@ macro_rules! by_name_select {
             " AS event, timestamp, timestamp_ms, visitor_id, message_id, properties
 FROM {db}.events"
         )
+    };
+}
+
+macro_rules! user_visitors_select {
+    () => {
+        "SELECT DISTINCT site, user_id FROM {db}.events WHERE anonymous_id = '' AND user_id != ''"
     };
 }
 
@@ -356,6 +368,16 @@ SETTINGS index_granularity = 64",
     "DROP TABLE IF EXISTS {db}.q_products"
 );
 
+/// Migration 109: user ids with events under their own id (see the module documentation).
+pub const USER_VISITORS: &[&str] = fed_table!(
+    "q_user_visitors",
+    "(
+    site String,
+    user_id String
+) ENGINE = ReplacingMergeTree ORDER BY (site, user_id)",
+    user_visitors_select
+);
+
 /// The tables the query API owns (for tests that check they survive hostile input).
 pub const TABLES: &[&str] = &[
     "q_visitor",
@@ -365,4 +387,5 @@ pub const TABLES: &[&str] = &[
     "q_events_by_name",
     "q_ident_by_anon",
     "q_history",
+    "q_user_visitors",
 ];

@@ -308,6 +308,13 @@ impl Sink for ClickHouseSink {
                 for l in &links {
                     ix.add(&l.site, &l.anonymous_id, &l.user_id, l.linked_at);
                 }
+                // What `q_user_visitors` will hold (its view's condition).
+                for r in rows
+                    .iter()
+                    .filter(|r| r.anonymous_id.is_empty() && !r.user_id.is_empty())
+                {
+                    ix.add_user_visitor(&r.site, &r.user_id);
+                }
             }
             futures::future::try_join(
                 self.insert_rows("events", rows),

@@ -190,6 +190,11 @@ ORDER BY (quarantined_at, site)"],
         name: "query_visitor_products",
         statements: crate::query::schema::VISITOR_PRODUCTS,
     },
+    Migration {
+        version: 109,
+        name: "query_user_visitors",
+        statements: crate::query::schema::USER_VISITORS,
+    },
 ];
 
 /// Renders a statement for a database.

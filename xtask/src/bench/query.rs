@@ -759,7 +759,8 @@ sites = ["{SITE}"]
     let agent = agent();
     let mut rng = Rng(0xBE7C);
     // Ids to ask for: uniform over visitors; identified ones by user id half the time.
-    let ids: Vec<(String, u64)> = (0..o.samples)
+    // (id, the visitor's events, identified: the id resolves to a user and its anonymous ids)
+    let ids: Vec<(String, u64, bool)> = (0..o.samples)
         .map(|_| {
             let i = rng.below(visitors.len() as u64) as usize;
             let v = &visitors[i];
@@ -767,7 +768,7 @@ sites = ["{SITE}"]
                 Some(u) if rng.f() < 0.5 => u.clone(),
                 _ => v.anon.clone(),
             };
-            (id, n[i])
+            (id, n[i], v.user.is_some())
         })
         .collect();
     let profile_url = |id: &str| format!("{base}/v1/profiles/{id}?site={SITE}");
@@ -776,7 +777,7 @@ sites = ["{SITE}"]
     let get = |url: &str| timed(&agent, "GET", url, None, "");
     let audience = |accept: &str| timed(&agent, "POST", &audience_url, Some(CART_AUDIENCE), accept);
     println!("warming up...");
-    for (id, _) in ids.iter().take(20) {
+    for (id, _, _) in ids.iter().take(20) {
         get(&profile_url(id))?;
         get(&history_url(id))?;
     }
@@ -788,9 +789,16 @@ sites = ["{SITE}"]
     );
     let mut profile = Timing::default();
     let mut history = Timing::default();
-    for (id, _) in &ids {
-        profile.add(get(&profile_url(id))?);
-        history.add(get(&history_url(id))?);
+    // The same requests split by who asks: [anonymous, identified].
+    let mut profile_by: [Timing; 2] = Default::default();
+    let mut history_by: [Timing; 2] = Default::default();
+    for (id, _, identified) in &ids {
+        let p = get(&profile_url(id))?;
+        profile_by[usize::from(*identified)].add((p.0, p.1, String::new()));
+        profile.add(p);
+        let h = get(&history_url(id))?;
+        history_by[usize::from(*identified)].add((h.0, h.1, String::new()));
+        history.add(h);
     }
     let mut audiences = Timing::default();
     let mut members = 0;
@@ -822,14 +830,20 @@ sites = ["{SITE}"]
     }
     drop(server);
 
-    let mut sizes: Vec<u64> = ids.iter().map(|(_, k)| *k).collect();
+    let mut sizes: Vec<u64> = ids.iter().map(|(_, k, _)| *k).collect();
     sizes.sort_unstable();
     let mut out = std::io::stdout().lock();
     writeln!(out, "\n== cargo xtask bench query ==")?;
     writeln!(out, "data: {} events, {} visitors; sampled visitors' events: median {}, p99 {}, max {}; heaviest visitor {} events",
         o.events, o.visitors, sizes[sizes.len() / 2], sizes[(sizes.len() * 99 / 100).min(sizes.len() - 1)], sizes.last().copied().unwrap_or(0), n[heavy])?;
+    let [anon, ident] = &mut profile_by;
     writeln!(out, "{}", profile.line("profile", "20 ms"))?;
+    writeln!(out, "{}", anon.line("  anonymous visitors", "-"))?;
+    writeln!(out, "{}", ident.line("  identified (user + anons)", "-"))?;
+    let [anon, ident] = &mut history_by;
     writeln!(out, "{}", history.line("event history (limit 50)", "20 ms"))?;
+    writeln!(out, "{}", anon.line("  anonymous visitors", "-"))?;
+    writeln!(out, "{}", ident.line("  identified (user + anons)", "-"))?;
     writeln!(
         out,
         "{}",
