@@ -10,13 +10,14 @@
 //! busiest visitor has about 1 % of all events, the median one about 50), products are Zipf
 //! popular, events come in sessions spread over 90 days, a quarter of visitors identify (a fifth
 //! of those on two devices, stitched through `identities`), and carts, removals and orders are
-//! mixed in. Rows are generated as TSV and streamed into `clickhouse-client`.
+//! mixed in; half of the identified people's orders come from the shop's backend with the user
+//! id only. Rows are generated as TSV and streamed into `clickhouse-client`.
 //! The server's cache is off (`cache_ttl = "0s"`), so every request reaches ClickHouse.
 //!
 //! `--keep DIR` keeps ClickHouse's data in `DIR` and reuses it on the next run with the same
-//! `--events` and `--visitors` (the load takes about two minutes for the default size): the
-//! history is generated relative to the time of the first run, so windows such as "within 24h"
-//! drift as the kept data ages. The server's migrations still run, so a new table backfills.
+//! `--events`, `--visitors` and generator (`GENERATOR`; the load takes about two minutes for
+//! the default size): the history is generated relative to the time of the first run, so
+//! windows such as "within 24h" drift as the kept data ages. The server's migrations still run, so a new table backfills.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -28,6 +29,9 @@ use anyhow::{bail, Context, Result};
 use waymark_testkit::ClickHouse;
 
 const SITE: &str = "shop";
+/// The synthetic history's version, kept in `--keep`'s marker: data generated otherwise is
+/// loaded again. Bump it with any change to what `visitor_history` writes.
+const GENERATOR: u32 = 2;
 const READ_KEY: &str = "rk_bench";
 const DAY_MS: i64 = 86_400_000;
 const PRODUCTS: usize = 5_000;
@@ -382,6 +386,13 @@ fn visitor_history(
             } else {
                 Row::track("Search", ("https://shop.example/search", "Search"))
             };
+            // Half of the identified people's orders are confirmed by the shop's backend, with
+            // the user id only (a server-side call): their user id is a visitor id too.
+            let anon = if row.order.is_some() && identified && i.is_multiple_of(2) {
+                ""
+            } else {
+                anon
+            };
             push_row(out, v, anon, user, &msg, ts, &session, &row);
             k += 1;
         }
@@ -634,7 +645,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         None => None,
         Some(_) => ch
             .query(&format!(
-                "SELECT now_ms FROM bench.bench_meta WHERE events = {} AND visitors = {} FORMAT TSV",
+                "SELECT now_ms FROM bench.bench_meta WHERE events = {} AND visitors = {} AND generator = {GENERATOR} FORMAT TSV",
                 o.events, o.visitors
             ))
             .ok()
@@ -726,8 +737,8 @@ sites = ["{SITE}"]
         let loaded = load(&ch, &db, &o, now, population(&o))?;
         if o.keep.is_some() {
             for sql in [
-                "CREATE TABLE bench.bench_meta (events UInt64, visitors UInt64, now_ms Int64) ENGINE = TinyLog".to_string(),
-                format!("INSERT INTO bench.bench_meta VALUES ({}, {}, {now})", o.events, o.visitors),
+                "CREATE TABLE bench.bench_meta (events UInt64, visitors UInt64, now_ms Int64, generator UInt32) ENGINE = TinyLog".to_string(),
+                format!("INSERT INTO bench.bench_meta VALUES ({}, {}, {now}, {GENERATOR})", o.events, o.visitors),
             ] {
                 ch.query(&sql).map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
             }
