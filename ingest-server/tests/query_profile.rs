@@ -517,4 +517,26 @@ VALUES ('shop', '{user}', '{anon}', {}, 'm-{user}-{anon}', 'identify')",
         vec!["nina", "n1"]
     );
     same_answers(&db, &plain, &indexed, &ix).await;
+
+    // An index too small for the table turns itself off before reading it; the state then
+    // resolves in ClickHouse and answers the same.
+    let small = std::sync::Arc::new(IdentityIndex::new(2));
+    let st = QueryState::with_schema(
+        &waymark_ingest::query::QueryConfig {
+            read_keys: vec![waymark_ingest::query::ReadKey {
+                key: SHOP_KEY.into(),
+                sites: vec!["shop".into()],
+            }],
+            cache_ttl: waymark_ingest::config::HumanDuration(std::time::Duration::ZERO),
+            ..Default::default()
+        },
+        &db.ch,
+        std::sync::Arc::new(waymark_ingest::store::SchemaStatus::ready_now()),
+        Some(small.clone()),
+    );
+    assert_eq!(small.refresh(&st).await.unwrap(), 0, "nothing read");
+    assert_eq!((small.links(), small.resolve("shop", "a1")), (None, None));
+    let a = get(&plain, "/v1/profiles/alice?site=shop", SHOP_KEY).await;
+    let b = get(&st, "/v1/profiles/alice?site=shop", SHOP_KEY).await;
+    assert_eq!((a.status, a.text), (b.status, b.text));
 }

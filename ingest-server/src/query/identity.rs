@@ -21,7 +21,8 @@
 //!   than the events it came with.
 //!
 //! Links are only ever added: a link removed from ClickHouse (`ALTER TABLE ... DELETE`) stays
-//! here until the server restarts. Above `identity_max_links` links the index turns itself off
+//! here until the server restarts, and so does everything after the two tables are dropped and
+//! created again (their block numbers start over, so new parts look read). Above `identity_max_links` links the index turns itself off
 //! (logged) and resolution goes back to SQL, so memory stays bounded (about 200 bytes a link).
 //!
 //! # Resolution (the same as the SQL lookup in `profile::resolve`)
@@ -104,39 +105,58 @@ impl IdentityIndex {
 
     /// Adds one link (idempotent). Turns the index off when it would hold too many.
     pub fn add(&self, site: &str, anonymous_id: &str, user_id: &str, linked_at: u32) {
-        if self.state.load(Ordering::Acquire) == OFF {
-            return;
-        }
-        let mut all = self.links.write().expect("identity index lock");
-        let s = all.entry(site.to_string()).or_default();
-        match s.latest.get_mut(anonymous_id) {
-            Some(cur) => {
-                if (linked_at, user_id) > (cur.0, cur.1.as_str()) {
-                    *cur = (linked_at, user_id.to_string());
-                }
-            }
-            None => {
-                s.latest
-                    .insert(anonymous_id.to_string(), (linked_at, user_id.to_string()));
-            }
-        }
-        let list = s.anons.entry(user_id.to_string()).or_default();
-        if !list.iter().any(|a| a == anonymous_id) {
-            list.push(anonymous_id.to_string());
-            s.count += 1;
-            self.check_size(&mut all);
-        }
+        self.add_all([(site, anonymous_id, user_id, linked_at)], []);
     }
 
     /// Notes that `user_id` has events under its own id (idempotent).
     pub fn add_user_visitor(&self, site: &str, user_id: &str) {
+        self.add_all([], [(site, user_id)]);
+    }
+
+    /// Adds links `(site, anonymous id, user id, linked_at)` and users with events of their own
+    /// `(site, user id)` under one lock (the writer's path: no allocation for what is known).
+    pub fn add_all<'a>(
+        &self,
+        links: impl IntoIterator<Item = (&'a str, &'a str, &'a str, u32)>,
+        users: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
         if self.state.load(Ordering::Acquire) == OFF {
             return;
         }
         let mut all = self.links.write().expect("identity index lock");
-        let s = all.entry(site.to_string()).or_default();
-        if s.own.insert(user_id.to_string()) {
-            s.count += 1;
+        let mut grew = false;
+        for (site, anonymous_id, user_id, linked_at) in links {
+            let s = site_entry(&mut all, site);
+            match s.latest.get_mut(anonymous_id) {
+                Some(cur) => {
+                    if (linked_at, user_id) > (cur.0, cur.1.as_str()) {
+                        *cur = (linked_at, user_id.to_string());
+                    }
+                }
+                None => {
+                    s.latest
+                        .insert(anonymous_id.to_string(), (linked_at, user_id.to_string()));
+                }
+            }
+            if !s.anons.contains_key(user_id) {
+                s.anons.insert(user_id.to_string(), Vec::new());
+            }
+            let list = s.anons.get_mut(user_id).expect("inserted above");
+            if !list.iter().any(|a| a == anonymous_id) {
+                list.push(anonymous_id.to_string());
+                s.count += 1;
+                grew = true;
+            }
+        }
+        for (site, user_id) in users {
+            let s = site_entry(&mut all, site);
+            if !s.own.contains(user_id) {
+                s.own.insert(user_id.to_string());
+                s.count += 1;
+                grew = true;
+            }
+        }
+        if grew {
             self.check_size(&mut all);
         }
     }
@@ -144,8 +164,14 @@ impl IdentityIndex {
     fn check_size(&self, all: &mut HashMap<String, SiteLinks>) {
         let total: usize = all.values().map(|s| s.count).sum();
         if total > self.max_links {
+            self.turn_off(all);
+        }
+    }
+
+    fn turn_off(&self, all: &mut HashMap<String, SiteLinks>) {
+        if self.state.swap(OFF, Ordering::AcqRel) != OFF {
             all.clear();
-            self.state.store(OFF, Ordering::Release);
+            all.shrink_to_fit();
             tracing::warn!(
                 max_links = self.max_links,
                 "more identity links than query.identity_max_links: the in-memory identity \
@@ -216,9 +242,17 @@ FROM {}.identities WHERE _part = {}",
                     lit(&name)
                 ))
                 .await?;
-            for l in &links {
-                self.add(&l.site, &l.anonymous_id, &l.user_id, l.at);
-            }
+            self.add_all(
+                links.iter().map(|l| {
+                    (
+                        l.site.as_str(),
+                        l.anonymous_id.as_str(),
+                        l.user_id.as_str(),
+                        l.at,
+                    )
+                }),
+                [],
+            );
             read += self.done(LINKS, part, links.len());
         }
         for (name, part) in self.unread(st, USERS, "q_user_visitors").await? {
@@ -229,9 +263,10 @@ FROM {}.identities WHERE _part = {}",
                     lit(&name)
                 ))
                 .await?;
-            for u in &users {
-                self.add_user_visitor(&u.site, &u.user_id);
-            }
+            self.add_all(
+                [],
+                users.iter().map(|u| (u.site.as_str(), u.user_id.as_str())),
+            );
             read += self.done(USERS, part, users.len());
         }
         let _ = self
@@ -262,6 +297,13 @@ FROM system.parts WHERE database = {} AND table = {} AND active",
                 lit(table)
             ))
             .await?;
+        // Twice the cap in rows (duplicates wait for merges): off before reading, rather than
+        // holding a huge part's rows in memory only to find out.
+        let rows: u64 = parts.iter().map(|p| p.rows).sum();
+        if rows > 2 * self.max_links as u64 {
+            self.turn_off(&mut self.links.write().expect("identity index lock"));
+            return Ok(Vec::new());
+        }
         Ok(parts
             .into_iter()
             .filter(|p| !self.covered(which, p.lo, p.hi))
@@ -306,23 +348,38 @@ FROM system.parts WHERE database = {} AND table = {} AND active",
     }
 
     /// Keeps the index current: a first load, then a refresh every `every`, until the process
-    /// ends. Waits for the schema; failures are logged and retried at the next tick.
+    /// ends. Waits for the schema; a failure is retried at the next tick and logged once until
+    /// a refresh succeeds again (ClickHouse down would otherwise log every tick).
     pub async fn run(self: std::sync::Arc<Self>, st: QueryState, every: Duration) {
         let mut logged_ready = false;
+        let mut failing = false;
         loop {
             if st.schema_ready() {
                 let t = Instant::now();
                 match self.refresh(&st).await {
-                    Ok(n) if !logged_ready => {
-                        logged_ready = true;
-                        tracing::info!(
-                            links = n,
-                            ms = t.elapsed().as_millis() as u64,
-                            "identity index loaded"
-                        );
+                    Ok(n) => {
+                        if !logged_ready {
+                            logged_ready = true;
+                            tracing::info!(
+                                rows = n,
+                                ms = t.elapsed().as_millis() as u64,
+                                "identity index loaded"
+                            );
+                        } else if failing {
+                            tracing::info!(rows = n, "identity index refreshed again");
+                        }
+                        failing = false;
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "identity index refresh failed"),
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(
+                                error = %e,
+                                "identity index refresh failed (retried every tick; links \
+                                 written by other servers arrive when it succeeds)"
+                            );
+                        }
+                        failing = true;
+                    }
                 }
                 if self.state.load(Ordering::Acquire) == OFF {
                     return;
@@ -331,6 +388,14 @@ FROM system.parts WHERE database = {} AND table = {} AND active",
             tokio::time::sleep(every).await;
         }
     }
+}
+
+/// The site's links, created empty on first use (no allocation when it exists).
+fn site_entry<'m>(all: &'m mut HashMap<String, SiteLinks>, site: &str) -> &'m mut SiteLinks {
+    if !all.contains_key(site) {
+        all.insert(site.to_string(), SiteLinks::default());
+    }
+    all.get_mut(site).expect("inserted above")
 }
 
 #[cfg(test)]

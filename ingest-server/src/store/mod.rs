@@ -305,16 +305,20 @@ impl Sink for ClickHouseSink {
             // both; the tables collapse the rows inserted twice).
             let links: Vec<IdentityRow> = rows.iter().flat_map(identity_links).collect();
             if let Some(ix) = &self.identities {
-                for l in &links {
-                    ix.add(&l.site, &l.anonymous_id, &l.user_id, l.linked_at);
-                }
-                // What `q_user_visitors` will hold (its view's condition).
-                for r in rows
-                    .iter()
-                    .filter(|r| r.anonymous_id.is_empty() && !r.user_id.is_empty())
-                {
-                    ix.add_user_visitor(&r.site, &r.user_id);
-                }
+                ix.add_all(
+                    links.iter().map(|l| {
+                        (
+                            l.site.as_str(),
+                            l.anonymous_id.as_str(),
+                            l.user_id.as_str(),
+                            l.linked_at,
+                        )
+                    }),
+                    // What `q_user_visitors` will hold (its view's condition).
+                    rows.iter()
+                        .filter(|r| r.anonymous_id.is_empty() && !r.user_id.is_empty())
+                        .map(|r| (r.site.as_str(), r.user_id.as_str())),
+                );
             }
             futures::future::try_join(
                 self.insert_rows("events", rows),
