@@ -115,7 +115,7 @@ fn format(b: &[u8; 16]) -> String {
     s
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
 

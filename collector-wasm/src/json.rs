@@ -90,7 +90,7 @@ pub fn opt_str(out: &mut String, first: &mut bool, k: &str, v: &str) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
 

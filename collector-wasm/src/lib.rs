@@ -45,7 +45,7 @@ mod exports;
 #[cfg(target_arch = "wasm32")]
 mod heap;
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod engine_tests;
 
 #[cfg(target_arch = "wasm32")]

@@ -155,7 +155,7 @@ pub fn fit(items: &Lines, max_events: usize, max_bytes: usize, at_least_one: boo
     n
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use alloc::vec::Vec;

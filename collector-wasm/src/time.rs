@@ -23,7 +23,7 @@ pub fn rfc3339(out: &mut String, ms: u64) {
     json::put(out, &waymark_protocol::time::format_rfc3339(ms));
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
 

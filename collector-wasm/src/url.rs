@@ -41,7 +41,7 @@ pub fn parse_u64(s: &str) -> Option<u64> {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
 

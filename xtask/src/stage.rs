@@ -80,7 +80,9 @@ pub fn run_test(root: &Path, args: &[String]) -> Result<()> {
                 }),
             ),
             (
-                "protocol for wasm32",
+                "wasm32 build and clippy",
+                // The protocol crate as the tag takes it, and clippy over the tag's wasm-only
+                // code (exports, allocator), which the native clippy above does not see.
                 Box::new(|| {
                     run(cargo().args([
                         "build",
@@ -88,6 +90,17 @@ pub fn run_test(root: &Path, args: &[String]) -> Result<()> {
                         "waymark-protocol",
                         "--target",
                         "wasm32-unknown-unknown",
+                    ]))?;
+                    run(cargo().args([
+                        "clippy",
+                        "-p",
+                        "waymark-collector",
+                        "--target",
+                        "wasm32-unknown-unknown",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
                     ]))
                 }),
             ),
