@@ -185,9 +185,10 @@ pub async fn serve(
         schema.clone(),
         identities.clone(),
     );
-    let identity_refresh =
-        identities.map(|ix| tokio::spawn(ix.run(query.clone(), config.query.identity_refresh.0)));
-    let state = AppState::new(config, spool.clone(), metrics, schema);
+    let identity_refresh = identities
+        .clone()
+        .map(|ix| tokio::spawn(ix.run(query.clone(), config.query.identity_refresh.0)));
+    let state = AppState::new(config, spool.clone(), metrics, schema, identities);
     let router = app(state, query);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");

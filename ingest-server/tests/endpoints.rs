@@ -489,6 +489,24 @@ async fn bad_input_is_refused_with_reason_and_stores_nothing() {
         metrics.contains("waymark_events_rejected_total{reason=\"replayed\"} 1"),
         "{metrics}"
     );
+    // The identity index is on by default and loads once the schema is there (its loop looks
+    // every second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let m = client
+            .get(srv.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("waymark_identity_index_ready 1\n") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     srv.stop().await;
 }
 

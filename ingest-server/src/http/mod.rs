@@ -48,6 +48,8 @@ pub struct Inner {
     pub replay: edge::ReplayGuard,
     pub clickhouse: clickhouse::Client,
     pub schema: Arc<crate::store::SchemaStatus>,
+    /// The query API's identity index, for `/metrics` (none when it is configured off).
+    pub identities: Option<Arc<crate::query::identity::IdentityIndex>>,
 }
 
 impl AppState {
@@ -56,6 +58,7 @@ impl AppState {
         spool: Spool,
         metrics: Arc<Metrics>,
         schema: Arc<crate::store::SchemaStatus>,
+        identities: Option<Arc<crate::query::identity::IdentityIndex>>,
     ) -> Self {
         let keys = config
             .sites
@@ -74,6 +77,7 @@ impl AppState {
             replay: edge::ReplayGuard::default(),
             clickhouse,
             schema,
+            identities,
             config,
         }))
     }
