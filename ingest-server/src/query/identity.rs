@@ -233,7 +233,8 @@ impl IdentityIndex {
             user_id: String,
         }
         let mut read = 0;
-        for (name, part) in self.unread(st, LINKS, "identities").await? {
+        let [links_parts, users_parts] = self.unread(st).await?;
+        for (name, part) in links_parts {
             let links: Vec<Link> = st
                 .fetch(&format!(
                     "SELECT site, anonymous_id, user_id, toUInt32(linked_at) AS at
@@ -255,7 +256,7 @@ FROM {}.identities WHERE _part = {}",
             );
             read += self.done(LINKS, part, links.len());
         }
-        for (name, part) in self.unread(st, USERS, "q_user_visitors").await? {
+        for (name, part) in users_parts {
             let users: Vec<User> = st
                 .fetch(&format!(
                     "SELECT site, user_id FROM {}.q_user_visitors WHERE _part = {}",
@@ -275,15 +276,12 @@ FROM {}.identities WHERE _part = {}",
         Ok(read)
     }
 
-    /// The active parts of `table` holding a block not read yet, and what each holds.
-    async fn unread(
-        &self,
-        st: &QueryState,
-        which: usize,
-        table: &str,
-    ) -> Result<Vec<(String, Part)>, QueryError> {
+    /// The active parts of `identities` and of `q_user_visitors` (indexed by `LINKS` and
+    /// `USERS`) holding a block not read yet, and what each holds: one listing for both.
+    async fn unread(&self, st: &QueryState) -> Result<[Vec<(String, Part)>; 2], QueryError> {
         #[derive(Deserialize)]
         struct Row {
+            table: String,
             name: String,
             lo: i64,
             hi: i64,
@@ -291,10 +289,10 @@ FROM {}.identities WHERE _part = {}",
         }
         let parts: Vec<Row> = st
             .fetch(&format!(
-                "SELECT name, min_block_number AS lo, max_block_number AS hi, rows
-FROM system.parts WHERE database = {} AND table = {} AND active",
+                "SELECT table, name, min_block_number AS lo, max_block_number AS hi, rows
+FROM system.parts
+WHERE database = {} AND table IN ('identities', 'q_user_visitors') AND active",
                 lit(st.db()),
-                lit(table)
             ))
             .await?;
         // Twice the cap in rows (duplicates wait for merges): off before reading, rather than
@@ -302,20 +300,25 @@ FROM system.parts WHERE database = {} AND table = {} AND active",
         let rows: u64 = parts.iter().map(|p| p.rows).sum();
         if rows > 2 * self.max_links as u64 {
             self.turn_off(&mut self.links.write().expect("identity index lock"));
-            return Ok(Vec::new());
+            return Ok(Default::default());
         }
-        Ok(parts
-            .into_iter()
-            .filter(|p| !self.covered(which, p.lo, p.hi))
-            .map(|p| {
+        let mut out: [Vec<(String, Part)>; 2] = Default::default();
+        for p in parts {
+            let which = if p.table == "identities" {
+                LINKS
+            } else {
+                USERS
+            };
+            if !self.covered(which, p.lo, p.hi) {
                 let part = Part {
                     lo: p.lo,
                     hi: p.hi,
                     rows: p.rows,
                 };
-                (p.name, part)
-            })
-            .collect())
+                out[which].push((p.name, part));
+            }
+        }
+        Ok(out)
     }
 
     /// Marks a part read when as many rows arrived as it holds. A part merged away since the
