@@ -473,14 +473,7 @@ async fn bad_input_is_refused_with_reason_and_stores_nothing() {
     );
     assert_eq!(once.trim(), "2", "the replay stored nothing more");
 
-    let metrics = client
-        .get(srv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_when(&client, &srv, |_| true).await;
     assert!(
         metrics.contains("waymark_events_rejected_total{reason=\"signature_mismatch\"} 2"),
         "{metrics}"
@@ -491,22 +484,14 @@ async fn bad_input_is_refused_with_reason_and_stores_nothing() {
     );
     // The identity index is on by default and loads once the schema is there (its loop looks
     // every second).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let m = client
-            .get(srv.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if m.contains("waymark_identity_index_ready 1\n") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{m}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let metrics = metrics_when(&client, &srv, |m| {
+        m.contains("waymark_identity_index_ready 1\n")
+    })
+    .await;
+    assert!(
+        metrics.contains("waymark_identity_index_ready 1\n"),
+        "{metrics}"
+    );
     srv.stop().await;
 }
 
@@ -575,24 +560,10 @@ async fn cors_preflight_duplicates_and_operations_endpoints() {
     let ready = client.get(srv.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     // The writer counts an insert once ClickHouse answered, a moment after the rows are visible.
-    let deadline = std::time::Instant::now() + WAIT;
-    let metrics = loop {
-        let m = client
-            .get(srv.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if (m.contains("waymark_insert_rows_total 1")
-            && m.contains("waymark_spool_pending_bytes 0"))
-            || std::time::Instant::now() > deadline
-        {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let metrics = metrics_when(&client, &srv, |m| {
+        m.contains("waymark_insert_rows_total 1") && m.contains("waymark_spool_pending_bytes 0")
+    })
+    .await;
     for want in [
         "waymark_events_accepted_total{source=\"api\"} 1",
         "waymark_duplicates_dropped_total 1",
@@ -673,4 +644,27 @@ async fn a_row_clickhouse_refuses_is_quarantined_and_the_rest_land() {
         "warm-up plus the 15 good rows of the refused batch"
     );
     srv.stop().await;
+}
+
+/// `/metrics` once `done` says so, or as it is after `WAIT`.
+async fn metrics_when(
+    client: &reqwest::Client,
+    srv: &Server,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let m = client
+            .get(srv.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if done(&m) || std::time::Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

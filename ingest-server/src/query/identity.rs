@@ -17,8 +17,7 @@
 //!   This is how links written by other ingest servers on the same database arrive, within one
 //!   refresh.
 //! - This server's writer adds its links and users before it inserts their events
-//!   ([`IdentityIndex::add`], [`IdentityIndex::add_user_visitor`]), so neither shows up later
-//!   than the events it came with.
+//!   ([`IdentityIndex::add_all`]), so neither shows up later than the events it came with.
 //!
 //! Links are only ever added: a link removed from ClickHouse (`ALTER TABLE ... DELETE`) stays
 //! here until the server restarts, and so does everything after the two tables are dropped and
@@ -103,18 +102,9 @@ impl IdentityIndex {
         })
     }
 
-    /// Adds one link (idempotent). Turns the index off when it would hold too many.
-    pub fn add(&self, site: &str, anonymous_id: &str, user_id: &str, linked_at: u32) {
-        self.add_all([(site, anonymous_id, user_id, linked_at)], []);
-    }
-
-    /// Notes that `user_id` has events under its own id (idempotent).
-    pub fn add_user_visitor(&self, site: &str, user_id: &str) {
-        self.add_all([], [(site, user_id)]);
-    }
-
     /// Adds links `(site, anonymous id, user id, linked_at)` and users with events of their own
-    /// `(site, user id)` under one lock (the writer's path: no allocation for what is known).
+    /// `(site, user id)` under one lock (the writer's path: no allocation for what is known),
+    /// idempotently. Turns the index off when it would hold too many.
     pub fn add_all<'a>(
         &self,
         links: impl IntoIterator<Item = (&'a str, &'a str, &'a str, u32)>,
@@ -405,6 +395,16 @@ fn site_entry<'m>(all: &'m mut HashMap<String, SiteLinks>, site: &str) -> &'m mu
 mod tests {
     use super::*;
 
+    impl IdentityIndex {
+        fn add(&self, site: &str, anonymous_id: &str, user_id: &str, linked_at: u32) {
+            self.add_all([(site, anonymous_id, user_id, linked_at)], []);
+        }
+
+        fn add_user_visitor(&self, site: &str, user_id: &str) {
+            self.add_all([], [(site, user_id)]);
+        }
+    }
+
     fn ready(max: usize) -> IdentityIndex {
         let ix = IdentityIndex::new(max);
         ix.state.store(READY, Ordering::Release);
@@ -488,25 +488,14 @@ mod tests {
         assert!(!ix.covered(USERS, 1, 1), "each table has its own ranges");
         assert_eq!(*ix.read[LINKS].lock().unwrap(), vec![(1, 4)]);
         // A part that arrived short (merged away meanwhile) is not marked.
-        ix.done(
-            USERS,
-            Part {
-                lo: 7,
-                hi: 7,
-                rows: 3,
-            },
-            2,
-        );
+        let part = Part {
+            lo: 7,
+            hi: 7,
+            rows: 3,
+        };
+        ix.done(USERS, part, 2);
         assert!(!ix.covered(USERS, 7, 7));
-        ix.done(
-            USERS,
-            Part {
-                lo: 7,
-                hi: 7,
-                rows: 3,
-            },
-            3,
-        );
+        ix.done(USERS, part, 3);
         assert!(ix.covered(USERS, 7, 7));
     }
 }
