@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 use waymark_protocol::edge::EdgeEnvelope;
+use waymark_protocol::intake::IntakePath;
 use waymark_protocol::limits::MAX_BATCH_BYTES;
 use worker::{
     console_error, console_warn, event, js_sys, wasm_bindgen::JsValue, web_sys, AbortSignal,
@@ -65,13 +66,13 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let path = req.path();
     let method = req.method();
     let reply = match http::route(&path, &cfg.prefix) {
-        Route::Batch => match method {
+        Route::Intake(kind) => match method {
             Method::Options => {
                 let origin = req.headers().get("origin")?;
                 let asked = req.headers().get("access-control-request-headers")?;
                 http::preflight(&http::cors(origin.as_deref(), &cfg), asked.as_deref())
             }
-            Method::Post => intake(req, &env, &cfg).await?,
+            Method::Post => intake(req, kind, &env, &cfg).await?,
             _ => http::method_not_allowed("POST, OPTIONS"),
         },
         route => match method {
@@ -90,7 +91,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     respond(reply)
 }
 
-async fn intake(mut req: Request, env: &Env, cfg: &Config) -> Result<Reply> {
+async fn intake(mut req: Request, kind: IntakePath, env: &Env, cfg: &Config) -> Result<Reply> {
     let headers = req.headers();
     let cors = http::cors(headers.get("origin")?.as_deref(), cfg);
     if let Cors::Refused(o) = &cors {
@@ -110,6 +111,7 @@ async fn intake(mut req: Request, env: &Env, cfg: &Config) -> Result<Reply> {
     let sec_gpc = headers.get("sec-gpc")?;
     let authorization = headers.get("authorization")?;
     let cf = cf_json(&req);
+    let query = req.url()?.query().map(str::to_string);
     let body = req.bytes().await?;
     let parts = RequestParts {
         body: &body,
@@ -117,6 +119,8 @@ async fn intake(mut req: Request, env: &Env, cfg: &Config) -> Result<Reply> {
         client_ip: client_ip.as_deref(),
         sec_gpc: sec_gpc.as_deref(),
         authorization: authorization.as_deref(),
+        query: query.as_deref(),
+        kind,
     };
     let processed = match process(&parts, &cf, cfg, now_ms()) {
         Ok(p) => p,

@@ -6,6 +6,7 @@
 //! | path | methods | what |
 //! |---|---|---|
 //! | `/wm/v1/batch` | POST, OPTIONS | the tag's batches (CORS, preflight) |
+//! | `/wm/v1/b`, `/wm/v1/t` ... `/wm/v1/track` ..., `/wm/beacon/v1/batch` | POST, OPTIONS | Segment-family clients (every path of `waymark_protocol::intake`) |
 //! | `/wm/t/<version>/<file>` | GET, HEAD | a tag file; `<version>` is a content hash, cached for a year |
 //! | `/wm/<file>` | GET, HEAD | the same file under a stable name, cached for 5 minutes |
 //! | `/wm/tag.json` | GET, HEAD | the versioned URLs of the current files, cached for 5 minutes |
@@ -14,6 +15,7 @@
 //! to itself whichever way it was loaded.
 
 use serde::Serialize;
+use waymark_protocol::intake::{intake_path, IntakePath};
 
 use crate::assets::{self, Asset};
 use crate::config::{Config, ConfigError};
@@ -113,7 +115,8 @@ fn error(status: u16, code: &str, field: &str, reason: impl Into<String>) -> Rep
 /// Which route a path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
-    Batch,
+    /// A batch or a single event from the tag or a Segment-family client.
+    Intake(IntakePath),
     Manifest,
     /// A tag file under `t/<version>/`.
     Versioned {
@@ -127,7 +130,6 @@ pub enum Route<'a> {
     NotFound,
 }
 
-pub const BATCH_PATH: &str = "/v1/batch";
 pub const MANIFEST_PATH: &str = "/tag.json";
 
 pub fn route<'a>(path: &'a str, prefix: &str) -> Route<'a> {
@@ -137,8 +139,8 @@ pub fn route<'a>(path: &'a str, prefix: &str) -> Route<'a> {
     if !rest.starts_with('/') {
         return Route::NotFound;
     }
-    if rest == BATCH_PATH {
-        return Route::Batch;
+    if let Some(k) = intake_path(rest) {
+        return Route::Intake(k);
     }
     if rest == MANIFEST_PATH {
         return Route::Manifest;
@@ -184,7 +186,7 @@ pub fn serve_static(route: Route<'_>, prefix: &str, if_none_match: Option<&str>)
             None => return not_found(),
         },
         Route::Manifest => return manifest(prefix),
-        Route::Batch | Route::NotFound => return not_found(),
+        Route::Intake(_) | Route::NotFound => return not_found(),
     };
     asset_reply(asset, cache, if_none_match)
 }
@@ -341,7 +343,19 @@ mod tests {
 
     #[test]
     fn paths_route_under_the_prefix_only() {
-        assert_eq!(route("/wm/v1/batch", "/wm"), Route::Batch);
+        assert_eq!(
+            route("/wm/v1/batch", "/wm"),
+            Route::Intake(IntakePath::Batch)
+        );
+        assert_eq!(route("/wm/v1/b", "/wm"), Route::Intake(IntakePath::Batch));
+        assert_eq!(
+            route("/wm/v1/t", "/wm"),
+            Route::Intake(IntakePath::Single(waymark_protocol::EventType::Track))
+        );
+        assert_eq!(
+            route("/wm/v1/identify", "/wm"),
+            Route::Intake(IntakePath::Single(waymark_protocol::EventType::Identify))
+        );
         assert_eq!(route("/wm/tag.json", "/wm"), Route::Manifest);
         assert_eq!(
             route("/wm/t/abc123/waymark.js", "/wm"),
@@ -361,7 +375,7 @@ mod tests {
         assert_eq!(route("/wm", "/wm"), Route::NotFound);
         assert_eq!(route("/wm/", "/wm"), Route::NotFound);
         assert_eq!(route("/wm/t/abc", "/wm"), Route::NotFound);
-        assert_eq!(route("/v1/batch", ""), Route::Batch);
+        assert_eq!(route("/v1/batch", ""), Route::Intake(IntakePath::Batch));
     }
 
     #[test]

@@ -7,9 +7,10 @@
 use serde::Serialize;
 use serde_json::Value;
 use waymark_protocol::edge::{truncate_ip, Client, EdgeEnvelope, IpMode};
+use waymark_protocol::intake::{basic_user, query_write_key, IntakePath};
 use waymark_protocol::limits::MAX_ID_LEN;
 use waymark_protocol::time::format_rfc3339;
-use waymark_protocol::{parse_batch, BatchError, Event, EventType, Rejection};
+use waymark_protocol::{parse_batch, parse_single, BatchError, Event, EventType, Rejection};
 
 use crate::bot::is_bot;
 use crate::cf::read_cf;
@@ -30,6 +31,10 @@ pub struct RequestParts<'a> {
     pub sec_gpc: Option<&'a str>,
     /// `Authorization`: Segment SDKs send the write key as the Basic user name.
     pub authorization: Option<&'a str>,
+    /// The URL's query string: RudderStack's beacon delivery puts `writeKey` there.
+    pub query: Option<&'a str>,
+    /// What the path carries: a batch, or one event of a type (`/v1/t`, `/v1/track`, ...).
+    pub kind: IntakePath,
 }
 
 /// A request whose body as a whole is refused; nothing in it goes on.
@@ -110,12 +115,17 @@ pub fn process(
     cfg: &Config,
     now_ms: i64,
 ) -> Result<Processed, ProcessError> {
-    let validated = parse_batch(req.body, now_ms).map_err(ProcessError::Batch)?;
+    let validated = match req.kind {
+        IntakePath::Batch => parse_batch(req.body, now_ms),
+        IntakePath::Single(kind) => parse_single(req.body, kind, now_ms),
+    }
+    .map_err(ProcessError::Batch)?;
     let write_key = validated
         .write_key
         .clone()
         .filter(|k| !k.is_empty())
         .or_else(|| req.authorization.and_then(basic_user))
+        .or_else(|| req.query.and_then(query_write_key))
         .ok_or(ProcessError::MissingWriteKey)?;
     let rejected = validated.rejected_events();
     let mut events = validated.events;
@@ -201,44 +211,6 @@ fn scrub_context_ip(e: &mut Event, mode: IpMode) {
             e.context.remove("ip");
         }
     }
-}
-
-/// The user name of `Authorization: Basic base64(user:password)`.
-fn basic_user(header: &str) -> Option<String> {
-    let (scheme, b64) = header.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = decode_base64(b64.trim())?;
-    let text = String::from_utf8(decoded).ok()?;
-    let user = text.split(':').next()?.to_string();
-    (!user.is_empty()).then_some(user)
-}
-
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        acc = (acc << 6) | val(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -378,8 +350,31 @@ mod tests {
             .envelope
             .unwrap();
         assert_eq!(env.write_key, "wk_from_auth");
-        assert_eq!(basic_user("Bearer abc"), None);
-        assert_eq!(basic_user("Basic !!!"), None);
+        p.authorization = None;
+        p.query = Some("writeKey=wk_from_query");
+        let env = process(&p, &Value::Null, &Config::default(), NOW)
+            .unwrap()
+            .envelope
+            .unwrap();
+        assert_eq!(env.write_key, "wk_from_query");
+    }
+
+    #[test]
+    fn a_single_event_path_takes_the_event_itself() {
+        let mut ev = event(0);
+        ev["writeKey"] = json!("wk_single");
+        ev["sentAt"] = json!("2026-11-19T00:00:00.000Z");
+        let b = serde_json::to_vec(&ev).unwrap();
+        let mut p = parts(&b);
+        p.kind = IntakePath::Single(EventType::Track);
+        let out = process(&p, &Value::Null, &Config::default(), NOW).unwrap();
+        let env = out.envelope.unwrap();
+        assert_eq!(env.write_key, "wk_single");
+        assert_eq!(env.events.len(), 1);
+        assert_eq!(env.events[0].kind, EventType::Track);
+        // The same body as a batch is refused as a whole: it has no `batch`.
+        p.kind = IntakePath::Batch;
+        assert!(process(&p, &Value::Null, &Config::default(), NOW).is_err());
     }
 
     #[test]

@@ -42,6 +42,13 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   [dedup]
   capacity = 200000                recent message ids remembered per process (0 = off)
 
+  [http]                           limits on clients
+  max_connections = 10000          open connections; one more gets 503 + Retry-After, closed
+  body_timeout = "10s"             a request body must arrive within this (else 408)
+  request_timeout = "30s"          a request must be answered within this (else 408)
+  shutdown_grace = "10s"           at SIGTERM, open requests and streams get this long, then
+                                   are cut and the spool is flushed
+
   [[sites]]                        one per site; write keys map requests to the site
   id = "shop"
   write_keys = ["wk_shop"]
@@ -87,6 +94,7 @@ pub struct Config {
     pub writer: WriterConfig,
     pub edge: Option<EdgeConfig>,
     pub dedup: DedupConfig,
+    pub http: HttpConfig,
     pub sites: Vec<SiteConfig>,
     /// The query API (read keys, cart and engagement settings): see `crate::query::QueryConfig`.
     #[serde(default)]
@@ -102,6 +110,7 @@ impl Default for Config {
             writer: WriterConfig::default(),
             edge: None,
             dedup: DedupConfig::default(),
+            http: HttpConfig::default(),
             sites: Vec::new(),
             query: crate::query::QueryConfig::default(),
         }
@@ -192,6 +201,33 @@ pub struct DedupConfig {
 impl Default for DedupConfig {
     fn default() -> Self {
         DedupConfig { capacity: 200_000 }
+    }
+}
+
+/// Limits on clients, so a slow or stuck one cannot hold the server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Open connections at most; one more is answered 503 + Retry-After and closed.
+    pub max_connections: usize,
+    /// How long a request body may take to arrive (408 after).
+    pub body_timeout: HumanDuration,
+    /// How long a handler may take to answer, body read included (408 after); a streamed
+    /// answer (NDJSON audiences) is timed until its headers, then by `shutdown_grace` at exit.
+    pub request_timeout: HumanDuration,
+    /// At SIGTERM, how long open requests and streams may go on before they are cut and the
+    /// spool is flushed.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: 10_000,
+            body_timeout: HumanDuration(Duration::from_secs(10)),
+            request_timeout: HumanDuration(Duration::from_secs(30)),
+            shutdown_grace: HumanDuration(Duration::from_secs(10)),
+        }
     }
 }
 
@@ -428,6 +464,17 @@ impl Config {
             ConfigError::Invalid {
                 key: key.into(),
                 message: message.into(),
+            }
+        }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
+        for (key, d) in [
+            ("http.body_timeout", self.http.body_timeout.0),
+            ("http.request_timeout", self.http.request_timeout.0),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be more than 0s"));
             }
         }
         if !self.clickhouse.url.starts_with("http://")

@@ -32,6 +32,7 @@ pub mod config;
 pub mod dedup;
 pub mod enrich;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod query;
 pub mod ratelimit;
@@ -39,7 +40,6 @@ pub mod spool;
 pub mod store;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,17 +188,13 @@ pub async fn serve(
     let identity_refresh = identities
         .clone()
         .map(|ix| tokio::spawn(ix.run(query.clone(), config.query.identity_refresh.0)));
+    let http_config = config.http.clone();
     let state = AppState::new(config, spool.clone(), metrics, schema, identities);
     let router = app(state, query);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");
     }
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    http::conn::serve(listener, router, &http_config, shutdown).await?;
 
     tracing::info!(
         pending_bytes = spool.pending_bytes(),

@@ -296,11 +296,15 @@ fn forward(events_site: &str, received_at: &str) -> Value {
 }
 
 async fn post_edge(srv: &Server, body: &[u8], ts: i64, secret: &str) -> (u16, Value) {
+    post_edge_signed(srv, body, ts, &sign(secret.as_bytes(), ts, body)).await
+}
+
+async fn post_edge_signed(srv: &Server, body: &[u8], ts: i64, signature: &str) -> (u16, Value) {
     let resp = http()
         .post(srv.url("/v1/edge"))
         .header("content-type", "application/json")
         .header(HEADER_TIMESTAMP, ts.to_string())
-        .header(HEADER_SIGNATURE, sign(secret.as_bytes(), ts, body))
+        .header(HEADER_SIGNATURE, signature)
         .body(body.to_vec())
         .send()
         .await
@@ -445,6 +449,29 @@ async fn bad_input_is_refused_with_reason_and_stores_nothing() {
     assert_eq!(s1, 200, "{a1}");
     let (s2, a2) = post_edge(&srv, replay.as_bytes(), now, EDGE_SECRET).await;
     assert_eq!((s2, a2["error"].as_str()), (401, Some("replayed")), "{a2}");
+    // The same signature spelled differently is the same signature: verification takes either
+    // case, so the replay guard must too.
+    let sig = sign(EDGE_SECRET.as_bytes(), now, replay.as_bytes());
+    let (prefix, hex) = sig.split_at(3);
+    for variant in [
+        format!("{prefix}{}", hex.to_uppercase()),
+        format!("{prefix}{}{}", hex[..10].to_uppercase(), &hex[10..]),
+    ] {
+        let (s, a) = post_edge_signed(&srv, replay.as_bytes(), now, &variant).await;
+        assert_eq!(
+            (s, a["error"].as_str()),
+            (401, Some("replayed")),
+            "{variant}: {a}"
+        );
+    }
+    // Identical requests sent together: one passes.
+    let twin = replay.replace("edge-once", "edge-twin");
+    let answers = futures::future::join_all(
+        (0..6).map(|_| post_edge(&srv, twin.as_bytes(), now, EDGE_SECRET)),
+    )
+    .await;
+    let passed = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(passed, 1, "{answers:?}");
 
     // A good request last: once it is visible, everything before it was flushed too.
     let resp = post("/v1/batch")
@@ -469,9 +496,9 @@ async fn bad_input_is_refused_with_reason_and_stores_nothing() {
     assert_eq!(stored.trim(), "[]", "refused input was stored");
     let once = query(
         ch,
-        &format!("SELECT count() FROM {db}.events WHERE message_id IN ('edge-once', 'edge-once2')"),
+        &format!("SELECT count() FROM {db}.events WHERE message_id IN ('edge-once', 'edge-once2', 'edge-twin', 'edge-twin2')"),
     );
-    assert_eq!(once.trim(), "2", "the replay stored nothing more");
+    assert_eq!(once.trim(), "4", "the replays stored nothing more");
 
     let metrics = metrics_when(&client, &srv, |_| true).await;
     assert!(
@@ -479,7 +506,8 @@ async fn bad_input_is_refused_with_reason_and_stores_nothing() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("waymark_events_rejected_total{reason=\"replayed\"} 1"),
+        // The replay, its two case variants, and five of the six twins sent together.
+        metrics.contains("waymark_events_rejected_total{reason=\"replayed\"} 8"),
         "{metrics}"
     );
     // The identity index is on by default and loads once the schema is there (its loop looks

@@ -8,6 +8,7 @@
 //!   events and a list of every problem found (`batch[3].messageId: missing`).
 //! - [`skew`]: the clock-skew rule that turns a client's clock into server time.
 //! - [`names`] and [`auto`]: the reserved `$`-prefixed events the tag sends and their properties.
+//! - [`intake`]: the paths Segment-family clients send to, and where they put the write key.
 //! - [`edge`]: what the edge worker adds (geo, client) and how it signs what it forwards.
 //!
 //! No I/O here; everything builds for `wasm32-unknown-unknown` as well as natively. Features:
@@ -22,6 +23,8 @@ pub mod auto;
 pub mod edge;
 #[cfg(feature = "std")]
 pub mod event;
+#[cfg(feature = "validate")]
+pub mod intake;
 pub mod limits;
 pub mod names;
 #[cfg(feature = "std")]

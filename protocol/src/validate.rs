@@ -380,7 +380,13 @@ fn check_one(
     let sent_at = take_time(&mut p, &mut obj, "sentAt");
     let context = take_object(&mut p, &mut obj, "context");
     let properties = take_object(&mut p, &mut obj, "properties");
-    let traits = take_object(&mut p, &mut obj, "traits");
+    let mut traits = take_object(&mut p, &mut obj, "traits");
+    // Segment's SDKs put an identify's traits at the top; RudderStack's only in `context.traits`.
+    if traits.is_empty() && kind == Some(EventType::Identify) {
+        if let Some(Value::Object(t)) = context.get("traits") {
+            traits = t.clone();
+        }
+    }
 
     match kind {
         Some(EventType::Track) => match &event {
@@ -709,6 +715,30 @@ mod tests {
         assert_eq!(
             parse_batch(b"{\"batch\": 1}", RECEIVED).unwrap_err(),
             BatchError::BatchNotArray
+        );
+    }
+
+    #[test]
+    fn an_identify_with_traits_only_in_the_context_keeps_them_as_traits() {
+        let body = br#"{"batch":[
+            {"type":"identify","messageId":"r1","userId":"u","context":{"traits":{"email":"a@b.c"}}},
+            {"type":"identify","messageId":"r2","userId":"u","traits":{"plan":"pro"},"context":{"traits":{"email":"a@b.c"}}},
+            {"type":"track","messageId":"r3","userId":"u","event":"E","context":{"traits":{"email":"a@b.c"}}}
+        ]}"#;
+        let v = parse_batch(body, RECEIVED).unwrap();
+        let traits: Vec<String> = v
+            .events
+            .iter()
+            .map(|e| Value::Object(e.traits.clone()).to_string())
+            .collect();
+        assert_eq!(
+            traits,
+            [r#"{"email":"a@b.c"}"#, r#"{"plan":"pro"}"#, "{}"],
+            "RudderStack's identify traits are the identify's; a track's context traits stay context"
+        );
+        assert!(
+            v.events[0].context.contains_key("traits"),
+            "the context is kept as sent"
         );
     }
 }

@@ -59,6 +59,12 @@ pub struct Stack {
 impl Stack {
     /// Starts everything. `cart_abandon_after` is the query API's abandonment delay.
     pub fn start(cart_abandon_after: &str) -> Stack {
+        Stack::start_with(cart_abandon_after, &[])
+    }
+
+    /// [`Stack::start`], with more origins the site accepts browser requests from (besides the
+    /// shop's own).
+    pub fn start_with(cart_abandon_after: &str, extra_origins: &[String]) -> Stack {
         let root = repo_root();
         let ingest_bin = target_dir().join("debug/ingest-server");
         require(&ingest_bin, "build it with `cargo build -p waymark-ingest`");
@@ -84,6 +90,11 @@ impl Stack {
         let ingest_port = free_port();
         let shop_port = free_port();
         let config = dir.path().join("ingest.toml");
+        let origins = std::iter::once(format!("http://127.0.0.1:{shop_port}"))
+            .chain(extra_origins.iter().cloned())
+            .map(|o| format!("{o:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         std::fs::write(
             &config,
             format!(
@@ -101,7 +112,7 @@ replay_window = "5m"
 [[sites]]
 id = "{SITE}"
 write_keys = ["{WRITE_KEY}"]
-allowed_origins = ["http://127.0.0.1:{shop_port}"]
+allowed_origins = [{origins}]
 ip = "truncate"
 [query]
 cart_abandon_after = "{cart_abandon_after}"

@@ -125,8 +125,21 @@ pub fn run_test(root: &Path, args: &[String]) -> Result<()> {
                 Box::new(|| {
                     run(cargo().args(["build", "-p", "waymark-ingest", "--bin", "ingest-server"]))?;
                     run(cargo()
-                        .args(["test", "-p", "waymark-e2e", "--", "--test-threads=1"])
+                        .args(["test", "-p", "waymark-e2e", "--test", "pipeline"])
+                        .args(["--", "--test-threads=1"])
                         .env("WAYMARK_CHROMIUM", &tools.chromium))
+                }),
+            ),
+            (
+                "sdk clients",
+                // The real Segment-family SDKs (tests/clients/, pinned) against the same stack.
+                Box::new(|| {
+                    run(cargo().args(["build", "-p", "waymark-ingest", "--bin", "ingest-server"]))?;
+                    run(cargo()
+                        .args(["test", "-p", "waymark-e2e", "--test", "clients"])
+                        .args(["--", "--nocapture"])
+                        .env("WAYMARK_CHROMIUM", &tools.chromium)
+                        .env("WAYMARK_CLIENTS_PYTHON", &tools.python_clients))
                 }),
             ),
         ];

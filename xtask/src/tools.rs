@@ -28,7 +28,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// Directories with a package-lock.json that `npm ci` installs.
-pub const NPM_DIRS: &[&str] = &["xtask/npm", "js", "edge-worker"];
+pub const NPM_DIRS: &[&str] = &["xtask/npm", "js", "edge-worker", "tests/clients"];
 
 /// Paths to every tool the checks use.
 #[derive(Debug, Clone)]
@@ -43,6 +43,8 @@ pub struct Tools {
     pub chromium: PathBuf,
     pub chromedriver: PathBuf,
     pub node: PathBuf,
+    /// The python of a virtualenv holding `tests/clients/requirements.txt` (RudderStack's SDK).
+    pub python_clients: PathBuf,
 }
 
 pub fn repo_root() -> Result<PathBuf> {
@@ -116,6 +118,7 @@ pub fn ensure_all(root: &Path) -> Result<Tools> {
     for dir in NPM_DIRS {
         ensure_npm(&root.join(dir))?;
     }
+    let python_clients = ensure_python_clients(root, &cache)?;
     let bin = root.join("xtask/npm/node_modules/.bin");
     let tools = Tools {
         cache,
@@ -126,6 +129,7 @@ pub fn ensure_all(root: &Path) -> Result<Tools> {
         chromium: which("chromium").context("chromium missing after install")?,
         chromedriver: which("chromedriver").context("chromedriver missing after install")?,
         node,
+        python_clients,
     };
     for p in [&tools.wasm_opt, &tools.esbuild] {
         if !p.exists() {
@@ -212,6 +216,45 @@ fn ensure_cargo_tool(
         },
     )?;
     Ok(path)
+}
+
+/// A virtualenv with `tests/clients/requirements.txt` installed from PyPI, under the cache;
+/// made again when the requirements change (a copy of them is kept beside it). Returns its python.
+fn ensure_python_clients(root: &Path, cache: &Path) -> Result<PathBuf> {
+    let wanted = root.join("tests/clients/requirements.txt");
+    let reqs = std::fs::read_to_string(&wanted)
+        .with_context(|| format!("reading {}", wanted.display()))?;
+    let venv = cache.join("python-clients");
+    let python = venv.join("bin/python");
+    let stamp = venv.join("installed-requirements.txt");
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&reqs) {
+        return Ok(python);
+    }
+    let system = which("python3").context(
+        "python3 is not installed: `apt-get install -y python3 python3-venv` (for RudderStack's Python SDK)",
+    )?;
+    step(
+        "RudderStack's Python SDK (tests/clients/requirements.txt)",
+        || {
+            if venv.exists() {
+                std::fs::remove_dir_all(&venv)
+                    .with_context(|| format!("removing {}", venv.display()))?;
+            }
+            run(Command::new(&system).arg("-m").arg("venv").arg(&venv))?;
+            run(Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
+                .arg(&wanted))?;
+            std::fs::write(&stamp, &reqs).with_context(|| format!("writing {}", stamp.display()))
+        },
+    )?;
+    Ok(python)
 }
 
 /// `npm ci` when `node_modules` is missing or older than `package-lock.json`.

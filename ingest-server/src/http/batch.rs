@@ -1,8 +1,10 @@
-//! The Segment-compatible endpoints: `POST /v1/batch` and the single-event `/v1/track`,
-//! `/v1/identify`, `/v1/page`, `/v1/screen`, `/v1/alias`, `/v1/group`.
+//! The Segment-compatible endpoints: every path in [`waymark_protocol::intake::PATHS`]
+//! (`/v1/batch` and `/v1/b`; the single-event `/v1/track` ... `/v1/group` and analytics.js's
+//! short `/v1/t` ... `/v1/g`; RudderStack's `/beacon/v1/batch`).
 //!
-//! The write key comes as the HTTP Basic username (Segment's SDKs) or as `writeKey` in the body
-//! (beacons, which cannot set headers). Bodies may be JSON or text/plain, plain or gzip.
+//! The write key comes as the HTTP Basic username (Segment's SDKs), as `writeKey` in the body
+//! (beacons, which cannot set headers), or as `?writeKey=` on the beacon path. Bodies may be JSON
+//! or text/plain, plain or gzip.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -12,78 +14,41 @@ use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use axum::routing::{post, MethodRouter};
 use axum::Router;
+use waymark_protocol::intake::{basic_user, query_write_key, IntakePath, PATHS};
 use waymark_protocol::limits::MAX_BATCH_BYTES;
-use waymark_protocol::{parse_batch, parse_single, BatchError, EventType};
+use waymark_protocol::{parse_batch, parse_single, BatchError};
 
 use super::error::ApiError;
 use super::{body, now_ms, origin_allowed, respond, spool_rows, Accepted, AppState};
 use crate::enrich::{to_row, RequestFacts};
 
 pub fn routes(_state: &AppState) -> Router<AppState> {
-    let mut r = Router::new().route("/v1/batch", route(None));
-    for kind in EventType::ALL {
-        r = r.route(&format!("/v1/{}", kind.as_str()), route(Some(kind)));
-    }
-    r
+    PATHS
+        .iter()
+        .fold(Router::new(), |r, &(path, kind)| r.route(path, route(kind)))
 }
 
 /// One endpoint; the raw body limit equals the decompressed one (gzip only shrinks JSON).
-fn route(kind: Option<EventType>) -> MethodRouter<AppState> {
+/// Preflights are answered by the CORS layer in `http/mod.rs` before they reach here.
+fn route(kind: IntakePath) -> MethodRouter<AppState> {
     post(move |state: State<AppState>, req: Request| handle(state, kind, req))
         .options(|| async { axum::http::StatusCode::NO_CONTENT })
         .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES))
 }
 
-async fn handle(State(state): State<AppState>, kind: Option<EventType>, req: Request) -> Response {
+async fn handle(State(state): State<AppState>, kind: IntakePath, req: Request) -> Response {
     let started = Instant::now();
-    let endpoint = match kind {
-        None => "batch",
-        Some(k) => k.as_str(),
-    };
     let r = intake(&state, kind, req).await;
-    respond(&state, endpoint, started, r)
+    respond(&state, kind.name(), started, r)
 }
 
-/// `Authorization: Basic base64(key:)` -> key.
-pub fn basic_username(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, b64) = v.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let raw = base64_decode(b64.trim())?;
-    let s = String::from_utf8(raw).ok()?;
-    let user = s.split_once(':').map(|(u, _)| u).unwrap_or(&s);
-    (!user.is_empty()).then(|| user.to_string())
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c)? << (18 - 6 * i);
-        }
-        let produced = match chunk.len() {
-            4 => 3,
-            3 => 2,
-            2 => 1,
-            _ => return None,
-        };
-        out.extend_from_slice(&n.to_be_bytes()[1..1 + produced]);
-    }
-    Some(out)
+/// The write key a request carries outside its body: the Basic user name, else `?writeKey=`.
+pub fn request_write_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(basic_user)
+        .or_else(|| query.and_then(query_write_key))
 }
 
 pub fn batch_error(e: BatchError) -> ApiError {
@@ -98,11 +63,7 @@ pub fn batch_error(e: BatchError) -> ApiError {
     }
 }
 
-async fn intake(
-    state: &AppState,
-    kind: Option<EventType>,
-    req: Request,
-) -> Result<Accepted, ApiError> {
+async fn intake(state: &AppState, kind: IntakePath, req: Request) -> Result<Accepted, ApiError> {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -112,19 +73,19 @@ async fn intake(
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let basic_key = basic_username(&headers);
+    let basic_key = request_write_key(&headers, req.uri().query());
     // Refuse an unknown key before spending time on the body.
     if let Some(k) = &basic_key {
         if state.site_for_key(k).is_none() {
             return Err(unknown_key());
         }
     }
-    let raw = body::read(req).await?;
+    let raw = body::read(req, state.0.config.http.body_timeout.0).await?;
     let body = body::decode(&headers, &raw, MAX_BATCH_BYTES)?;
     let received_at_ms = now_ms();
     let validated = match kind {
-        None => parse_batch(&body, received_at_ms),
-        Some(k) => parse_single(&body, k, received_at_ms),
+        IntakePath::Batch => parse_batch(&body, received_at_ms),
+        IntakePath::Single(k) => parse_single(&body, k, received_at_ms),
     }
     .map_err(batch_error)?;
     let key = basic_key
@@ -182,21 +143,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn basic_auth_username_is_the_write_key() {
+    fn the_write_key_comes_from_basic_auth_else_the_query() {
         let mut h = HeaderMap::new();
+        assert_eq!(
+            request_write_key(&h, Some("writeKey=wk_q")).as_deref(),
+            Some("wk_q")
+        );
         // base64("wk_shop:")
         h.insert(header::AUTHORIZATION, "Basic d2tfc2hvcDo=".parse().unwrap());
-        assert_eq!(basic_username(&h).as_deref(), Some("wk_shop"));
+        assert_eq!(
+            request_write_key(&h, Some("writeKey=wk_q")).as_deref(),
+            Some("wk_shop")
+        );
+        assert_eq!(request_write_key(&h, None).as_deref(), Some("wk_shop"));
         h.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
-        assert_eq!(basic_username(&h), None);
-        h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
-        assert_eq!(basic_username(&h), None);
-    }
-
-    #[test]
-    fn base64() {
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGk").unwrap(), b"hi");
-        assert_eq!(base64_decode("").unwrap(), b"");
+        assert_eq!(request_write_key(&h, None), None);
     }
 }

@@ -10,9 +10,20 @@ use axum::http::{header, HeaderMap};
 
 use super::error::ApiError;
 
-/// Buffers the body (honouring the route's `DefaultBodyLimit`).
-pub async fn read(req: Request) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, &()).await.map_err(|rej| {
+/// Buffers the body (honouring the route's `DefaultBodyLimit`), refusing one that takes longer
+/// than `timeout` to arrive (`[http] body_timeout`).
+pub async fn read(req: Request, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+    let Ok(read) = tokio::time::timeout(timeout, Bytes::from_request(req, &())).await else {
+        return Err(ApiError::Timeout {
+            code: "body_timeout",
+            field: "body",
+            message: format!(
+                "body: not received within http.body_timeout ({} ms)",
+                timeout.as_millis()
+            ),
+        });
+    };
+    read.map_err(|rej| {
         if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge {
                 code: "body_too_large",

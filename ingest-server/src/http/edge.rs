@@ -55,26 +55,47 @@ pub struct ReplayGuard {
 const REPLAY_MAX: usize = 1_000_000;
 
 impl ReplayGuard {
+    /// The form a signature is remembered in: [`verify`] accepts surrounding blanks and hex
+    /// digits in either case, so `v1=AB..` and `v1=ab..` are the same signature.
+    fn canonical(sig: &str) -> String {
+        sig.trim().to_ascii_lowercase()
+    }
+
     pub fn seen(&self, sig: &str) -> bool {
-        self.inner.lock().expect("replay lock").0.contains_key(sig)
+        self.inner
+            .lock()
+            .expect("replay lock")
+            .0
+            .contains_key(&Self::canonical(sig))
     }
 
     /// Claims a signature: false if it was already accepted (or is being handled right now).
+    /// Checked and remembered under one lock, so two identical requests at once cannot both pass.
     pub fn claim(&self, sig: &str, now_secs: i64, window_secs: i64) -> bool {
-        if self.seen(sig) {
+        let sig = Self::canonical(sig);
+        let mut g = self.inner.lock().expect("replay lock");
+        if g.0.contains_key(&sig) {
             return false;
         }
-        self.remember(sig, now_secs, window_secs);
+        Self::insert(&mut g, sig, now_secs, window_secs);
         true
     }
 
     /// Gives a claim back when the request it covered was not accepted (so a retry may pass).
     pub fn release(&self, sig: &str) {
-        self.inner.lock().expect("replay lock").0.remove(sig);
+        self.inner
+            .lock()
+            .expect("replay lock")
+            .0
+            .remove(&Self::canonical(sig));
     }
 
     pub fn remember(&self, sig: &str, now_secs: i64, window_secs: i64) {
         let mut g = self.inner.lock().expect("replay lock");
+        Self::insert(&mut g, Self::canonical(sig), now_secs, window_secs);
+    }
+
+    fn insert(g: &mut Seen, sig: String, now_secs: i64, window_secs: i64) {
         // Forget signatures whose timestamps can no longer pass the window check anyway.
         while let Some((t, _)) = g.1.front() {
             if *t + 2 * window_secs < now_secs || g.1.len() >= REPLAY_MAX {
@@ -84,8 +105,8 @@ impl ReplayGuard {
                 break;
             }
         }
-        g.0.insert(sig.to_string(), now_secs);
-        g.1.push_back((now_secs, sig.to_string()));
+        g.0.insert(sig.clone(), now_secs);
+        g.1.push_back((now_secs, sig));
     }
 }
 
@@ -137,7 +158,7 @@ async fn intake(state: &AppState, req: Request) -> Result<Accepted, ApiError> {
     let secret = edge.secret.as_deref().unwrap_or_default();
     let window = edge.replay_window.0.as_secs() as i64;
     let headers = req.headers().clone();
-    let raw = body::read(req).await?;
+    let raw = body::read(req, state.0.config.http.body_timeout.0).await?;
     let now = now_ms();
     let ts = header(&headers, HEADER_TIMESTAMP);
     let sig = header(&headers, HEADER_SIGNATURE);
@@ -256,5 +277,38 @@ mod tests {
         assert!(!g.claim("s", 1001, 300), "a second claim is a replay");
         g.release("s");
         assert!(g.claim("s", 1002, 300), "a retry after a 503 passes");
+    }
+
+    #[test]
+    fn a_signature_in_another_case_or_with_blanks_is_the_same_signature() {
+        let g = ReplayGuard::default();
+        assert!(g.claim("v1=abcdef0123", 1000, 300));
+        assert!(!g.claim("v1=ABCDEF0123", 1000, 300));
+        assert!(!g.claim("v1=ABCdef0123", 1000, 300));
+        assert!(!g.claim(" v1=abcdef0123 ", 1000, 300));
+        assert!(g.seen("V1=ABCDEF0123"));
+    }
+
+    #[test]
+    fn of_identical_claims_at_once_exactly_one_passes() {
+        let g = std::sync::Arc::new(ReplayGuard::default());
+        for round in 0..50 {
+            let sig = format!("v1={round:064x}");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let passed: usize = (0..8)
+                .map(|i| {
+                    let (g, b, sig) = (g.clone(), barrier.clone(), sig.clone());
+                    std::thread::spawn(move || {
+                        let sig = if i % 2 == 0 { sig } else { sig.to_uppercase() };
+                        b.wait();
+                        usize::from(g.claim(&sig, 1000, 300))
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .sum();
+            assert_eq!(passed, 1, "round {round}");
+        }
     }
 }

@@ -30,6 +30,14 @@ pub enum ApiError {
     /// 404: the endpoint is switched off by configuration.
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
+    /// 408: the body did not arrive, or the answer was not ready, within the configured time
+    /// (`[http] body_timeout`, `request_timeout`); nothing was stored, sending again is safe.
+    #[error("{message}")]
+    Timeout {
+        code: &'static str,
+        field: &'static str,
+        message: String,
+    },
     /// 413: the body (after decompression) or the batch is larger than the limit.
     #[error("{message}")]
     TooLarge {
@@ -64,6 +72,7 @@ impl ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -78,6 +87,7 @@ impl ApiError {
             | ApiError::Unauthorized { code, .. }
             | ApiError::Forbidden { code, .. }
             | ApiError::NotFound { code, .. }
+            | ApiError::Timeout { code, .. }
             | ApiError::TooLarge { code, .. }
             | ApiError::Overloaded { code, .. } => code,
             ApiError::UnsupportedEncoding { .. } => "unsupported_encoding",
@@ -90,6 +100,7 @@ impl ApiError {
             ApiError::BadRequest { field, .. } => Some(field),
             ApiError::Unauthorized { field, .. }
             | ApiError::Forbidden { field, .. }
+            | ApiError::Timeout { field, .. }
             | ApiError::TooLarge { field, .. } => Some(field),
             ApiError::UnsupportedEncoding { .. } => Some("content-encoding"),
             ApiError::NotFound { .. } | ApiError::Overloaded { .. } => None,

@@ -1,12 +1,13 @@
 //! The HTTP surface: one module per endpoint, each owning its route and body limit.
 //!
-//! - [`batch`]: the Segment-compatible `/v1/batch`, `/v1/track`, `/v1/identify`, `/v1/page`,
-//!   `/v1/screen`, `/v1/alias`, `/v1/group`;
+//! - [`batch`]: the Segment-compatible intake: `/v1/batch`, `/v1/b`, `/v1/track` ... `/v1/group`,
+//!   analytics.js's `/v1/t` ... `/v1/g`, RudderStack's `/beacon/v1/batch`;
 //! - [`edge`]: `/v1/edge`, signed batches forwarded by the edge worker;
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod batch;
 pub mod body;
+pub mod conn;
 pub mod edge;
 pub mod error;
 pub mod ops;
@@ -38,8 +39,8 @@ pub struct AppState(pub Arc<Inner>);
 
 pub struct Inner {
     pub config: Config,
-    /// write key -> index into `config.sites`
-    pub keys: HashMap<String, usize>,
+    /// write key -> index into `config.sites`, compared in constant time
+    pub keys: crate::keys::Keys<usize>,
     pub spool: Spool,
     pub metrics: Arc<Metrics>,
     pub dedup: Dedup,
@@ -60,12 +61,13 @@ impl AppState {
         schema: Arc<crate::store::SchemaStatus>,
         identities: Option<Arc<crate::query::identity::IdentityIndex>>,
     ) -> Self {
-        let keys = config
-            .sites
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| s.write_keys.iter().map(move |k| (k.clone(), i)))
-            .collect();
+        let keys = crate::keys::Keys::new(
+            config
+                .sites
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| s.write_keys.iter().map(move |k| (k.clone(), i))),
+        );
         let clickhouse = crate::store::client(&config.clickhouse);
         AppState(Arc::new(Inner {
             dedup: Dedup::new(config.dedup.capacity),
@@ -83,18 +85,22 @@ impl AppState {
     }
 
     pub fn site_for_key(&self, key: &str) -> Option<&SiteConfig> {
-        self.0.keys.get(key).map(|&i| &self.0.config.sites[i])
+        self.0.keys.find(key).map(|&i| &self.0.config.sites[i])
     }
 }
 
 /// The whole application: intake and operations over `state`, the query API over `query`.
 pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
+    let limit = state.0.config.http.request_timeout.0;
     Router::new()
         .merge(batch::routes(&state))
         .merge(edge::routes(&state))
         .merge(ops::routes())
         .merge(crate::query::router(query))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            conn::request_timeout(limit, req, next)
+        }))
         .with_state(state)
 }
 
@@ -254,16 +260,19 @@ pub fn origin_allowed(site: &SiteConfig, origin: &str) -> bool {
     site.allowed_origins.iter().any(|o| o == "*" || o == origin)
 }
 
-/// CORS for browsers sending straight to `/v1/*`: preflights are answered for origins some
-/// site allows (the write key is not known yet); each request is then checked against its own
-/// site's list in the handler (403 otherwise).
+/// CORS for browsers sending straight to the intake: preflights are answered for origins some
+/// site allows (the write key is not known yet), echoing the headers asked for when they are
+/// plain header names (analytics.js adds `authorization` and `x-retry-count`, RudderStack's SDK
+/// `anonymousid`); each request is then checked against its own site's list in the handler (403
+/// otherwise).
 async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let origin = req
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let is_api = req.uri().path().starts_with("/v1/") && req.uri().path() != "/v1/edge";
+    let path = req.uri().path();
+    let is_api = (path.starts_with("/v1/") || path.starts_with("/beacon/")) && path != "/v1/edge";
     let Some(origin) = origin.filter(|_| is_api) else {
         return next.run(req).await;
     };
@@ -282,16 +291,25 @@ async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Respon
             }
             .into_response();
         }
+        let asked = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| {
+                h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b',' | b' '))
+            })
+            .and_then(|h| HeaderValue::from_str(h).ok())
+            .unwrap_or(HeaderValue::from_static(
+                "content-type, authorization, content-encoding",
+            ));
         let mut r = StatusCode::NO_CONTENT.into_response();
         let h = r.headers_mut();
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static("POST, OPTIONS"),
         );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("content-type, authorization, content-encoding"),
-        );
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
         h.insert(
             header::ACCESS_CONTROL_MAX_AGE,
             HeaderValue::from_static("86400"),
@@ -306,10 +324,20 @@ async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Respon
     r
 }
 
+/// The origin itself (never `*`), so requests with credentials (RudderStack's SDK sends
+/// cookies) are allowed too; `Retry-After` is readable, so a client can back off.
 fn add_allow_origin(r: &mut Response, origin: &str) {
     if let Ok(v) = HeaderValue::from_str(origin) {
         let h = r.headers_mut();
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Retry-After"),
+        );
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
 }

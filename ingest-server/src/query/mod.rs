@@ -268,6 +268,8 @@ pub struct QueryState(Arc<Inner>);
 
 struct Inner {
     config: QueryConfig,
+    /// Read key -> index into `config.read_keys`, compared in constant time.
+    read_keys: crate::keys::Keys<usize>,
     client: clickhouse::Client,
     db: String,
     cache: Cache,
@@ -310,6 +312,13 @@ impl QueryState {
             identities,
             client: crate::store::client(clickhouse),
             db: clickhouse.database.clone(),
+            read_keys: crate::keys::Keys::new(
+                query
+                    .read_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (k.key.clone(), i)),
+            ),
             config: query.clone(),
         }))
     }
@@ -351,10 +360,9 @@ impl QueryState {
             })?;
         let entry = self
             .0
-            .config
             .read_keys
-            .iter()
-            .find(|k| k.key == key)
+            .find(key)
+            .map(|&i| &self.0.config.read_keys[i])
             .ok_or_else(|| QueryError::Unauthorized("authorization: unknown read key".into()))?;
         let site = site
             .filter(|s| !s.is_empty())
