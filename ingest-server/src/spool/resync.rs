@@ -233,6 +233,8 @@ mod tests {
             record::encode_v1(&mut v1, 1_700_000_000_000 + i as u64, p);
         }
         assert_eq!(detect(&v1).unwrap(), Format::V1);
+        // A segment of one old record: nothing after it to search for.
+        assert_eq!(detect(&v1[..starts[1] as usize]).unwrap(), Format::V1);
         let mut damaged = v1.clone();
         damaged[2] ^= 0x40;
         assert_eq!(detect(&damaged).unwrap(), Format::V1);
