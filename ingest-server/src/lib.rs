@@ -133,6 +133,8 @@ pub async fn serve(
         segments = recovery.segments,
         replay_bytes = recovery.pending_bytes,
         torn_bytes = recovery.torn_bytes,
+        damaged_ranges = recovery.damaged_ranges,
+        damaged_bytes = recovery.damaged_bytes,
         "spool opened"
     );
 

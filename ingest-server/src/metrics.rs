@@ -110,7 +110,10 @@ pub struct SpoolGauges {
     pub pending_bytes: u64,
     pub max_bytes: u64,
     pub oldest_age: Option<Duration>,
-    pub corrupt_records: u64,
+    /// Damaged ranges between intact records or at the end of a sealed segment, and their bytes.
+    pub damaged_inside: (u64, u64),
+    /// Damaged ends of the last segment at start-up (cut off), and their bytes.
+    pub damaged_tail: (u64, u64),
 }
 
 impl Metrics {
@@ -181,7 +184,7 @@ impl Metrics {
                 esc(r)
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 8] = [
+        let counters: [(&str, &str, &AtomicU64); 7] = [
             ("waymark_duplicates_dropped_total", "Events dropped by the in-memory dedup window.", &self.duplicates_dropped),
             ("waymark_spool_full_total", "Requests refused with 503 because the spool was full.", &self.spool_full),
             ("waymark_insert_batches_total", "Confirmed ClickHouse inserts.", &self.insert_batches),
@@ -189,13 +192,22 @@ impl Metrics {
             ("waymark_insert_retries_total", "ClickHouse insert attempts that failed and were retried.", &self.insert_retries),
             ("waymark_quarantined_rows_total", "Rows ClickHouse refused, written to the quarantine table.", &self.quarantined_rows),
             ("waymark_dead_lettered_rows_total", "Rows neither ClickHouse nor the quarantine took, written to the spool's dead-letter file.", &self.dead_lettered_rows),
-            ("waymark_spool_corrupt_records_total", "Spool records that failed their checksum when read back.", &AtomicU64::new(spool.corrupt_records)),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(
                 o,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 v.load(Ordering::Relaxed)
+            );
+        }
+        let damage = [
+            ("waymark_spool_damaged_ranges_total", "Spool byte ranges that were not intact records, copied to the spool's damaged/ directory. kind=\"inside\": between intact records or at the end of a sealed segment, skipped (acknowledged events in them may have been lost); kind=\"tail\": the end of the last segment at start-up, cut off (a write torn by a crash, or damage to its last records).", spool.damaged_inside.0, spool.damaged_tail.0),
+            ("waymark_spool_damaged_bytes_total", "Bytes in those ranges (see waymark_spool_damaged_ranges_total).", spool.damaged_inside.1, spool.damaged_tail.1),
+        ];
+        for (name, help, inside, tail) in damage {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{kind=\"inside\"}} {inside}\n{name}{{kind=\"tail\"}} {tail}"
             );
         }
         let gauges: [(&str, &str, f64); 5] = [
@@ -244,5 +256,31 @@ impl Metrics {
             "ClickHouse insert latency.",
         );
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_damage_is_exported_by_kind() {
+        let body = Metrics::default().render(&SpoolGauges {
+            used_bytes: 0,
+            pending_bytes: 0,
+            max_bytes: 1,
+            oldest_age: None,
+            damaged_inside: (2, 300),
+            damaged_tail: (1, 40),
+        });
+        for line in [
+            "# TYPE waymark_spool_damaged_ranges_total counter",
+            "waymark_spool_damaged_ranges_total{kind=\"inside\"} 2",
+            "waymark_spool_damaged_ranges_total{kind=\"tail\"} 1",
+            "waymark_spool_damaged_bytes_total{kind=\"inside\"} 300",
+            "waymark_spool_damaged_bytes_total{kind=\"tail\"} 40",
+        ] {
+            assert!(body.lines().any(|l| l == line), "{line} missing in\n{body}");
+        }
     }
 }

@@ -56,6 +56,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     let s = &state.0.spool;
     let now = super::now_ms() as u64;
+    let damage = s.damage();
     let gauges = SpoolGauges {
         used_bytes: s.disk_bytes(),
         pending_bytes: s.pending_bytes(),
@@ -63,7 +64,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         oldest_age: s
             .oldest_pending_ms()
             .map(|t| Duration::from_millis(now.saturating_sub(t))),
-        corrupt_records: s.corrupt_records(),
+        damaged_inside: (damage.inside_ranges, damage.inside_bytes),
+        damaged_tail: (damage.tail_ranges, damage.tail_bytes),
     };
     let mut body = state.0.metrics.render(&gauges);
     if let Some(ix) = &state.0.identities {

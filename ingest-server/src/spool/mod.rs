@@ -7,12 +7,16 @@
 //! global and only grow, so "everything before position P" is a simple comparison across
 //! segments and restarts.
 //!
-//! **Records.** `len: u32 | crc32: u32 | appended_ms: u64 | payload` (see [`record`]). One
-//! record holds all accepted rows of one HTTP request, so a request is durable entirely or not
-//! at all: nothing half-written. The payload is the enriched rows exactly as the writer inserts
-//! them, so the writer derives nothing again; its first byte tags the format (see [`rows`]:
-//! `0x01` compact binary, written now; `[` the JSON of earlier versions, still read). The spool
-//! itself treats payloads as opaque bytes.
+//! **Records.** `magic[8] | len: u32 | appended_ms: u64 | payload_crc: u32 | header_crc: u32 |
+//! payload` (see [`record`]): 28 bytes before the payload, 12 more than the `len | crc |
+//! appended_ms` records of earlier versions, which are still read (a segment holds one format;
+//! its first bytes tell which). The magic is a sync marker: after damage a reader scans forward
+//! for it and trusts a candidate only once its header checksum and payload checksum hold (see
+//! [`resync`]). One record holds all accepted rows of one HTTP request, so a request is durable
+//! entirely or not at all: nothing half-written. The payload is the enriched rows exactly as the
+//! writer inserts them, so the writer derives nothing again; its first byte tags the format (see
+//! [`rows`]: `0x01` compact binary, written now; `[` the JSON of earlier versions, still read).
+//! The spool itself treats payloads as opaque bytes.
 //!
 //! **Group commit.** One appender thread owns the active segment. Handlers send it their
 //! record and wait; the thread takes everything queued (up to 16 MiB), writes it with one
@@ -34,13 +38,29 @@
 //! insert and checkpoint replays the batch; the events table collapses such duplicates (same
 //! sorting key, ReplacingMergeTree).
 //!
-//! **Recovery** ([`Spool::open`]). Read the checkpoint; scan every segment, checking each
-//! record's length and checksum; cut a segment at its first bad record (a torn tail from a crash
-//! mid-write; that request was never acknowledged, so nothing acknowledged is lost); delete
-//! segments wholly before the checkpoint; start a fresh active segment after the last byte. The
-//! writer then replays everything from the checkpoint on.
+//! **Recovery** ([`Spool::open`]). Read the checkpoint; walk every segment record by record,
+//! checking each one's checksums. Bytes that are not an intact record are a damaged range: the
+//! walk scans past them to the next intact record (next marker whose checksums hold) and goes
+//! on, so every intact record after damage is kept and replayed. Each damaged range after the
+//! checkpoint is copied to `damaged/<segment>-offset-<o>-len-<n>.bin`, counted
+//! ([`Spool::damage`], the `waymark_spool_damaged_*` metrics) and logged:
+//! - inside the log (between intact records, or at the end of a sealed segment) it stays where
+//!   it is and is skipped; a sealed segment is never shortened. The log says what it is:
+//!   acknowledged events in those bytes may have been lost.
+//! - at the end of the last segment, after its last intact record, it may be a write torn by a
+//!   crash (never acknowledged) or damage to the last records; it is cut off once copied (left
+//!   in place and skipped if the copy fails). Only the last segment was being written, so only
+//!   its end is treated so.
+//!
+//! Then delete segments wholly before the checkpoint and start a fresh active segment after the
+//! last byte. The writer replays everything from the checkpoint on. Its reader
+//! ([`SpoolReader::read`]) skips the ranges recovery found, and resyncs with the same search if
+//! it meets new damage (copied and counted the same way): damage never stops or stalls delivery.
+//! Copies in `damaged/` are not counted against the cap and are never deleted by the server.
 
+pub mod damaged;
 pub mod record;
+mod resync;
 pub mod rows;
 
 use std::collections::BTreeMap;
@@ -54,7 +74,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{oneshot, watch};
 
-use record::Decoded;
+use damaged::{Damage, Kind};
+pub use damaged::{DamageCounts, DAMAGED_DIR};
+use record::{Decoded, Format};
 
 const CHECKPOINT: &str = "checkpoint";
 const SEGMENT_EXT: &str = "wal";
@@ -86,8 +108,15 @@ pub struct Recovery {
     pub segments: usize,
     /// Bytes of records waiting to be replayed to ClickHouse.
     pub pending_bytes: u64,
-    /// Bytes cut off because they were not whole, checksummed records.
+    /// Bytes at the end of the last segment after its last intact record: a write torn by a
+    /// crash, or damage to its last records. Copied to `damaged/`, then cut off (left in place
+    /// and skipped if the copy failed).
     pub torn_bytes: u64,
+    /// Ranges of bytes between intact records or at the end of a sealed segment that are not
+    /// intact records (copied to `damaged/`, skipped, left in place).
+    pub damaged_ranges: u64,
+    /// Bytes in those ranges.
+    pub damaged_bytes: u64,
 }
 
 /// One record read back from the spool.
@@ -109,15 +138,22 @@ struct Shared {
     max_bytes: u64,
     /// Backlog: bytes after the checkpoint plus bytes reserved by queued appends.
     used: AtomicU64,
-    /// Segment start -> length in bytes. The last entry is the active segment.
-    segments: Mutex<BTreeMap<u64, u64>>,
+    /// Segment start -> its length and record format. The last entry is the active segment.
+    segments: Mutex<BTreeMap<u64, Seg>>,
     /// Durable checkpoint (consumed up to here).
     checkpoint: Mutex<u64>,
     /// Position just past the last fsynced record.
     committed: watch::Sender<u64>,
     /// Appended-at time of the oldest record the writer has not committed, 0 if none known.
     oldest_pending_ms: AtomicU64,
-    corrupt_records: AtomicU64,
+    /// Damaged ranges found, and where readers skip them.
+    damage: Damage,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    len: u64,
+    format: Format,
 }
 
 /// A handle to the spool; cheap to clone.
@@ -179,18 +215,6 @@ fn write_checkpoint(dir: &Path, pos: u64) -> Result<(), SpoolError> {
     sync_dir(dir)
 }
 
-/// Length of the valid prefix of a segment: whole records with good checksums.
-fn valid_prefix(data: &[u8]) -> u64 {
-    let mut off = 0;
-    while off < data.len() {
-        match record::decode(&data[off..]) {
-            Decoded::Record { size, .. } => off += size,
-            Decoded::Incomplete { .. } | Decoded::Corrupt => break,
-        }
-    }
-    off as u64
-}
-
 impl Spool {
     /// Opens (or creates) the spool in `dir`, recovers it, and starts the appender thread.
     /// `segment_bytes` is the size at which the active segment is sealed and a new one begun.
@@ -223,39 +247,59 @@ impl Spool {
             ..Recovery::default()
         };
         let checkpoint = checkpoint.unwrap_or_else(|| found.keys().next().copied().unwrap_or(0));
+        let last = found.keys().next_back().copied();
+        let damage = Damage::new(dir);
         let mut segments = BTreeMap::new();
         let mut end = checkpoint;
         for &start in found.keys() {
             let path = segment_path(dir, start);
             let data = std::fs::read(&path).map_err(|e| io_err("reading", &path, e))?;
-            let valid = valid_prefix(&data);
-            if valid < data.len() as u64 {
-                rec.torn_bytes += data.len() as u64 - valid;
-                tracing::warn!(
-                    segment = %path.display(),
-                    kept = valid,
-                    cut = data.len() as u64 - valid,
-                    "spool segment ends in an incomplete or damaged record; cutting it there \
-                     (that request was never acknowledged)"
-                );
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| io_err("opening", &path, e))?;
-                f.set_len(valid)
-                    .map_err(|e| io_err("truncating", &path, e))?;
-                f.sync_all().map_err(|e| io_err("syncing", &path, e))?;
+            let scan = |e: std::io::Error| io_err("scanning", &path, e);
+            let format = resync::detect(&data).map_err(scan)?;
+            let walk = resync::walk(&data, format).map_err(scan)?;
+            let mut len = data.len() as u64;
+            for r in walk.damaged {
+                if start + r.end <= checkpoint {
+                    // Consumed: ClickHouse has whatever these bytes were.
+                    continue;
+                }
+                // Only the last segment was being written when the server stopped: only its
+                // end can be a torn write, and only that is cut off. Damage anywhere else is
+                // skipped where it lies; no sealed segment is ever shortened.
+                if Some(start) == last && r.end == len {
+                    let incomplete = matches!(
+                        format.decode(&data[r.start as usize..]),
+                        Decoded::Incomplete { .. }
+                    );
+                    let kind = Kind::Tail { incomplete };
+                    rec.torn_bytes += r.end - r.start;
+                    // Cut off once copied; if the copy failed it stays, and readers skip it.
+                    if damage.report(start, r.start, r.end - r.start, kind) {
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(|e| io_err("opening", &path, e))?;
+                        f.set_len(r.start)
+                            .map_err(|e| io_err("truncating", &path, e))?;
+                        f.sync_all().map_err(|e| io_err("syncing", &path, e))?;
+                        len = r.start;
+                    }
+                } else {
+                    damage.report(start, r.start, r.end - r.start, Kind::Inside);
+                    rec.damaged_ranges += 1;
+                    rec.damaged_bytes += r.end - r.start;
+                }
             }
-            if start + valid <= checkpoint || valid == 0 {
+            if start + len <= checkpoint || len == 0 {
                 std::fs::remove_file(&path).map_err(|e| io_err("removing", &path, e))?;
                 continue;
             }
-            end = end.max(start + valid);
-            segments.insert(start, valid);
+            end = end.max(start + len);
+            segments.insert(start, Seg { len, format });
         }
         rec.pending_bytes = segments
             .iter()
-            .map(|(&s, &l)| (s + l).saturating_sub(checkpoint.max(s)))
+            .map(|(&s, seg)| (s + seg.len).saturating_sub(checkpoint.max(s)))
             .sum();
         // A fresh active segment after everything that exists.
         let active_path = segment_path(dir, end);
@@ -264,7 +308,13 @@ impl Spool {
             .append(true)
             .open(&active_path)
             .map_err(|e| io_err("creating", &active_path, e))?;
-        segments.insert(end, 0);
+        segments.insert(
+            end,
+            Seg {
+                len: 0,
+                format: Format::V2,
+            },
+        );
         sync_dir(dir)?;
         let used = rec.pending_bytes;
         let (committed, _) = watch::channel(end);
@@ -276,7 +326,7 @@ impl Spool {
             checkpoint: Mutex::new(checkpoint),
             committed,
             oldest_pending_ms: AtomicU64::new(0),
-            corrupt_records: AtomicU64::new(0),
+            damage,
         });
         let (tx, rx) = mpsc::channel();
         let s = shared.clone();
@@ -338,6 +388,7 @@ impl Spool {
             .lock()
             .expect("segments lock")
             .values()
+            .map(|seg| seg.len)
             .sum()
     }
 
@@ -365,9 +416,9 @@ impl Spool {
             .store(t.unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// Records skipped because their checksum failed when read back (disk damage).
-    pub fn corrupt_records(&self) -> u64 {
-        self.shared.corrupt_records.load(Ordering::Relaxed)
+    /// Damaged ranges found since the spool was opened, at recovery or when read back.
+    pub fn damage(&self) -> DamageCounts {
+        self.shared.damage.counts()
     }
 
     /// The spool directory.
@@ -400,16 +451,17 @@ impl Spool {
                 });
             *cp = pos;
         }
-        let doomed: Vec<(u64, u64)> = {
+        self.shared.damage.forget_before(pos);
+        let doomed: Vec<u64> = {
             let segs = self.shared.segments.lock().expect("segments lock");
             let last = segs.keys().next_back().copied();
             segs.iter()
-                .filter(|(&s, &l)| Some(s) != last && s + l <= pos)
-                .map(|(&s, &l)| (s, l))
+                .filter(|(&s, seg)| Some(s) != last && s + seg.len <= pos)
+                .map(|(&s, _)| s)
                 .collect()
         };
         let mut removed = false;
-        for (start, len) in doomed {
+        for start in doomed {
             let path = segment_path(&self.shared.dir, start);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -421,7 +473,6 @@ impl Spool {
                 .lock()
                 .expect("segments lock")
                 .remove(&start);
-            let _ = len;
             removed = true;
         }
         if removed {
@@ -476,11 +527,13 @@ fn appender(
                     file = f;
                     start = next;
                     len = 0;
-                    shared
-                        .segments
-                        .lock()
-                        .expect("segments lock")
-                        .insert(start, 0);
+                    shared.segments.lock().expect("segments lock").insert(
+                        start,
+                        Seg {
+                            len: 0,
+                            format: Format::V2,
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start a new spool segment");
@@ -504,11 +557,13 @@ fn appender(
         match result {
             Ok(()) => {
                 len += buf.len() as u64;
-                shared
-                    .segments
-                    .lock()
-                    .expect("segments lock")
-                    .insert(start, len);
+                shared.segments.lock().expect("segments lock").insert(
+                    start,
+                    Seg {
+                        len,
+                        format: Format::V2,
+                    },
+                );
                 shared.committed.send_replace(start + len);
                 for (r, end) in group.into_iter().zip(ends) {
                     let _ = r.reply.send(Ok(end));
@@ -548,6 +603,10 @@ impl SpoolReader {
 
     /// Reads whole records from the current position up to the committed end, stopping once
     /// about `max_bytes` are read (always at least one record when one is available).
+    ///
+    /// Bytes that are not an intact record are skipped to the next intact record, found the
+    /// way recovery finds it ([`resync::next_intact`]); damage met here for the first time is
+    /// copied to `damaged/` and counted. Damage never stops or stalls the reading.
     pub fn read(&mut self, max_bytes: usize) -> Result<Vec<Record>, SpoolError> {
         let mut out = Vec::new();
         let mut total = 0usize;
@@ -556,16 +615,20 @@ impl SpoolReader {
             if self.pos >= committed || total >= max_bytes {
                 return Ok(out);
             }
+            if let Some(end) = self.spool.shared.damage.skip_to(self.pos) {
+                self.pos = end;
+                continue;
+            }
             // The segment holding `pos`, or the next one after a gap.
-            let (start, len, is_last) = {
+            let (start, seg, is_last) = {
                 let segs = self.spool.shared.segments.lock().expect("segments lock");
                 let last = segs.keys().next_back().copied();
                 let found = segs
                     .range(..=self.pos)
                     .next_back()
-                    .filter(|(&s, &l)| self.pos < s + l)
+                    .filter(|(&s, seg)| self.pos < s + seg.len)
                     .or_else(|| segs.range(self.pos + 1..).next())
-                    .map(|(&s, &l)| (s, l, Some(s) == last));
+                    .map(|(&s, &seg)| (s, seg, Some(s) == last));
                 match found {
                     Some(f) => f,
                     None => return Ok(out),
@@ -574,12 +637,12 @@ impl SpoolReader {
             if self.pos < start {
                 self.pos = start;
             }
-            let seg_end = (start + len).min(committed);
+            let seg_end = (start + seg.len).min(committed);
             if self.pos >= seg_end {
                 if is_last {
                     return Ok(out);
                 }
-                self.pos = start + len;
+                self.pos = start + seg.len;
                 continue;
             }
             if self.file.as_ref().map(|(s, _)| *s) != Some(start) {
@@ -588,92 +651,76 @@ impl SpoolReader {
                 self.file = Some((start, f));
             }
             let (_, file) = self.file.as_ref().expect("just opened");
-            let want =
-                ((seg_end - self.pos) as usize).min((max_bytes - total).max(record::HEADER_LEN));
+            let read_err = |e: std::io::Error| {
+                io_err("reading", &segment_path(&self.spool.shared.dir, start), e)
+            };
+            let want = ((seg_end - self.pos) as usize)
+                .min((max_bytes - total).max(seg.format.header_len()));
             let mut chunk = vec![0u8; want];
             file.read_exact_at(&mut chunk, self.pos - start)
-                .map_err(|e| SpoolError::Io(format!("reading segment {start}: {e}")))?;
+                .map_err(read_err)?;
             let mut off = 0usize;
-            let mut progressed = false;
+            let mut need = None;
             loop {
-                match record::decode(&chunk[off..]) {
+                match seg.format.decode(&chunk[off..]) {
                     Decoded::Record {
                         appended_ms,
                         payload,
                         size,
                     } => {
                         off += size;
-                        progressed = true;
                         out.push(Record {
                             end: self.pos + off as u64,
                             appended_ms,
                             payload: payload.to_vec(),
                         });
                     }
-                    Decoded::Incomplete { need } => {
-                        if !progressed {
-                            // One record larger than the chunk: read exactly it.
-                            let mut whole = vec![0u8; need];
-                            if self.pos + need as u64 > seg_end {
-                                self.corrupt(start, seg_end);
-                                break;
-                            }
-                            file.read_exact_at(&mut whole, self.pos - start)
-                                .map_err(|e| {
-                                    SpoolError::Io(format!("reading segment {start}: {e}"))
-                                })?;
-                            match record::decode(&whole) {
-                                Decoded::Record {
-                                    appended_ms,
-                                    payload,
-                                    size,
-                                } => {
-                                    off = size;
-                                    out.push(Record {
-                                        end: self.pos + size as u64,
-                                        appended_ms,
-                                        payload: payload.to_vec(),
-                                    });
-                                }
-                                _ => {
-                                    self.corrupt(start, seg_end);
-                                    off = 0;
-                                }
-                            }
-                        }
+                    Decoded::Incomplete { need: n } => {
+                        need = Some(n);
                         break;
                     }
-                    Decoded::Corrupt => {
-                        // Report it when it is first in line (next pass if records precede it).
-                        if !progressed {
-                            self.corrupt(start, seg_end);
-                        }
-                        break;
-                    }
+                    Decoded::Corrupt => break,
                 }
             }
-            if off == 0 {
-                // `corrupt` moved past the damage.
+            if off > 0 {
+                // Whatever stopped the chunk is looked at from its own position next.
+                self.pos += off as u64;
+                total += off;
                 continue;
             }
-            self.pos += off as u64;
-            total += off;
+            // No record decoded at `pos`. One larger than the chunk: read exactly it.
+            if let Some(need) = need.filter(|&n| self.pos + n as u64 <= seg_end) {
+                let mut whole = vec![0u8; need];
+                file.read_exact_at(&mut whole, self.pos - start)
+                    .map_err(read_err)?;
+                if let Decoded::Record {
+                    appended_ms,
+                    payload,
+                    size,
+                } = seg.format.decode(&whole)
+                {
+                    self.pos += size as u64;
+                    total += size;
+                    out.push(Record {
+                        end: self.pos,
+                        appended_ms,
+                        payload: payload.to_vec(),
+                    });
+                    continue;
+                }
+            }
+            // Damage under committed data: on to the next intact record, as recovery does.
+            let from = self.pos - start;
+            let limit = seg_end - start;
+            let next = resync::next_intact(&resync::FileSource(file), seg.format, from, limit)
+                .map_err(read_err)?
+                .unwrap_or(limit);
+            self.spool
+                .shared
+                .damage
+                .report(start, from, next - from, Kind::Inside);
+            self.pos = start + next;
         }
-    }
-
-    /// Disk damage under committed data: skip to the end of what this segment holds.
-    fn corrupt(&mut self, start: u64, seg_end: u64) {
-        tracing::error!(
-            segment = start,
-            at = self.pos,
-            skipped = seg_end - self.pos,
-            "spool record failed its checksum on read; skipping the rest of the segment"
-        );
-        self.spool
-            .shared
-            .corrupt_records
-            .fetch_add(1, Ordering::Relaxed);
-        self.pos = seg_end;
     }
 }
 
