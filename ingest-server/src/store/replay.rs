@@ -159,12 +159,18 @@ fn first_line(s: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error("ClickHouse at the configured clickhouse.url: {0}")]
-    ClickHouse(#[from] StoreError),
+    ClickHouse(StoreError),
     #[error("dead-letter file {path}: {source}")]
     DeadLetter {
         path: String,
         source: std::io::Error,
     },
+}
+
+impl From<StoreError> for ReplayError {
+    fn from(e: StoreError) -> Self {
+        ReplayError::ClickHouse(e)
+    }
 }
 
 /// One row to send again and where it came from.
