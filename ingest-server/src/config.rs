@@ -31,8 +31,12 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   max_rows = 100000                rows per insert                                     [WAYMARK_WRITER_MAX_ROWS]
   max_bytes = "32MiB"              spooled bytes per insert (bounds the writer's memory) [WAYMARK_WRITER_MAX_BYTES]
   max_age = "1s"                   oldest waiting event                                [WAYMARK_WRITER_MAX_AGE]
-  max_attempts = 8                 attempts for an unclassified ClickHouse error before
-                                   its rows are bisected into the quarantine table     [WAYMARK_WRITER_MAX_ATTEMPTS]
+  max_backoff = "5s"               longest pause between retries while ClickHouse cannot take
+                                   rows (down, auth, disk, missing column...): they stay in
+                                   the spool and are retried for as long as it takes   [WAYMARK_WRITER_MAX_BACKOFF]
+  max_attempts = 3                 refusals of a single row, each while a known-good probe
+                                   row went in, before it goes to the quarantine table
+                                   (replay: `ingest-server quarantine replay`)         [WAYMARK_WRITER_MAX_ATTEMPTS]
 
   [edge]                           absent (or no secret) = POST /v1/edge answers 404
   secret = "..."                   HMAC-SHA256 secret shared with the edge worker      [WAYMARK_EDGE_SECRET]
@@ -159,6 +163,11 @@ pub struct WriterConfig {
     pub max_rows: usize,
     pub max_bytes: ByteSize,
     pub max_age: HumanDuration,
+    /// The longest pause between two attempts while ClickHouse cannot take rows.
+    pub max_backoff: HumanDuration,
+    /// Refusals of a single row, each while a probe row went in, before it is quarantined.
+    /// (Before the error policy of issue 12 it counted attempts of any unclassified error
+    /// before bisecting into quarantine; state errors no longer count at all.)
     pub max_attempts: u32,
 }
 
@@ -168,7 +177,8 @@ impl Default for WriterConfig {
             max_rows: 100_000,
             max_bytes: ByteSize(32 << 20),
             max_age: HumanDuration(Duration::from_secs(1)),
-            max_attempts: 8,
+            max_backoff: HumanDuration(Duration::from_secs(5)),
+            max_attempts: 3,
         }
     }
 }
@@ -438,6 +448,10 @@ impl Config {
             self.writer.max_age =
                 HumanDuration::parse(v).map_err(|e| bad("WAYMARK_WRITER_MAX_AGE", e))?;
         }
+        if let Some(v) = get(env, "WAYMARK_WRITER_MAX_BACKOFF") {
+            self.writer.max_backoff =
+                HumanDuration::parse(v).map_err(|e| bad("WAYMARK_WRITER_MAX_BACKOFF", e))?;
+        }
         if let Some(v) = get(env, "WAYMARK_WRITER_MAX_ATTEMPTS") {
             self.writer.max_attempts = v
                 .parse()
@@ -503,6 +517,9 @@ impl Config {
         }
         if self.writer.max_attempts == 0 {
             return Err(invalid("writer.max_attempts", "must be at least 1"));
+        }
+        if self.writer.max_backoff.0 < Duration::from_millis(1) {
+            return Err(invalid("writer.max_backoff", "must be at least 1ms"));
         }
         if let Some(edge) = &self.edge {
             if edge.secret.as_deref() == Some("") {
@@ -595,6 +612,8 @@ max_bytes = "1GiB"
 max_rows = 100000
 max_bytes = "32MiB"
 max_age = "1s"
+max_backoff = "2s"
+max_attempts = 4
 [edge]
 secret = "s3cret"
 replay_window = "5m"
@@ -613,6 +632,8 @@ rate_limit = { events_per_second = 5000, burst = 20000 }
         assert_eq!(c.spool.max_bytes, ByteSize(1 << 30));
         assert_eq!(c.writer.max_bytes, ByteSize(32 << 20));
         assert_eq!(c.writer.max_age.0, Duration::from_secs(1));
+        assert_eq!(c.writer.max_backoff.0, Duration::from_secs(2));
+        assert_eq!(c.writer.max_attempts, 4);
         let edge = c.edge.as_ref().unwrap();
         assert_eq!(edge.replay_window.0, Duration::from_secs(300));
         assert_eq!(c.sites[0].ip, IpMode::Truncate);

@@ -22,8 +22,11 @@
 //! 5. **ClickHouse** ([`store`]). The writer task reads the spool from its checkpoint, inserts
 //!    large batches (by rows, bytes or age) over HTTP in RowBinary into `events` (and the links
 //!    it carries into `identities`), and moves the checkpoint only once ClickHouse confirmed the
-//!    insert; whole spool segments behind it are deleted. Retryable failures are retried with
-//!    backoff; rows ClickHouse refuses as bad data are bisected out into `quarantine`.
+//!    insert; whole spool segments behind it are deleted. While ClickHouse cannot take rows
+//!    (down, auth, disk, a missing column...) they stay in the spool, retried with capped
+//!    backoff, and `/readyz` names the cause; only rows ClickHouse refuses while it takes a
+//!    known-good probe row are bisected out into `quarantine`
+//!    ([`store::delivery`]), from which `ingest-server quarantine replay` sends them again.
 //!    On restart, whatever the checkpoint had not passed is replayed; duplicates from that, or
 //!    from client retries, collapse in the ReplacingMergeTree (see [`store::schema`]).
 //! 6. **Query.** The query API reads `events` and `identities` for profiles and audiences.

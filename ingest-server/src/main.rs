@@ -1,11 +1,13 @@
-//! `ingest-server --config FILE`: see `--help` for every setting.
+//! `ingest-server --config FILE`: see `--help` for every setting;
+//! `ingest-server quarantine replay`: see `ingest-server quarantine replay --help`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::Parser;
-use waymark_ingest::config::{Config, SETTINGS_HELP};
+use clap::{Parser, Subcommand};
+use waymark_ingest::config::{Config, HumanDuration, SETTINGS_HELP};
+use waymark_ingest::store::replay::{replay, Filter};
 
 /// mimalloc instead of glibc malloc: intake allocates many small, short-lived strings and maps
 /// per event, and glibc's allocator took about a quarter of the server's CPU under load.
@@ -16,9 +18,71 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "ingest-server", version, after_long_help = SETTINGS_HELP, after_help = SETTINGS_HELP)]
 struct Args {
-    /// The TOML configuration file. Without it, the defaults below (plus environment overrides).
-    #[arg(long, value_name = "FILE")]
+    /// The TOML configuration file. Without it, the defaults (plus environment overrides) that
+    /// `ingest-server --help` lists.
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Rows ClickHouse refused (kept in the `quarantine` table).
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    /// Send quarantined rows (and the lines of an old dead-letter.jsonl in the spool
+    /// directory) through the writer into `events` again, once the cause of their refusal is
+    /// fixed.
+    ///
+    /// Idempotent by message id: a row that reached `events` is recorded in the
+    /// `quarantine_replays` table (a dead-letter line is removed from its file), so a second
+    /// run does not send it again. Rows ClickHouse still refuses stay where they are and are
+    /// listed with its reason. Prints what moved, per site. Exits 1 if ClickHouse could not
+    /// take rows for `--wait`.
+    Replay {
+        /// Only this site's rows.
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
+        /// Only rows quarantined since then: a duration back from now ("24h"), a date-time
+        /// ("2026-11-01T12:00:00Z") or a date ("2026-11-01", midnight UTC).
+        #[arg(long, value_name = "T", value_parser = since)]
+        since: Option<u32>,
+        /// Give up when ClickHouse cannot take any rows for this long.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+        wait: std::time::Duration,
+    },
+}
+
+fn since(s: &str) -> Result<u32, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    waymark_ingest::store::replay::parse_since(s, now)
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    HumanDuration::parse(s).map(|d| d.0)
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => {
+            let mut c = Config::default();
+            let env = std::env::vars().collect();
+            c.apply_env(&env)?;
+            c.validate()?;
+            c
+        }
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,30 +94,39 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => {
-            let mut c = Config::default();
-            let env = std::env::vars().collect();
-            c.apply_env(&env)?;
-            c.validate()?;
-            c
-        }
-    };
+    let config = load_config(args.config.as_deref())?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        // One line on stdout so scripts and tests can find a port-0 server.
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {addr}")?;
-        out.flush()?;
-        drop(out);
-        waymark_ingest::serve(config, listener, shutdown_signal()).await?;
-        Ok(())
-    })
+    match args.command {
+        None => runtime.block_on(serve(config)),
+        Some(Cmd::Quarantine {
+            action: QuarantineCmd::Replay { site, since, wait },
+        }) => {
+            let filter = Filter { site, since };
+            let report = runtime
+                .block_on(replay(&config, &filter, wait))
+                .context("quarantine replay")?;
+            print!("{report}");
+            std::io::stdout().flush()?;
+            if report.stopped.is_some() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    // One line on stdout so scripts and tests can find a port-0 server.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {addr}")?;
+    out.flush()?;
+    drop(out);
+    waymark_ingest::serve(config, listener, shutdown_signal()).await?;
+    Ok(())
 }
 
 /// SIGTERM or Ctrl-C.

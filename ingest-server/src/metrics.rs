@@ -1,6 +1,6 @@
 //! Prometheus text-format metrics, kept by hand: a few atomics and labelled counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -79,8 +79,74 @@ pub struct Metrics {
     pub insert_seconds: Histogram,
     pub insert_retries: AtomicU64,
     pub quarantined_rows: AtomicU64,
-    pub dead_lettered_rows: AtomicU64,
+    pub probes: AtomicU64,
     pub clickhouse_up: AtomicU64,
+    /// Why the writer cannot insert right now, if it cannot.
+    pub writer: WriterHealth,
+}
+
+/// Why the writer is blocked: ClickHouse cannot take rows, and they wait in the spool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocked {
+    /// The `cause` label (`store::Cause::label`).
+    pub cause: &'static str,
+    /// What failed: `insert`, `probe`, `quarantine` or `schema`.
+    pub during: &'static str,
+    /// ClickHouse's last error text.
+    pub error: String,
+    /// Since when (Unix ms) the writer has been blocked, whatever the cause.
+    pub since_ms: u64,
+}
+
+/// The writer's state for `/readyz` and `waymark_writer_blocked`.
+#[derive(Debug, Default)]
+pub struct WriterHealth {
+    state: Mutex<WriterState>,
+}
+
+#[derive(Debug, Default)]
+struct WriterState {
+    blocked: Option<Blocked>,
+    /// Every cause seen since start, so its series stays (at 0) after it cleared.
+    seen: BTreeSet<&'static str>,
+}
+
+impl WriterHealth {
+    /// The writer cannot insert, for `cause`; `error` is ClickHouse's last word.
+    pub fn block(&self, cause: &'static str, during: &'static str, error: &str, now_ms: u64) {
+        let mut s = self.state.lock().expect("writer health");
+        s.seen.insert(cause);
+        let since_ms = s.blocked.as_ref().map_or(now_ms, |b| b.since_ms);
+        s.blocked = Some(Blocked {
+            cause,
+            during,
+            error: error.to_string(),
+            since_ms,
+        });
+    }
+
+    /// ClickHouse took rows again.
+    pub fn clear(&self) {
+        self.state.lock().expect("writer health").blocked = None;
+    }
+
+    /// Why the writer is blocked, if it is.
+    pub fn blocked(&self) -> Option<Blocked> {
+        self.state.lock().expect("writer health").blocked.clone()
+    }
+
+    fn render(&self, o: &mut String) {
+        let s = self.state.lock().expect("writer health");
+        let _ = writeln!(o, "# HELP waymark_writer_blocked 1 while the writer cannot insert for this cause (rows wait in the spool and are retried); the cause is in /readyz too.\n# TYPE waymark_writer_blocked gauge");
+        for cause in &s.seen {
+            let on = s.blocked.as_ref().is_some_and(|b| b.cause == *cause);
+            let _ = writeln!(
+                o,
+                "waymark_writer_blocked{{cause=\"{cause}\"}} {}",
+                u8::from(on)
+            );
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -98,8 +164,9 @@ impl Default for Metrics {
             insert_seconds: Histogram::new(LATENCY),
             insert_retries: AtomicU64::new(0),
             quarantined_rows: AtomicU64::new(0),
-            dead_lettered_rows: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
             clickhouse_up: AtomicU64::new(0),
+            writer: WriterHealth::default(),
         }
     }
 }
@@ -190,8 +257,8 @@ impl Metrics {
             ("waymark_insert_batches_total", "Confirmed ClickHouse inserts.", &self.insert_batches),
             ("waymark_insert_rows_total", "Rows confirmed by ClickHouse.", &self.insert_rows),
             ("waymark_insert_retries_total", "ClickHouse insert attempts that failed and were retried.", &self.insert_retries),
-            ("waymark_quarantined_rows_total", "Rows ClickHouse refused, written to the quarantine table.", &self.quarantined_rows),
-            ("waymark_dead_lettered_rows_total", "Rows neither ClickHouse nor the quarantine took, written to the spool's dead-letter file.", &self.dead_lettered_rows),
+            ("waymark_quarantined_rows_total", "Rows ClickHouse refused while it took a known-good probe row, written to the quarantine table.", &self.quarantined_rows),
+            ("waymark_writer_probes_total", "Known-good probe rows sent to tell a refusal of the rows from one of ClickHouse's state.", &self.probes),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(
@@ -240,6 +307,7 @@ impl Metrics {
         for (name, help, v) in gauges {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        self.writer.render(&mut o);
         self.ack_seconds.render(
             &mut o,
             "waymark_ack_seconds",

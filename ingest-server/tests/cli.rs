@@ -33,6 +33,10 @@ fn help_documents_every_setting() {
         "max_rows",
         "max_age",
         "max_attempts",
+        "max_backoff",
+        "WAYMARK_WRITER_MAX_BACKOFF",
+        "WAYMARK_WRITER_MAX_ATTEMPTS",
+        "quarantine",
         "[edge]",
         "secret",
         "replay_window",
@@ -84,4 +88,30 @@ fn a_wrong_key_or_value_is_an_error_naming_it() {
         dir.path().join("missing.toml").to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn quarantine_replay_has_help_and_names_a_bad_since() {
+    let (ok, out, _) = run(&["quarantine", "replay", "--help"]);
+    assert!(ok);
+    for want in [
+        "--site",
+        "--since",
+        "--wait",
+        "--config",
+        "Idempotent by message id",
+        "dead-letter.jsonl",
+        "quarantine_replays",
+    ] {
+        assert!(
+            out.contains(want),
+            "replay --help does not mention {want}:\n{out}"
+        );
+    }
+    let (ok, _, err) = run(&["quarantine", "replay", "--since", "last tuesday"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--since") && err.contains("last tuesday"),
+        "{err}"
+    );
 }

@@ -29,6 +29,14 @@ pub const INSTALL_HINT: &str = "clickhouse-server was not found on PATH. Install
 /// How long a start may take before we give up and show the server's error log.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A user besides `default` (no password, loopback only) whose profile
+/// [`ClickHouse::set_readonly`] switches between writable and read-only (`readonly = 1`): a
+/// client configured with it sees ClickHouse refuse every write with code 164 (READONLY).
+pub const SWITCHABLE_USER: &str = "waymark_rw";
+
+/// How long a change of `users.xml` may take to be applied (ClickHouse rereads it on its own).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Errors from starting or talking to the private server.
 #[derive(Debug)]
 pub enum Error {
@@ -281,6 +289,66 @@ exit 0
         }
     }
 
+    /// Runs one SQL statement over HTTP as `user`; the HTTP status and the body (ClickHouse's
+    /// exception text on an error).
+    pub fn query_as(&self, user: &str, sql: &str) -> Result<(u16, String), Error> {
+        let mut r = ureq::post(format!("{}/", self.http_url()))
+            .query("user", user)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(sql)
+            .map_err(|e| Error::Other(format!("sending {sql:?} as {user}: {e}")))?;
+        let status = r.status().as_u16();
+        let body = r
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Error::Other(format!("reading the answer to {sql:?}: {e}")))?;
+        Ok((status, body))
+    }
+
+    /// Makes [`SWITCHABLE_USER`] read-only (`on`) or writable again, and returns once the
+    /// server applies it (it rereads `users.xml` by itself; a write as that user is polled).
+    pub fn set_readonly(&self, on: bool) -> Result<(), Error> {
+        let path = self.home.path().join("users.xml");
+        let tmp = self.home.path().join("users.xml.tmp");
+        // ClickHouse notices a change by the file's modification time in whole seconds (18.16):
+        // the new file's must differ from the old one's even when both are written within a
+        // second.
+        let write = || -> std::io::Result<()> {
+            let old = std::fs::metadata(&path)?.modified()?;
+            std::fs::write(&tmp, users_xml(on))?;
+            let mtime = std::time::SystemTime::now().max(old + Duration::from_secs(1));
+            std::fs::File::options()
+                .write(true)
+                .open(&tmp)?
+                .set_modified(mtime)?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| Error::Other(format!("writing {}: {e}", path.display())))?;
+        let deadline = Instant::now() + RELOAD_TIMEOUT;
+        loop {
+            // A write that changes nothing: refused with 164 under readonly = 1.
+            let (status, body) =
+                self.query_as(SWITCHABLE_USER, "CREATE DATABASE IF NOT EXISTS default")?;
+            let applied = if on {
+                status != 200 && body.contains("Code: 164")
+            } else {
+                status == 200
+            };
+            if applied {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Other(format!(
+                    "users.xml set {SWITCHABLE_USER} readonly={} but the server still answers {status} {body:?} after {RELOAD_TIMEOUT:?}",
+                    u8::from(on)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Stops the server but keeps its data and ports, to simulate an outage.
     pub fn stop(&mut self) {
         if let Some((_, stdin)) = self.process.as_mut() {
@@ -347,13 +415,29 @@ fn write_config(home: &Path, http_port: u16, tcp_port: u16) -> Result<(), Error>
 </yandex>
 "#
     );
-    let users = r#"<?xml version="1.0"?>
+    let mut f = std::fs::File::create(home.join("config.xml"))
+        .map_err(|e| Error::Other(format!("writing config.xml: {e}")))?;
+    f.write_all(config.as_bytes())
+        .map_err(|e| Error::Other(format!("writing config.xml: {e}")))?;
+    std::fs::write(home.join("users.xml"), users_xml(false))
+        .map_err(|e| Error::Other(format!("writing users.xml: {e}")))?;
+    Ok(())
+}
+
+/// `users.xml`: `default` and [`SWITCHABLE_USER`], read-only when `readonly`.
+fn users_xml(readonly: bool) -> String {
+    format!(
+        r#"<?xml version="1.0"?>
 <yandex>
     <profiles>
         <default>
             <max_memory_usage>4000000000</max_memory_usage>
             <load_balancing>random</load_balancing>
         </default>
+        <switchable>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <readonly>{}</readonly>
+        </switchable>
     </profiles>
     <users>
         <default>
@@ -362,6 +446,12 @@ fn write_config(home: &Path, http_port: u16, tcp_port: u16) -> Result<(), Error>
             <profile>default</profile>
             <quota>default</quota>
         </default>
+        <{SWITCHABLE_USER}>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>switchable</profile>
+            <quota>default</quota>
+        </{SWITCHABLE_USER}>
     </users>
     <quotas>
         <default>
@@ -376,14 +466,9 @@ fn write_config(home: &Path, http_port: u16, tcp_port: u16) -> Result<(), Error>
         </default>
     </quotas>
 </yandex>
-"#;
-    let mut f = std::fs::File::create(home.join("config.xml"))
-        .map_err(|e| Error::Other(format!("writing config.xml: {e}")))?;
-    f.write_all(config.as_bytes())
-        .map_err(|e| Error::Other(format!("writing config.xml: {e}")))?;
-    std::fs::write(home.join("users.xml"), users)
-        .map_err(|e| Error::Other(format!("writing users.xml: {e}")))?;
-    Ok(())
+"#,
+        u8::from(readonly)
+    )
 }
 
 #[cfg(test)]
@@ -410,6 +495,27 @@ mod tests {
         );
         let other = ch.fresh_database().unwrap();
         assert_ne!(db, other, "each call gives a new database");
+
+        // The switchable user: writable, then refused with 164 (READONLY), then writable.
+        let create = format!("CREATE TABLE {db}.rw (x UInt8) ENGINE = Memory");
+        assert_eq!(ch.query_as(SWITCHABLE_USER, &create).unwrap().0, 200);
+        ch.set_readonly(true).unwrap();
+        let (status, body) = ch
+            .query_as(SWITCHABLE_USER, &format!("INSERT INTO {db}.rw VALUES (1)"))
+            .unwrap();
+        assert!(
+            status != 200 && body.contains("Code: 164"),
+            "{status} {body}"
+        );
+        assert_eq!(
+            ch.query_as(SWITCHABLE_USER, "SELECT 1").unwrap(),
+            (200, "1\n".to_string())
+        );
+        ch.set_readonly(false).unwrap();
+        let (status, body) = ch
+            .query_as(SWITCHABLE_USER, &format!("INSERT INTO {db}.rw VALUES (1)"))
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
 
         // Outage and recovery on the same ports with the same data.
         let url = format!("{}/ping", ch.http_url());

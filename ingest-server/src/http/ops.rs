@@ -1,5 +1,6 @@
-//! `/healthz` (the process answers), `/readyz` (ClickHouse reachable and the spool writable;
-//! it also says where the schema migrations stand), `/metrics` (Prometheus text).
+//! `/healthz` (the process answers), `/readyz` (ClickHouse reachable and taking the writer's
+//! inserts, the spool writable; it also says where the schema migrations stand and why the
+//! writer is blocked, if it is), `/metrics` (Prometheus text).
 
 use std::time::Duration;
 
@@ -38,12 +39,26 @@ async fn readyz(State(state): State<AppState>) -> Response {
     };
     // Intake works while migrations run (events wait in the spool), so readiness does not
     // depend on them; `schema` says where they stand (the query API answers 503 until "ok").
-    let ready = spool_ok.is_ok() && ch_ok.is_ok();
+    // A writer that ClickHouse does not let insert (auth, disk, a missing column...) makes the
+    // server not ready, like ClickHouse being down: events wait in the spool meanwhile.
+    let blocked = state.0.metrics.writer.blocked();
+    let ready = spool_ok.is_ok() && ch_ok.is_ok() && blocked.is_none();
+    let writer = match blocked {
+        None => json!({"state": "ok"}),
+        Some(b) => json!({
+            "state": "blocked",
+            "cause": b.cause,
+            "during": b.during,
+            "error": b.error,
+            "blocked_for_s": (super::now_ms() as u64).saturating_sub(b.since_ms) / 1000,
+        }),
+    };
     let body = json!({
         "ready": ready,
         "clickhouse": ch_ok.err().unwrap_or_else(|| "ok".into()),
         "spool": spool_ok.err().unwrap_or_else(|| "ok".into()),
         "schema": state.0.schema.describe(),
+        "writer": writer,
     });
     let status = if ready {
         StatusCode::OK

@@ -1,6 +1,11 @@
-//! ClickHouse: the schema and its migrations ([`schema`]), the rows ([`row`]), and the writer
-//! that moves spooled events into ClickHouse ([`writer`]).
+//! ClickHouse: the schema and its migrations ([`schema`]), the rows ([`row`]), the writer that
+//! moves spooled events into ClickHouse ([`writer`]) by the error policy in [`delivery`], and
+//! the replay of quarantined rows ([`replay`]).
 
+pub mod delivery;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod replay;
 pub mod row;
 pub mod schema;
 pub mod writer;
@@ -12,15 +17,77 @@ use futures::future::BoxFuture;
 use crate::config::ClickHouseConfig;
 use row::{identity_links, EventRow, IdentityRow, QuarantineRow};
 
-/// How a failed ClickHouse call should be handled.
+/// Why ClickHouse cannot take anything right now: the label of
+/// `waymark_writer_blocked{cause="..."}` and the `cause` in `/readyz`'s `writer` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// No connection, a cut connection, or an HTTP failure without a ClickHouse exception.
+    Unreachable,
+    /// A timeout on either side.
+    Timeout,
+    /// Unknown user, wrong or missing password, address not allowed.
+    Auth,
+    /// The user lacks a right it needs.
+    AccessDenied,
+    /// A quota of the user is used up.
+    Quota,
+    /// Not enough disk space.
+    DiskFull,
+    /// A memory limit was hit.
+    Memory,
+    /// The user or the table is read-only.
+    ReadOnly,
+    /// A table or the database does not exist.
+    MissingTable,
+    /// A column the writer inserts does not exist (the schema lags, or was changed by hand).
+    MissingColumn,
+    /// The query was killed (`KILL QUERY`, a server restart).
+    QueryKilled,
+    /// Too many parts in a partition: merges lag behind inserts.
+    TooManyParts,
+    /// One insert touches more partitions than `max_partitions_per_insert_block`; the batch is
+    /// split, the rows are fine.
+    TooManyPartitions,
+    /// Too many queries or connections at once, replication trouble.
+    Overloaded,
+    /// An error of no known kind, which a known-good probe row got too.
+    Other,
+}
+
+impl Cause {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::Unreachable => "unreachable",
+            Cause::Timeout => "timeout",
+            Cause::Auth => "auth",
+            Cause::AccessDenied => "access_denied",
+            Cause::Quota => "quota",
+            Cause::DiskFull => "disk_full",
+            Cause::Memory => "memory",
+            Cause::ReadOnly => "read_only",
+            Cause::MissingTable => "missing_table",
+            Cause::MissingColumn => "missing_column",
+            Cause::QueryKilled => "query_killed",
+            Cause::TooManyParts => "too_many_parts",
+            Cause::TooManyPartitions => "too_many_partitions",
+            Cause::Overloaded => "overloaded",
+            Cause::Other => "other",
+        }
+    }
+}
+
+/// How a failed ClickHouse call should be handled. The split is by whose fault it may be: a
+/// code can say "ClickHouse cannot take anything now", but no code alone ever says "these rows
+/// are bad" (see [`writer`] for the proof the writer asks before it quarantines a row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// Network trouble, overload, too many parts: try the same rows again later.
-    Retryable,
-    /// ClickHouse refused the data itself: retrying cannot help; find the bad rows.
-    BadData,
-    /// Something else: retried a bounded number of times, then treated as bad data.
-    Unknown,
+    /// ClickHouse's own state: the same rows are tried again, with capped backoff, for as long
+    /// as it takes.
+    Unavailable(Cause),
+    /// ClickHouse refused this insert and the reason may lie in the rows (a value it cannot
+    /// parse, a check that throws, or a code this table does not know).
+    Refused,
 }
 
 /// A failed ClickHouse call.
@@ -31,38 +98,49 @@ pub struct StoreError {
     pub message: String,
 }
 
-/// ClickHouse error codes that mean "this data is wrong" (parse, type, range, size errors).
-const BAD_DATA_CODES: &[u32] = &[
-    6,   // CANNOT_PARSE_TEXT
-    16,  // NO_SUCH_COLUMN_IN_TABLE
-    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
-    33,  // CANNOT_READ_ALL_DATA
-    36,  // BAD_ARGUMENTS
-    38,  // CANNOT_PARSE_DATE
-    41,  // CANNOT_PARSE_DATETIME
-    53,  // TYPE_MISMATCH
-    69,  // ARGUMENT_OUT_OF_BOUND
-    70,  // CANNOT_CONVERT_TYPE
-    72,  // CANNOT_PARSE_NUMBER
-    117, // INCORRECT_DATA
-    131, // TOO_LARGE_STRING_SIZE
-    395, // FUNCTION_THROW_IF_VALUE_IS_NON_ZERO
-];
+impl StoreError {
+    /// Why nothing goes in, when this error is the reason ([`Cause::Other`] for a refusal).
+    pub fn cause(&self) -> Cause {
+        match self.class {
+            ErrorClass::Unavailable(c) => c,
+            ErrorClass::Refused => Cause::Other,
+        }
+    }
+}
 
-/// ClickHouse error codes that pass: overload and transient server states.
-const RETRYABLE_CODES: &[u32] = &[
-    159, // TIMEOUT_EXCEEDED
-    164, // READONLY
-    202, // TOO_MANY_SIMULTANEOUS_QUERIES
-    203, // NO_FREE_CONNECTION
-    209, // SOCKET_TIMEOUT
-    210, // NETWORK_ERROR
-    241, // MEMORY_LIMIT_EXCEEDED
-    242, // TABLE_IS_READ_ONLY
-    252, // TOO_MANY_PARTS
-    319, // UNKNOWN_STATUS_OF_INSERT
-    425, // SYSTEM_ERROR
-    999, // KEEPER_EXCEPTION
+/// ClickHouse error codes that mean "ClickHouse cannot take anything now", whatever the rows.
+/// Codes not listed (parse and type errors, throwIf, codes of future releases) are
+/// [`ErrorClass::Refused`]: the probe and bisection decide.
+const STATE_CODES: &[(u32, Cause)] = &[
+    (3, Cause::Unreachable),    // UNEXPECTED_END_OF_FILE (connection cut)
+    (16, Cause::MissingColumn), // NO_SUCH_COLUMN_IN_TABLE
+    (47, Cause::MissingColumn), // UNKNOWN_IDENTIFIER (a view selects a dropped column)
+    (60, Cause::MissingTable),  // UNKNOWN_TABLE
+    (81, Cause::MissingTable),  // UNKNOWN_DATABASE
+    (159, Cause::Timeout),      // TIMEOUT_EXCEEDED
+    (164, Cause::ReadOnly),     // READONLY
+    (173, Cause::Memory),       // CANNOT_ALLOCATE_MEMORY
+    (192, Cause::Auth),         // UNKNOWN_USER
+    (193, Cause::Auth),         // WRONG_PASSWORD
+    (194, Cause::Auth),         // REQUIRED_PASSWORD
+    (195, Cause::Auth),         // IP_ADDRESS_NOT_ALLOWED
+    (201, Cause::Quota),        // QUOTA_EXPIRED (quota exceeded)
+    (202, Cause::Overloaded),   // TOO_MANY_SIMULTANEOUS_QUERIES
+    (203, Cause::Overloaded),   // NO_FREE_CONNECTION
+    (209, Cause::Timeout),      // SOCKET_TIMEOUT
+    (210, Cause::Unreachable),  // NETWORK_ERROR
+    (236, Cause::QueryKilled),  // ABORTED
+    (241, Cause::Memory),       // MEMORY_LIMIT_EXCEEDED
+    (242, Cause::ReadOnly),     // TABLE_IS_READ_ONLY
+    (243, Cause::DiskFull),     // NOT_ENOUGH_SPACE
+    (252, Cause::TooManyParts), // TOO_MANY_PARTS (or partitions: see `classify_code`)
+    (291, Cause::AccessDenied), // DATABASE_ACCESS_DENIED
+    (319, Cause::Overloaded),   // UNKNOWN_STATUS_OF_INSERT
+    (394, Cause::QueryKilled),  // QUERY_WAS_CANCELLED
+    (425, Cause::Overloaded),   // SYSTEM_ERROR
+    (497, Cause::AccessDenied), // ACCESS_DENIED
+    (516, Cause::Auth),         // AUTHENTICATION_FAILED
+    (999, Cause::Overloaded),   // KEEPER_EXCEPTION
 ];
 
 /// The `Code: N` of a ClickHouse exception text.
@@ -72,21 +150,35 @@ pub fn exception_code(text: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// The class of a ClickHouse exception with code `code` and text `text`.
+pub fn classify_code(code: u32, text: &str) -> ErrorClass {
+    // 252 is both "too many parts" (merges lag) and, on releases with
+    // max_partitions_per_insert_block, "too many partitions for a single INSERT block".
+    if code == 252 && text.to_ascii_lowercase().contains("partitions") {
+        return ErrorClass::Unavailable(Cause::TooManyPartitions);
+    }
+    match STATE_CODES.iter().find(|(c, _)| *c == code) {
+        Some((_, cause)) => ErrorClass::Unavailable(*cause),
+        None => ErrorClass::Refused,
+    }
+}
+
 /// Classifies an error from the `clickhouse` crate.
 pub fn classify(e: &clickhouse::error::Error) -> StoreError {
     use clickhouse::error::Error as E;
     let message = e.to_string();
     let class = match e {
-        E::Network(_) | E::TimedOut => ErrorClass::Retryable,
+        E::Network(_) | E::Compression(_) | E::Decompression(_) | E::Other(_) => {
+            ErrorClass::Unavailable(Cause::Unreachable)
+        }
+        E::TimedOut => ErrorClass::Unavailable(Cause::Timeout),
         E::BadResponse(text) => match exception_code(text) {
-            Some(c) if BAD_DATA_CODES.contains(&c) => ErrorClass::BadData,
-            Some(c) if RETRYABLE_CODES.contains(&c) => ErrorClass::Retryable,
-            Some(_) => ErrorClass::Unknown,
+            Some(code) => classify_code(code, text),
             // No exception text: an HTTP-level failure (proxy, 5xx without body).
-            None => ErrorClass::Retryable,
+            None => ErrorClass::Unavailable(Cause::Unreachable),
         },
-        E::Compression(_) | E::Decompression(_) => ErrorClass::Retryable,
-        _ => ErrorClass::Unknown,
+        // Serialising a row failed, or an answer did not fit: may be the rows; the probe says.
+        _ => ErrorClass::Refused,
     };
     StoreError { class, message }
 }
@@ -101,6 +193,32 @@ pub trait Sink: Send + Sync + 'static {
         -> BoxFuture<'a, Result<(), StoreError>>;
     /// Makes sure the schema exists (called before the first insert and after schema errors).
     fn prepare(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Inserts one known-good row where no query sees it, through the same server, user,
+    /// database, columns, types and disk as `insert`. Ok means ClickHouse takes rows right now,
+    /// so a refusal of the batch is about its rows; an error means it is about ClickHouse.
+    fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// The table the probe row goes to: created afresh as a copy of `events` before every probe,
+/// so it has the columns, types, defaults and engine `events` has at that moment (and no
+/// materialized views); no query reads it.
+pub const PROBE_TABLE: &str = "writer_probe";
+
+/// The probe's row: every field at its empty value, times now. Synthesised rather than
+/// re-inserting a row that went in earlier: it exists before any row ever succeeded (a fresh
+/// install, the first batch after a restart), and, going to [`PROBE_TABLE`], it cannot show up
+/// in `events` or in the query tables fed from it.
+pub fn probe_row(now_ms: u64) -> EventRow {
+    EventRow {
+        site: "_waymark_probe".into(),
+        message_id: "probe".into(),
+        kind: "track".into(),
+        timestamp: (now_ms / 1000) as u32,
+        timestamp_ms: now_ms as i64,
+        client_time: (now_ms / 1000) as u32,
+        received_at_ms: now_ms as i64,
+        ..EventRow::default()
+    }
 }
 
 /// A `clickhouse::Client` for the configured server (no database selected).
@@ -278,7 +396,18 @@ impl ClickHouseSink {
         self
     }
 
-    async fn insert_rows<T>(&self, table: &str, rows: &[T]) -> Result<(), StoreError>
+    /// A client with the configured database selected.
+    pub fn db_client(&self) -> &clickhouse::Client {
+        &self.db_client
+    }
+
+    /// The configured database.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Inserts `rows` into `table` of the configured database.
+    pub async fn insert_rows<T>(&self, table: &str, rows: &[T]) -> Result<(), StoreError>
     where
         T: clickhouse::RowOwned + clickhouse::RowWrite,
     {
@@ -343,6 +472,27 @@ impl Sink for ClickHouseSink {
                 .map(|_| ())
         })
     }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let db = &self.database;
+            for sql in [
+                format!("DROP TABLE IF EXISTS {db}.{PROBE_TABLE}"),
+                format!("CREATE TABLE {db}.{PROBE_TABLE} AS {db}.events"),
+            ] {
+                self.client
+                    .query(&sql)
+                    .execute()
+                    .await
+                    .map_err(|e| classify(&e))?;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            self.insert_rows(PROBE_TABLE, &[probe_row(now)]).await
+        })
+    }
 }
 
 #[cfg(test)]
@@ -361,7 +511,7 @@ mod tests {
         let e = migrate(&client(&cfg), "waymark", &status)
             .await
             .unwrap_err();
-        assert_eq!(e.class, ErrorClass::Retryable);
+        assert_eq!(e.class, ErrorClass::Unavailable(Cause::Unreachable));
         let said = status.describe();
         assert!(said.starts_with("pending: "), "{said}");
         assert!(said.contains(&e.message), "{said}");
@@ -383,21 +533,40 @@ mod tests {
 
     #[test]
     fn classification() {
-        let e = clickhouse::error::Error::BadResponse(
-            "Code: 252. DB::Exception: Too many parts".into(),
-        );
-        assert_eq!(classify(&e).class, ErrorClass::Retryable);
-        let e = clickhouse::error::Error::BadResponse(
-            "Code: 27. DB::Exception: Cannot parse input".into(),
-        );
-        assert_eq!(classify(&e).class, ErrorClass::BadData);
-        let e = clickhouse::error::Error::BadResponse(
-            "Code: 48. DB::Exception: not implemented".into(),
-        );
-        assert_eq!(classify(&e).class, ErrorClass::Unknown);
+        let class =
+            |text: &str| classify(&clickhouse::error::Error::BadResponse(text.into())).class;
+        let state = |c| ErrorClass::Unavailable(c);
+        for (text, want) in [
+            ("Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly slower than inserts.", state(Cause::TooManyParts)),
+            ("Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100).", state(Cause::TooManyPartitions)),
+            ("Code: 16, e.displayText() = DB::Exception: No such column utm_term in table waymark.events", state(Cause::MissingColumn)),
+            ("Code: 60. DB::Exception: Table waymark.events doesn't exist.", state(Cause::MissingTable)),
+            ("Code: 164, e.displayText() = DB::Exception: Cannot execute query in readonly mode", state(Cause::ReadOnly)),
+            ("Code: 516. DB::Exception: waymark: Authentication failed", state(Cause::Auth)),
+            ("Code: 192. DB::Exception: Unknown user waymark", state(Cause::Auth)),
+            ("Code: 497. DB::Exception: waymark: Not enough privileges.", state(Cause::AccessDenied)),
+            ("Code: 201. DB::Exception: Quota for user 'waymark' for 1 hour has been exceeded", state(Cause::Quota)),
+            ("Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space.", state(Cause::DiskFull)),
+            ("Code: 241. DB::Exception: Memory limit (for query) exceeded", state(Cause::Memory)),
+            ("Code: 394. DB::Exception: Query was cancelled", state(Cause::QueryKilled)),
+            ("Code: 202. DB::Exception: Too many simultaneous queries", state(Cause::Overloaded)),
+            // No code alone says "bad rows": these are refusals the probe and bisection judge.
+            ("Code: 27. DB::Exception: Cannot parse input", ErrorClass::Refused),
+            ("Code: 395. DB::Exception: Value passed to 'throwIf' function is non zero", ErrorClass::Refused),
+            ("Code: 48. DB::Exception: not implemented", ErrorClass::Refused),
+            // An HTTP failure without a ClickHouse exception: a proxy, a restart.
+            ("502 Bad Gateway", state(Cause::Unreachable)),
+        ] {
+            assert_eq!(class(text), want, "{text}");
+        }
         assert_eq!(
             classify(&clickhouse::error::Error::TimedOut).class,
-            ErrorClass::Retryable
+            state(Cause::Timeout)
         );
+        let refused = StoreError {
+            class: ErrorClass::Refused,
+            message: "Code: 48".into(),
+        };
+        assert_eq!(refused.cause(), Cause::Other);
     }
 }

@@ -133,7 +133,8 @@ ORDER BY (site, user_id, anonymous_id)"],
     Migration {
         version: 3,
         name: "quarantine",
-        // Rows ClickHouse refused as bad data, with its reason, kept for a human.
+        // Rows ClickHouse refused (proven by bisection and a probe row), with its reason, kept
+        // until `ingest-server quarantine replay` sends them again.
         statements: &["CREATE TABLE IF NOT EXISTS {db}.quarantine (
     quarantined_at DateTime,
     site String,
@@ -143,6 +144,20 @@ ORDER BY (site, user_id, anonymous_id)"],
 ) ENGINE = MergeTree
 PARTITION BY toYYYYMM(quarantined_at)
 ORDER BY (quarantined_at, site)"],
+    },
+    Migration {
+        version: 4,
+        name: "quarantine_replays",
+        // The ledger of `ingest-server quarantine replay`: one row per quarantine row that
+        // reached `events`, so a second replay does not send it again. The quarantine row
+        // itself stays, for the record.
+        statements: &["CREATE TABLE IF NOT EXISTS {db}.quarantine_replays (
+    site String,
+    message_id String,
+    quarantined_at DateTime,
+    replayed_at DateTime
+) ENGINE = ReplacingMergeTree
+ORDER BY (site, message_id, quarantined_at)"],
     },
     // 100..: the query API's pre-aggregated state (SQL and design in `crate::query::schema`).
     Migration {
