@@ -19,6 +19,7 @@ pub mod assets;
 pub mod bot;
 pub mod cf;
 pub mod config;
+pub mod consume;
 pub mod forward;
 pub mod http;
 pub mod process;
