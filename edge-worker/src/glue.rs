@@ -5,13 +5,18 @@ use serde_json::Value;
 use waymark_protocol::edge::EdgeEnvelope;
 use waymark_protocol::intake::IntakePath;
 use waymark_protocol::limits::MAX_BATCH_BYTES;
+use worker::wasm_bindgen::JsCast;
+use worker::worker_sys::{Message as MessageSys, MessageBatch as MessageBatchSys};
 use worker::{
-    console_error, console_warn, event, js_sys, wasm_bindgen::JsValue, web_sys, AbortSignal,
-    Context, Date, Env, Fetch, Headers, MessageBatch, MessageBuilder, MessageExt, Method, Queue,
-    QueueContentType, RawMessage, Request, RequestInit, Response, Result,
+    console_error, console_log, console_warn, event, js_sys, wasm_bindgen::JsValue, web_sys,
+    AbortSignal, Context, Date, Env, Fetch, Headers, MessageBuilder, Method, Queue,
+    QueueContentType, Request, RequestInit, Response, Result,
 };
 
 use crate::config::{vars, Config};
+use crate::consume::{
+    group_by_key, is_dead_letter_queue, judge, parse_retry_after, retry_delay_secs, Answer, Verdict,
+};
 use crate::forward::{
     forward_body, queue_messages, signature_headers, EDGE_PATH, MAX_QUEUE_MESSAGE_BYTES,
 };
@@ -160,12 +165,13 @@ async fn enqueue(q: &Queue, envelope: &EdgeEnvelope) -> std::result::Result<(), 
     Ok(())
 }
 
-/// One signed `POST {INGEST_URL}/v1/edge` with every envelope; `Err` names what went wrong.
-async fn forward(
-    env: &Env,
-    cfg: &Config,
-    envelopes: Vec<EdgeEnvelope>,
-) -> std::result::Result<(), String> {
+/// Where forwards go and the key they are signed with.
+struct Target {
+    url: String,
+    secret: String,
+}
+
+fn target(env: &Env, cfg: &Config) -> std::result::Result<Target, String> {
     let base = cfg
         .ingest_url
         .as_deref()
@@ -174,24 +180,42 @@ async fn forward(
         .secret(vars::EDGE_SECRET)
         .map(|s| s.to_string())
         .map_err(|_| format!("{}: the Worker secret is not set", vars::EDGE_SECRET))?;
+    Ok(Target {
+        url: format!("{base}{EDGE_PATH}"),
+        secret,
+    })
+}
+
+/// One signed `POST {INGEST_URL}/v1/edge` with `envelopes`, signed afresh: the answer, and a
+/// line for the log saying what came back.
+async fn post(t: &Target, envelopes: Vec<EdgeEnvelope>) -> (Answer, String) {
+    let url = &t.url;
     let body = forward_body(envelopes);
     let headers = Headers::new();
     let _ = headers.set("content-type", "application/json");
-    for (name, value) in signature_headers(secret.as_bytes(), now_ms() / 1000, &body) {
+    for (name, value) in signature_headers(t.secret.as_bytes(), now_ms() / 1000, &body) {
         let _ = headers.set(name, &value);
     }
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_headers(headers)
         .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
-    let url = format!("{base}{EDGE_PATH}");
-    let request = Request::new_with_init(&url, &init).map_err(|e| format!("{url}: {e}"))?;
+    let request = match Request::new_with_init(url, &init) {
+        Ok(r) => r,
+        Err(e) => return (Answer::NoAnswer, format!("{url}: {e}")),
+    };
     let signal = AbortSignal::from(web_sys::AbortSignal::timeout_with_u32(FORWARD_TIMEOUT_MS));
-    let mut resp = Fetch::Request(request)
-        .send_with_signal(&signal)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+    let mut resp = match Fetch::Request(request).send_with_signal(&signal).await {
+        Ok(r) => r,
+        Err(e) => return (Answer::NoAnswer, format!("{url}: {e}")),
+    };
     let status = resp.status_code();
+    let retry_after_secs = resp
+        .headers()
+        .get("retry-after")
+        .ok()
+        .flatten()
+        .and_then(|v| parse_retry_after(&v, now_ms()));
     let text = resp.text().await.unwrap_or_default();
     if (200..300).contains(&status) {
         // Events the ingest server refused (an unknown write key, say) are its decision, not a
@@ -206,59 +230,290 @@ async fn forward(
                 text.chars().take(500).collect::<String>()
             );
         }
-        return Ok(());
     }
-    Err(format!(
-        "{url} answered {status}: {}",
+    let answer = Answer::Status {
+        status: status as u16,
+        retry_after_secs,
+    };
+    let detail = format!(
+        "{url} answered {status}{}: {}",
+        retry_after_secs
+            .map(|s| format!(" (Retry-After {s} s)"))
+            .unwrap_or_default(),
         text.chars().take(300).collect::<String>()
-    ))
+    );
+    (answer, detail)
 }
 
-/// The queue consumer: one signed forward per delivered batch. On failure every message is
-/// retried, so Queues redelivers it (and after `max_retries` moves it to the dead-letter queue).
-#[event(queue)]
-async fn consume(batch: MessageBatch<String>, env: Env, _ctx: Context) -> Result<()> {
-    let messages: Vec<RawMessage> = batch.raw_iter().collect();
-    let cfg = match config(&env) {
-        Ok(c) => c,
-        Err(e) => {
-            console_error!("waymark edge: {e}; retrying the batch");
-            batch.retry_all();
-            return Ok(());
+/// The direct path (no queue bound): one signed request; `Err` names what went wrong.
+async fn forward(
+    env: &Env,
+    cfg: &Config,
+    envelopes: Vec<EdgeEnvelope>,
+) -> std::result::Result<(), String> {
+    let t = target(env, cfg)?;
+    match post(&t, envelopes).await {
+        (answer, _) if judge(answer) == Verdict::Delivered => Ok(()),
+        (_, detail) => Err(detail),
+    }
+}
+
+// The queue handler is exported by hand rather than with `#[event(queue)]`: worker 0.8.7's
+// message types do not expose `attempts`, which the retry schedule is computed from, so the
+// consumer works on the runtime's message objects directly. This is what the macro generates,
+// minus the conversion.
+mod queue_export {
+    use worker::wasm_bindgen::prelude::wasm_bindgen;
+    use worker::wasm_bindgen::JsValue;
+
+    #[wasm_bindgen(
+        wasm_bindgen = ::worker::wasm_bindgen,
+        wasm_bindgen_futures = ::worker::wasm_bindgen_futures,
+        js_sys = ::worker::js_sys
+    )]
+    pub async fn queue(
+        batch: worker::worker_sys::MessageBatch,
+        env: worker::Env,
+        _ctx: worker::worker_sys::Context,
+    ) -> Result<JsValue, JsValue> {
+        super::consume(batch, env).await;
+        Ok(JsValue::UNDEFINED)
+    }
+}
+
+/// One delivered message: the runtime's object, its delivery number and its body.
+struct Delivered {
+    msg: MessageSys,
+    id: String,
+    attempts: u32,
+    /// The body when it is text (every message this worker sends), else empty.
+    body: String,
+    is_text: bool,
+}
+
+impl Delivered {
+    fn read(msg: MessageSys) -> (Self, std::result::Result<EdgeEnvelope, String>) {
+        let id = msg.id().map(String::from).unwrap_or_default();
+        // `attempts` is 1 on the first delivery. Every workerd since 2023 has it; if it were
+        // missing the schedule would stay at its first step, so say so.
+        let attempts = js_sys::Reflect::get(&msg, &JsValue::from_str("attempts"))
+            .ok()
+            .and_then(|v| v.as_f64())
+            .map(|a| a.clamp(1.0, u32::MAX as f64) as u32);
+        if attempts.is_none() {
+            console_warn!("waymark edge: queue message {id}: no `attempts` field; counted as the first delivery");
         }
-    };
-    let mut envelopes = Vec::with_capacity(messages.len());
-    let mut good = Vec::with_capacity(messages.len());
-    for m in messages {
-        // Read each body on its own: one foreign or damaged message must not hold up the rest.
-        let parsed = match m.body().as_string() {
-            Some(text) => serde_json::from_str::<EdgeEnvelope>(&text).map_err(|e| e.to_string()),
+        let body = msg.body().ok().and_then(|b| b.as_string());
+        let parsed = match &body {
+            Some(text) => serde_json::from_str::<EdgeEnvelope>(text).map_err(|e| e.to_string()),
             None => Err("the body is not text".to_string()),
         };
+        let d = Delivered {
+            msg,
+            id,
+            attempts: attempts.unwrap_or(1),
+            is_text: body.is_some(),
+            body: body.unwrap_or_default(),
+        };
+        (d, parsed)
+    }
+
+    fn ack(&self) {
+        if let Err(e) = self.msg.ack() {
+            console_error!("waymark edge: queue message {}: ack failed: {e:?}", self.id);
+        }
+    }
+
+    /// Redelivery after the schedule's delay (or `Retry-After`, when longer).
+    fn retry(&self, retry_after_secs: Option<u32>) {
+        let delay = retry_delay_secs(self.attempts, retry_after_secs);
+        let opts = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(
+            &opts,
+            &JsValue::from_str("delaySeconds"),
+            &JsValue::from(delay),
+        );
+        if let Err(e) = self.msg.retry(opts.into()) {
+            // Not acknowledged either, so Queues delivers it again after `retry_delay`.
+            console_error!(
+                "waymark edge: queue message {}: retry failed: {e:?}",
+                self.id
+            );
+        }
+    }
+}
+
+/// What happens to messages that were not stored.
+enum Redeliver<'a> {
+    /// Ask Queues to deliver them again (counts towards `max_retries`).
+    Retry,
+    /// A replay from the dead-letter queue: put them back on the main queue with the same delay
+    /// and acknowledge them here, so the dead-letter queue's own retry limit never deletes one.
+    /// Falls back to a retry here if the send fails.
+    PutBack(&'a Queue),
+}
+
+impl Redeliver<'_> {
+    async fn apply(&self, d: &Delivered, retry_after_secs: Option<u32>) {
+        match self {
+            Redeliver::Retry => d.retry(retry_after_secs),
+            Redeliver::PutBack(q) => {
+                let delay = retry_delay_secs(d.attempts, retry_after_secs);
+                let m = MessageBuilder::new(d.body.clone())
+                    .content_type(QueueContentType::Text)
+                    .delay_seconds(delay)
+                    .build();
+                match q.send(m).await {
+                    Ok(()) => {
+                        d.ack();
+                        console_log!(
+                            "waymark edge: put dead letter {} back on {} (next delivery in {delay} s)",
+                            d.id,
+                            vars::QUEUE
+                        );
+                    }
+                    Err(e) => {
+                        console_error!(
+                            "waymark edge: could not put dead letter {} back on {}: {e}; retrying it where it is",
+                            d.id,
+                            vars::QUEUE
+                        );
+                        d.retry(retry_after_secs);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The queue consumer. A delivery is split by write key and each group forwarded as its own
+/// signed request; a group is acknowledged only on a 2xx, and every other message is delivered
+/// again after a growing delay (see [`crate::consume`] for the answers, the schedule and the
+/// limits). A batch from the dead-letter queue is replayed the same way.
+async fn consume(batch: MessageBatchSys, env: Env) {
+    let queue_name = batch.queue().map(String::from).unwrap_or_default();
+    let replay = is_dead_letter_queue(&queue_name);
+    let main_queue = if replay {
+        env.queue(vars::QUEUE).ok()
+    } else {
+        None
+    };
+    let redeliver = match &main_queue {
+        Some(q) => Redeliver::PutBack(q),
+        None => {
+            if replay {
+                console_warn!(
+                    "waymark edge: replaying {queue_name} without a {} binding: what still fails is retried where it is, and deleted after that queue's max_retries",
+                    vars::QUEUE
+                );
+            }
+            Redeliver::Retry
+        }
+    };
+    let raw: Vec<MessageSys> = match batch.messages() {
+        Ok(a) => a.iter().map(|v| v.unchecked_into::<MessageSys>()).collect(),
+        Err(e) => {
+            console_error!("waymark edge: queue {queue_name}: cannot read the batch: {e:?}; Queues will deliver it again");
+            return;
+        }
+    };
+    let mut messages = Vec::with_capacity(raw.len());
+    let mut envelopes = Vec::with_capacity(raw.len());
+    for m in raw {
+        let (d, parsed) = Delivered::read(m);
         match parsed {
             Ok(e) => {
+                messages.push(d);
                 envelopes.push(e);
-                good.push(m);
             }
             Err(e) => {
-                // Not ours or damaged: never dropped silently; retries end in the dead-letter queue.
+                // Not ours or damaged: never dropped silently. Retries end in the dead-letter
+                // queue; a replay puts a text one back on the main queue like any other. (One
+                // that is not even text was not sent by this worker, and is retried where it is,
+                // since putting it back would not keep its body.)
                 console_error!(
-                    "waymark edge: queue message {} is not an envelope: {e}",
-                    m.id()
+                    "waymark edge: queue message {} on {queue_name} is not an envelope: {e}",
+                    d.id
                 );
-                m.retry();
+                if d.is_text {
+                    redeliver.apply(&d, None).await;
+                } else {
+                    d.retry(None);
+                }
             }
         }
     }
-    if envelopes.is_empty() {
-        return Ok(());
+    if messages.is_empty() {
+        return;
     }
-    match forward(&env, &cfg, envelopes).await {
-        Ok(()) => good.iter().for_each(|m| m.ack()),
-        Err(reason) => {
-            console_error!("waymark edge: forward failed, Queues will redeliver: {reason}");
-            good.iter().for_each(|m| m.retry());
+    if replay {
+        console_log!(
+            "waymark edge: replaying {} message(s) from the dead-letter queue {queue_name}",
+            messages.len()
+        );
+    }
+    let target = match config(&env)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| target(&env, &cfg))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            console_error!("waymark edge: {e}; the queued events are kept and retried");
+            for d in &messages {
+                redeliver.apply(d, None).await;
+            }
+            return;
+        }
+    };
+
+    let groups = group_by_key(envelopes.iter().map(|e| e.write_key.as_str()));
+    // A failure of the whole server, once seen, stands for the groups not yet sent.
+    let mut server_down: Option<Verdict> = None;
+    // Groups to send; a refused group of several comes back as one group per message.
+    let mut pending: std::collections::VecDeque<Vec<usize>> = groups.into();
+    while let Some(group) = pending.pop_front() {
+        let (verdict, detail) = match server_down {
+            Some(v) => (v, None),
+            None => {
+                let batch: Vec<EdgeEnvelope> =
+                    group.iter().map(|&i| envelopes[i].clone()).collect();
+                let (answer, detail) = post(&target, batch).await;
+                (judge(answer), Some(detail))
+            }
+        };
+        match verdict {
+            Verdict::Delivered => group.iter().for_each(|&i| messages[i].ack()),
+            Verdict::Failed {
+                failure,
+                retry_after_secs,
+            } => {
+                let split = failure.split_group(group.len());
+                if let Some(detail) = &detail {
+                    let next = if split {
+                        "sending each of them on its own"
+                    } else {
+                        "Queues will redeliver them"
+                    };
+                    console_error!(
+                        "waymark edge: forward failed for {} message(s) of write key {:?}, {next}: {}; {detail}",
+                        group.len(),
+                        envelopes[group[0]].write_key,
+                        failure.explain()
+                    );
+                }
+                if split {
+                    for &i in group.iter().rev() {
+                        pending.push_front(vec![i]);
+                    }
+                    continue;
+                }
+                if failure.server_wide() {
+                    server_down = Some(verdict);
+                }
+                for &i in &group {
+                    redeliver.apply(&messages[i], retry_after_secs).await;
+                }
+            }
         }
     }
-    Ok(())
 }

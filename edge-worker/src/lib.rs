@@ -10,8 +10,11 @@
 //!    ([`bot`]) and stamps the receive time, giving one `EdgeEnvelope`.
 //! 3. With a Queue bound (`WAYMARK_QUEUE`) the envelope is enqueued and the tag is answered at
 //!    once; the queue consumer POSTs every delivered batch to the ingest server as one signed
-//!    request ([`forward`]) and asks Queues to redeliver when that fails. Without a queue the
-//!    fetch handler forwards directly and answers 503 when it cannot, so the tag retries.
+//!    request per write key ([`forward`]), acknowledges what was stored and asks Queues to
+//!    deliver the rest again after a growing delay that outlasts a day-long outage
+//!    ([`consume`]); a batch from the dead-letter queue is replayed the same way. Without a
+//!    queue the fetch handler forwards directly and answers 503 when it cannot, so the tag
+//!    retries.
 //!
 //! Everything but the thin glue in `glue.rs` is pure and tested on the host.
 
@@ -19,6 +22,7 @@ pub mod assets;
 pub mod bot;
 pub mod cf;
 pub mod config;
+pub mod consume;
 pub mod forward;
 pub mod http;
 pub mod process;

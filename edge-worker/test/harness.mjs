@@ -1,19 +1,31 @@
 // Shared helpers for the worker tests: the built worker in workerd (Miniflare), a recording
-// HTTP server standing in for the ingest server's /v1/edge, signing, and bounded waiting.
+// HTTP server standing in for the ingest server's /v1/edge, signing, bounded waiting, and a
+// clock for the queue that the tests advance instead of waiting.
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { Miniflare } from 'miniflare';
+import { Miniflare, QUEUES_PLUGIN_NAME, _enableControlEndpoints } from 'miniflare';
+
+// Miniflare's queue broker keeps its delays on timers that its own tests replace with a fake
+// clock ("control endpoints": enableFakeTimers, advanceFakeTime, waitForFakeTasks). Turning them
+// on must happen before any Miniflare starts; it only adds those operations to Miniflare's
+// internal objects. This is an underscored export of the pinned miniflare 4.20260426.0: if an
+// upgrade drops it, `queueClock` fails saying so.
+if (typeof _enableControlEndpoints !== 'function') {
+  throw new Error('this miniflare has no _enableControlEndpoints(): the queue tests cannot advance time');
+}
+_enableControlEndpoints();
 
 export const EDGE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const REPO = path.resolve(EDGE_DIR, '..');
 export const BUILD = path.join(EDGE_DIR, 'build');
 export const PREFIX = '/wm';
 export const QUEUE = 'waymark-events';
+export const DLQ = 'waymark-events-dlq';
 export const ORIGIN = 'https://shop.example';
 
 export const CHROME_UA =
@@ -32,23 +44,41 @@ export function requireBuild() {
   }
 }
 
+/** The main queue consumer's retry settings in wrangler.toml (the first [[queues.consumers]]). */
+export function wranglerConsumer() {
+  const toml = readFileSync(path.join(EDGE_DIR, 'wrangler.toml'), 'utf8');
+  const block = toml.split('[[queues.consumers]]')[1] ?? '';
+  const num = (key) => {
+    const m = new RegExp(`^${key}\\s*=\\s*(\\d+)`, 'm').exec(block);
+    if (!m) throw new Error(`wrangler.toml: no ${key} in the first [[queues.consumers]]`);
+    return Number(m[1]);
+  };
+  return { maxRetries: num('max_retries'), retryDelay: num('retry_delay') };
+}
+
 /**
  * Starts the built worker in workerd.
  * - `ingestUrl`: INGEST_URL; `secret`: EDGE_SECRET.
  * - `queue`: bind WAYMARK_QUEUE (producer and consumer) when true; otherwise batches are
  *   forwarded directly.
  * - `vars`: more variables (IP_MODE, GPC_MODE, ALLOWED_ORIGINS ...).
- * - `maxRetries`: deliveries of a queued batch before it moves to the dead-letter queue.
+ * - `maxRetries`, `retryDelay`: the main consumer's, as in wrangler.toml unless given.
  * - `deadLetterSink`: a URL; when set, a second worker consumes the dead-letter queue and POSTs
  *   each message body there, so a test can see what landed in it.
+ * - `replay`: the edge worker consumes the dead-letter queue too (its replay mode), with
+ *   `replayMaxRetries`; it also gets a producer binding `DEAD_LETTERS` for the test to put
+ *   messages there (`mf.getQueueProducer('DEAD_LETTERS')`).
  */
 export async function startWorker({
   ingestUrl,
   secret = 'test-secret',
   queue = false,
   vars = {},
-  maxRetries = 60,
+  maxRetries = wranglerConsumer().maxRetries,
+  retryDelay = wranglerConsumer().retryDelay,
   deadLetterSink,
+  replay = false,
+  replayMaxRetries = 100,
 } = {}) {
   requireBuild();
   const options = {
@@ -68,12 +98,16 @@ export async function startWorker({
       [QUEUE]: {
         maxBatchSize: 10,
         maxBatchTimeout: 0.2,
-        // By default enough retries, one second apart, to outlast the outages the tests cause.
+        // The worker asks for its own delay on every retry; `retryDelay` is the fallback.
         maxRetries,
-        retryDelay: 1,
-        deadLetterQueue: `${QUEUE}-dlq`,
+        retryDelay,
+        deadLetterQueue: DLQ,
       },
     };
+    if (replay) {
+      options.queueProducers.DEAD_LETTERS = DLQ;
+      options.queueConsumers[DLQ] = { maxBatchSize: 10, maxBatchTimeout: 0.2, maxRetries: replayMaxRetries, retryDelay };
+    }
   }
   // The worker's console output, kept for assertions (and echoed, as Miniflare does by default).
   const logs = [];
@@ -98,7 +132,7 @@ export async function startWorker({
       modules: true,
       compatibilityDate: options.compatibilityDate,
       bindings: { SINK: deadLetterSink },
-      queueConsumers: { [`${QUEUE}-dlq`]: { maxBatchSize: 10, maxBatchTimeout: 0.2 } },
+      queueConsumers: { [DLQ]: { maxBatchSize: 10, maxBatchTimeout: 0.2 } },
       script: `export default {
   async queue(batch, env) {
     for (const m of batch.messages) {
@@ -143,7 +177,11 @@ export async function freePort() {
 /**
  * A recording stand-in for the ingest server's POST /v1/edge, checking the signature like the
  * real one (401 on a bad one). `failNext(n)` answers the next n requests with 503; `stop()` and
- * `start()` take the port down and up (connection refused in between).
+ * `start()` take the port down and up (connection refused in between); with `hangUp` set every
+ * request's connection is cut unanswered, counted in `cut`. `rule`, when set, is
+ * called with each correctly signed forward and may return `{ status, headers, body }` to answer
+ * instead of accepting it (a rate limit for one write key, say); `tried` lists every correctly
+ * signed forward that came in, answered or not.
  */
 export async function startRecorder({ secret = 'test-secret', port } = {}) {
   port ??= await freePort();
@@ -154,6 +192,10 @@ export async function startRecorder({ secret = 'test-secret', port } = {}) {
     refused: 0,
     failed: 0,
     failing: 0,
+    rule: null,
+    tried: [],
+    hangUp: false,
+    cut: 0,
     server: null,
     failNext(n) {
       this.failing = n;
@@ -163,6 +205,12 @@ export async function startRecorder({ secret = 'test-secret', port } = {}) {
     },
     async start() {
       const server = http.createServer((req, res) => {
+        if (rec.hangUp) {
+          // Down without a word: the connection is cut as the request arrives.
+          rec.cut++;
+          req.socket.destroy();
+          return;
+        }
         const chunks = [];
         req.on('data', (c) => chunks.push(c));
         req.on('end', () => {
@@ -176,13 +224,21 @@ export async function startRecorder({ secret = 'test-secret', port } = {}) {
             res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"bad signature"}');
             return;
           }
+          const fwd = JSON.parse(body.toString('utf8'));
+          rec.tried.push(fwd);
+          const ruled = rec.rule?.(fwd);
+          if (ruled) {
+            res.writeHead(ruled.status, { 'content-type': 'application/json', ...(ruled.headers ?? {}) });
+            res.end(ruled.body ?? JSON.stringify({ error: `answered ${ruled.status} by the test` }));
+            return;
+          }
           if (rec.failing > 0) {
             rec.failing--;
             rec.failed++;
             res.writeHead(503, { 'retry-after': '1' }).end('{"error":"overloaded"}');
             return;
           }
-          rec.accepted.push({ headers: req.headers, body: JSON.parse(body.toString('utf8')) });
+          rec.accepted.push({ headers: req.headers, body: fwd });
           res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
         });
       });
@@ -213,6 +269,37 @@ export async function waitFor(what, check, { timeoutMs = 30_000, everyMs = 100 }
     if (Date.now() > deadline) throw new Error(`gave up after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/**
+ * The clock of one queue's broker in Miniflare, advanced by the test. Once `start()`ed, the
+ * broker's delays (batch timeouts, retry delays, delayed sends) only pass when the test calls
+ * `advance(ms)`, which returns after the deliveries that became due have been handed to the
+ * consumer and answered. Everything else (the worker, fetches, the ingest server) runs in real
+ * time.
+ */
+export async function queueClock(mf, queue = QUEUE) {
+  const ns = await mf._getInternalDurableObjectNamespace(QUEUES_PLUGIN_NAME, 'queues:queue', 'QueueBrokerObject');
+  const stub = ns.get(ns.idFromName(queue));
+  const op = async (name, ...args) => {
+    const res = await stub.fetch('http://placeholder/', { cf: { miniflare: { controlOp: { name, args } } } });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`queue ${queue}: control op ${name} answered ${res.status}: ${text}`);
+    return text;
+  };
+  const clock = {
+    /** Fake milliseconds advanced since `start()`. */
+    elapsedMs: 0,
+    async start() {
+      await op('enableFakeTimers', Date.now());
+    },
+    async advance(ms) {
+      await op('advanceFakeTime', ms);
+      await op('waitForFakeTasks');
+      clock.elapsedMs += ms;
+    },
+  };
+  return clock;
 }
 
 /** A tag-like event; `i` makes its messageId unique within `run`. */

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { batch, event, postBatch, runId, startWorker, waitFor } from './harness.mjs';
+import { batch, event, postBatch, queueClock, runId, startWorker, waitFor } from './harness.mjs';
 import { startClickHouse, startIngest } from './services.mjs';
 
 const SECRET = 'edge-secret-for-tests';
@@ -142,11 +142,15 @@ describe('worker -> real ingest server -> ClickHouse', () => {
     }
   });
 
-  test('through the queue every event is stored exactly once across an ingest outage', async () => {
+  test('through the queue every event is stored exactly once across a 6-hour ingest outage (queue time advanced)', async () => {
     const db = database();
     const ingest = await startIngest({ clickhouse: ch, database: db, secret: SECRET, writeKey: WRITE_KEY });
     const mf = await startWorker({ ingestUrl: ingest.url, secret: SECRET, queue: true });
     try {
+      // The broker's delays pass when the test says (see queueClock); the servers run in real time.
+      const clock = await queueClock(mf);
+      await clock.start();
+      const BATCH_MS = 200;
       const run = runId();
       const batches = 8;
       const per = 5;
@@ -154,22 +158,34 @@ describe('worker -> real ingest server -> ClickHouse', () => {
       const first = await postBatch(mf, batch(run, per, { writeKey: WRITE_KEY }));
       assert.equal(first.status, 200, first.text);
       assert.equal(first.json.forwarded, 'queue');
+      await clock.advance(BATCH_MS);
       await waitFor('the first batch in ClickHouse', async () => (await rowsFor(db, run)).length === per);
       await ingest.stop();
       for (let b = 1; b < batches; b++) {
         const r = await postBatch(mf, batch(run, per, { writeKey: WRITE_KEY, from: b * per }));
         assert.equal(r.status, 200, 'the tag is answered at once while the ingest server is down');
       }
-      // Stay down until the consumer has failed against the closed port and been told to retry.
-      await waitFor('a failed forward while the ingest server is down', () =>
-        mf.logs.some((l) => l.includes('forward failed, Queues will redeliver') && l.includes(ingest.url)),
-      );
+      // Six hours of deliveries against the closed port, on the worker's schedule (30 s doubling
+      // up to 30 min), each failing and retried.
+      await clock.advance(BATCH_MS);
+      let attempts = 1;
+      while (clock.elapsedMs < 6 * 60 * 60 * 1000) {
+        await clock.advance(Math.min(30 * 2 ** (attempts - 1), 1800) * 1000);
+        await clock.advance(BATCH_MS);
+        attempts++;
+      }
+      const failed = () => mf.logs.filter((l) => l.includes('forward failed for') && l.includes('Queues will redeliver them') && l.includes(ingest.url)).length;
+      await waitFor(`${attempts} failed forwards in the worker log`, () => failed() >= attempts);
+      assert.equal(failed(), attempts, 'one request per delivery (one write key)');
       await ingest.start();
+      await clock.advance(1800 * 1000);
+      await clock.advance(BATCH_MS);
       const want = batches * per;
       await waitFor(`${want} events in ClickHouse`, async () => (await rowsFor(db, run)).length >= want, { timeoutMs: 90_000 });
       // A last batch after everything arrived: once it is stored, a redelivery would have been too.
       const last = await postBatch(mf, batch(`${run}-last`, 1, { writeKey: WRITE_KEY }));
       assert.equal(last.status, 200);
+      await clock.advance(BATCH_MS);
       await waitFor('the last batch', async () => (await rowsFor(db, `${run}-last`)).length === 1, { timeoutMs: 30_000 });
 
       const counts = await ch.rows(

@@ -6,16 +6,19 @@ import { after, before, describe, test } from 'node:test';
 
 import {
   CHROME_UA,
+  DLQ,
   ORIGIN,
   PREFIX,
   batch,
   event,
   freePort,
   postBatch,
+  queueClock,
   runId,
   startRecorder,
   startWorker,
   waitFor,
+  wranglerConsumer,
 } from './harness.mjs';
 
 describe('direct forwarding (no queue bound)', () => {
@@ -242,14 +245,82 @@ describe('direct forwarding (no queue bound)', () => {
   });
 });
 
+// The queue tests run the broker on a clock they advance (`queueClock`): the worker asks for
+// delays of 30 s to 30 min, and a day-long outage passes in seconds. The worker, its fetches and
+// the receiver run in real time, so what is checked is what workerd really did.
+
+/** The broker hands a batch to the consumer this long after a message became ready. */
+const BATCH_MS = 200;
+/** The schedule the worker should follow (src/consume.rs): 30 s doubling, at most 30 min. */
+const backoffSecs = (attempts) => Math.min(30 * 2 ** (attempts - 1), 30 * 60);
+
+/**
+ * After a delivery that failed, checks that the message comes back `ms` later, not a millisecond
+ * sooner: `count()` counts the deliveries seen so far. A message that becomes ready waits the
+ * batch timeout before it is handed over, and the broker's fake time jumps to the end of each
+ * advance before due timers run, so: up to `ms - 1` plus one batch timeout, anything that was
+ * ready early has been delivered; one more batch timeout delivers the one ready at `ms`.
+ */
+async function expectRedeliveryAfter(clock, ms, count, what) {
+  const before = count();
+  await clock.advance(ms - 1);
+  await clock.advance(BATCH_MS);
+  assert.equal(count(), before, `${what}: delivered again before ${ms} ms`);
+  await clock.advance(BATCH_MS);
+  assert.equal(count(), before + 1, `${what}: not delivered again ${ms} ms later`);
+}
+
+/** A second worker consuming the dead-letter queue, POSTing each body to a local sink. */
+async function deadLetterSink() {
+  const bodies = [];
+  const port = await freePort();
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      bodies.push(Buffer.concat(chunks).toString('utf8'));
+      res.end('ok');
+    });
+  });
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    bodies,
+    async stop() {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+const idsOf = (rec, prefix) =>
+  rec
+    .events()
+    .map(({ e }) => e.messageId)
+    .filter((id) => id.startsWith(prefix));
+
+function assertOnce(ids, want) {
+  const counts = new Map();
+  for (const id of ids) counts.set(id, (counts.get(id) ?? 0) + 1);
+  assert.deepEqual([...counts.keys()].sort(), [...want].sort());
+  for (const [id, n] of counts) assert.equal(n, 1, `${id} delivered ${n} times`);
+}
+
 describe('queue forwarding', () => {
-  test('every event is delivered exactly once across an ingest outage', async () => {
+  test('wrangler.toml allows 100 retries (Cloudflare\'s maximum), as these tests assume', () => {
+    assert.deepEqual(wranglerConsumer(), { maxRetries: 100, retryDelay: 30 });
+  });
+
+  test('a 30-hour ingest outage: retried on the growing schedule, nothing in the dead-letter queue, every event delivered once after', async () => {
     const rec = await startRecorder();
-    const mf = await startWorker({ ingestUrl: rec.url, queue: true });
+    const dead = await deadLetterSink();
+    const mf = await startWorker({ ingestUrl: rec.url, queue: true, deadLetterSink: dead.url });
     try {
+      const clock = await queueClock(mf);
+      await clock.start();
       const run = runId();
-      // Down: connection refused.
-      await rec.stop();
+      // Down: every forward's connection is cut unanswered.
+      rec.hangUp = true;
       const batches = 8;
       const per = 5;
       for (let b = 0; b < batches; b++) {
@@ -257,84 +328,207 @@ describe('queue forwarding', () => {
         assert.equal(r.status, 200, r.text);
         assert.equal(r.json.forwarded, 'queue');
       }
-      // Let the consumer fail against the closed port, then come back answering 503 a few
-      // times before it recovers.
-      await waitFor('a failed forward while the receiver is down', () =>
-        mf.logs.some((l) => l.includes('forward failed, Queues will redeliver') && l.includes('Network connection lost')),
-      );
-      rec.failNext(2);
-      await rec.start();
-      const want = batches * per;
-      await waitFor(`${want} events at the receiver`, () => rec.events().filter(({ e }) => e.messageId.startsWith(run)).length >= want, {
-        timeoutMs: 60_000,
-      });
-      // A last batch sent after everything arrived: once it is in, anything redelivered would be too.
-      const r = await postBatch(mf, batch(`${run}-last`, 1));
-      assert.equal(r.status, 200);
-      await waitFor('the last batch', () => rec.events().some(({ e }) => e.messageId === `${run}-last-0`), { timeoutMs: 30_000 });
-
-      const seen = new Map();
-      for (const { e, env } of rec.events()) {
-        if (!e.messageId.startsWith(`${run}-`) || e.messageId.startsWith(`${run}-last`)) continue;
-        seen.set(e.messageId, (seen.get(e.messageId) ?? 0) + 1);
-        assert.equal(env.geo.city, 'Berlin');
-        assert.equal(env.client.ip, '203.0.113.0');
+      await clock.advance(BATCH_MS);
+      assert.equal(rec.cut, 1, 'the first delivery: one request for the one write key');
+      let attempts = 1;
+      const outageMs = 30 * 60 * 60 * 1000;
+      while (clock.elapsedMs < outageMs) {
+        await expectRedeliveryAfter(clock, backoffSecs(attempts) * 1000, () => rec.cut, `after delivery ${attempts}`);
+        attempts++;
       }
-      assert.equal(seen.size, want);
-      for (const [id, n] of seen) assert.equal(n, 1, `${id} delivered ${n} times`);
-      assert.ok(rec.failed >= 2, `the receiver answered 503 ${rec.failed} times`);
-      // One signed request carried several queued batches.
-      assert.ok(rec.accepted.some((f) => f.body.envelopes.length > 1), 'batches are combined per delivery');
+      // The old settings (10 retries 30 s apart) gave up after 11 deliveries and 5 minutes.
+      assert.ok(attempts > 11, `${attempts} deliveries`);
+      assert.ok(clock.elapsedMs >= outageMs);
+      assert.equal(rec.accepted.length, 0);
+
+      // Back up: the next scheduled delivery gets through.
+      rec.hangUp = false;
+      await expectRedeliveryAfter(clock, backoffSecs(attempts) * 1000, () => rec.tried.length, 'after the outage');
+      const want = Array.from({ length: batches * per }, (_, i) => `${run}-${i}`);
+      assertOnce(idsOf(rec, `${run}-`), want);
+      assert.equal(rec.accepted.length, 1, 'one signed request carried all 8 queued batches');
+      for (const { e, env } of rec.events()) {
+        assert.equal(env.geo.city, 'Berlin', e.messageId);
+        assert.equal(env.client.ip, '203.0.113.0', e.messageId);
+      }
+      // Acknowledged: a whole schedule step later nothing comes again, and nothing was dead-lettered.
+      await clock.advance(30 * 60 * 1000 + BATCH_MS);
+      await clock.advance(BATCH_MS);
+      assert.equal(rec.tried.length, 1);
+      assertOnce(idsOf(rec, `${run}-`), want);
+      assert.deepEqual(dead.bodies, []);
+    } finally {
+      await mf.dispose();
+      await rec.stop();
+      await dead.stop();
+    }
+  });
+
+  test('a 429 for one site leaves the other site\'s events delivered, and its Retry-After sets the wait', async () => {
+    const rec = await startRecorder();
+    const mf = await startWorker({ ingestUrl: rec.url, queue: true });
+    try {
+      const clock = await queueClock(mf);
+      await clock.start();
+      const run = runId();
+      let limited = true;
+      const busy = (fwd) => fwd.envelopes.some((env) => env.writeKey === 'wk_busy');
+      // Like the ingest server: the whole request is refused when its site is over the limit.
+      rec.rule = (fwd) => (limited && busy(fwd) ? { status: 429, headers: { 'retry-after': '600' } } : null);
+      const a = await postBatch(mf, batch(`${run}-busy`, 3, { writeKey: 'wk_busy' }));
+      const b = await postBatch(mf, batch(`${run}-calm`, 3, { writeKey: 'wk_calm' }));
+      assert.equal(a.status, 200, a.text);
+      assert.equal(b.status, 200, b.text);
+      // Both batches in one delivery: one request per write key.
+      await clock.advance(BATCH_MS);
+      assert.equal(rec.tried.length, 2);
+      for (const fwd of rec.tried) {
+        assert.equal(new Set(fwd.envelopes.map((env) => env.writeKey)).size, 1, 'one site per request');
+      }
+      assertOnce(idsOf(rec, `${run}-calm-`), [0, 1, 2].map((i) => `${run}-calm-${i}`));
+      assert.deepEqual(idsOf(rec, `${run}-busy-`), []);
+
+      // Retry-After (600 s) is longer than the schedule's first step (30 s), so it decides.
+      limited = false;
+      await expectRedeliveryAfter(clock, 600_000, () => rec.tried.filter(busy).length, 'the rate-limited site');
+      assertOnce(idsOf(rec, `${run}-busy-`), [0, 1, 2].map((i) => `${run}-busy-${i}`));
+      // The other site's events were acknowledged the first time and never sent again.
+      assert.equal(rec.tried.filter((f) => !busy(f)).length, 1);
+      assertOnce(idsOf(rec, `${run}-calm-`), [0, 1, 2].map((i) => `${run}-calm-${i}`));
     } finally {
       await mf.dispose();
       await rec.stop();
     }
   });
 
-  test('a batch that is never accepted ends in the dead-letter queue, intact', async () => {
+  test('a request refused as a whole (400) is split, so one message the server cannot take holds up no other', async () => {
+    const rec = await startRecorder();
+    const mf = await startWorker({ ingestUrl: rec.url, queue: true });
+    try {
+      const clock = await queueClock(mf);
+      await clock.start();
+      const run = runId();
+      const poisoned = (fwd) => fwd.envelopes.some((env) => env.events.some((e) => e.messageId.includes('-bad-')));
+      rec.rule = (fwd) => (poisoned(fwd) ? { status: 400, body: '{"error":"invalid_json","field":"body"}' } : null);
+      assert.equal((await postBatch(mf, batch(`${run}-ok`, 2))).status, 200);
+      assert.equal((await postBatch(mf, batch(`${run}-bad`, 1))).status, 200);
+      await clock.advance(BATCH_MS);
+      // The group of both (400), then each message alone: the good one is stored.
+      assert.equal(rec.tried.length, 3);
+      assertOnce(idsOf(rec, `${run}-ok-`), [`${run}-ok-0`, `${run}-ok-1`]);
+      // The refused one is kept and retried on the schedule (never dropped).
+      await expectRedeliveryAfter(clock, backoffSecs(1) * 1000, () => rec.tried.length, 'the refused message');
+      assert.ok(poisoned(rec.tried[3]));
+      assert.deepEqual(idsOf(rec, `${run}-bad-`), []);
+      await waitFor('the refusal explained in the log', () =>
+        mf.logs.some((l) => l.includes('answered 400 to the whole request')),
+      );
+    } finally {
+      await mf.dispose();
+      await rec.stop();
+    }
+  });
+
+  test('a batch the ingest server never takes reaches the dead-letter queue after 101 deliveries and 47.5 hours, intact', async () => {
     const rec = await startRecorder();
     rec.failNext(Number.MAX_SAFE_INTEGER); // the ingest server answers 503, always
-    // What the dead-letter queue's consumer (a second worker) hands on.
-    const dead = [];
-    const port = await freePort();
-    const sink = http.createServer((req, res) => {
-      const chunks = [];
-      req.on('data', (c) => chunks.push(c));
-      req.on('end', () => {
-        dead.push(Buffer.concat(chunks).toString('utf8'));
-        res.end('ok');
-      });
-    });
-    await new Promise((resolve) => sink.listen(port, '127.0.0.1', resolve));
-    const mf = await startWorker({
-      ingestUrl: rec.url,
-      queue: true,
-      maxRetries: 2,
-      deadLetterSink: `http://127.0.0.1:${port}/`,
-    });
+    const dead = await deadLetterSink();
+    const mf = await startWorker({ ingestUrl: rec.url, queue: true, deadLetterSink: dead.url });
     try {
+      const clock = await queueClock(mf);
+      await clock.start();
       const run = runId();
       const r = await postBatch(mf, batch(run, 3));
       assert.equal(r.status, 200, r.text);
       assert.equal(r.json.forwarded, 'queue');
-      await waitFor('the batch in the dead-letter queue', () => dead.length >= 1, { timeoutMs: 30_000 });
-      assert.equal(dead.length, 1, dead.join('\n'));
+      await clock.advance(BATCH_MS);
+      const { maxRetries } = wranglerConsumer();
+      for (let attempts = 1; attempts <= maxRetries; attempts++) {
+        await expectRedeliveryAfter(clock, backoffSecs(attempts) * 1000, () => rec.failed, `after delivery ${attempts}`);
+      }
+      // Delivered once and retried 100 times, each refused; 171,090 s of waits in between.
+      assert.equal(rec.failed, maxRetries + 1);
+      assert.ok(clock.elapsedMs >= 171_090_000, `${clock.elapsedMs} ms`);
+      await waitFor('the batch in the dead-letter queue', () => dead.bodies.length >= 1);
+      assert.equal(dead.bodies.length, 1, dead.bodies.join('\n'));
       // The envelope as the edge built it: events, geo and client fields, ready to replay.
-      const env = JSON.parse(dead[0]);
+      const env = JSON.parse(dead.bodies[0]);
       assert.deepEqual(
         env.events.map((e) => e.messageId),
         [0, 1, 2].map((i) => `${run}-${i}`),
       );
       assert.equal(env.geo.city, 'Berlin');
       assert.equal(env.client.ip, '203.0.113.0');
-      // Delivered once and retried twice, each refused; nothing accepted.
-      assert.equal(rec.failed, 3);
       assert.equal(rec.accepted.length, 0);
     } finally {
       await mf.dispose();
       await rec.stop();
-      sink.closeAllConnections();
-      await new Promise((resolve) => sink.close(resolve));
+      await dead.stop();
+    }
+  });
+});
+
+describe('replaying the dead-letter queue (the worker consuming it too)', () => {
+  /** An envelope as the edge builds it, taken from a normal delivery, with fresh message ids. */
+  async function realEnvelope(mf, rec, clock, run) {
+    const r = await postBatch(mf, batch(`${run}-template`, 2));
+    assert.equal(r.status, 200, r.text);
+    await clock.advance(BATCH_MS);
+    const env = rec.accepted.at(-1).body.envelopes[0];
+    return { ...env, events: env.events.map((e, i) => ({ ...e, messageId: `${run}-dead-${i}` })) };
+  }
+
+  test('a dead letter is forwarded to the ingest server', async () => {
+    const rec = await startRecorder();
+    const mf = await startWorker({ ingestUrl: rec.url, queue: true, replay: true });
+    try {
+      const clock = await queueClock(mf);
+      await clock.start();
+      const run = runId();
+      const env = await realEnvelope(mf, rec, clock, run);
+      const dl = await mf.getQueueProducer('DEAD_LETTERS');
+      await dl.send(JSON.stringify(env), { contentType: 'text' });
+      // The dead-letter queue's broker runs on real time: its batch timeout passes by itself.
+      await waitFor('the dead letter at the ingest server', () => idsOf(rec, `${run}-dead-`).length >= 2);
+      assertOnce(idsOf(rec, `${run}-dead-`), [`${run}-dead-0`, `${run}-dead-1`]);
+      const fwd = rec.accepted.find((f) => f.body.envelopes.some((e) => e.events.some((x) => x.messageId === `${run}-dead-0`)));
+      assert.equal(fwd.body.envelopes[0].geo.city, 'Berlin', 'geo and client facts as the edge saw them');
+      assert.match(fwd.headers['x-waymark-signature'], /^v1=[0-9a-f]{64}$/, 'signed like any forward');
+      await waitFor('the replay in the log', () =>
+        mf.logs.some((l) => l.includes(`replaying 1 message(s) from the dead-letter queue ${DLQ}`)),
+      );
+    } finally {
+      await mf.dispose();
+      await rec.stop();
+    }
+  });
+
+  test('a dead letter that still fails goes back on the main queue, never deleted', async () => {
+    const rec = await startRecorder();
+    // No retries on the dead-letter queue at all: a retry there would delete the message.
+    const mf = await startWorker({ ingestUrl: rec.url, queue: true, replay: true, replayMaxRetries: 0 });
+    try {
+      const clock = await queueClock(mf);
+      await clock.start();
+      const run = runId();
+      const env = await realEnvelope(mf, rec, clock, run);
+      const triedBefore = rec.tried.length;
+      rec.failNext(1);
+      const dl = await mf.getQueueProducer('DEAD_LETTERS');
+      await dl.send(JSON.stringify(env), { contentType: 'text' });
+      await waitFor('the dead letter put back on the main queue', () =>
+        mf.logs.some((l) => l.includes('put dead letter') && l.includes('back on WAYMARK_QUEUE (next delivery in 30 s)')),
+      );
+      assert.equal(rec.failed, 1);
+      assert.equal(rec.tried.length, triedBefore + 1);
+      // On the main queue, waiting the schedule's first step (the main queue's clock is the test's).
+      await expectRedeliveryAfter(clock, backoffSecs(1) * 1000, () => rec.tried.length, 'the dead letter put back');
+      assertOnce(idsOf(rec, `${run}-dead-`), [`${run}-dead-0`, `${run}-dead-1`]);
+      // (With replayMaxRetries 0 a retry on the dead-letter queue would have deleted it: that it
+      // arrived shows it went back to the main queue.)
+    } finally {
+      await mf.dispose();
+      await rec.stop();
     }
   });
 });

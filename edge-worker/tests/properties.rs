@@ -1,10 +1,12 @@
 //! Property tests of the pure edge logic: whatever a client or Cloudflare sends, nothing panics,
-//! nothing whole about the IP leaves, and splitting for the queue loses and repeats nothing.
+//! nothing whole about the IP leaves, splitting for the queue loses and repeats nothing, and
+//! grouping a delivery by write key sends every message exactly once, with its own site only.
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use waymark_edge::cf::read_cf;
 use waymark_edge::config::Config;
+use waymark_edge::consume::{group_by_key, retry_delay_secs, MAX_DELAY_SECS};
 use waymark_edge::forward::queue_messages;
 use waymark_edge::process::{process, RequestParts};
 use waymark_protocol::edge::{Client, EdgeEnvelope, Geo};
@@ -110,5 +112,34 @@ proptest! {
         }
         let want: Vec<String> = (0..sizes.len()).map(|i| format!("m-{i}")).collect();
         prop_assert_eq!(ids, want);
+    }
+}
+
+proptest! {
+    #[test]
+    fn grouping_by_write_key_covers_every_message_once(keys in prop::collection::vec("k[0-3]", 0..40)) {
+        let groups = group_by_key(keys.iter().map(String::as_str));
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        prop_assert_eq!(seen, (0..keys.len()).collect::<Vec<_>>());
+        let mut group_keys = Vec::new();
+        for g in &groups {
+            prop_assert!(!g.is_empty());
+            prop_assert!(g.windows(2).all(|w| w[0] < w[1]), "positions ascending: {:?}", g);
+            prop_assert!(g.iter().all(|&i| keys[i] == keys[g[0]]), "one key per group: {:?}", g);
+            group_keys.push(&keys[g[0]]);
+        }
+        let distinct: std::collections::BTreeSet<_> = keys.iter().collect();
+        prop_assert_eq!(group_keys.len(), distinct.len(), "one group per key");
+    }
+
+    #[test]
+    fn a_retry_delay_is_never_shorter_than_asked_nor_longer_than_allowed(attempts in any::<u32>(),
+                                                                        retry_after in proptest::option::of(any::<u32>())) {
+        let d = retry_delay_secs(attempts, retry_after);
+        prop_assert!((30..=MAX_DELAY_SECS).contains(&d), "{}", d);
+        if let Some(ra) = retry_after {
+            prop_assert!(d >= ra.min(MAX_DELAY_SECS));
+        }
     }
 }
