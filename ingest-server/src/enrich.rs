@@ -193,8 +193,15 @@ fn json_text(m: &Map<String, Value>) -> String {
 }
 
 /// Seconds for a DateTime column, clamped to its range (1970 .. 2106).
+/// The last second every ClickHouse release can show in a `DateTime`: 2105-12-31 23:59:59 UTC.
+/// The column holds a UInt32, but older releases (18.16) compute dates from a table that ends
+/// with 2105 and show later seconds wrapped around to 1970 (`9999-12-31` became
+/// `1970-01-01 06:28:15`).
+const MAX_DATETIME_SECS: i64 = 4_291_747_199;
+
+/// A `DateTime` column's value for `ms`: clamped to what the column can show, never wrapped.
 fn datetime(ms: i64) -> u32 {
-    (ms.div_euclid(1000)).clamp(0, u32::MAX as i64) as u32
+    ms.div_euclid(1000).clamp(0, MAX_DATETIME_SECS) as u32
 }
 
 /// Builds the row for one validated event.
@@ -480,5 +487,18 @@ mod tests {
     fn percent_decoding() {
         assert_eq!(percent_decode("a%20b+c%"), "a b c%");
         assert_eq!(query_param("x=1&utm_term=t%C3%A9", "utm_term"), "té");
+    }
+
+    #[test]
+    fn datetimes_are_clamped_to_what_the_column_shows_never_wrapped() {
+        // 9999-12-31T23:59:59Z, 2106-02-07T06:28:16Z (one past u32::MAX), before 1970.
+        assert_eq!(datetime(253_402_300_799_000) as i64, MAX_DATETIME_SECS);
+        assert_eq!(datetime(4_294_967_296_000) as i64, MAX_DATETIME_SECS);
+        assert_eq!(datetime(-1), 0);
+        assert_eq!(datetime(1_795_000_000_123), 1_795_000_000);
+        assert_eq!(
+            waymark_protocol::time::format_rfc3339(MAX_DATETIME_SECS * 1000),
+            "2105-12-31T23:59:59.000Z"
+        );
     }
 }

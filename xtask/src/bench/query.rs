@@ -596,13 +596,24 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 struct Timing {
     ms: Vec<f64>,
     errors: usize,
+    /// Status and the start of the body of the first non-200 answers, printed under the line.
+    failures: Vec<String>,
 }
+
+/// How many non-200 answers a [`Timing`] line shows in full.
+const FAILURES_SHOWN: usize = 10;
 
 impl Timing {
     /// Records one answer of [`timed`]; returns its body.
     fn add(&mut self, (ms, status, text): (f64, u16, String)) -> String {
         self.ms.push(ms);
-        self.errors += usize::from(status != 200);
+        if status != 200 {
+            self.errors += 1;
+            if self.failures.len() < FAILURES_SHOWN {
+                let body: String = text.chars().take(300).collect();
+                self.failures.push(format!("{status} {body}"));
+            }
+        }
         text
     }
 
@@ -614,7 +625,16 @@ impl Timing {
             pct(&self.ms, 0.5),
             pct(&self.ms, 0.99),
             self.ms.last().copied().unwrap_or(f64::NAN),
-            if self.errors > 0 { format!("   {} non-200 answers!", self.errors) } else { String::new() }
+            if self.errors > 0 {
+                let shown: String = self
+                    .failures
+                    .iter()
+                    .map(|f| format!("\n      non-200: {f}"))
+                    .collect();
+                format!("   {} non-200 answers!{shown}", self.errors)
+            } else {
+                String::new()
+            }
         )
     }
 }
