@@ -93,16 +93,18 @@ function schedule(wait) {
   )
 }
 
-// Commands to the wasm module; string arguments are joined with U+0001.
+// Commands to the wasm module; string arguments are joined with U+0001. (A number argument
+// left undefined arrives as 0: the glue passes NaN, which an i32 parameter takes as 0 and Rust's
+// `as` casts turn into 0; so do negative numbers for the unsigned ones.)
 function call(op, ts, n, v, ...args) {
-  schedule(tagCall(op, ts, n || 0, 0, v || 0, args.map((a) => String(a).replace(/\x01/g, '')).join('\x01')))
+  schedule(tagCall(op, ts, n, 0, v, args.map((a) => String(a).replace(/\x01/g, '')).join('\x01')))
 }
 const signal = (n, x) => call(5 /* SIGNAL */, now(), n, x)
 
 // Sends one batch; `force`: everything not yet sent, now, the page is being hidden or left.
 function pump(force) {
   let id
-  while ((id = tagCall(7 /* NEXT */, now(), force ? 1 : 0, 0, 0, '')) > 0) {
+  while ((id = tagCall(7 /* NEXT */, now(), force, 0, 0, '')) > 0) {
     send(batch, id, force)
     if (!force) return
   }
@@ -111,11 +113,8 @@ function pump(force) {
 }
 
 const done = safe((id, status, retryAfter) => {
-  let ms = 0
-  if (retryAfter) {
-    ms = +retryAfter >= 0 ? retryAfter * 1000 : Date.parse(retryAfter) - now()
-  }
-  schedule(tagCall(8 /* DONE */, now(), id, status, ms > 0 ? ms : 0, ''))
+  const ms = retryAfter && (+retryAfter >= 0 ? retryAfter * 1000 : Date.parse(retryAfter) - now())
+  schedule(tagCall(8 /* DONE */, now(), id, status, ms, ''))
 })
 
 function send(body, id, beacon) {
@@ -256,19 +255,16 @@ const api = {
     const ls = cookieless ? null : localStore()
     const ids = cookieless ? null : o.storage == 'cookie' ? cookieStore(o.cookieDomain) : ls
     const optOut = o.honorSignals && (nav.globalPrivacyControl || nav.doNotTrack == '1' || w.doNotTrack == '1')
-    const seed = new Uint32Array(4)
-    try {
-      crypto.getRandomValues(seed)
-    } catch (e) {
-      for (let i = 0; i < 4; i++) seed[i] = Math.random() * 2 ** 32
-    }
+    // (Every browser with WebAssembly has it, on plain http too.)
+    const seed = crypto.getRandomValues(new Uint32Array(4))
     stores[0] = ids
     stores[1] = ls
     create(
       [
-        o.site || '',
-        nav.userAgent || '',
-        nav.language || '',
+        // (`join` writes undefined as an empty string.)
+        o.site,
+        nav.userAgent,
+        nav.language,
         (ids ? 1 : 0) | (ls ? 2 : 0) | (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
         o.flushInterval >= 0 ? o.flushInterval | 0 : 1000,
         ...seed,
