@@ -49,10 +49,14 @@ pub const KEY_ANON: &str = "wm_aid";
 pub const KEY_USER: &str = "wm_uid";
 pub const KEY_SESSION: &str = "wm_ses";
 pub const KEY_CAMPAIGN: &str = "wm_cmp";
+/// The retry queue. Each tab (each page load) has its own: the loader's store for it adds the
+/// tab's id to the key (`wm_q<tab>`, js/src/imports.js), so that two tabs never overwrite
+/// each other's events; a tab that is gone leaves its keys for another to [`Core::adopt`].
 pub const KEY_QUEUE: &str = "wm_q";
-/// The ordinary batch that was in flight when the page was hidden, in the queue's format: kept
-/// until it is answered; a page that went away first leaves it for the next one to send again
-/// (a duplicate at worst, which the server drops by `messageId`).
+/// The ordinary batch in flight, in the queue's format, while it is unanswered: its events from
+/// the retry queue from the moment they leave it, all of it once the page is hidden. A page that
+/// goes away first leaves it for another page to adopt and send again (a duplicate at worst,
+/// which the server drops by `messageId`). Per tab, like [`KEY_QUEUE`].
 pub const KEY_INFLIGHT: &str = "wm_f";
 
 /// Where the tag keeps state between pages: a cookie jar or localStorage. Implementations
@@ -165,10 +169,6 @@ impl<S: Store> Core<S> {
         let mut first = false;
         json::opt_str(&mut context_tail, &mut first, "userAgent", &cfg.user_agent);
         json::opt_str(&mut context_tail, &mut first, "locale", &cfg.locale);
-        let queued = queue_store
-            .as_ref()
-            .and_then(|s| s.get(KEY_QUEUE))
-            .map_or(0, |q| Queue::parse(&q).items.len());
         let mut core = Core {
             ids_store,
             queue_store,
@@ -187,7 +187,9 @@ impl<S: Store> Core<S> {
             buffer: Lines::default(),
             buffer_since: 0,
             mem_queue: Queue::default(),
-            queued,
+            // A new page's queue is empty: its keys are its own (see `KEY_QUEUE`); what earlier
+            // pages left comes in through `adopt`.
+            queued: 0,
             retry_at: 0,
             attempts: 0,
             inflight: Vec::new(),
@@ -197,18 +199,23 @@ impl<S: Store> Core<S> {
             flush_interval_ms: cfg.flush_interval_ms,
         };
         core.save_ids();
-        // A batch an earlier page had in flight when it went away: back into the queue.
-        if let Some(f) = core.queue_store.as_ref().and_then(|s| s.get(KEY_INFLIGHT)) {
-            if core.consent == Consent::Granted {
-                let mut q = core.load_queue();
-                q.unshift(Queue::parse(&f).items);
-                core.save_queue(q);
-                if let Some(s) = &core.queue_store {
-                    s.remove(KEY_INFLIGHT);
-                }
-            }
-        }
         core
+    }
+
+    /// Takes over what another tab left in storage: its retry queue or its send in flight (both
+    /// in the queue's format), into this tab's queue, dropped count included. The loader calls
+    /// this for the keys of tabs that are gone. Returns whether their key may go: while consent
+    /// is pending nothing is stored, so nothing is taken and the key stays; denied, the events
+    /// are discarded and the key goes.
+    pub fn adopt(&mut self, text: &str) -> bool {
+        if self.consent == Consent::Granted {
+            let other = Queue::parse(text);
+            let mut q = self.load_queue();
+            q.dropped += other.dropped;
+            q.unshift(other.items);
+            self.save_queue(q);
+        }
+        self.consent != Consent::Pending
     }
 
     // ---- the API calls ----------------------------------------------------------------------
@@ -468,16 +475,9 @@ impl<S: Store> Core<S> {
         if force {
             // The page may go away before the ordinary send in flight is answered: keep its
             // events in storage until it is.
-            if let (Some(s), Some((id, sent, _))) = (
-                &self.queue_store,
-                self.inflight.iter().find(|(_, _, forced)| !forced),
-            ) {
-                let q = Queue {
-                    items: sent.clone(),
-                    dropped: 0,
-                };
-                s.set(KEY_INFLIGHT, &q.serialize());
+            if let Some((id, sent, _)) = self.inflight.iter().find(|(_, _, forced)| !forced) {
                 self.saved_inflight = *id;
+                self.store_inflight(sent);
             }
         } else {
             if self.busy() || self.retry_at > now {
@@ -486,6 +486,14 @@ impl<S: Store> Core<S> {
             if self.queued > 0 {
                 let mut q = self.load_queue();
                 items = q.take(MAX_SEND_EVENTS, MAX_SEND_BYTES);
+                // Events from the retry queue stay in storage while they are in flight: a page
+                // can go away at any moment, also without being hidden first. (Stored there
+                // before they leave the queue: a page that goes away in between leaves them
+                // twice rather than not at all.)
+                if !items.is_empty() {
+                    self.saved_inflight = self.last_id.wrapping_add(1);
+                    self.store_inflight(&items);
+                }
                 self.save_queue(q);
             }
             let due = self.buffer.len() >= FLUSH_AT
@@ -531,6 +539,18 @@ impl<S: Store> Core<S> {
         body
     }
 
+    /// Stores events of the ordinary send in flight (`saved_inflight`) under [`KEY_INFLIGHT`],
+    /// until it is answered.
+    fn store_inflight(&self, items: &Lines) {
+        if let Some(s) = &self.queue_store {
+            let q = Queue {
+                items: items.clone(),
+                dropped: 0,
+            };
+            s.set(KEY_INFLIGHT, &q.serialize());
+        }
+    }
+
     /// The outcome of batch `id`: an HTTP status, or 0 for a network error; `retry_after_ms`
     /// from a `Retry-After` header (0 when absent).
     pub fn done(&mut self, now: u64, id: u32, status: u32, retry_after_ms: u64) {
@@ -538,12 +558,6 @@ impl<S: Store> Core<S> {
             return;
         };
         let (_, items, _) = self.inflight.swap_remove(pos);
-        if id == self.saved_inflight {
-            self.saved_inflight = 0;
-            if let Some(s) = &self.queue_store {
-                s.remove(KEY_INFLIGHT);
-            }
-        }
         if (200..300).contains(&status) {
             self.attempts = 0;
             self.retry_at = 0;
@@ -558,6 +572,14 @@ impl<S: Store> Core<S> {
             }
         }
         // Any other status: the server refused the batch for good; retrying cannot help.
+        // (The stored copy goes last: a page that goes away in between leaves the events
+        // twice rather than not at all.)
+        if id == self.saved_inflight {
+            self.saved_inflight = 0;
+            if let Some(s) = &self.queue_store {
+                s.remove(KEY_INFLIGHT);
+            }
+        }
     }
 
     /// The count of events the caps dropped, reset to zero (it goes out with the next batch).

@@ -10,40 +10,107 @@ use waymark_protocol::parse_batch;
 
 use crate::engine::*;
 use crate::policy::{SIG_HIDDEN, SIG_VISIBLE};
+use crate::queue::Queue;
 
 const T0: u64 = 1_764_378_000_000;
 
+/// A localStorage: one map, shared by every clone. `.1` is what the loader's store for the
+/// retry queue adds to its keys (the tab's id, `.<tab>`: js/src/imports.js); empty otherwise.
+/// `.2`: message ids that must be in some stored value after every write (see `watch`).
 #[derive(Clone, Default)]
-struct Mem(Rc<RefCell<BTreeMap<String, String>>>);
+struct Mem(
+    Rc<RefCell<BTreeMap<String, String>>>,
+    String,
+    Rc<RefCell<Vec<String>>>,
+);
 
 impl Store for Mem {
     fn get(&self, key: &str) -> Option<String> {
-        self.0.borrow().get(key).cloned()
+        self.0.borrow().get(&(key.to_string() + &self.1)).cloned()
     }
     fn set(&self, key: &str, value: &str) {
-        self.0.borrow_mut().insert(key.into(), value.into());
+        self.0
+            .borrow_mut()
+            .insert(key.to_string() + &self.1, value.into());
+        self.check(key);
     }
     fn remove(&self, key: &str) {
-        self.0.borrow_mut().remove(key);
+        self.0.borrow_mut().remove(&(key.to_string() + &self.1));
+        self.check(key);
     }
 }
 
 impl Mem {
+    /// From now on, every write must leave each of `ids` stored somewhere (`&[]`: stop).
+    fn watch(&self, ids: &[String]) {
+        *self.2.borrow_mut() = ids.to_vec();
+    }
+
+    fn check(&self, key: &str) {
+        let map = self.0.borrow();
+        for id in self.2.borrow().iter() {
+            assert!(
+                map.values().any(|v| v.contains(id.as_str())),
+                "{id} is nowhere in storage after a write of {key}: {:?}",
+                map.keys()
+            );
+        }
+    }
+
     fn keys(&self) -> Vec<String> {
         self.0.borrow().keys().cloned().collect()
+    }
+
+    /// The same storage as tab `id` sees it through the queue's store.
+    fn tab(&self, id: &str) -> Mem {
+        Mem(self.0.clone(), format!(".{id}"), self.2.clone())
+    }
+
+    /// What the loader's `adopt` does when tab `id` is gone: every queue key of that tab (`""`:
+    /// the keys without a tab, `wm_q` and `wm_f`) into `c`'s queue, the key removed only if `c`
+    /// took it. Returns how many keys were taken.
+    fn adopt_from(&self, id: &str, c: &mut Core<Mem>) -> usize {
+        let suffix = if id.is_empty() {
+            String::new()
+        } else {
+            format!(".{id}")
+        };
+        let keys: Vec<String> = self
+            .keys()
+            .into_iter()
+            .filter(|k| (k.starts_with("wm_q") || k.starts_with("wm_f")) && k[4..] == suffix)
+            .collect();
+        let mut taken = 0;
+        for k in keys {
+            let text = self.0.borrow().get(&k).cloned().unwrap();
+            if c.adopt(&text) {
+                self.0.borrow_mut().remove(&k);
+                taken += 1;
+            }
+        }
+        taken
     }
 }
 
 fn core_with(store: &Mem, consent: Consent, now: u64) -> Core<Mem> {
+    core_in(store, store.clone(), consent, now, [1, 2, 3, 4])
+}
+
+/// A page in tab `id` (its own queue keys, its own random seed), sharing `store`.
+fn tab_core(store: &Mem, id: &str, seed: u32, now: u64) -> Core<Mem> {
+    core_in(store, store.tab(id), Consent::Granted, now, [seed, 2, 3, 4])
+}
+
+fn core_in(ids: &Mem, queue: Mem, consent: Consent, now: u64, seed: [u32; 4]) -> Core<Mem> {
     let cfg = Config {
         write_key: "site-key".into(),
         consent,
         flush_interval_ms: 1000,
         user_agent: "UA/1".into(),
         locale: "en-GB".into(),
-        seed: [1, 2, 3, 4],
+        seed,
     };
-    Core::new(cfg, Some(store.clone()), Some(store.clone()), now)
+    Core::new(cfg, Some(ids.clone()), Some(queue), now)
 }
 
 fn page(c: &mut Core<Mem>, ts: u64, href: &str) {
@@ -172,17 +239,117 @@ fn network_errors_are_queued_in_storage_retried_with_backoff_and_sent_once() {
     let wait = c.wake(T0 + 1100).unwrap();
     assert!((500..=1000).contains(&wait), "{wait}");
     assert_eq!(c.next(T0 + 1100, false), "", "backing off");
-    // A reload while offline: the next page finds the queue and sends it right away.
-    let mut c2 = core_with(&store, Consent::Granted, T0 + 1200);
+    // A second page finds the queue (once it is the first page's orphan: `adopt_from` below)
+    // and sends it right away.
+    let mut c2 = tab_core(&store, "2", 9, T0 + 1200);
+    assert_eq!(c2.wake(T0 + 1200), None);
+    assert_eq!(store.adopt_from("", &mut c2), 1);
+    assert_eq!(store.keys(), ["wm_aid", "wm_q.2", "wm_ses"]);
     assert_eq!(c2.wake(T0 + 1200), Some(0));
     let (id2, b2) = send(&mut c2, T0 + 1200).unwrap();
     assert_eq!(ids(&b2), sent);
-    assert_eq!(store.get(KEY_QUEUE), None, "claimed while in flight");
+    assert_eq!(
+        store.tab("2").get(KEY_QUEUE),
+        None,
+        "claimed while in flight"
+    );
     c2.done(T0 + 1300, id2, 200, 0);
-    assert_eq!(store.get(KEY_QUEUE), None);
+    assert_eq!(store.keys(), ["wm_aid", "wm_ses"]);
     assert_eq!(c2.wake(T0 + 1300), None);
     // The first page has nothing left to resend.
     assert_eq!(c.next(T0 + 100_000, false), "");
+}
+
+#[test]
+fn two_tabs_offline_keep_their_own_queues_and_send_every_event_once() {
+    let store = Mem::default();
+    let mut a = tab_core(&store, "a", 1, T0);
+    let mut b = tab_core(&store, "b", 2, T0);
+    let mut tracked = std::collections::BTreeSet::new();
+    // Offline: both tabs' sends fail, interleaved, each into its own key.
+    for round in 0..3u64 {
+        for c in [&mut a, &mut b] {
+            let now = T0 + 10_000 * round;
+            c.track(now, "Offline", "", "");
+            c.signal(now, SIG_ONLINE, 0);
+            let (id, body) = send(c, now + 1000).unwrap();
+            tracked.extend(ids(&body));
+            c.done(now + 1000, id, 0, 0);
+        }
+    }
+    assert_eq!(store.keys(), ["wm_aid", "wm_q.a", "wm_q.b", "wm_ses"]);
+    assert_eq!(a.pending(), (0, 0, 3));
+    assert_eq!(b.pending(), (0, 0, 3));
+    // Tab b goes away before the network is back; tab a adopts its queue, then sends it all.
+    drop(b);
+    assert_eq!(store.adopt_from("b", &mut a), 1);
+    let mut delivered = Vec::new();
+    let mut now = T0 + 100_000;
+    a.signal(now, SIG_ONLINE, 0);
+    while let Some((id, body)) = send(&mut a, now) {
+        delivered.extend(ids(&body));
+        a.done(now, id, 200, 0);
+        now += 1;
+    }
+    assert_eq!(store.keys(), ["wm_aid", "wm_ses"]);
+    assert_eq!(tracked.len(), 6);
+    delivered.sort();
+    assert_eq!(delivered, Vec::from_iter(tracked), "every event once");
+}
+
+#[test]
+fn a_send_from_the_queue_stays_in_storage_until_it_is_answered() {
+    let store = Mem::default();
+    let mut c = tab_core(&store, "a", 1, T0);
+    c.track(T0, "A", "", "");
+    c.track(T0, "B", "", "");
+    let (id, b) = send(&mut c, T0 + 1000).unwrap();
+    let queued = ids(&b);
+    c.done(T0 + 1000, id, 0, 0);
+    // From here on, at every write, each of the two events is in storage (queue or in flight):
+    // a page can go away between any two writes.
+    store.watch(&queued);
+    let tab = store.tab("a");
+    c.signal(T0 + 2000, SIG_ONLINE, 0);
+    let (id, b) = send(&mut c, T0 + 2000).unwrap();
+    assert_eq!(ids(&b), queued);
+    assert_eq!(tab.get(KEY_QUEUE), None, "taken from the queue");
+    assert!(tab.get(KEY_INFLIGHT).is_some(), "kept while in flight");
+    c.done(T0 + 2100, id, 503, 0);
+    assert!(tab.get(KEY_QUEUE).is_some(), "back in the queue");
+    assert_eq!(tab.get(KEY_INFLIGHT), None);
+    c.signal(T0 + 3000, SIG_ONLINE, 0);
+    let (id, _) = send(&mut c, T0 + 3000).unwrap();
+    // Hidden while it is in flight, with a new event: the send in flight is stored whole.
+    c.track(T0 + 3001, "C", "", "");
+    let _beacon = c.next(T0 + 3002, true);
+    assert_eq!(Queue::parse(&tab.get(KEY_INFLIGHT).unwrap()).items.len(), 2);
+    store.watch(&[]);
+    c.done(T0 + 3100, id, 200, 0);
+    assert_eq!(store.keys(), ["wm_aid", "wm_ses"]);
+}
+
+#[test]
+fn a_queue_is_adopted_only_with_consent() {
+    let store = Mem::default();
+    let mut gone = tab_core(&store, "g", 1, T0);
+    gone.track(T0, "Queued", "", "");
+    let (id, _) = send(&mut gone, T0 + 1000).unwrap();
+    gone.done(T0 + 1000, id, 503, 0);
+    drop(gone);
+    let queued = store.tab("g").get(KEY_QUEUE).unwrap();
+    let mut pending = core_in(&store, store.tab("p"), Consent::Pending, T0, [2; 4]);
+    assert!(
+        !pending.adopt(&queued),
+        "pending: not taken (nothing would be stored)"
+    );
+    assert_eq!(store.adopt_from("g", &mut pending), 0);
+    assert_eq!(store.tab("g").get(KEY_QUEUE), Some(queued.clone()));
+    assert_eq!(store.tab("p").get(KEY_QUEUE), None);
+    pending.consent(T0 + 1, true);
+    assert_eq!(store.adopt_from("g", &mut pending), 1);
+    let (_, b) = send(&mut pending, T0 + 2).unwrap();
+    assert_eq!(events(&b)[0]["event"], "Queued");
 }
 
 #[test]
@@ -402,7 +569,8 @@ fn a_send_a_page_left_in_flight_is_sent_again_by_the_next_page() {
     let in_flight = ids(&b);
     let _beacon = c.next(T0 + 1001, true);
     drop(c); // the page went away before its send was answered (it may or may not have arrived)
-    let mut c2 = core_with(&store, Consent::Granted, T0 + 5000);
+    let mut c2 = tab_core(&store, "2", 9, T0 + 5000);
+    assert_eq!(store.adopt_from("", &mut c2), 1);
     assert_eq!(store.get(KEY_INFLIGHT), None, "moved into the retry queue");
     let (id2, b2) = send(&mut c2, T0 + 5000).unwrap();
     assert_eq!(
@@ -411,7 +579,7 @@ fn a_send_a_page_left_in_flight_is_sent_again_by_the_next_page() {
         "the same events, with the same messageIds"
     );
     c2.done(T0 + 5100, id2, 200, 0);
-    assert_eq!(store.get(KEY_QUEUE), None);
+    assert_eq!(store.keys(), ["wm_aid", "wm_ses"]);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use wasm_bindgen::prelude::*;
 use crate::engine::{Config, Consent, Core, PageView};
 use crate::url::parse_u64;
 use crate::{args, Host, FLAG_IDS, FLAG_QUEUE, FLAG_REQUIRE_CONSENT, FLAG_SIGNAL_OPT_OUT};
-use crate::{OP_CONSENT, OP_DONE, OP_IDENTIFY, OP_NEXT, OP_PAGE, OP_PRODUCT, OP_RESET};
+use crate::{OP_ADOPT, OP_CONSENT, OP_DONE, OP_IDENTIFY, OP_NEXT, OP_PAGE, OP_PRODUCT, OP_RESET};
 use crate::{OP_SIGNAL, OP_TRACK};
 
 struct Global(RefCell<Option<Core<Host>>>);
@@ -86,6 +86,9 @@ pub fn create(cfg: &str) {
 ///   after 2^32 batches.)
 /// - `OP_DONE`: outcome of batch `n`: HTTP status `m` or 0 for a network error, and the
 ///   `Retry-After` in ms `x` (0 when absent).
+/// - `OP_ADOPT`: `args` what a tab that is gone left under one of its keys (its retry queue or
+///   its send in flight), into this tab's queue (see [`Core::adopt`]); returns -2 when it is
+///   not taken (consent pending), and the loader then leaves the key.
 ///
 /// Returns milliseconds until `OP_NEXT` has a batch, or -1 (any other op, such as 9, does
 /// nothing but answer that). One entry point for everything keeps the glue, JS and wasm, to
@@ -121,6 +124,8 @@ pub fn call(op: u32, ts: f64, n: u32, m: u32, x: f64, args: &str) -> f64 {
                 return f64::from(core.last_id);
             }
             OP_DONE => core.done(ts, n, m, x as u64),
+            // (Runs in the guard: when the events were taken, the answer is the usual one.)
+            OP_ADOPT if !core.adopt(a) => return -2.0,
             _ => {}
         }
         core.wake(ts).map_or(-1.0, |d| d as f64)

@@ -78,7 +78,7 @@ pub const FLAG_SIGNAL_OPT_OUT: u64 = 8;
 #[wasm_bindgen::prelude::wasm_bindgen(raw_module = "../../src/imports.js")]
 extern "C" {
     // Storage: store 0 holds the ids and the session (cookies or localStorage), store 1 the
-    // retry queue (localStorage). They catch every error (a blocked or full storage reads as
+    // retry queue and the send in flight (localStorage, under keys of this tab's own). They catch every error (a blocked or full storage reads as
     // empty). Free functions taking a store number rather than JS objects: then neither the
     // wasm nor the glue needs an externref table.
     #[wasm_bindgen(js_name = g)]
@@ -125,6 +125,7 @@ pub const OP_SIGNAL: u32 = 5;
 pub const OP_PRODUCT: u32 = 6;
 pub const OP_NEXT: u32 = 7;
 pub const OP_DONE: u32 = 8;
+pub const OP_ADOPT: u32 = 10;
 
 /// Separates the string arguments of `exports::call` (it cannot occur in them: the loader strips
 /// control characters from the strings it passes).

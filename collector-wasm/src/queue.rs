@@ -68,13 +68,14 @@ impl Lines {
                 end = i + 1;
             }
         }
-        let rest = Lines {
-            text: String::from(self.text.get(end..).unwrap_or_default()),
-            len: self.len - n,
+        // (Both halves copied with `get`, which cannot panic: `truncate` would bring its
+        // assertion message and source path into the wasm's data.)
+        let front = Lines {
+            text: String::from(self.text.get(..end).unwrap_or_default()),
+            len: n,
         };
-        let mut front = core::mem::replace(self, rest);
-        front.text.truncate(end);
-        front.len = n;
+        self.text = String::from(self.text.get(end..).unwrap_or_default());
+        self.len -= n;
         front
     }
 }

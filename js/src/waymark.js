@@ -11,7 +11,7 @@
 // `call`, the functions the wasm module imports, and `__wbg_set_wasm`; imports.js has the
 // module's own imports (storage, the batch body, times).
 import * as glue from '../dist/pkg/waymark_collector_bg.js'
-import { batch, stores } from './imports.js'
+import { batch, g, noop, r, stores, tab } from './imports.js'
 
 const { create, call: tagCall } = glue
 
@@ -23,7 +23,7 @@ const now = Date.now
 const CLICKABLE = 'a,button,[data-waymark-event],input[type=submit],input[type=button]'
 // `call` operations (collector-wasm/src/lib.rs, `OP_*`), written as numbers with a comment:
 // esbuild keeps named constants as variables. 0 page, 1 track, 2 identify, 3 reset, 4 consent,
-// 5 signal, 6 product, 7 next batch, 8 batch done.
+// 5 signal, 6 product, 7 next batch, 8 batch done, 10 adopt another tab's queue.
 
 let tag // init ran
 let ready // the wasm module is instantiated
@@ -93,16 +93,19 @@ function schedule(wait) {
   )
 }
 
-// Commands to the wasm module; string arguments are joined with U+0001.
+// Commands to the wasm module; string arguments are joined with U+0001. (A number argument
+// left undefined arrives as 0: the glue passes NaN, which an i32 parameter takes as 0 and Rust's
+// `as` casts turn into 0; so do negative numbers for the unsigned ones.)
 function call(op, ts, n, v, ...args) {
-  schedule(tagCall(op, ts, n || 0, 0, v || 0, args.map((a) => String(a).replace(/\x01/g, '')).join('\x01')))
+  schedule(tagCall(op, ts, n, 0, v, args.map((a) => String(a).replace(/\x01/g, '')).join('\x01')))
 }
 const signal = (n, x) => call(5 /* SIGNAL */, now(), n, x)
 
 // Sends one batch; `force`: everything not yet sent, now, the page is being hidden or left.
 function pump(force) {
+  force || adopt()
   let id
-  while ((id = tagCall(7 /* NEXT */, now(), force ? 1 : 0, 0, 0, '')) > 0) {
+  while ((id = tagCall(7 /* NEXT */, now(), force, 0, 0, '')) > 0) {
     send(batch, id, force)
     if (!force) return
   }
@@ -111,14 +114,14 @@ function pump(force) {
 }
 
 const done = safe((id, status, retryAfter) => {
-  let ms = 0
-  if (retryAfter) {
-    ms = +retryAfter >= 0 ? retryAfter * 1000 : Date.parse(retryAfter) - now()
-  }
-  schedule(tagCall(8 /* DONE */, now(), id, status, ms > 0 ? ms : 0, ''))
+  const ms = retryAfter && (+retryAfter >= 0 ? retryAfter * 1000 : Date.parse(retryAfter) - now())
+  schedule(tagCall(8 /* DONE */, now(), id, status, ms, ''))
 })
 
 function send(body, id, beacon) {
+  // Offline (as far as the browser knows): into the retry queue now, rather than into a beacon
+  // that would be lost, or a fetch whose failure a closing page would not see.
+  if (nav.onLine == 0) return done(id, 0)
   if (beacon) {
     try {
       if (nav.sendBeacon(endpoint, body)) return done(id, 200)
@@ -135,6 +138,35 @@ function send(body, id, beacon) {
     )
   } catch (e) {
     done(id, 0)
+  }
+}
+
+// Takes over the retry queues and sends in flight of tabs that are gone (`wm_q<tab>`,
+// `wm_f<tab>`; `wm_q`, `wm_f` from tags before per-tab keys): both keys of such a tab are read
+// (store 2: localStorage with its keys as they are) into this tab's queue (`OP_ADOPT`), then
+// removed; while consent is pending they stay; denied, their events are dropped and they are
+// removed. A tab holds the Web Lock `wm<tab>` while it has keys (imports.js), so when this tab
+// gets that lock the other is gone, and no third tab is taking the same keys meanwhile. Run on
+// load, when the browser is back online, on consent and before each ordinary send. Without Web
+// Locks (plain http, old browsers) there is no telling whether a tab is gone: keys are taken on
+// load only (`load`), and an event a tab still had in flight may then be sent twice (the server
+// drops it by messageId).
+function adopt(load) {
+  // (`for in` over localStorage: its keys, and its methods' names, which do not match.)
+  for (const k in stores[2]) {
+    const id = k.slice(4)
+    // Both keys of the tab at once, each event once: a page that went away between two writes
+    // can have left the same events under both. (A missing key reads as a line `null`, which
+    // the module skips like any line that is not an event.)
+    const q = 'wm_q' + id
+    const f = 'wm_f' + id
+    const take = (lock) => {
+      const v = lock && [...new Set((g(2, q) + '\n' + g(2, f)).split('\n'))].join('\n')
+      if (v && tagCall(10 /* ADOPT */, now(), 0, 0, 0, v) > -2) r(2, q), r(2, f), pump()
+    }
+    if (/^wm_[qf]/.test(k) && id != tab) {
+      nav.locks ? nav.locks.request('wm' + id, { ifAvailable: true }, take).catch(noop) : take(load)
+    }
   }
 }
 
@@ -234,7 +266,10 @@ function autocapture() {
   listen(w, 'pagehide', leave)
   listen(w, 'focus', () => signal(3))
   listen(w, 'blur', () => signal(4))
-  listen(w, 'online', () => signal(7))
+  listen(w, 'online', () => {
+    signal(7)
+    adopt()
+  })
   listen(w, 'scroll', scroll, { passive: true })
   const active = () => {
     const t = now()
@@ -256,19 +291,16 @@ const api = {
     const ls = cookieless ? null : localStore()
     const ids = cookieless ? null : o.storage == 'cookie' ? cookieStore(o.cookieDomain) : ls
     const optOut = o.honorSignals && (nav.globalPrivacyControl || nav.doNotTrack == '1' || w.doNotTrack == '1')
-    const seed = new Uint32Array(4)
-    try {
-      crypto.getRandomValues(seed)
-    } catch (e) {
-      for (let i = 0; i < 4; i++) seed[i] = Math.random() * 2 ** 32
-    }
+    // (Every browser with WebAssembly has it, on plain http too.)
+    const seed = crypto.getRandomValues(new Uint32Array(4))
     stores[0] = ids
-    stores[1] = ls
+    stores[1] = stores[2] = ls
     create(
       [
-        o.site || '',
-        nav.userAgent || '',
-        nav.language || '',
+        // (`join` writes undefined as an empty string.)
+        o.site,
+        nav.userAgent,
+        nav.language,
         (ids ? 1 : 0) | (ls ? 2 : 0) | (o.consent == 'pending' ? 4 : 0) | (optOut ? 8 : 0),
         o.flushInterval >= 0 ? o.flushInterval | 0 : 1000,
         ...seed,
@@ -276,6 +308,10 @@ const api = {
       ].join('\x01'),
     )
     tag = 1
+    // Connects this page to the browser's lock manager now, so that a lock it asks for later
+    // is not held up behind that (imports.js, `s`).
+    nav.locks?.query().catch(noop)
+    adopt(1)
     if (o.autocapture !== false) autocapture()
     if (o.pageview !== false) page(ts)
   },
@@ -293,6 +329,7 @@ const api = {
   },
   consent(ts, v) {
     call(4 /* CONSENT */, ts, v == 'granted' ? 1 : 0)
+    adopt()
   },
   reset(ts) {
     call(3 /* RESET */, ts)
@@ -337,7 +374,7 @@ if (d) {
       ready = true
       replay()
     }),
-    () => {},
+    noop,
   )
 }
 

@@ -2,7 +2,7 @@
 // hostile host page. Real headless Chromium against a recording collector.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { launch, collector, html, newPage, setVisibility } from './harness.mjs'
+import { launch, collector, html, newPage, setVisibility, until, queues } from './harness.mjs'
 
 let browser, srv
 before(async () => {
@@ -58,18 +58,23 @@ test('offline, then online: the persistent queue is delivered exactly once', asy
   await page.evaluate(() => {
     for (let i = 0; i < 5; i++) waymark('track', 'Offline ' + i, { i })
   })
-  // The failed send lands in localStorage (first line: dropped count, then one event per line).
-  await page.waitForFunction(() => (localStorage.getItem('wm_q') || '').split('\n').length == 6, null, { timeout: 10000 })
-  const stored = await page.evaluate(() => localStorage.getItem('wm_q').split('\n').slice(1).map((l) => JSON.parse(l).messageId))
+  // The failed send lands in localStorage, under this tab's own key (first line: dropped
+  // count, then one event per line).
+  const q = await until(async () => {
+    const q = await queues(page)
+    return Object.values(q).flat().length == 5 && q
+  }, 'the queue in localStorage')
+  assert.match(Object.keys(q).join(), /^wm_q[0-9.e-]+$/)
+  const stored = Object.values(q)[0].map((e) => e.messageId)
   assert.equal(srv.events().filter((e) => e.event?.startsWith('Offline')).length, 0)
   await context.setOffline(false)
   await srv.waitFor((e) => e.filter((x) => x.event?.startsWith('Offline')).length >= 5, 'the queued events')
-  await page.waitForFunction(() => localStorage.getItem('wm_q') == null)
-  // A reload must not send them again.
+  await until(async () => !Object.keys(await queues(page)).length, 'an empty queue')
+  // A reload must not send them again: the next page's first batch would carry them.
   await page.reload()
   await srv.waitFor((e) => e.filter(ofSite('off')).filter((x) => x.type == 'page').length == 2, 'the second page view')
-  await setVisibility(page, 'hidden')
-  await page.waitForTimeout(200)
+  await page.evaluate(() => waymark('track', 'Sync'))
+  await srv.waitFor((e) => e.some((x) => x.event == 'Sync'), 'the event after the reload')
   const seen = count(srv.events().filter(ofSite('off')).map((e) => e.messageId))
   for (const id of stored) assert.equal(seen.get(id), 1, `messageId ${id} delivered once`)
   for (const [id, n] of seen) assert.equal(n, 1, `messageId ${id} seen ${n} times`)
@@ -89,15 +94,20 @@ test('a send in flight when the page goes away, failing after, is sent again by 
   assert.ok(srv.held[0].data.includes('In flight'), srv.held[0].data)
   // Hidden, then gone, with the send still unanswered: its events stay in localStorage.
   await setVisibility(page, 'hidden')
-  const kept = await page.evaluate(() => localStorage.getItem('wm_f'))
-  assert.ok(kept && kept.includes('In flight'), String(kept))
-  const id = JSON.parse(kept.split('\n')[1]).messageId
+  const kept = await queues(page)
+  const key = Object.keys(kept)[0]
+  assert.match(key, /^wm_f[0-9.e-]+$/)
+  assert.deepEqual(
+    kept[key].map((e) => e.event),
+    ['In flight'],
+  )
+  const id = kept[key][0].messageId
   await page.goto('about:blank')
   srv.release(503) // the answer reaches no page
   // The next page of the site sends them again, with the same messageId, exactly once.
   await page.goto(`${srv.origin}/inflight`)
   await srv.waitFor((e) => e.some((x) => x.event == 'In flight'), 'the event sent again')
-  await page.waitForFunction(() => localStorage.getItem('wm_f') == null && localStorage.getItem('wm_q') == null)
+  await until(async () => !Object.keys(await queues(page)).length, 'an empty queue')
   const again = srv.events().filter((x) => x.event == 'In flight')
   assert.deepEqual(
     again.map((x) => x.messageId),
@@ -128,7 +138,7 @@ test('5xx and 429 are retried (honouring Retry-After), other 4xx are not', async
   await page.evaluate(() => waymark('track', 'Accepted'))
   await srv.waitFor((e) => e.some((x) => x.event == 'Accepted'), 'the next event')
   assert.ok(!srv.events().some((x) => x.event == 'Refused'), 'a 400 is not retried')
-  assert.equal(await page.evaluate(() => localStorage.getItem('wm_q')), null)
+  assert.deepEqual(await queues(page), {})
   assert.deepEqual(errors, [])
   await context.close()
 })

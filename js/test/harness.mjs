@@ -46,11 +46,14 @@ export function html({ init = {}, body = '', before = '', head = '', delay = 0, 
  * The recording collector. `pages`: path -> HTML. `responses`: statuses (or [status,
  * retryAfter]) for the next batches, in order, then 200. `hold(site)`: the next batch of that
  * site is kept open until `release(status)` answers it (by site, so that a late request of an
- * earlier test cannot take its place).
+ * earlier test cannot take its place). `batches` holds the accepted (2xx) batches, `sent` the
+ * body of every batch request, whatever its answer (held ones too). `down = true`: batch
+ * requests fail as if the collector could not be reached.
  */
 export async function collector() {
   const pages = new Map()
   const batches = [] // { body, headers, at }
+  const sent = [] // raw body of every batch request
   const responses = []
   const answered = [] // { status, at } for every batch request
   const held = [] // { res, data, headers } waiting for `release`
@@ -66,9 +69,12 @@ export async function collector() {
   const server = createServer((req, res) => {
     const url = new URL(req.url, 'http://x')
     if (req.method == 'POST' && url.pathname == '/v1/batch') {
+      // Down: as if unreachable (the connection is dropped, nothing read or recorded).
+      if (srv.down) return req.socket.destroy()
       let data = ''
       req.on('data', (c) => (data += c))
       req.on('end', () => {
+        sent.push(data)
         if (holdSite != null && data.includes(`"writeKey":${JSON.stringify(holdSite)}`)) {
           holdSite = null
           answered.push({ status: 'held', at: Date.now() })
@@ -105,10 +111,12 @@ export async function collector() {
   })
   await new Promise((r) => server.listen(0, '127.0.0.1', r))
   const origin = `http://127.0.0.1:${server.address().port}`
-  return {
+  const srv = {
+    down: false,
     origin,
     pages,
     batches,
+    sent,
     responses,
     answered,
     held,
@@ -129,6 +137,21 @@ export async function collector() {
         .filter((b) => b.body && (!site || b.body.writeKey == site))
         .flatMap((b) => b.body.batch.map((e) => ({ ...e, _batch: b })))
     },
+    /**
+     * How many requests carried each messageId (answered or not), for the events matching
+     * `pred(event, batch)`.
+     */
+    sends(pred = () => true) {
+      const n = new Map()
+      for (const data of sent) {
+        let body = { batch: [] }
+        try {
+          body = JSON.parse(data)
+        } catch (e) {}
+        for (const e of body.batch) if (pred(e, body)) n.set(e.messageId, (n.get(e.messageId) || 0) + 1)
+      }
+      return n
+    },
     /** Waits (bounded) until `pred(events)` holds; returns the events. */
     async waitFor(pred, what, ms = 10000) {
       const end = Date.now() + ms
@@ -143,17 +166,48 @@ export async function collector() {
     },
     close: () => new Promise((r) => server.close(r)),
   }
+  return srv
 }
 
 /** A fresh context and page, focused (headless windows are not, by default). */
 export async function newPage(browser, opts = {}) {
   const context = await browser.newContext(opts)
-  const page = await context.newPage()
   const errors = []
+  return { context, errors, ...(await addPage(context, errors)) }
+}
+
+/** Another page (tab) in `context`, focused; its page errors go to `errors`. */
+export async function addPage(context, errors) {
+  const page = await context.newPage()
   page.on('pageerror', (e) => errors.push(e))
   const cdp = await context.newCDPSession(page)
   await cdp.send('Emulation.setFocusEmulationEnabled', { enabled: true })
-  return { context, page, errors, cdp }
+  return { page, cdp }
+}
+
+/** Polls `f` (async) until it returns a truthy value, which it returns; bounded. */
+export async function until(f, what, ms = 10000) {
+  const end = Date.now() + ms
+  for (;;) {
+    const v = await f()
+    if (v) return v
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 25))
+  }
+}
+
+/**
+ * The tag's retry queues and sends in flight in the page's localStorage: key (`wm_q.<tab>`,
+ * `wm_f.<tab>`) -> the events stored there.
+ */
+export function queues(page) {
+  return page.evaluate(() =>
+    Object.fromEntries(
+      Object.keys(localStorage)
+        .filter((k) => /^wm_[qf]/.test(k))
+        .map((k) => [k, localStorage.getItem(k).split('\n').slice(1).map((l) => JSON.parse(l))]),
+    ),
+  )
 }
 
 /** Page Visibility emulation: sets document.visibilityState and fires visibilitychange. */
