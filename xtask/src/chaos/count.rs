@@ -37,8 +37,10 @@ pub struct Counts {
     pub api_events: u64,
     /// Stored events of sampled visitors that the API did not show (history or profile).
     pub api_missing: u64,
-    /// How long the spool took to drain after the load stopped.
+    /// How long the spool took to drain after the load stopped (or how long it was waited for).
     pub drain_secs: f64,
+    /// Whether it drained: every acknowledged id stored (but the damaged) and nothing pending.
+    pub drained: bool,
 }
 
 impl Counts {
@@ -112,7 +114,7 @@ pub fn settle_and_count(
     let started = Instant::now();
     let deadline = started + timeout;
     let mut lost_ids;
-    loop {
+    let drained = loop {
         // ClickHouse may still be coming back, or the table being created: asked again.
         lost_ids = match missing(ch, db) {
             Ok(ids) => ids,
@@ -125,13 +127,13 @@ pub fn settle_and_count(
         let beyond = lost_ids.iter().filter(|id| !damaged.contains(*id)).count();
         let pending = ingest.metric("waymark_spool_pending_bytes");
         if beyond == 0 && pending == Some(0.0) {
-            break;
+            break true;
         }
         if Instant::now() >= deadline {
-            break;
+            break false;
         }
         std::thread::sleep(Duration::from_millis(500));
-    }
+    };
     let drain_secs = started.elapsed().as_secs_f64();
     let lost_to_damage = lost_ids.iter().filter(|id| damaged.contains(*id)).count() as u64;
     let lost = lost_ids.len() as u64 - lost_to_damage;
@@ -165,6 +167,7 @@ pub fn settle_and_count(
         rows_unmerged_extra,
         extra,
         drain_secs,
+        drained,
         ..Counts::default()
     };
     api_check(ch, db, shape, ingest, &mut c)?;

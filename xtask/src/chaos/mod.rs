@@ -484,6 +484,12 @@ fn outcome_failures(o: &Outcome) -> Vec<String> {
             c.api_missing
         ));
     }
+    if !c.drained {
+        f.push(format!(
+            "({l}) the spool did not drain within {:.0} s of the load stopping",
+            c.drain_secs
+        ));
+    }
     if o.panics > 0 {
         f.push(format!(
             "({l}) the ingest server panicked {} times",

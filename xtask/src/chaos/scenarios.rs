@@ -160,8 +160,9 @@ fn client_notes(o: &super::load::Outcome) -> String {
     );
     if s.abandoned > 0 {
         n.push_str(&format!(
-            "; {} batches given up unacknowledged when the load stopped",
-            s.abandoned
+            "; {} batch{} given up unacknowledged when the load stopped",
+            s.abandoned,
+            if s.abandoned == 1 { "" } else { "es" }
         ));
     }
     n
@@ -198,9 +199,17 @@ fn outcome(letter: char, started: Instant) -> Outcome {
 }
 
 fn api_note(c: &Counts) -> String {
+    let drained = if c.drained {
+        format!("drained {:.1} s after the load stopped", c.drain_secs)
+    } else {
+        format!("NOT drained {:.0} s after the load stopped", c.drain_secs)
+    };
     format!(
-        "drained {:.1} s after the load stopped; query API: {} visitors, {} history events listed, {} not shown; {} rows not yet merged (collapsed by FINAL and the API)",
-        c.drain_secs, c.api_visitors, c.api_events, c.api_missing, c.rows_unmerged_extra
+        "{drained}; query API: {} visitors, {} history events listed, {} not shown; {} rows not yet merged (collapsed by FINAL and the API)",
+        c.api_visitors,
+        crate::fuzz::group(c.api_events),
+        c.api_missing,
+        crate::fuzz::group(c.rows_unmerged_extra)
     )
 }
 
@@ -544,9 +553,10 @@ pub fn e(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         .metric("waymark_spool_damaged_ranges_total{kind=\"inside\"}")
         .unwrap_or(0.0);
     o.damage = Some(format!(
-        "beyond the {} acknowledged events of the 2 records damaged on purpose; damaged/ holds {} files, {} bytes",
+        "beyond the {} acknowledged events of the 2 records damaged on purpose; damaged/ holds {} file{}, {} bytes",
         o.counts.lost_to_damage,
         copies.len(),
+        if copies.len() == 1 { "" } else { "s" },
         crate::fuzz::group(copies.iter().sum::<u64>())
     ));
     o.notes.push(format!(

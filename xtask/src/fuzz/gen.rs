@@ -172,10 +172,7 @@ impl Gen {
     pub fn text(&mut self) -> String {
         match self.below(12) {
             0 => self.pick(ODD_STRINGS).to_string(),
-            1 => {
-                let n = *self.pick(&[255usize, 256, 257, 8191, 8192, 8193, 70_000]);
-                "x".repeat(n)
-            }
+            1 => self.long_text(),
             2 => {
                 let n = self.below(40);
                 (0..n)
@@ -191,6 +188,18 @@ impl Gen {
                     .join(" ")
             }
         }
+    }
+
+    /// Text around a length limit (names 200 bytes, ids 256, strings 8 KiB, or far past),
+    /// ASCII or of multibyte characters, offset so that a limit can fall inside a character.
+    pub fn long_text(&mut self) -> String {
+        let target = *self.pick(&[199usize, 200, 201, 255, 256, 257, 8191, 8192, 8193, 70_000]);
+        let unit = *self.pick(&["x", "ä", "→", "😀", "e\u{301}"]);
+        let mut s = "x".repeat(self.below(4));
+        while s.len() < target {
+            s.push_str(unit);
+        }
+        s
     }
 
     /// A date-time: valid and recent most of the time, odd otherwise.
@@ -407,7 +416,7 @@ impl Gen {
                 }
                 x
             }
-            1 => Value::String("y".repeat(*self.pick(&[8192usize, 8193, 40_000]))),
+            1 => Value::String(self.long_text()),
             2 => self.object(0),
             3 => Value::Array((0..self.below(600)).map(|_| json!(1)).collect()),
             _ => self.scalar(),

@@ -73,6 +73,12 @@ fn with_quiet_panics<T>(f: impl FnOnce() -> T) -> T {
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))
             .unwrap_or_default();
+        // Messages can quote the input: keep the start.
+        let msg: String = if msg.chars().count() > 300 {
+            msg.chars().take(300).chain("...".chars()).collect()
+        } else {
+            msg
+        };
         PANIC_COUNT.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut p) = PANICS.lock() {
             p.push(format!("{msg}{at}"));
