@@ -152,16 +152,17 @@ impl ClickHouse {
         // process dies for any reason. `exec` is not used so that the shell stays to do it.
         // A temporary home is removed once the server is gone (a test binary's shared server
         // lives in a static that is never dropped, so `TempDir` alone would leave it behind),
-        // unless "keep" came before the EOF ([`Self::stop`], an outage to resume from).
+        // unless "keep" came before the EOF ([`Self::stop`], an outage to resume from) or
+        // "crash" ([`Self::crash`]: SIGKILL instead of SIGTERM, data kept too).
         let script = r#"
 "$@" &
 pid=$!
 said=$(cat)
-kill -TERM "$pid" 2>/dev/null
+if [ "$said" = crash ]; then kill -KILL "$pid" 2>/dev/null; else kill -TERM "$pid" 2>/dev/null; fi
 for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 kill -KILL "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
-if [ -n "$WAYMARK_CH_REMOVE_HOME" ] && [ "$said" != keep ]; then rm -rf "$WAYMARK_CH_REMOVE_HOME"; fi
+if [ -n "$WAYMARK_CH_REMOVE_HOME" ] && [ "$said" != keep ] && [ "$said" != crash ]; then rm -rf "$WAYMARK_CH_REMOVE_HOME"; fi
 exit 0
 "#;
         let mut command = Command::new("sh");
@@ -357,7 +358,17 @@ exit 0
         self.kill();
     }
 
-    /// Starts the server again on the same ports and data after [`Self::stop`].
+    /// Kills the server with SIGKILL (no shutdown of its own, as in a crash or an OOM kill) but
+    /// keeps its data and ports; [`Self::resume`] starts it again on them.
+    pub fn crash(&mut self) {
+        if let Some((_, stdin)) = self.process.as_mut() {
+            let _ = stdin.write_all(b"crash");
+        }
+        self.kill();
+    }
+
+    /// Starts the server again on the same ports and data after [`Self::stop`] or
+    /// [`Self::crash`].
     pub fn resume(&mut self) -> Result<(), Error> {
         if self.process.is_none() {
             self.launch()?;
@@ -524,6 +535,20 @@ mod tests {
             ureq::get(&url).call().is_err(),
             "server still answers after stop"
         );
+        ch.resume().unwrap();
+        assert_eq!(
+            ch.query(&format!("SELECT count() FROM {db}.t"))
+                .unwrap()
+                .trim(),
+            "3"
+        );
+        // A crash (SIGKILL) keeps the data too.
+        ch.crash();
+        assert!(
+            ureq::get(&url).call().is_err(),
+            "server still answers after crash"
+        );
+        assert!(ch.home().join("data").exists(), "a crash removed the data");
         ch.resume().unwrap();
         assert_eq!(
             ch.query(&format!("SELECT count() FROM {db}.t"))

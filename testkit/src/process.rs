@@ -41,6 +41,12 @@ impl Proc {
         log_tail(&self.log, lines)
     }
 
+    /// Kills it with SIGKILL at once (no shutdown of its own, as in a crash) and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops it now; returns false if it had to be killed.
     pub fn stop(mut self) -> bool {
         self.stop_inner()

@@ -6,8 +6,10 @@
 //! and `cargo xtask bench ...` prints the figures the issues ask for.
 
 mod bench;
+mod chaos;
 mod demo;
 mod edge;
+mod fuzz;
 mod stage;
 mod tag;
 mod tools;
@@ -25,6 +27,11 @@ commands:
                   run Waymark locally: ClickHouse (data under .waymark/), the ingest server,
                   the edge worker in workerd and a demo shop; N synthetic visitors on request
   bench <name>    run a benchmark and print its figures
+  chaos [--short] kill and break the stack under load (ingest server, ClickHouse, a column, a
+                  full spool, a damaged spool segment, the edge queue during an ingest outage),
+                  print acked / stored / lost / duplicates per scenario, then fuzz every parser;
+                  `cargo xtask chaos --help` for the options
+  fuzz [TARGET..] only the fuzz stage (`cargo xtask fuzz --help`)
   tag             build the tag (size budget checked) and run its browser tests
   install         only install the tools `test` needs
   help            this text
@@ -41,6 +48,8 @@ fn main() -> Result<()> {
         Some("test") => stage::run_test(&root, &args[1..]),
         Some("demo") => demo::run(&root, &args[1..]),
         Some("bench") => bench::run(&root, &args[1..]),
+        Some("chaos") => chaos::run(&root, &args[1..]),
+        Some("fuzz") => chaos::run_fuzz(&root, &args[1..]),
         Some("tag") => {
             // Only the tag's two stages: build + size budget, then the browser tests.
             let t = tools::ensure_all(&root)?;

@@ -121,6 +121,14 @@ pub fn run_test(root: &Path, args: &[String]) -> Result<()> {
                 Box::new(|| crate::edge::test(root, tools)),
             ),
             (
+                "chaos and fuzz (short)",
+                // `cargo xtask chaos --short`: the ingest server and ClickHouse killed under
+                // load, a dropped column, a full spool, a damaged segment, the edge queue
+                // across an ingest outage; then every parser fuzzed. Asserts lost = 0,
+                // duplicates = 0, panics = 0.
+                Box::new(|| crate::chaos::stage(root, tools)),
+            ),
+            (
                 "end to end",
                 Box::new(|| {
                     run(cargo().args(["build", "-p", "waymark-ingest", "--bin", "ingest-server"]))?;

@@ -60,7 +60,7 @@
 
 pub mod damaged;
 pub mod record;
-mod resync;
+pub mod resync;
 pub mod rows;
 
 use std::collections::BTreeMap;

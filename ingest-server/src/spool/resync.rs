@@ -2,7 +2,8 @@
 //!
 //! One search, [`next_intact`], used by recovery (a whole segment in memory, [`walk`]) and by the
 //! writer's reader (a segment file read in bounded chunks), so both skip exactly the same bytes
-//! and deliver exactly the same records.
+//! and deliver exactly the same records. [`walk`] and [`detect`] are public for the fuzz stage of
+//! `cargo xtask chaos`, which feeds them generated segments.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -107,7 +108,7 @@ pub(crate) fn next_intact<S: Source + ?Sized>(
 
 /// A segment as recovery sees it.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Walk {
+pub struct Walk {
     /// Byte ranges that are not intact records, in order. Each but perhaps the last is followed
     /// by an intact record; the last may run to the end of the segment.
     pub damaged: Vec<Range<u64>>,
@@ -117,7 +118,7 @@ pub(crate) struct Walk {
 
 /// Walks a whole segment: records one after another, and past each stretch of damage to the
 /// next intact record.
-pub(crate) fn walk(data: &[u8], format: Format) -> io::Result<Walk> {
+pub fn walk(data: &[u8], format: Format) -> io::Result<Walk> {
     let end = data.len() as u64;
     let mut w = Walk::default();
     let mut off = 0u64;
@@ -137,7 +138,7 @@ pub(crate) fn walk(data: &[u8], format: Format) -> io::Result<Walk> {
 /// The format of a segment, from its bytes: v2 if it starts with the marker; v1 if it starts
 /// with a v1 record; when its first record is damaged, whichever format finds an intact record
 /// after it (v2 if neither does: then every byte is damage anyway).
-pub(crate) fn detect(data: &[u8]) -> io::Result<Format> {
+pub fn detect(data: &[u8]) -> io::Result<Format> {
     if data.is_empty() || data.starts_with(&record::MAGIC) {
         return Ok(Format::V2);
     }
