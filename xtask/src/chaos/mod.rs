@@ -206,9 +206,12 @@ pub fn run_fuzz(root: &Path, args: &[String]) -> Result<()> {
         seed,
         &args.targets,
     )?;
-    let panics: u64 = reports.iter().map(|r| r.panics).sum();
-    if panics > 0 {
-        bail!("{panics} fuzz case(s) panicked");
+    let failed = fuzz::failures(&reports, seed);
+    for f in &failed {
+        println!("FAILED: {f}");
+    }
+    if !failed.is_empty() {
+        bail!("{} fuzz check(s) failed", failed.len());
     }
     Ok(())
 }
@@ -360,10 +363,7 @@ fn chaos(root: &Path, tools: Option<&Tools>, args: &Args) -> Result<()> {
     } else if !args.no_fuzz {
         println!();
         let reports = fuzz::run(root, Duration::from_secs_f64(fuzz_secs), seed, &[])?;
-        let panics: u64 = reports.iter().map(|r| r.panics).sum();
-        if panics > 0 {
-            failures.push(format!("{panics} fuzz case(s) panicked (seed {seed})"));
-        }
+        failures.extend(fuzz::failures(&reports, seed));
     }
     println!(
         "\nchaos ({form}) took {:.0} s",

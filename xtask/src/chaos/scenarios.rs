@@ -151,8 +151,8 @@ fn client_notes(o: &super::load::Outcome) -> String {
     let s = &o.stats;
     let mut n = format!(
         "{} requests sent for {} batches in {:.0} s; retried: {} connection errors, {} 503, {} 429",
-        s.attempts,
-        s.acked.len() as u64 + s.abandoned,
+        crate::fuzz::group(s.attempts),
+        crate::fuzz::group(s.acked.len() as u64 + s.abandoned),
         o.secs,
         s.connection_errors,
         s.status_503,
@@ -701,7 +701,7 @@ pub fn f(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     o.counts = ctx.settle(&db, &shape, &acked, &HashSet::new(), &ingest)?;
     drop(edge);
     o.notes.push(format!(
-        "ingest server SIGKILLed for {outage:.1} s (the queue's clock advanced {:.1} h through {attempts} delivery attempts, {failed_n} logged as failed); {} batches of {} acknowledged by the edge",
+        "ingest server SIGKILLed for {outage:.1} s (the queue's clock advanced {:.1} h through {attempts} rounds of redelivery; the worker logged {failed_n} failed forwards); {} batches of {} acknowledged by the edge",
         fake.as_secs_f64() / 3600.0,
         acked.len() / shape.batch,
         shape.batch

@@ -142,6 +142,34 @@ fn fuzz_one(
     Ok(report)
 }
 
+impl Report {
+    /// The one outcome of every case, when there was only one: the inputs never got past the
+    /// first check, so the code behind it was not fuzzed at all.
+    pub fn stuck(&self) -> Option<&str> {
+        (self.cases >= 50 && self.outcomes.len() == 1)
+            .then(|| self.outcomes.keys().next().map(String::as_str))
+            .flatten()
+    }
+}
+
+/// What makes a fuzz run fail: panics, and targets whose cases all ended the same way.
+pub fn failures(reports: &[Report], seed: u64) -> Vec<String> {
+    let mut f = Vec::new();
+    let panics: u64 = reports.iter().map(|r| r.panics).sum();
+    if panics > 0 {
+        f.push(format!("{panics} fuzz case(s) panicked (seed {seed})"));
+    }
+    for r in reports {
+        if let Some(o) = r.stuck() {
+            f.push(format!(
+                "fuzz target {}: every case ended as {o:?}; its inputs never get further",
+                r.name
+            ));
+        }
+    }
+    f
+}
+
 /// Writes a failing input whole: `<pick>` on the first line, then the bytes.
 fn save(dir: &Path, name: &str, case: u64, input: &Input) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
@@ -198,9 +226,10 @@ pub fn run(root: &Path, per_target: Duration, seed: u64, only: &[String]) -> Res
     })?;
     let reports = std::mem::take(&mut *reports.lock().expect("reports"));
     println!(
-        "fuzz: {} cases over {} targets, {} panics",
+        "fuzz: {} cases over {} target{}, {} panics",
         group(reports.iter().map(|r| r.cases).sum()),
         reports.len(),
+        if reports.len() == 1 { "" } else { "s" },
         reports.iter().map(|r| r.panics).sum::<u64>()
     );
     Ok(reports)
@@ -229,6 +258,11 @@ pub fn line(r: &Report) -> String {
         r.secs,
         shown.join(", ")
     );
+    if let Some(o) = r.stuck() {
+        s.push_str(&format!(
+            "\n    STUCK: every case ended as {o:?}; the inputs never get further"
+        ));
+    }
     if let Some(f) = &r.first_panic {
         s.push_str(&format!(
             "\n    first panic: {}\n    input ({} bytes, pick {}): {}{}",
