@@ -22,7 +22,8 @@ usage: cargo xtask <command>
 
 commands:
   test [STAGE..]  install missing tools (pinned, cached outside the repo), then run fmt, clippy,
-                  every Rust test, the wasm builds and size budget, the browser and worker tests
+                  every Rust test, the wasm builds and size budget, the browser and worker tests,
+                  the short form of `chaos`, the end-to-end and SDK client tests
   demo [--traffic N]
                   run Waymark locally: ClickHouse (data under .waymark/), the ingest server,
                   the edge worker in workerd and a demo shop; N synthetic visitors on request
