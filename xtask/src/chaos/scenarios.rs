@@ -71,7 +71,8 @@ impl Ctx<'_> {
     /// A fresh database, spool and server (not started), and the load's shape.
     fn setup(&self, letter: char, spool_max: &str) -> Result<(String, Shape, Ingest, PathBuf)> {
         let db = self.ch.fresh_database().map_err(|e| anyhow!("{e}"))?;
-        let run = format!("{letter}{:08x}", rand::random::<u32>());
+        // Unique per run: the ids of an earlier run on the same ClickHouse never match.
+        let run = format!("{letter}{:08x}", super::clock_seed() as u32);
         let dir = self.workdir.join(letter.to_string());
         let spool = dir.join("spool");
         let port = free_port();
