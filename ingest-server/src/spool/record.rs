@@ -184,8 +184,8 @@ pub fn v1_plausible(h: &[u8]) -> bool {
     len <= MAX_PAYLOAD && V1_PLAUSIBLE_MS.contains(&ms)
 }
 
-/// Appends one v1 record, as earlier versions wrote them (tests build old spools with it).
-#[cfg(test)]
+/// Appends one v1 record, as earlier versions wrote them: tests and the fuzz stage
+/// (`cargo xtask fuzz`) build old spools with it; the server only reads this format.
 pub fn encode_v1(out: &mut Vec<u8>, appended_ms: u64, payload: &[u8]) {
     let mut h = crc32fast::Hasher::new();
     h.update(&appended_ms.to_le_bytes());

@@ -297,16 +297,7 @@ impl<S: Sink> Delivery<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::fake::{refused, state, FakeSink};
-
-    fn row(id: usize, event: &str) -> EventRow {
-        EventRow {
-            site: "s".into(),
-            message_id: format!("m{id}"),
-            event: event.into(),
-            ..EventRow::default()
-        }
-    }
+    use crate::store::fake::{refused, row, state, FakeSink};
 
     fn delivery(sink: Arc<FakeSink>) -> (Delivery<FakeSink>, watch::Sender<bool>) {
         let (tx, rx) = watch::channel(false);

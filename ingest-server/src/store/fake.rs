@@ -9,6 +9,16 @@ use futures::future::BoxFuture;
 use super::row::{EventRow, QuarantineRow};
 use super::{classify_code, ErrorClass, Sink, StoreError};
 
+/// A minimal row: site `s`, message id `m<id>`, the given event name.
+pub fn row(id: usize, event: &str) -> EventRow {
+    EventRow {
+        site: "s".into(),
+        message_id: format!("m{id}"),
+        event: event.into(),
+        ..EventRow::default()
+    }
+}
+
 /// An error as ClickHouse words it, classed by the production table.
 fn error(code: u32, text: &str) -> StoreError {
     let message = format!("Code: {code}. DB::Exception: {text}");

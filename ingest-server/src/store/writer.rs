@@ -253,17 +253,8 @@ async fn gather(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::fake::{refused, state, FakeSink};
+    use crate::store::fake::{refused, row, state, FakeSink};
     use std::time::Instant;
-
-    fn row(id: usize, event: &str) -> EventRow {
-        EventRow {
-            site: "s".into(),
-            message_id: format!("m{id}"),
-            event: event.into(),
-            ..EventRow::default()
-        }
-    }
 
     fn writer(
         sink: Arc<FakeSink>,

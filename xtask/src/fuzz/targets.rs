@@ -339,18 +339,6 @@ impl Target for BodyDecode {
     }
 }
 
-/// A v1 record, as earlier versions wrote them (`len | crc | appended_ms | payload`, the CRC
-/// over `appended_ms` and the payload; see `spool::record`).
-fn encode_v1(out: &mut Vec<u8>, appended_ms: u64, payload: &[u8]) {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&appended_ms.to_le_bytes());
-    h.update(payload);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&h.finalize().to_le_bytes());
-    out.extend_from_slice(&appended_ms.to_le_bytes());
-    out.extend_from_slice(payload);
-}
-
 /// Spool segments: 1 to 12 records of rows payloads, in the current format or the old one.
 fn segment_seeds(g: &mut Gen, now: i64, n: usize) -> Vec<Vec<u8>> {
     let payloads = rows_seeds(g, now, 12);
@@ -361,7 +349,7 @@ fn segment_seeds(g: &mut Gen, now: i64, n: usize) -> Vec<Vec<u8>> {
                 let p = g.pick(&payloads);
                 let at = now as u64 + g.below(10_000) as u64;
                 if i % 4 == 3 {
-                    encode_v1(&mut seg, at, p);
+                    waymark_ingest::spool::record::encode_v1(&mut seg, at, p);
                 } else {
                     record::encode(&mut seg, at, p);
                 }
