@@ -404,7 +404,7 @@ async fn same_answers(db: &Db, plain: &QueryState, indexed: &QueryState, ix: &Id
     let ids = ids_in(db);
     assert!(ids.len() >= 10, "fixtures: {ids:?}");
     for (site, id) in &ids {
-        let by_sql = waymark_ingest::query::profile::resolve(plain, site, id)
+        let by_sql = waymark_ingest::query::profile::resolve_in_clickhouse(plain, site, id)
             .await
             .unwrap();
         let by_index = ix.resolve(site, id).expect("the index is loaded");
@@ -461,10 +461,30 @@ VALUES ('shop', '{user}', '{anon}', {}, 'm-{user}-{anon}', 'identify')",
         None,
         "not read yet"
     );
+    // Before the index reads a link, a person known only through it is still found: the
+    // index's 404 is checked against ClickHouse.
+    other_server("yan", "y1", now);
+    db.insert(&[row("shop", "y1", "", "m-y1", "page", "", now)])
+        .await;
+    assert_eq!(ix.resolve("shop", "yan").unwrap().visitors, vec!["yan"]);
+    for uri in [
+        "/v1/profiles/yan?site=shop",
+        "/v1/profiles/yan/events?site=shop",
+    ] {
+        let a = get(&indexed, uri, BOTH_KEY).await;
+        assert_eq!(a.status, 200, "{uri}: {}", a.text);
+        assert!(a.text.contains("y1"), "{uri}: {}", a.text);
+    }
+    assert_eq!(
+        get(&indexed, "/v1/profiles/nobody-at-all?site=shop", BOTH_KEY)
+            .await
+            .status,
+        404
+    );
     assert_eq!(
         ix.refresh(&indexed).await.unwrap(),
-        1,
-        "only the new part is read"
+        2,
+        "only the new parts are read (two links)"
     );
     assert_eq!(
         ix.resolve("shop", "z1").unwrap().user_id.as_deref(),

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::profile::{check_id, resolve, visitor_filter};
+use super::profile::{check_id, for_person, visitor_filter, Identity};
 use super::sql::{hex, int, lit, unhex};
 use super::{time_or_null, QueryError, QueryState};
 
@@ -145,13 +145,31 @@ async fn history(st: &QueryState, site: &str, id: &str, p: &Params) -> Result<Va
             None => format!("HAVING ts < {}", int(b.ts)),
         });
     }
+    let (conds, cursor) = (&conds, cursor.as_deref());
+    for_person(st, site, id, |ident| {
+        Box::pin(async move { page(st, site, id, &ident, limit, conds, cursor, p).await })
+    })
+    .await
+}
+
+/// One page of the history of the person `ident`.
+#[allow(clippy::too_many_arguments)]
+async fn page(
+    st: &QueryState,
+    site: &str,
+    id: &str,
+    ident: &Identity,
+    limit: usize,
+    conds: &[String],
+    cursor: Option<&str>,
+    p: &Params,
+) -> Result<Value, QueryError> {
     let db = st.db();
-    let ident = resolve(st, site, id).await?;
-    let visitors = visitor_filter(site, &ident);
+    let visitors = visitor_filter(site, ident);
     let mut filter = visitors.clone();
     for c in conds {
         filter.push_str(" AND ");
-        filter.push_str(&c);
+        filter.push_str(c);
     }
     // Two steps in one statement: the page's keys from narrow columns, then the wide columns
     // for those rows only (a busy visitor's whole history is never read wide). The keys are

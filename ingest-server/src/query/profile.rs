@@ -17,6 +17,7 @@ use std::time::Instant;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -74,11 +75,51 @@ pub struct Identity {
     pub visitors: Vec<String>,
 }
 
-/// Resolves `id` (a user id or an anonymous id) on `site`.
-pub async fn resolve(st: &QueryState, site: &str, id: &str) -> Result<Identity, QueryError> {
-    if let Some(ident) = st.identities().and_then(|ix| ix.resolve(site, id)) {
-        return Ok(ident);
+/// Answers for the person `id` (a user id or an anonymous id) names on `site`: resolves the id
+/// (the in-memory index when it is loaded, else ClickHouse), then runs `answer`.
+///
+/// A link written by another ingest server, or loaded into ClickHouse directly, reaches the
+/// index at its next refresh (`query.identity_refresh`). Until then the index takes a user id
+/// for a visitor on its own, and a user whose events all carry anonymous ids would get a 404.
+/// So a `NotFound` answered for an identity from the index is checked against the ClickHouse
+/// lookup, and answered again when that finds more: an existing person never gets a 404 from
+/// a stale index. Only ids with nothing stored pay the second lookup.
+pub async fn for_person<'a, T>(
+    st: &'a QueryState,
+    site: &'a str,
+    id: &'a str,
+    answer: impl Fn(Identity) -> BoxFuture<'a, Result<T, QueryError>>,
+) -> Result<T, QueryError> {
+    let Some(indexed) = st.identities().and_then(|ix| ix.resolve(site, id)) else {
+        return answer(resolve_in_clickhouse(st, site, id).await?).await;
+    };
+    match answer(indexed.clone()).await {
+        Err(QueryError::NotFound(why)) => {
+            let looked_up = resolve_in_clickhouse(st, site, id).await?;
+            if looked_up
+                .visitors
+                .iter()
+                .all(|v| indexed.visitors.contains(v))
+            {
+                return Err(QueryError::NotFound(why));
+            }
+            tracing::debug!(
+                site,
+                id,
+                "the identity index had not seen this person's links yet"
+            );
+            answer(looked_up).await
+        }
+        other => other,
     }
+}
+
+/// Resolves `id` with the ClickHouse lookup (what the identity index stands in for).
+pub async fn resolve_in_clickhouse(
+    st: &QueryState,
+    site: &str,
+    id: &str,
+) -> Result<Identity, QueryError> {
     let db = st.db();
     let (s, x) = (lit(site), lit(id));
     // The scalar subquery turns an anonymous id into its latest user (or leaves the id as is);
@@ -291,10 +332,21 @@ FROM (
 
 /// Builds the profile JSON, or `NotFound`.
 pub async fn profile(st: &QueryState, site: &str, id: &str) -> Result<Value, QueryError> {
-    let ident = resolve(st, site, id).await?;
+    for_person(st, site, id, |ident| {
+        Box::pin(async move { profile_of(st, site, id, &ident).await })
+    })
+    .await
+}
+
+async fn profile_of(
+    st: &QueryState,
+    site: &str,
+    id: &str,
+    ident: &Identity,
+) -> Result<Value, QueryError> {
     let now = now_ms();
     let db = st.db();
-    let filter = visitor_filter(site, &ident);
+    let filter = visitor_filter(site, ident);
 
     let visitor_sql = format!(
         "SELECT count() AS n, minMerge(first_seen) AS first_seen, maxMerge(last_seen) AS last_seen,

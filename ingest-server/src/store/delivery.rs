@@ -443,7 +443,7 @@ mod tests {
         // 40 rows over 20 months.
         let rows: Vec<EventRow> = (0..40)
             .map(|i| EventRow {
-                client_time: 1_700_000_000 + (i as u32 % 20) * 31 * 86_400,
+                timestamp: 1_700_000_000 + (i as u32 % 20) * 31 * 86_400,
                 ..row(i, "ok")
             })
             .collect();

@@ -53,7 +53,8 @@ struct State {
     /// A batch holding a row with this event is refused with this error.
     refuse: Vec<(String, StoreError)>,
     fail_probes: bool,
-    /// A batch over more than this many months of `client_time` is refused (code 252).
+    /// A batch over more than this many months of `timestamp` (the partition key) is refused
+    /// (code 252).
     max_partitions: Option<usize>,
     fail_quarantine: u32,
     quarantine_error: Option<StoreError>,
@@ -134,7 +135,7 @@ impl Sink for FakeSink {
                 }
                 if let Some(max) = s.max_partitions {
                     let months: HashSet<u32> =
-                        rows.iter().map(|r| r.client_time / (31 * 86_400)).collect();
+                        rows.iter().map(|r| r.timestamp / (31 * 86_400)).collect();
                     if months.len() > max {
                         return Err(error(
                             252,

@@ -5,6 +5,7 @@
 pub mod delivery;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod repartition;
 pub mod replay;
 pub mod row;
 pub mod schema;
@@ -301,7 +302,7 @@ pub async fn migrate(
 ) -> Result<Vec<u32>, StoreError> {
     use std::sync::atomic::Ordering;
     let _one_at_a_time = status.lock.lock().await;
-    let result = apply(client, db, status).await;
+    let result = apply(client, db, status, u32::MAX).await;
     status.applying.store(0, Ordering::Relaxed);
     let mut last = status.last_error.lock().expect("schema status");
     match &result {
@@ -314,10 +315,21 @@ pub async fn migrate(
     result
 }
 
+/// Applies the migrations up to `version` only, leaving the schema status as it was: a database
+/// as an older release left it, for the tests of later migrations.
+pub async fn migrate_up_to(
+    client: &clickhouse::Client,
+    db: &str,
+    version: u32,
+) -> Result<Vec<u32>, StoreError> {
+    apply(client, db, &SchemaStatus::default(), version).await
+}
+
 async fn apply(
     client: &clickhouse::Client,
     db: &str,
     status: &SchemaStatus,
+    up_to: u32,
 ) -> Result<Vec<u32>, StoreError> {
     let run =
         |sql: String| async move { client.query(&sql).execute().await.map_err(|e| classify(&e)) };
@@ -330,7 +342,7 @@ async fn apply(
         .map_err(|e| classify(&e))?;
     let mut newly = Vec::new();
     for m in schema::MIGRATIONS {
-        if applied.contains(&m.version) {
+        if applied.contains(&m.version) || m.version > up_to {
             continue;
         }
         status
@@ -345,6 +357,10 @@ async fn apply(
         let started = std::time::Instant::now();
         for stmt in m.statements {
             run(schema::render(stmt, db)).await?;
+        }
+        match m.code {
+            Some(schema::Code::RepartitionEvents) => repartition::run(client, db).await?,
+            None => {}
         }
         run(format!(
             "INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES ({}, '{}', now())",

@@ -7,13 +7,22 @@
 //!
 //! # Duplicates and exact queries
 //!
-//! An event can reach ClickHouse twice: a client retries after a lost response (a new receive
-//! time, so a different skew-corrected `timestamp`), or the server replays its spool after a crash
-//! between a confirmed insert and the checkpoint (an identical row). The events table is a
-//! `ReplacingMergeTree` whose sorting key is `(site, visitor_id, message_id)` and whose partition
-//! comes from `client_time`, the time as the client sent it, so both kinds of duplicate have the
-//! same key in the same partition and collapse when parts merge. The corrected time is a plain
-//! column, never part of the key.
+//! An event can reach ClickHouse twice: a client retries after a lost response, or the server
+//! replays its spool after a crash between a confirmed insert and the checkpoint (an identical
+//! row). The events table is a `ReplacingMergeTree` whose sorting key is
+//! `(site, visitor_id, message_id)`, so duplicates in one partition collapse when parts merge.
+//!
+//! Since migration 110 the partition is the month of the skew-corrected `timestamp`
+//! ([`EVENTS_PARTITION`]), which the server bounds to the year before receipt: the client's
+//! clock can neither spread one batch over a hundred partitions (current releases refuse an
+//! insert touching more than 100) nor wrap a date. A replayed row is identical, so it lands in
+//! the same partition. A client retry carries the same `originalTimestamp` and a new `sentAt`,
+//! so its corrected time moves only by the difference in network delay: it can land in the next
+//! month's partition only when the event happened within that delay of midnight on the 1st
+//! (UTC), and then it stays a second row until read with `FINAL` (which collapses across
+//! partitions) or counted by message id, as below. Migrations 1 to 109 partitioned by
+//! `client_time`, the clock as the client sent it; that column stays, clamped to what a
+//! `DateTime` can show (`enrich::datetime`).
 //!
 //! Until a merge happens, duplicates are visible. Queries that must be exact either read
 //! `FROM events FINAL` (collapses at read time; fine for one visitor's rows) or count
@@ -26,6 +35,16 @@ pub struct Migration {
     pub version: u32,
     pub name: &'static str,
     pub statements: &'static [&'static str],
+    /// Work that plain statements cannot do safely (steps that depend on what an interrupted
+    /// earlier attempt left), run after `statements`.
+    pub code: Option<Code>,
+}
+
+/// A migration written as code (`crate::store::repartition`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Migration 110: `events` partitioned by the corrected `timestamp`.
+    RepartitionEvents,
 }
 
 /// The bookkeeping table itself (created before anything else).
@@ -35,12 +54,9 @@ pub const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {db}.schema_migra
     applied_at DateTime
 ) ENGINE = MergeTree ORDER BY version";
 
-/// All migrations, oldest first. Never edit one that has shipped: add a new one.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "events",
-        statements: &["CREATE TABLE IF NOT EXISTS {db}.events (
+/// Migration 1's `events`, partitioned by the client's clock (`client_time`). Migration 110
+/// moves it to [`EVENTS_PARTITION`]; the columns stay these.
+pub const EVENTS_V1: &str = "CREATE TABLE IF NOT EXISTS {db}.events (
     site String,
     -- anonymous id, else user id: the key for per-visitor recency lookups
     visitor_id String,
@@ -113,7 +129,22 @@ pub const MIGRATIONS: &[Migration] = &[
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(client_time)
 ORDER BY (site, visitor_id, message_id)
-SETTINGS index_granularity = 8192"],
+SETTINGS index_granularity = 8192";
+
+/// `events`' partition since migration 110: the month of the skew-corrected `timestamp`, which
+/// the server bounds to the year before receipt (`protocol::skew`), so one batch spans at most
+/// 13 months and a client's clock can neither create partitions nor wrap a date.
+pub const EVENTS_PARTITION: &str = "PARTITION BY toYYYYMM(timestamp)";
+/// The partition it replaced.
+pub const EVENTS_V1_PARTITION: &str = "PARTITION BY toYYYYMM(client_time)";
+
+/// All migrations, oldest first. Never edit one that has shipped: add a new one.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        statements: &[EVENTS_V1],
+        code: None,
     },
     Migration {
         version: 2,
@@ -129,6 +160,7 @@ SETTINGS index_granularity = 8192"],
     source_type String
 ) ENGINE = ReplacingMergeTree
 ORDER BY (site, user_id, anonymous_id)"],
+        code: None,
     },
     Migration {
         version: 3,
@@ -144,6 +176,7 @@ ORDER BY (site, user_id, anonymous_id)"],
 ) ENGINE = MergeTree
 PARTITION BY toYYYYMM(quarantined_at)
 ORDER BY (quarantined_at, site)"],
+        code: None,
     },
     Migration {
         version: 4,
@@ -158,57 +191,76 @@ ORDER BY (quarantined_at, site)"],
     replayed_at DateTime
 ) ENGINE = ReplacingMergeTree
 ORDER BY (site, message_id, quarantined_at)"],
+        code: None,
     },
     // 100..: the query API's pre-aggregated state (SQL and design in `crate::query::schema`).
     Migration {
         version: 100,
         name: "query_visitor_state",
         statements: crate::query::schema::VISITOR,
+        code: None,
     },
     Migration {
         version: 101,
         name: "query_visitor_daily",
         statements: crate::query::schema::DAILY,
+        code: None,
     },
     Migration {
         version: 102,
         name: "query_products",
         statements: crate::query::schema::PRODUCTS,
+        code: None,
     },
     Migration {
         version: 103,
         name: "query_orders",
         statements: crate::query::schema::ORDERS,
+        code: None,
     },
     Migration {
         version: 104,
         name: "query_events_by_name",
         statements: crate::query::schema::BY_NAME,
+        code: None,
     },
     Migration {
         version: 105,
         name: "query_ident_by_anon",
         statements: crate::query::schema::IDENT_BY_ANON,
+        code: None,
     },
     Migration {
         version: 106,
         name: "query_history",
         statements: crate::query::schema::HISTORY,
+        code: None,
     },
     Migration {
         version: 107,
         name: "query_visitor_days",
         statements: crate::query::schema::DAYS,
+        code: None,
     },
     Migration {
         version: 108,
         name: "query_visitor_products",
         statements: crate::query::schema::VISITOR_PRODUCTS,
+        code: None,
     },
     Migration {
         version: 109,
         name: "query_user_visitors",
         statements: crate::query::schema::USER_VISITORS,
+        code: None,
+    },
+    Migration {
+        version: crate::store::repartition::VERSION,
+        name: "events_by_event_time",
+        // Last, so it runs after every view on `events` exists: those views are dropped and
+        // created again around the swap (`crate::store::repartition`).
+        statements: &[],
+        code: Some(Code::RepartitionEvents),
     },
 ];
 
