@@ -24,7 +24,7 @@
 //! created again (their block numbers start over, so new parts look read). Above `identity_max_links` links the index turns itself off
 //! (logged) and resolution goes back to SQL, so memory stays bounded (about 200 bytes a link).
 //!
-//! # Resolution (the same as the SQL lookup in `profile::resolve`)
+//! # Resolution (the same as the SQL lookup in `profile::resolve_in_clickhouse`)
 //!
 //! An anonymous id resolves to the user of its latest link (by `linked_at`; on a tie the greater
 //! user id); any other id is taken as a user id. A user with links is every anonymous id ever
