@@ -10,6 +10,7 @@
 //! - [`names`] and [`auto`]: the reserved `$`-prefixed events the tag sends and their properties.
 //! - [`intake`]: the paths Segment-family clients send to, and where they put the write key.
 //! - [`edge`]: what the edge worker adds (geo, client) and how it signs what it forwards.
+//! - [`email`]: the signed tokens of tracked email links and open pixels.
 //!
 //! No I/O here; everything builds for `wasm32-unknown-unknown` as well as natively. Features:
 //! `validate` (default) brings parsing, validation and signing; `std` the types, time and
@@ -21,6 +22,8 @@
 pub mod auto;
 #[cfg(feature = "std")]
 pub mod edge;
+#[cfg(feature = "validate")]
+pub mod email;
 #[cfg(feature = "std")]
 pub mod event;
 #[cfg(feature = "validate")]
