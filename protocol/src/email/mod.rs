@@ -1,4 +1,5 @@
-//! Email engagement: the signed tokens in tracked links and open pixels ([`token`]).
+//! Email engagement: the signed tokens in tracked links and open pixels ([`token`]), and who
+//! fetched a pixel or followed a link: a person, a proxy or a security scanner ([`classify`]).
 //!
 //! A tracked link is `{prefix}/e/c/{token}` and a pixel `{prefix}/e/o/{token}.gif` on the
 //! site's own domain ([`click_path`], [`pixel_path`]). The token carries everything the
@@ -6,8 +7,10 @@
 //! so answering needs no database look-up, and the target is signed, so the redirect cannot be
 //! pointed anywhere else.
 
+pub mod classify;
 pub mod token;
 
+pub use classify::{classify_click, classify_open, ClickClass, Hit, OpenClass, Verdict};
 pub use token::{sign, verify, Claims, Kind, SigningKey, TokenError};
 
 /// The path of the open pixel for `token`, below the site's prefix.
