@@ -63,15 +63,23 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 10_000_000)]
     events: u64,
     /// Visitors the history is spread over (at least 1).
-    #[arg(long, value_name = "V", default_value_t = 100_000)]
+    #[arg(long, value_name = "V", default_value_t = 100_000, value_parser = at_least_one)]
     visitors: usize,
     /// Sampled visitors whose profile and event history are timed (at least 1).
-    #[arg(long, value_name = "S", default_value_t = 1_000)]
+    #[arg(long, value_name = "S", default_value_t = 1_000, value_parser = at_least_one)]
     samples: usize,
     /// Keep ClickHouse's data in DIR and reuse it on the next run with the same --events,
     /// --visitors and generator.
     #[arg(long, value_name = "DIR")]
     keep: Option<std::path::PathBuf>,
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// splitmix64: a small deterministic generator (the same data every run).
@@ -636,8 +644,12 @@ fn now_ms() -> i64 {
 }
 
 pub fn run(root: &Path, o: &Args) -> Result<()> {
-    if o.visitors == 0 || o.events < o.visitors as u64 || o.samples == 0 {
-        bail!("need at least one event per visitor and one sample");
+    if o.events < o.visitors as u64 {
+        bail!(
+            "--events {} is fewer than --visitors {}: need at least one event per visitor",
+            o.events,
+            o.visitors
+        );
     }
     let binary = crate::server::build_release(root)?;
 

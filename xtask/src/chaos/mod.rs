@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long)]
     short: bool,
     /// Only these scenarios, e.g. `--scenarios a,e` (letters a to f).
-    #[arg(long, value_delimiter = ',', value_name = "LETTERS")]
+    #[arg(long, value_delimiter = ',', value_name = "LETTERS", value_parser = scenario)]
     scenarios: Vec<char>,
     /// Skip the fuzz stage.
     #[arg(long)]
@@ -71,6 +71,14 @@ pub struct Args {
     /// Run the release build of the ingest server (built first) instead of the debug one.
     #[arg(long)]
     release: bool,
+}
+
+/// A value of `--scenarios`: one of the letters of [`TITLES`].
+fn scenario(s: &str) -> Result<char, String> {
+    match s.parse::<char>() {
+        Ok(l) if TITLES.iter().any(|(t, _)| *t == l) => Ok(l),
+        _ => Err("no such scenario; they are a to f".into()),
+    }
 }
 
 /// `cargo xtask chaos [...]`.
@@ -111,11 +119,6 @@ fn chaos(root: &Path, tools: Option<&Tools>, args: &Args) -> Result<()> {
     let letters: Vec<char> = if args.scenarios.is_empty() {
         TITLES.iter().map(|(l, _)| *l).collect()
     } else {
-        for l in &args.scenarios {
-            if !TITLES.iter().any(|(t, _)| t == l) {
-                bail!("no scenario {l:?}; they are a to f");
-            }
-        }
         args.scenarios.clone()
     };
     let form = if args.short { "short" } else { "full" };
