@@ -19,9 +19,10 @@
 //! 4. `process`: running a command, `cargo`, the repository's paths. It imports nothing of
 //!    xtask.
 //!
-//! Inside a folder the same holds: `mod.rs` uses its children, a child uses only its siblings
-//! below it (`chaos/`: scenarios -> count -> stack -> load, and `plan`; `fuzz/`: targets ->
-//! gen), never `super`'s own items.
+//! Inside a folder the same holds: `mod.rs` uses its children, and a child uses only siblings
+//! below it, never an item of `mod.rs` (`chaos/`: `scenarios` -> `count` -> `stack` -> `load`,
+//! with `edge` and `plan` below `scenarios`; `fuzz/`: `targets` -> `gen`; `bench/`: each
+//! benchmark on its own).
 
 mod bench;
 mod chaos;
