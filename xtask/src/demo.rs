@@ -6,7 +6,7 @@
 //! the ingest server through a queue. Prints the URLs, a read key and curl commands; Ctrl-C
 //! stops everything. `--traffic N` also sends N synthetic visitors through the shop.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
@@ -15,8 +15,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use waymark_testkit::process::{self, Proc};
 use waymark_testkit::ClickHouse;
-
-use crate::stage::cargo;
 
 /// Fixed ports so the printed URLs stay the same from run to run. Each can be overridden with
 /// the environment variable named beside it.
@@ -31,25 +29,26 @@ const PORTS: [(&str, u16); 4] = [
 pub const SITE: &str = "demo";
 pub const WRITE_KEY: &str = "wk_demo";
 
-struct Options {
+/// Run Waymark locally, on 127.0.0.1; Ctrl-C stops everything.
+///
+/// ClickHouse (data under .waymark/, kept between runs), the ingest server, the edge worker in
+/// workerd and a demo shop; N synthetic visitors on request. Prints the URLs, a read key and
+/// curl commands.
+#[derive(clap::Args, Debug)]
+#[command(after_help = port_list())]
+pub struct Args {
+    /// Also send N synthetic visitors through the shop (page views, products, carts, orders,
+    /// logins).
+    #[arg(long, value_name = "N", default_value_t = 0)]
     traffic: usize,
 }
 
-fn parse_args(args: &[String]) -> Result<Options> {
-    let mut o = Options { traffic: 0 };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--traffic" => {
-                let n = it.next().context("--traffic needs a number of visitors")?;
-                o.traffic = n
-                    .parse()
-                    .with_context(|| format!("--traffic {n:?}: not a number of visitors"))?;
-            }
-            other => bail!("`cargo xtask demo` does not know {other:?}; it takes [--traffic N]"),
-        }
+fn port_list() -> String {
+    let mut s = "Environment (the ports, all on 127.0.0.1):".to_string();
+    for (var, default) in PORTS {
+        s.push_str(&format!("\n  {var:<34} [default: {default}]"));
     }
-    Ok(o)
+    s
 }
 
 fn port(var: &str, default: u16) -> Result<u16> {
@@ -97,8 +96,7 @@ fn persistent_token(file: &Path, prefix: &str) -> Result<String> {
     Ok(token)
 }
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let opts = parse_args(args)?;
+pub fn run(root: &Path, opts: &Args) -> Result<()> {
     let mut ports = Vec::new();
     for (var, default) in PORTS {
         let p = port(var, default)?;
@@ -117,7 +115,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     println!("==> building the tag, the edge worker and the ingest server");
     crate::tag::build(root, &tools)?;
     crate::edge::build(root, &tools)?;
-    crate::stage::run(cargo().args(["build", "-p", "waymark-ingest", "--bin", "ingest-server"]))?;
+    let ingest_server = crate::server::build_debug(root)?;
 
     let state = root.join(".waymark");
     std::fs::create_dir_all(&state)?;
@@ -137,7 +135,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         &config,
         ingest_config(ingest_port, ch_http, &state, &secret, &read_key, shop_port),
     )?;
-    let mut cmd = Command::new(crate::tools::target_dir(root).join("debug/ingest-server"));
+    let mut cmd = Command::new(&ingest_server);
     cmd.arg("--config").arg(&config).current_dir(root);
     let ingest = spawn_until(
         "ingest server",
@@ -262,9 +260,4 @@ sites = ["{SITE}"]
 "#,
         spool = spool.display()
     )
-}
-
-/// Flushes stdout (progress lines are written without newlines).
-pub fn flush() {
-    let _ = std::io::stdout().flush();
 }

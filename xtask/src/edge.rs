@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::stage::{cargo, run};
+use crate::process::{cargo, run};
 use crate::tools::Tools;
 
 /// The Cargo profile of the deployed wasm (root Cargo.toml; shared with the tag).
@@ -118,7 +118,7 @@ impl EdgeBuild {
 pub fn test(root: &Path, tools: &Tools) -> Result<()> {
     let dir = root.join("edge-worker");
     run(cargo().args(["build", "-p", "waymark-ingest", "--bin", "ingest-server"]))?;
-    let ingest = crate::tools::target_dir(root).join("debug/ingest-server");
+    let ingest = crate::process::target_dir(root).join("debug/ingest-server");
     let mut files: Vec<String> = std::fs::read_dir(dir.join("test"))
         .context("reading edge-worker/test")?
         .flatten()

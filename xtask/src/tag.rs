@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::stage::{cargo, run};
+use crate::process::{cargo, run};
 use crate::tools::Tools;
 
 /// The wasm plus every byte of JS it needs, gzipped: the budget ("Size and cost").
@@ -44,7 +44,7 @@ pub fn build(root: &Path, tools: &Tools) -> Result<TagArtifacts> {
         "--profile",
         "tag-release",
     ]))?;
-    let built = crate::tools::target_dir(root)
+    let built = crate::process::target_dir(root)
         .join("wasm32-unknown-unknown/tag-release/waymark_collector.wasm");
     let dist = root.join("js/dist");
     let pkg = dist.join("pkg");

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::stage::run;
+use crate::process::{cargo, run};
 
 /// Must equal the `wasm-bindgen = "=..."` pin in the root Cargo.toml.
 pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
@@ -45,29 +45,6 @@ pub struct Tools {
     pub node: PathBuf,
     /// The python of a virtualenv holding `tests/clients/requirements.txt` (RudderStack's SDK).
     pub python_clients: PathBuf,
-}
-
-pub fn repo_root() -> Result<PathBuf> {
-    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    Ok(here
-        .parent()
-        .context("xtask has no parent directory")?
-        .to_path_buf())
-}
-
-/// Cargo's target directory: `CARGO_TARGET_DIR` if set, else `<root>/target`.
-pub fn target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => {
-            let d = PathBuf::from(d);
-            if d.is_absolute() {
-                d
-            } else {
-                root.join(d)
-            }
-        }
-        None => root.join("target"),
-    }
 }
 
 pub fn cache_dir() -> Result<PathBuf> {
@@ -206,7 +183,7 @@ fn ensure_cargo_tool(
     step(
         &format!("{krate} {version} (compiles from crates.io; a few minutes, once)"),
         || {
-            let mut c = crate::stage::cargo();
+            let mut c = cargo();
             c.args(["install", krate, "--version", version, "--root"])
                 .arg(&root);
             if locked {

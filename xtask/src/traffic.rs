@@ -2,11 +2,10 @@
 //! the tag would report it (page views, product views with engaged time, clicks, some carts,
 //! some orders, some logins), sent as tag batches through the edge worker's first-party intake.
 
+use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-
-use crate::demo::flush;
 
 /// A small deterministic generator (xorshift64*), seeded from the clock.
 struct Rng(u64);
@@ -224,4 +223,9 @@ pub fn drive(shop: &str, write_key: &str, n: usize) -> Result<()> {
     }
     println!();
     Ok(())
+}
+
+/// Flushes stdout (the progress line is written without a newline).
+fn flush() {
+    let _ = std::io::stdout().flush();
 }

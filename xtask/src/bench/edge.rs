@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::stage::{cargo, run};
+use crate::process::{cargo, run};
 
 pub fn run_bench(root: &Path) -> Result<()> {
     run(cargo()

@@ -27,47 +27,31 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _, Result};
 use waymark_testkit::ClickHouse;
 
-struct Opts {
+/// Ingest throughput, ack latency and peak RSS of the release server.
+///
+/// Measures and prints (asserts nothing): events/s until every event is visible in ClickHouse,
+/// ack latency and freshness; ack latency at a paced rate; the server's peak RSS; a raw
+/// `clickhouse-client` insert of the same rows, with and without the materialized views.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Events sent in the throughput run (step 1).
+    #[arg(long, value_name = "N", default_value_t = 300_000)]
     events: usize,
+    /// Concurrent clients in the throughput run (at least 1).
+    #[arg(long, value_name = "C", default_value_t = 8)]
     clients: usize,
+    /// Events per batch in the throughput run (clamped to 1..=500).
+    #[arg(long, value_name = "B", default_value_t = 100)]
     batch: usize,
+    /// Requests per second of 20 events in the paced run (step 2; at least 1).
+    #[arg(long, value_name = "R", default_value_t = 2_000)]
     rate: usize,
+    /// Seconds the paced run lasts; 0 skips it.
+    #[arg(long, value_name = "S", default_value_t = 10)]
     paced_secs: u64,
+    /// Run this server binary instead of building the release one (to compare two builds).
+    #[arg(long, value_name = "PATH")]
     server: Option<std::path::PathBuf>,
-}
-
-fn parse(args: &[String]) -> Result<Opts> {
-    let mut o = Opts {
-        events: 300_000,
-        clients: 8,
-        batch: 100,
-        rate: 2_000,
-        paced_secs: 10,
-        server: None,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || -> Result<usize> {
-            it.next()
-                .with_context(|| format!("{a} needs a value"))?
-                .parse()
-                .with_context(|| format!("{a} needs a number"))
-        };
-        match a.as_str() {
-            "--events" => o.events = val()?,
-            "--clients" => o.clients = val()?.max(1),
-            "--batch" => o.batch = val()?.clamp(1, 500),
-            "--rate" => o.rate = val()?.max(1),
-            "--paced-secs" => o.paced_secs = val()? as u64,
-            "--server" => {
-                o.server = Some(it.next().context("--server needs a path")?.into());
-            }
-            other => bail!(
-                "unknown option {other:?} (--events, --clients, --batch, --rate, --paced-secs, --server)"
-            ),
-        }
-    }
-    Ok(o)
 }
 
 fn now_ms() -> i64 {
@@ -215,14 +199,20 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let o = parse(args)?;
+pub fn run(root: &Path, args: &Args) -> Result<()> {
+    let o = Args {
+        clients: args.clients.max(1),
+        batch: args.batch.clamp(1, 500),
+        rate: args.rate.max(1),
+        server: args.server.clone(),
+        ..*args
+    };
     let binary = match &o.server {
         Some(path) => {
             println!("using the given server binary {}", path.display());
             path.clone()
         }
-        None => super::build_release_server(root)?,
+        None => crate::server::build_release(root)?,
     };
 
     println!("starting a private ClickHouse...");
@@ -247,7 +237,7 @@ write_keys = ["wk_bench"]
             dir.join("spool").display()
         ),
     )?;
-    let (server, addr) = super::start_server(&binary, &config, &dir.join("server.log"))?;
+    let (server, addr) = crate::server::start(&binary, &config, &dir.join("server.log"))?;
     let pid = server.id();
     let url = format!("http://{addr}/v1/batch");
     // Warm up: schema applied, connections open.

@@ -52,37 +52,34 @@ const CART_AUDIENCE: &str = r#"{"conditions": [
   {"type": "geo", "field": "country", "op": "eq", "value": "DE"},
   {"type": "last_seen_within", "within": "7d"}], "limit": 100}"#;
 
-struct Opts {
+/// The query API's latency over synthetic history (p50 / p99).
+///
+/// Loads skewed synthetic history into a private ClickHouse through the release server's
+/// schema, then times profiles, event histories and the cart-abandonment audience over HTTP.
+/// Measures and prints; asserts nothing.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Events of synthetic history (at least one per visitor).
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
     events: u64,
+    /// Visitors the history is spread over (at least 1).
+    #[arg(long, value_name = "V", default_value_t = 100_000, value_parser = at_least_one)]
     visitors: usize,
+    /// Sampled visitors whose profile and event history are timed (at least 1).
+    #[arg(long, value_name = "S", default_value_t = 1_000, value_parser = at_least_one)]
     samples: usize,
+    /// Keep ClickHouse's data in DIR and reuse it on the next run with the same --events,
+    /// --visitors and generator.
+    #[arg(long, value_name = "DIR")]
     keep: Option<std::path::PathBuf>,
 }
 
-fn parse(args: &[String]) -> Result<Opts> {
-    let mut o = Opts {
-        events: 10_000_000,
-        visitors: 100_000,
-        samples: 1_000,
-        keep: None,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--events" => o.events = val()?.parse().context("--events")?,
-            "--visitors" => o.visitors = val()?.parse().context("--visitors")?,
-            "--samples" => o.samples = val()?.parse().context("--samples")?,
-            "--keep" => o.keep = Some(val()?.into()),
-            other => bail!(
-                "unknown option {other:?} (use --events N, --visitors V, --samples S, --keep DIR)"
-            ),
-        }
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
-    if o.visitors == 0 || o.events < o.visitors as u64 || o.samples == 0 {
-        bail!("need at least one event per visitor and one sample");
-    }
-    Ok(o)
 }
 
 /// splitmix64: a small deterministic generator (the same data every run).
@@ -450,7 +447,7 @@ fn count(ch: &ClickHouse, sql: &str) -> u64 {
 
 /// The visitors (ids, country, device) and how many events each has; the generator is
 /// returned too, so the history that follows is the same on every run.
-fn population(o: &Opts) -> (Rng, Vec<Visitor>, Vec<u64>) {
+fn population(o: &Args) -> (Rng, Vec<Visitor>, Vec<u64>) {
     let mut rng = Rng(0x5EED);
     let n = activity(o.events, o.visitors);
     let country_cdf: Vec<f64> = COUNTRIES
@@ -490,7 +487,7 @@ fn population(o: &Opts) -> (Rng, Vec<Visitor>, Vec<u64>) {
 fn load(
     ch: &ClickHouse,
     db: &str,
-    o: &Opts,
+    o: &Args,
     now: i64,
     (mut rng, visitors, n): (Rng, Vec<Visitor>, Vec<u64>),
 ) -> Result<(Vec<Visitor>, Vec<u64>)> {
@@ -646,9 +643,15 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let o = parse(args)?;
-    let binary = super::build_release_server(root)?;
+pub fn run(root: &Path, o: &Args) -> Result<()> {
+    if o.events < o.visitors as u64 {
+        bail!(
+            "--events {} is fewer than --visitors {}: need at least one event per visitor",
+            o.events,
+            o.visitors
+        );
+    }
+    let binary = crate::server::build_release(root)?;
 
     println!("starting a private ClickHouse...");
     let ch = match &o.keep {
@@ -706,7 +709,7 @@ sites = ["{SITE}"]
             dir.join("spool").display()
         ),
     )?;
-    let (server, addr) = super::start_server(&binary, &config, &dir.join("server.log"))?;
+    let (server, addr) = crate::server::start(&binary, &config, &dir.join("server.log"))?;
     // Wait for the server's migrations (tables and materialized views; on kept data a new
     // query table backfills from `events`, which takes a while).
     let started = Instant::now();
@@ -746,7 +749,7 @@ sites = ["{SITE}"]
             o.visitors,
             (now_ms() - now) as f64 / 3.6e6
         );
-        let (_, visitors, n) = population(&o);
+        let (_, visitors, n) = population(o);
         (visitors, n)
     } else {
         let now = now_ms();
@@ -754,7 +757,7 @@ sites = ["{SITE}"]
             "generating and loading {} events for {} visitors...",
             o.events, o.visitors
         );
-        let loaded = load(&ch, &db, &o, now, population(&o))?;
+        let loaded = load(&ch, &db, o, now, population(o))?;
         if o.keep.is_some() {
             for sql in [
                 "CREATE TABLE bench.bench_meta (events UInt64, visitors UInt64, now_ms Int64, generator UInt32) ENGINE = TinyLog".to_string(),

@@ -15,6 +15,7 @@
 mod count;
 mod edge;
 mod load;
+mod plan;
 mod scenarios;
 mod stack;
 
@@ -27,6 +28,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::fuzz::{self, group};
 use crate::tools::{self, Tools};
+use plan::Plan;
 use scenarios::{Ctx, Outcome, TITLES};
 
 /// Break the Waymark stack on purpose under load and count what survived; then fuzz the parsers.
@@ -43,7 +45,7 @@ pub struct Args {
     #[arg(long)]
     short: bool,
     /// Only these scenarios, e.g. `--scenarios a,e` (letters a to f).
-    #[arg(long, value_delimiter = ',', value_name = "LETTERS")]
+    #[arg(long, value_delimiter = ',', value_name = "LETTERS", value_parser = scenario)]
     scenarios: Vec<char>,
     /// Skip the fuzz stage.
     #[arg(long)]
@@ -71,120 +73,22 @@ pub struct Args {
     release: bool,
 }
 
-/// `cargo xtask fuzz`: only the fuzz stage.
-#[derive(Parser, Debug)]
-#[command(name = "cargo xtask fuzz")]
-pub struct FuzzArgs {
-    /// Only targets whose names contain one of these (e.g. `spool`, `edge`).
-    targets: Vec<String>,
-    /// Seconds per target.
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
-    secs: f64,
-    /// The generator's seed [default: from the clock].
-    #[arg(long)]
-    seed: Option<u64>,
-}
-
-/// Durations and sizes of one form.
-pub struct Plan {
-    pub rate: u32,
-    /// (a): how long the load runs, and when the two kills come.
-    pub a_load: Duration,
-    pub a_kills: [Duration; 2],
-    /// (b), (c): load before the outage, the outage, load after it. (d): the outage too (at
-    /// least; until the spool has refused appends).
-    pub outage_before: Duration,
-    pub outage: Duration,
-    pub outage_after: Duration,
-    /// (d): the load after ClickHouse is back (clients wait out Retry-After first).
-    pub d_after: Duration,
-    /// (e): the spool's cap, and how much it must hold before the kill.
-    pub e_spool_max: &'static str,
-    pub e_fill_bytes: u64,
-    /// (f): batches sent through the edge during the outage, how long the outage lasts on the
-    /// queue's clock and at least in real time.
-    pub f_batches: u64,
-    pub f_fake_outage: Duration,
-    pub f_real_outage: Duration,
-    /// How long a client retrying a batch when the load stops may go on.
-    pub grace: Duration,
-    /// The same in (d), where each retry waits Retry-After.
-    pub grace_overloaded: Duration,
-    /// How long to wait for the spool to drain after the load.
-    pub drain_timeout: Duration,
-}
-
-impl Plan {
-    fn full() -> Plan {
-        let s = Duration::from_secs;
-        Plan {
-            rate: 100,
-            a_load: s(60),
-            a_kills: [s(20), s(40)],
-            outage_before: s(15),
-            outage: s(30),
-            outage_after: s(20),
-            d_after: s(30),
-            e_spool_max: "16MiB",
-            e_fill_bytes: 6 << 20,
-            f_batches: 40,
-            f_fake_outage: s(6 * 3600),
-            f_real_outage: s(30),
-            grace: s(15),
-            grace_overloaded: s(20),
-            drain_timeout: s(180),
-        }
-    }
-
-    fn short() -> Plan {
-        let s = Duration::from_secs;
-        Plan {
-            rate: 60,
-            a_load: s(12),
-            a_kills: [s(4), s(8)],
-            outage_before: s(3),
-            outage: s(5),
-            outage_after: s(5),
-            d_after: s(14),
-            e_spool_max: "4MiB",
-            e_fill_bytes: 1200 << 10,
-            f_batches: 8,
-            f_fake_outage: s(2 * 3600),
-            f_real_outage: s(2),
-            grace: s(8),
-            grace_overloaded: s(12),
-            drain_timeout: s(60),
-        }
-    }
-}
-
-fn parse<T: Parser>(name: &str, args: &[String]) -> Result<Option<T>> {
-    match T::try_parse_from(std::iter::once(name.to_string()).chain(args.iter().cloned())) {
-        Ok(a) => Ok(Some(a)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            print!("{e}");
-            Ok(None)
-        }
-        Err(e) => bail!("{e}"),
+/// A value of `--scenarios`: one of the letters of [`TITLES`].
+fn scenario(s: &str) -> Result<char, String> {
+    match s.parse::<char>() {
+        Ok(l) if TITLES.iter().any(|(t, _)| *t == l) => Ok(l),
+        _ => Err("no such scenario; they are a to f".into()),
     }
 }
 
 /// `cargo xtask chaos [...]`.
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let Some(args) = parse::<Args>("cargo xtask chaos", args)? else {
-        return Ok(());
-    };
+pub fn run(root: &Path, args: &Args) -> Result<()> {
     let tools = if args.no_scenarios {
         None
     } else {
         Some(tools::ensure_all(root)?)
     };
-    chaos(root, tools.as_ref(), &args)
+    chaos(root, tools.as_ref(), args)
 }
 
 /// The stage of `cargo xtask test`: the short form of scenarios and fuzz together.
@@ -194,46 +98,13 @@ pub fn stage(root: &Path, tools: &Tools) -> Result<()> {
     chaos(root, Some(tools), &args)
 }
 
-/// `cargo xtask fuzz [...]`.
-pub fn run_fuzz(root: &Path, args: &[String]) -> Result<()> {
-    let Some(args) = parse::<FuzzArgs>("cargo xtask fuzz", args)? else {
-        return Ok(());
-    };
-    let seed = args.seed.unwrap_or_else(clock_seed);
-    let reports = fuzz::run(
-        root,
-        Duration::from_secs_f64(args.secs),
-        seed,
-        &args.targets,
-    )?;
-    let failed = fuzz::failures(&reports, seed);
-    for f in &failed {
-        println!("FAILED: {f}");
-    }
-    if !failed.is_empty() {
-        bail!("{} fuzz check(s) failed", failed.len());
-    }
-    Ok(())
-}
-
-fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-}
-
 /// The ingest server binary to run: the debug build (built now if needed) or the release one.
 fn server_binary(root: &Path, release: bool) -> Result<PathBuf> {
     if release {
-        return crate::bench::build_release_server(root);
+        crate::server::build_release(root)
+    } else {
+        crate::server::build_debug(root)
     }
-    crate::stage::run(
-        crate::stage::cargo()
-            .args(["build", "-p", "waymark-ingest", "--bin", "ingest-server"])
-            .current_dir(root),
-    )?;
-    Ok(tools::target_dir(root).join("debug/ingest-server"))
 }
 
 fn chaos(root: &Path, tools: Option<&Tools>, args: &Args) -> Result<()> {
@@ -248,11 +119,6 @@ fn chaos(root: &Path, tools: Option<&Tools>, args: &Args) -> Result<()> {
     let letters: Vec<char> = if args.scenarios.is_empty() {
         TITLES.iter().map(|(l, _)| *l).collect()
     } else {
-        for l in &args.scenarios {
-            if !TITLES.iter().any(|(t, _)| t == l) {
-                bail!("no scenario {l:?}; they are a to f");
-            }
-        }
         args.scenarios.clone()
     };
     let form = if args.short { "short" } else { "full" };
@@ -262,7 +128,7 @@ fn chaos(root: &Path, tools: Option<&Tools>, args: &Args) -> Result<()> {
     let fuzz_secs = args
         .fuzz_secs
         .unwrap_or(if args.short { 2.0 } else { 60.0 });
-    let seed = args.seed.unwrap_or_else(clock_seed);
+    let seed = args.seed.unwrap_or_else(fuzz::clock_seed);
     // The short form fuzzes beside the scenarios, in a process of its own (its own panic
     // hook), to stay within three minutes: the scenarios mostly wait on timers.
     let fuzz_out = std::env::temp_dir().join(format!("waymark-fuzz-{}.out", std::process::id()));

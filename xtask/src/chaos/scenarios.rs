@@ -15,8 +15,8 @@ use waymark_testkit::{free_port, ClickHouse};
 use super::count::{settle_and_count, Counts};
 use super::edge::Edge;
 use super::load::{Load, Shape};
+use super::plan::Plan;
 use super::stack::{wait_for, Ingest, Settings, EDGE_SECRET};
-use super::Plan;
 
 /// Everything a scenario needs.
 pub struct Ctx<'a> {
@@ -72,7 +72,7 @@ impl Ctx<'_> {
     fn setup(&self, letter: char, spool_max: &str) -> Result<(String, Shape, Ingest, PathBuf)> {
         let db = self.ch.fresh_database().map_err(|e| anyhow!("{e}"))?;
         // Unique per run: the ids of an earlier run on the same ClickHouse never match.
-        let run = format!("{letter}{:08x}", super::clock_seed() as u32);
+        let run = format!("{letter}{:08x}", crate::fuzz::clock_seed() as u32);
         let dir = self.workdir.join(letter.to_string());
         let spool = dir.join("spool");
         let port = free_port();
