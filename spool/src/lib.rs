@@ -650,7 +650,7 @@ impl SpoolReader {
     /// about `max_bytes` are read (always at least one record when one is available).
     ///
     /// Bytes that are not an intact record are skipped to the next intact record, found the
-    /// way recovery finds it ([`resync::next_intact`]); damage met here for the first time is
+    /// way recovery finds it (`resync::next_intact`); damage met here for the first time is
     /// copied to `damaged/` and counted. Damage never stops or stalls the reading.
     pub fn read(&mut self, max_bytes: usize) -> Result<Vec<Record>, SpoolError> {
         let mut out = Vec::new();
