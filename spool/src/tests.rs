@@ -650,7 +650,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Records across several segments, some consumed; then bytes flipped anywhere on disk and,
-    /// when the server restarts, the active segment's end cut off (a torn write). Every record
+    /// when the spool is reopened, the active segment's end cut off (a torn write). Every record
     /// the damage did not touch is delivered exactly once, in order, by recovery or by the
     /// running reader; `damaged/` holds exactly the damaged bytes, and nothing else.
     #[test]

@@ -15,7 +15,7 @@ pub const DAMAGED_DIR: &str = "damaged";
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DamageCounts {
     /// Ranges between intact records, or at the end of a sealed segment: skipped, left in place.
-    /// Acknowledged events in them may have been lost.
+    /// Acknowledged records in them may have been lost.
     pub inside_ranges: u64,
     pub inside_bytes: u64,
     /// The end of the last segment at start-up, after its last intact record: cut off. A write

@@ -17,7 +17,8 @@
 //! believed: a flipped length is caught without reading the megabytes it claims, and a false
 //! marker (the magic occurring inside a payload) costs one 16-byte checksum to reject. The
 //! payload checksum then vouches for the payload. The magic holds `0xff` and `0xfe`, which never
-//! occur in UTF-8, so no string field of a row can carry it.
+//! occur in UTF-8, so no text in a payload carries it (binary payload bytes can: the checksums
+//! decide).
 //!
 //! **v1**, written by earlier versions and still read, so a spool left by an older server
 //! replays after an upgrade: `len: u32 LE | crc: u32 LE | appended_ms: u64 LE | payload`, `crc`
@@ -185,7 +186,7 @@ pub fn v1_plausible(h: &[u8]) -> bool {
 }
 
 /// Appends one v1 record, as earlier versions wrote them: tests and the fuzz stage
-/// (`cargo xtask fuzz`) build old spools with it; the server only reads this format.
+/// (`cargo xtask fuzz`) build old spools with it; the spool only reads this format.
 pub fn encode_v1(out: &mut Vec<u8>, appended_ms: u64, payload: &[u8]) {
     let mut h = crc32fast::Hasher::new();
     h.update(&appended_ms.to_le_bytes());

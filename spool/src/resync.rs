@@ -1,8 +1,8 @@
 //! Finding the intact records around damage.
 //!
-//! One search, [`next_intact`], used by recovery (a whole segment in memory, [`walk`]) and by the
-//! writer's reader (a segment file read in bounded chunks), so both skip exactly the same bytes
-//! and deliver exactly the same records. [`walk`] and [`detect`] are public for the fuzz stage of
+//! One search, `next_intact`, used by recovery (a whole segment in memory, [`walk`]) and by the
+//! running reader ([`crate::SpoolReader`], a segment file read in bounded chunks), so both skip
+//! exactly the same bytes and deliver exactly the same records. [`walk`] and [`detect`] are public for the fuzz stage of
 //! `cargo xtask chaos`, which feeds them generated segments.
 
 use std::borrow::Cow;
