@@ -33,13 +33,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::row::{EventRow, QuarantineRow};
 use super::{Cause, ErrorClass, Sink, StoreError};
+use crate::clock::now_ms_u64 as now_ms;
 use crate::metrics::Metrics;
 
 /// How long a probe row that went in counts as proof that ClickHouse takes rows.
@@ -60,13 +61,6 @@ pub struct Policy {
 /// came from.
 #[derive(Debug)]
 pub struct Stopped;
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// The quarantine row for `row`, which ClickHouse refused with `reason`.
 pub fn quarantine_row(row: &EventRow, reason: &str) -> QuarantineRow {

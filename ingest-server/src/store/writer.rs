@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};
 
-use super::delivery::{now_ms, quarantine_row, Delivery, Policy};
+use super::delivery::{quarantine_row, Delivery, Policy};
 use super::row::{EventRow, QuarantineRow};
 use super::Sink;
+use crate::clock::now_ms_u64 as now_ms;
 use crate::config::WriterConfig;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
