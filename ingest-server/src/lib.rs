@@ -126,16 +126,12 @@ async fn apply_migrations(
         }
         match result {
             Ok(()) => {
-                metrics
-                    .clickhouse_up
-                    .store(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.clickhouse_up.set(1.0);
                 tracing::info!("ClickHouse schema ready");
                 return;
             }
             Err(e) => {
-                metrics
-                    .clickhouse_up
-                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                metrics.clickhouse_up.set(0.0);
                 tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "ClickHouse schema not applied yet; accepting into the spool and retrying");
             }
         }
@@ -217,12 +213,25 @@ pub async fn serve(
     );
     let writer = tokio::spawn(writer.run());
 
-    let query = query::QueryState::with_schema(
+    let query = query::QueryState::with_metrics(
         &config.query,
         &config.clickhouse,
         schema.clone(),
         identities.clone(),
+        metrics.clone(),
     );
+    // The recorder keeps histogram samples until they are folded into buckets: fold them every
+    // few seconds whether or not anyone scrapes `/metrics`.
+    let upkeep = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                metrics.upkeep();
+            }
+        })
+    };
     let identity_refresh = identities
         .clone()
         .map(|ix| tokio::spawn(ix.run(query.clone(), config.query.identity_refresh.0)));
@@ -240,6 +249,7 @@ pub async fn serve(
     );
     let _ = stop_tx.send(true);
     migrations.abort();
+    upkeep.abort();
     if let Some(t) = identity_refresh {
         t.abort();
     }

@@ -100,7 +100,7 @@ pub fn respond(
     let m = &state.intake().metrics;
     let resp = match r {
         Ok(a) => {
-            m.ack_seconds.observe(started.elapsed().as_secs_f64());
+            m.ack_seconds.record(started.elapsed().as_secs_f64());
             let mut reasons: HashMap<&str, u64> = HashMap::new();
             for rej in &a.rejected {
                 // Only the top-level field: paths can hold client-chosen property names, and

@@ -82,17 +82,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         damaged_inside: (damage.inside_ranges, damage.inside_bytes),
         damaged_tail: (damage.tail_ranges, damage.tail_bytes),
     };
-    let mut body = state.intake().metrics.render(&gauges);
+    let metrics = &state.intake().metrics;
     if let Some(ix) = &state.0.identities {
-        let links = ix.links();
-        body.push_str(&format!(
-            "# HELP waymark_identity_index_ready 1 when the query API resolves ids in memory, 0 while the index loads or after it turned itself off (query.identity_max_links).\n\
-             # TYPE waymark_identity_index_ready gauge\nwaymark_identity_index_ready {}\n\
-             # HELP waymark_identity_index_links Identity links and users with events of their own held by the index.\n\
-             # TYPE waymark_identity_index_links gauge\nwaymark_identity_index_links {}\n",
-            u8::from(links.is_some()),
-            links.unwrap_or(0)
-        ));
+        metrics.identity_index(ix.links());
     }
+    let body = metrics.render(&gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -130,10 +130,9 @@ impl Intake {
             .filter(|(_, s)| !**s)
             .map(|(r, _)| r)
             .collect();
-        self.metrics.duplicates_dropped.fetch_add(
-            (before - rows.len()) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.metrics
+            .duplicates_dropped
+            .increment((before - rows.len()) as u64);
         if rows.is_empty() {
             return Ok(());
         }
@@ -148,9 +147,7 @@ impl Intake {
                 Ok(())
             }
             Err(SpoolError::Full { used, max }) => {
-                self.metrics
-                    .spool_full
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.spool_full.increment(1);
                 Err(ApiError::Overloaded {
                     code: "spool_full",
                     retry_after_secs: RETRY_AFTER_SECS,

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use serde_json::Value;
 
@@ -38,11 +38,31 @@ pub use crate::config::{EngagementConfig, QueryConfig, ReadKey, RfmConfig};
 
 /// The routes over an explicit state (tests build one against their own database).
 pub fn router<S: Clone + Send + Sync + 'static>(state: QueryState) -> Router<S> {
+    let timed = |endpoint: &'static str, route: MethodRouter<QueryState>| {
+        let metrics = state.metrics().clone();
+        route.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let metrics = metrics.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let resp = next.run(req).await;
+                    metrics.query_seconds(endpoint, started.elapsed().as_secs_f64());
+                    resp
+                }
+            },
+        ))
+    };
     Router::new()
-        .route("/v1/profiles/{id}", get(profile::handler))
-        .route("/v1/profiles/{id}/events", get(events::handler))
-        .route("/v1/audiences/query", post(audience::handler))
-        .route("/openapi.json", get(openapi::handler))
+        .route("/v1/profiles/{id}", timed("profile", get(profile::handler)))
+        .route(
+            "/v1/profiles/{id}/events",
+            timed("events", get(events::handler)),
+        )
+        .route(
+            "/v1/audiences/query",
+            timed("audience", post(audience::handler)),
+        )
+        .route("/openapi.json", timed("openapi", get(openapi::handler)))
         .with_state(state)
 }
 

@@ -12,12 +12,14 @@ use serde_json::Value;
 use super::cache::Cache;
 use super::{identity, profile, QueryError};
 use crate::config::{ClickHouseConfig, QueryConfig};
+use crate::metrics::Metrics;
 
 /// What the query handlers share.
 #[derive(Clone)]
 pub struct QueryState(Arc<Inner>);
 
 struct Inner {
+    metrics: Arc<Metrics>,
     config: QueryConfig,
     /// Read key -> index into `config.read_keys`, compared in constant time.
     read_keys: crate::keys::Keys<usize>,
@@ -51,7 +53,26 @@ impl QueryState {
         schema: Arc<crate::store::SchemaStatus>,
         identities: Option<Arc<identity::IdentityIndex>>,
     ) -> Self {
+        Self::with_metrics(
+            query,
+            clickhouse,
+            schema,
+            identities,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    /// [`with_schema`](Self::with_schema), counting latency and cache hits in `metrics` (the
+    /// server's, so they show in its `/metrics`).
+    pub fn with_metrics(
+        query: &QueryConfig,
+        clickhouse: &ClickHouseConfig,
+        schema: Arc<crate::store::SchemaStatus>,
+        identities: Option<Arc<identity::IdentityIndex>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         QueryState(Arc::new(Inner {
+            metrics,
             schema,
             cache: Cache {
                 ttl: query.cache_ttl.0,
@@ -72,6 +93,11 @@ impl QueryState {
             ),
             config: query.clone(),
         }))
+    }
+
+    /// Where the query API counts its latency and cache hits.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
     }
 
     /// The site's RFM quintile boundaries.
@@ -201,8 +227,17 @@ impl QueryState {
             .copied()
     }
 
+    /// The cached answer for `key`, if it is fresh; counted as a hit or a miss of the endpoint
+    /// the key starts with (`profile\n...`, `events\n...`).
     pub(crate) fn cached(&self, key: &str) -> Option<Arc<Value>> {
-        self.0.cache.get(key)
+        let hit = self.0.cache.get(key);
+        let endpoint = match key.split('\n').next() {
+            Some("profile") => "profile",
+            Some("events") => "events",
+            _ => "other",
+        };
+        self.0.metrics.query_cache(endpoint, hit.is_some());
+        hit
     }
 
     pub(crate) fn remember(&self, key: String, value: Arc<Value>) {

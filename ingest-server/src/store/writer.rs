@@ -348,12 +348,7 @@ mod tests {
         assert_eq!(sink.insert_calls(), 31);
         assert_eq!(sink.stored().len(), 1);
         assert!(sink.quarantined().is_empty());
-        assert_eq!(
-            metrics
-                .insert_retries
-                .load(std::sync::atomic::Ordering::Relaxed),
-            30
-        );
+        assert_eq!(metrics.value("waymark_insert_retries_total"), Some(30.0));
         assert!(metrics.writer.blocked().is_none());
     }
 
