@@ -74,5 +74,6 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   key = "rk_shop"
   sites = ["shop"]                 the only sites this key can read
 
-Sizes accept B, KB, MB, GB, KiB, MiB, GiB (e.g. "64MiB"); durations accept ms, s, m, h (e.g. "5s").
+Sizes accept B, KB, MB, GB, KiB, MiB, GiB (e.g. "64MiB"); durations accept ms, s, m, h, d
+(e.g. "5s", "30d"; "1h 30m" too).
 "#;
