@@ -56,6 +56,9 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("waymark_insert_seconds", Kind::Histogram, "ClickHouse insert latency."),
     ("waymark_query_seconds", Kind::Histogram, "Query API latency by endpoint, until the answer's headers (an NDJSON audience streams on after)."),
     ("waymark_query_cache_hits_total", Kind::Counter, "Query answers served from the in-process cache, by endpoint."),
+    ("waymark_email_hits_total", Kind::Counter, "Email opens and clicks recorded, by event ($email_open, $email_click) and class (human, machine, unknown; human, scanner)."),
+    ("waymark_email_tokens_refused_total", Kind::Counter, "Pixel fetches and link clicks whose token was refused, by reason (malformed, unknown_site, unknown_key, bad_signature, expired, from_the_future, wrong_kind); a refused click goes to the site's home_url."),
+    ("waymark_email_events_failed_total", Kind::Counter, "Email open or click events that could not be spooled (spool full or unavailable), logged; the pixel or redirect was answered all the same."),
     ("waymark_query_cache_misses_total", Kind::Counter, "Query answers the cache did not hold (read from ClickHouse), by endpoint."),
 ];
 
@@ -250,6 +253,33 @@ impl Metrics {
             )
             .increment(n);
         }
+    }
+
+    /// An email open or click recorded.
+    pub fn email_hit(&self, event: &str, class: &str) {
+        self.counter(
+            "waymark_email_hits_total",
+            vec![
+                Label::new("event", event.to_string()),
+                Label::new("class", class.to_string()),
+            ],
+        )
+        .increment(1);
+    }
+
+    /// A pixel or link token refused.
+    pub fn email_refused(&self, reason: &'static str) {
+        self.counter(
+            "waymark_email_tokens_refused_total",
+            vec![Label::new("reason", reason)],
+        )
+        .increment(1);
+    }
+
+    /// An email event that could not be spooled.
+    pub fn email_failed(&self) {
+        self.counter("waymark_email_events_failed_total", vec![])
+            .increment(1);
     }
 
     /// Events accepted so far, all sources.

@@ -186,6 +186,66 @@ pub struct SiteConfig {
     /// Absent = unlimited (see `crate::intake::ratelimit` for why that is the default).
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Secret keys the email platform uses for `POST /v1/email/links` and `/v1/email/rewrite`
+    /// (`Authorization: Bearer <key>`); never the public write key.
+    #[serde(default)]
+    pub send_keys: Vec<String>,
+    /// Tracked email links and open pixels (`[sites.email]`); absent = off for this site.
+    #[serde(default)]
+    pub email: Option<EmailConfig>,
+}
+
+/// A site's email engagement settings (`[sites.email]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The public, first-party base URL the tracking paths (`/e/o/..`, `/e/c/..`) are served
+    /// under: the edge worker's prefix on the site's domain (`https://shop.example.com/wm`), or
+    /// this server's public URL.
+    pub base_url: String,
+    /// Where a click with a token that fails verification or has expired goes (never to the
+    /// target the token claims).
+    pub home_url: String,
+    /// Signing keys, `{ id = "k2", secret = "..." }`, newest first: the first signs new tokens,
+    /// all of them verify (rotation: add a new key in front, drop the old one after `max_age`).
+    pub keys: Vec<EmailKey>,
+    /// How long a tracked link or pixel stays valid.
+    #[serde(default = "EmailConfig::default_max_age")]
+    pub max_age: HumanDuration,
+}
+
+impl EmailConfig {
+    fn default_max_age() -> HumanDuration {
+        HumanDuration(Duration::from_secs(400 * 86_400))
+    }
+
+    /// The keys as the protocol crate takes them.
+    pub fn signing_keys(&self) -> Vec<waymark_protocol::email::SigningKey> {
+        self.keys
+            .iter()
+            .map(|k| waymark_protocol::email::SigningKey {
+                id: k.id.clone(),
+                secret: k.secret.as_bytes().to_vec(),
+            })
+            .collect()
+    }
+}
+
+/// One signing key of `[sites.email]`.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailKey {
+    pub id: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for EmailKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailKey")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A site's token bucket: `burst` events at once, refilled at `events_per_second`.
@@ -315,6 +375,61 @@ impl Config {
                         format!("sites[{i}].rate_limit.burst"),
                         "must be at least 1",
                     ));
+                }
+            }
+            for (j, k) in site.send_keys.iter().enumerate() {
+                if k.len() < 16 {
+                    return Err(invalid(
+                        format!("sites[{i}].send_keys[{j}]"),
+                        "must be at least 16 characters (it is a secret)",
+                    ));
+                }
+                if site.write_keys.contains(k) {
+                    return Err(invalid(
+                        format!("sites[{i}].send_keys[{j}]"),
+                        "must not be one of the site's public write keys",
+                    ));
+                }
+            }
+            if !site.send_keys.is_empty() && site.email.is_none() {
+                return Err(invalid(
+                    format!("sites[{i}].send_keys"),
+                    "needs a [sites.email] section (base_url, home_url, keys)",
+                ));
+            }
+            if let Some(e) = &site.email {
+                let key = |k: &str| format!("sites[{i}].email.{k}");
+                if !waymark_protocol::email::token::valid_target(&e.base_url) {
+                    return Err(invalid(key("base_url"), "must be an absolute http(s) URL"));
+                }
+                if !waymark_protocol::email::token::valid_target(&e.home_url) {
+                    return Err(invalid(key("home_url"), "must be an absolute http(s) URL"));
+                }
+                if e.keys.is_empty() {
+                    return Err(invalid(key("keys"), "needs at least one { id, secret }"));
+                }
+                for (j, k) in e.keys.iter().enumerate() {
+                    if k.id.is_empty() || k.id.len() > 32 {
+                        return Err(invalid(
+                            key(&format!("keys[{j}].id")),
+                            "must be 1 to 32 characters",
+                        ));
+                    }
+                    if k.secret.len() < 32 {
+                        return Err(invalid(
+                            key(&format!("keys[{j}].secret")),
+                            "must be at least 32 characters (a random secret)",
+                        ));
+                    }
+                    if e.keys[..j].iter().any(|o| o.id == k.id) {
+                        return Err(invalid(
+                            key(&format!("keys[{j}].id")),
+                            format!("{:?} is used twice", k.id),
+                        ));
+                    }
+                }
+                if e.max_age.0.is_zero() {
+                    return Err(invalid(key("max_age"), "must be positive"));
                 }
             }
             for (j, k) in site.write_keys.iter().enumerate() {

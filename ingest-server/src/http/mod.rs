@@ -9,6 +9,7 @@ pub mod batch;
 pub mod body;
 pub mod conn;
 pub mod edge;
+pub mod email;
 pub mod ops;
 
 use std::collections::HashMap;
@@ -81,6 +82,7 @@ pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
     Router::new()
         .merge(batch::routes(&state))
         .merge(edge::routes(&state))
+        .merge(email::routes())
         .merge(ops::routes())
         .merge(crate::query::router(query))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))

@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod dedup;
 pub mod edge;
+pub mod email;
 pub mod enrich;
 pub mod error;
 pub mod ratelimit;
@@ -58,6 +59,9 @@ pub struct Intake {
     pub ua: UaParser,
     limiter: RateLimiter,
     pub replay: auth::ReplayGuard,
+    /// send key -> index into `config.sites`, compared in constant time
+    send_keys: Keys<usize>,
+    pub email_bursts: email::ClickBursts,
 }
 
 impl Intake {
@@ -77,8 +81,21 @@ impl Intake {
             ua: UaParser::default(),
             limiter: RateLimiter::new(&config.sites),
             replay: auth::ReplayGuard::default(),
+            send_keys: Keys::new(
+                config
+                    .sites
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, s)| s.send_keys.iter().map(move |k| (k.clone(), i))),
+            ),
+            email_bursts: email::ClickBursts::default(),
             config,
         }
+    }
+
+    /// The site that owns an email send key.
+    pub fn site_for_send_key(&self, key: &str) -> Option<&SiteConfig> {
+        self.send_keys.find(key).map(|&i| &self.config.sites[i])
     }
 
     /// The site that owns a write key.
