@@ -10,12 +10,14 @@
 //!    `EdgeEnvelope`, and forwards envelopes to `POST /v1/edge`, HMAC-signed with a timestamp.
 //!    Server-side senders and Segment SDKs skip the edge and call `POST /v1/batch` (or
 //!    `/v1/track`...) directly with a write key.
-//! 3. **Intake** ([`http`]). The handler checks the body size (gzip capped on the decompressed
-//!    size), the write key (or the signature and replay window), and the origin; validates every
-//!    event with the protocol crate (bad events are listed as rejections, good ones go on);
-//!    enriches each into an [`store::row::EventRow`] ([`enrich`]: clock skew, user agent, bot
-//!    flag, UTM, session, geo; the raw IP never kept); drops duplicates seen recently
-//!    ([`dedup`]); and appends the rows as one record to the [`spool`].
+//! 3. **Intake** ([`intake`], under the thin handlers of [`http`]). The handler checks the body
+//!    size (gzip capped on the decompressed size) and hands the request to the admit pipeline:
+//!    the write key (or the signature and replay window) and the origin ([`intake::auth`]);
+//!    every event validated with the protocol crate (bad events are listed as rejections, good
+//!    ones go on); each enriched into a [`store::row::EventRow`] ([`intake::enrich`]: clock
+//!    skew, user agent, bot flag, UTM, session, geo; the raw IP never kept); the site's rate
+//!    limit ([`intake::ratelimit`]); duplicates seen recently dropped ([`intake::dedup`]); and
+//!    the rows appended as one record to the [`spool`].
 //! 4. **Acknowledgement.** The spool's group commit writes and fsyncs the record together with
 //!    every other request waiting at that moment; only then does the handler answer 200 with
 //!    `{"accepted": N, "rejected": [...]}`. A full spool answers 503 with `Retry-After`.
@@ -29,18 +31,49 @@
 //!    ([`store::delivery`]), from which `ingest-server quarantine replay` sends them again.
 //!    On restart, whatever the checkpoint had not passed is replayed; duplicates from that, or
 //!    from client retries, collapse in the ReplacingMergeTree (see [`store::schema`]).
-//! 6. **Query.** The query API reads `events` and `identities` for profiles and audiences.
+//! 6. **Query** ([`query`]). The query API reads the pre-aggregated tables (their DDL is in
+//!    [`store::schema::query`], with every other migration) for profiles, event history and
+//!    audiences, resolving ids with an in-memory identity index that the writer feeds through
+//!    [`store::IdentityFeed`].
+//!
+//! # Layers
+//!
+//! Modules only point down: each uses the ones listed before it, never one after it, so no
+//! module imports one that imports it back. From the bottom:
+//!
+//! 1. [`clock`], [`config`], [`keys`], [`metrics`]: the time, the settings (every section,
+//!    `[query]` included), constant-time key lookup, the Prometheus registry. They use no
+//!    other module of the crate.
+//! 2. [`store::row`]: the rows of `events`, `identities` and `quarantine`; a leaf (it uses no
+//!    other module of the crate), so the spool can encode them.
+//! 3. [`spool`]: the durable buffer (its `rows` payloads are `store::row` rows).
+//! 4. [`store`]: every migration, the ClickHouse client, the writer that moves the spool into
+//!    ClickHouse, quarantine and replay. It feeds the identity index through the
+//!    [`store::IdentityFeed`] trait, defined here and implemented above.
+//! 5. [`intake`]: the admit pipeline (auth, rate limit, dedup, enrichment, hand-off to the spool).
+//! 6. [`query`]: the read API, reading ClickHouse through [`store`]'s client and schema status.
+//! 7. [`http`]: thin handlers over [`intake`] and [`query`], `/readyz` and `/metrics`, the
+//!    accept loop; and this file's [`serve`], which wires them together.
+//!
+//! Checked with `grep -rhv '^\s*//' src/<module> | grep -o 'crate::[a-z_]*' | sort -u` (code
+//! lines, not comments) per module: `clock`, `config`, `keys`, `metrics`, `store/row.rs`: none;
+//! `spool`: `store` (its `row` only); `store`: `clock config metrics spool`; `intake`:
+//! `clock config keys metrics spool store`; `query`: `clock config keys store`; `http`:
+//! `clock config intake metrics query spool store`.
 
+pub mod clock;
 pub mod config;
-pub mod dedup;
-pub mod enrich;
 pub mod http;
+pub mod intake;
 pub mod keys;
 pub mod metrics;
 pub mod query;
-pub mod ratelimit;
 pub mod spool;
 pub mod store;
+
+/// Enrichment at the path the developer tools (xtask's fuzz targets) still use; it lives in
+/// [`intake::enrich`].
+pub use intake::enrich;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -93,16 +126,12 @@ async fn apply_migrations(
         }
         match result {
             Ok(()) => {
-                metrics
-                    .clickhouse_up
-                    .store(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.clickhouse_up.set(1.0);
                 tracing::info!("ClickHouse schema ready");
                 return;
             }
             Err(e) => {
-                metrics
-                    .clickhouse_up
-                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                metrics.clickhouse_up.set(0.0);
                 tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "ClickHouse schema not applied yet; accepting into the spool and retrying");
             }
         }
@@ -184,12 +213,25 @@ pub async fn serve(
     );
     let writer = tokio::spawn(writer.run());
 
-    let query = query::QueryState::with_schema(
+    let query = query::QueryState::with_metrics(
         &config.query,
         &config.clickhouse,
         schema.clone(),
         identities.clone(),
+        metrics.clone(),
     );
+    // The recorder keeps histogram samples until they are folded into buckets: fold them every
+    // few seconds whether or not anyone scrapes `/metrics`.
+    let upkeep = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                metrics.upkeep();
+            }
+        })
+    };
     let identity_refresh = identities
         .clone()
         .map(|ix| tokio::spawn(ix.run(query.clone(), config.query.identity_refresh.0)));
@@ -207,6 +249,7 @@ pub async fn serve(
     );
     let _ = stop_tx.send(true);
     migrations.abort();
+    upkeep.abort();
     if let Some(t) = identity_refresh {
         t.abort();
     }

@@ -61,11 +61,7 @@ enum QuarantineCmd {
 }
 
 fn since(s: &str) -> Result<u32, String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    waymark_ingest::store::replay::parse_since(s, now)
+    waymark_ingest::store::replay::parse_since(s, waymark_ingest::clock::now_ms_u64())
 }
 
 fn duration(s: &str) -> Result<std::time::Duration, String> {

@@ -1,86 +1,89 @@
-//! Prometheus text-format metrics, kept by hand: a few atomics and labelled counters.
+//! Every metric the server exports, kept by the `metrics` crate's Prometheus recorder
+//! (`metrics-exporter-prometheus`) and rendered by it in the Prometheus text format at
+//! `GET /metrics`.
+//!
+//! Each server (and each test's server) has its own recorder: nothing is installed globally, so
+//! several servers in one process keep separate counts. Handles to fixed series are made once;
+//! series with labels from requests (endpoint, status, source, reason) are looked up in the
+//! recorder's registry when counted. Figures the spool and the identity index keep themselves are
+//! copied into gauges when `/metrics` is rendered.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Histogram with fixed buckets.
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder as _};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, v: f64) {
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            if v <= *b {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.sum_micros
-            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        let n = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {n}");
-    }
-}
-
+/// Latency buckets, seconds (acknowledgement, ClickHouse inserts, query endpoints).
 const LATENCY: &[f64] = &[
     0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Rows per insert.
 const ROWS: &[f64] = &[
     1.0, 10.0, 100.0, 1_000.0, 10_000.0, 50_000.0, 100_000.0, 500_000.0,
 ];
 
+static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// (name, type, help) of every metric, in one list.
+const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    ("waymark_http_requests_total", Kind::Counter, "HTTP requests by endpoint and status."),
+    ("waymark_events_accepted_total", Kind::Counter, "Events acknowledged (spooled)."),
+    ("waymark_events_rejected_total", Kind::Counter, "Events or requests refused, by reason."),
+    ("waymark_duplicates_dropped_total", Kind::Counter, "Events dropped by the in-memory dedup window."),
+    ("waymark_spool_full_total", Kind::Counter, "Requests refused with 503 because the spool was full."),
+    ("waymark_insert_batches_total", Kind::Counter, "Confirmed ClickHouse inserts."),
+    ("waymark_insert_rows_total", Kind::Counter, "Rows confirmed by ClickHouse."),
+    ("waymark_insert_retries_total", Kind::Counter, "ClickHouse insert attempts that failed and were retried."),
+    ("waymark_quarantined_rows_total", Kind::Counter, "Rows ClickHouse refused while it took a known-good probe row, written to the quarantine table."),
+    ("waymark_writer_probes_total", Kind::Counter, "Known-good probe rows sent to tell a refusal of the rows from one of ClickHouse's state."),
+    ("waymark_spool_damaged_ranges_total", Kind::Counter, "Spool byte ranges that were not intact records, copied to the spool's damaged/ directory. kind=\"inside\": between intact records or at the end of a sealed segment, skipped (acknowledged events in them may have been lost); kind=\"tail\": the end of the last segment at start-up, cut off (a write torn by a crash, or damage to its last records)."),
+    ("waymark_spool_damaged_bytes_total", Kind::Counter, "Bytes in those ranges (see waymark_spool_damaged_ranges_total)."),
+    ("waymark_spool_bytes", Kind::Gauge, "Bytes in the spool on disk."),
+    ("waymark_spool_pending_bytes", Kind::Gauge, "Spooled bytes not yet confirmed by ClickHouse."),
+    ("waymark_spool_max_bytes", Kind::Gauge, "The spool cap."),
+    ("waymark_spool_oldest_age_seconds", Kind::Gauge, "Age of the oldest event not yet in ClickHouse."),
+    ("waymark_clickhouse_up", Kind::Gauge, "1 when the last ClickHouse call succeeded."),
+    ("waymark_writer_blocked", Kind::Gauge, "1 while the writer cannot insert for this cause (rows wait in the spool and are retried); the cause is in /readyz too."),
+    ("waymark_identity_index_ready", Kind::Gauge, "1 when the query API resolves ids in memory, 0 while the index loads or after it turned itself off (query.identity_max_links)."),
+    ("waymark_identity_index_links", Kind::Gauge, "Identity links and users with events of their own held by the index."),
+    ("waymark_ack_seconds", Kind::Histogram, "Time from request to acknowledgement (spool fsync included)."),
+    ("waymark_insert_batch_rows", Kind::Histogram, "Rows per ClickHouse insert."),
+    ("waymark_insert_seconds", Kind::Histogram, "ClickHouse insert latency."),
+    ("waymark_query_seconds", Kind::Histogram, "Query API latency by endpoint, until the answer's headers (an NDJSON audience streams on after)."),
+    ("waymark_query_cache_hits_total", Kind::Counter, "Query answers served from the in-process cache, by endpoint."),
+    ("waymark_query_cache_misses_total", Kind::Counter, "Query answers the cache did not hold (read from ClickHouse), by endpoint."),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
-    /// (endpoint, status) -> requests.
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    /// source -> events accepted.
-    accepted: Mutex<BTreeMap<String, u64>>,
-    /// reason -> events (or requests) rejected.
-    rejected: Mutex<BTreeMap<String, u64>>,
-    pub duplicates_dropped: AtomicU64,
-    pub spool_full: AtomicU64,
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// Events accepted so far, all sources (for [`Metrics::accepted_total`]).
+    accepted_total: AtomicU64,
+    pub duplicates_dropped: Counter,
+    pub spool_full: Counter,
     pub ack_seconds: Histogram,
-    pub insert_batches: AtomicU64,
-    pub insert_rows: AtomicU64,
+    pub insert_batches: Counter,
+    pub insert_rows: Counter,
     pub insert_batch_rows: Histogram,
     pub insert_seconds: Histogram,
-    pub insert_retries: AtomicU64,
-    pub quarantined_rows: AtomicU64,
-    pub probes: AtomicU64,
-    pub clickhouse_up: AtomicU64,
+    pub insert_retries: Counter,
+    pub quarantined_rows: Counter,
+    pub probes: Counter,
+    /// 1 when the last ClickHouse call succeeded.
+    pub clickhouse_up: Gauge,
     /// Why the writer cannot insert right now, if it cannot.
     pub writer: WriterHealth,
 }
@@ -135,39 +138,13 @@ impl WriterHealth {
         self.state.lock().expect("writer health").blocked.clone()
     }
 
-    fn render(&self, o: &mut String) {
+    /// Every cause seen since start, and whether the writer is blocked for it now.
+    fn causes(&self) -> Vec<(&'static str, bool)> {
         let s = self.state.lock().expect("writer health");
-        let _ = writeln!(o, "# HELP waymark_writer_blocked 1 while the writer cannot insert for this cause (rows wait in the spool and are retried); the cause is in /readyz too.\n# TYPE waymark_writer_blocked gauge");
-        for cause in &s.seen {
-            let on = s.blocked.as_ref().is_some_and(|b| b.cause == *cause);
-            let _ = writeln!(
-                o,
-                "waymark_writer_blocked{{cause=\"{cause}\"}} {}",
-                u8::from(on)
-            );
-        }
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            requests: Mutex::default(),
-            accepted: Mutex::default(),
-            rejected: Mutex::default(),
-            duplicates_dropped: AtomicU64::new(0),
-            spool_full: AtomicU64::new(0),
-            ack_seconds: Histogram::new(LATENCY),
-            insert_batches: AtomicU64::new(0),
-            insert_rows: AtomicU64::new(0),
-            insert_batch_rows: Histogram::new(ROWS),
-            insert_seconds: Histogram::new(LATENCY),
-            insert_retries: AtomicU64::new(0),
-            quarantined_rows: AtomicU64::new(0),
-            probes: AtomicU64::new(0),
-            clickhouse_up: AtomicU64::new(0),
-            writer: WriterHealth::default(),
-        }
+        s.seen
+            .iter()
+            .map(|c| (*c, s.blocked.as_ref().is_some_and(|b| b.cause == *c)))
+            .collect()
     }
 }
 
@@ -183,147 +160,188 @@ pub struct SpoolGauges {
     pub damaged_tail: (u64, u64),
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let buckets = |b: PrometheusBuilder, name: &str, bounds: &[f64]| {
+            b.set_buckets_for_metric(Matcher::Full(name.to_string()), bounds)
+                .expect("bucket bounds are not empty")
+        };
+        let mut b = PrometheusBuilder::new();
+        for name in [
+            "waymark_ack_seconds",
+            "waymark_insert_seconds",
+            "waymark_query_seconds",
+        ] {
+            b = buckets(b, name, LATENCY);
+        }
+        b = buckets(b, "waymark_insert_batch_rows", ROWS);
+        let recorder = b.build_recorder();
+        for (name, kind, help) in DESCRIPTIONS {
+            let (name, help) = (KeyName::from_const_str(name), (*help).into());
+            match kind {
+                Kind::Counter => recorder.describe_counter(name, None, help),
+                Kind::Gauge => recorder.describe_gauge(name, None, help),
+                Kind::Histogram => recorder.describe_histogram(name, None, help),
+            }
+        }
+        let counter =
+            |name: &'static str| recorder.register_counter(&Key::from_static_name(name), &META);
+        let histogram =
+            |name: &'static str| recorder.register_histogram(&Key::from_static_name(name), &META);
+        Metrics {
+            handle: recorder.handle(),
+            accepted_total: AtomicU64::new(0),
+            duplicates_dropped: counter("waymark_duplicates_dropped_total"),
+            spool_full: counter("waymark_spool_full_total"),
+            ack_seconds: histogram("waymark_ack_seconds"),
+            insert_batches: counter("waymark_insert_batches_total"),
+            insert_rows: counter("waymark_insert_rows_total"),
+            insert_batch_rows: histogram("waymark_insert_batch_rows"),
+            insert_seconds: histogram("waymark_insert_seconds"),
+            insert_retries: counter("waymark_insert_retries_total"),
+            quarantined_rows: counter("waymark_quarantined_rows_total"),
+            probes: counter("waymark_writer_probes_total"),
+            clickhouse_up: recorder
+                .register_gauge(&Key::from_static_name("waymark_clickhouse_up"), &META),
+            writer: WriterHealth::default(),
+            recorder,
+        }
+    }
+}
+
 impl Metrics {
+    fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &META)
+    }
+
+    fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &META)
+    }
+
     pub fn request(&self, endpoint: &str, status: u16) {
-        *self
-            .requests
-            .lock()
-            .expect("metrics")
-            .entry((endpoint.to_string(), status))
-            .or_default() += 1;
+        self.counter(
+            "waymark_http_requests_total",
+            vec![
+                Label::new("endpoint", endpoint.to_string()),
+                Label::new("status", status.to_string()),
+            ],
+        )
+        .increment(1);
     }
 
     pub fn accepted(&self, source: &str, n: u64) {
         if n > 0 {
-            *self
-                .accepted
-                .lock()
-                .expect("metrics")
-                .entry(source.to_string())
-                .or_default() += n;
+            self.accepted_total.fetch_add(n, Ordering::Relaxed);
+            self.counter(
+                "waymark_events_accepted_total",
+                vec![Label::new("source", source.to_string())],
+            )
+            .increment(n);
         }
     }
 
     pub fn rejected(&self, reason: &str, n: u64) {
         if n > 0 {
-            *self
-                .rejected
-                .lock()
-                .expect("metrics")
-                .entry(reason.to_string())
-                .or_default() += n;
+            self.counter(
+                "waymark_events_rejected_total",
+                vec![Label::new("reason", reason.to_string())],
+            )
+            .increment(n);
         }
     }
 
     /// Events accepted so far, all sources.
     pub fn accepted_total(&self) -> u64 {
-        self.accepted.lock().expect("metrics").values().sum()
+        self.accepted_total.load(Ordering::Relaxed)
     }
 
-    pub fn render(&self, spool: &SpoolGauges) -> String {
-        let mut o = String::new();
-        let esc = |s: &str| {
-            s.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', " ")
+    /// The time a query endpoint took to answer.
+    pub fn query_seconds(&self, endpoint: &'static str, seconds: f64) {
+        self.recorder
+            .register_histogram(
+                &Key::from_parts(
+                    "waymark_query_seconds",
+                    vec![Label::new("endpoint", endpoint)],
+                ),
+                &META,
+            )
+            .record(seconds);
+    }
+
+    /// A query answer served from the cache (`hit`) or read from ClickHouse.
+    pub fn query_cache(&self, endpoint: &'static str, hit: bool) {
+        let name = if hit {
+            "waymark_query_cache_hits_total"
+        } else {
+            "waymark_query_cache_misses_total"
         };
-        let _ = writeln!(o, "# HELP waymark_http_requests_total HTTP requests by endpoint and status.\n# TYPE waymark_http_requests_total counter");
-        for ((e, s), n) in self.requests.lock().expect("metrics").iter() {
-            let _ = writeln!(
-                o,
-                "waymark_http_requests_total{{endpoint=\"{}\",status=\"{s}\"}} {n}",
-                esc(e)
-            );
-        }
-        let _ = writeln!(o, "# HELP waymark_events_accepted_total Events acknowledged (spooled).\n# TYPE waymark_events_accepted_total counter");
-        for (src, n) in self.accepted.lock().expect("metrics").iter() {
-            let _ = writeln!(
-                o,
-                "waymark_events_accepted_total{{source=\"{}\"}} {n}",
-                esc(src)
-            );
-        }
-        let _ = writeln!(o, "# HELP waymark_events_rejected_total Events or requests refused, by reason.\n# TYPE waymark_events_rejected_total counter");
-        for (r, n) in self.rejected.lock().expect("metrics").iter() {
-            let _ = writeln!(
-                o,
-                "waymark_events_rejected_total{{reason=\"{}\"}} {n}",
-                esc(r)
-            );
-        }
-        let counters: [(&str, &str, &AtomicU64); 7] = [
-            ("waymark_duplicates_dropped_total", "Events dropped by the in-memory dedup window.", &self.duplicates_dropped),
-            ("waymark_spool_full_total", "Requests refused with 503 because the spool was full.", &self.spool_full),
-            ("waymark_insert_batches_total", "Confirmed ClickHouse inserts.", &self.insert_batches),
-            ("waymark_insert_rows_total", "Rows confirmed by ClickHouse.", &self.insert_rows),
-            ("waymark_insert_retries_total", "ClickHouse insert attempts that failed and were retried.", &self.insert_retries),
-            ("waymark_quarantined_rows_total", "Rows ClickHouse refused while it took a known-good probe row, written to the quarantine table.", &self.quarantined_rows),
-            ("waymark_writer_probes_total", "Known-good probe rows sent to tell a refusal of the rows from one of ClickHouse's state.", &self.probes),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        let damage = [
-            ("waymark_spool_damaged_ranges_total", "Spool byte ranges that were not intact records, copied to the spool's damaged/ directory. kind=\"inside\": between intact records or at the end of a sealed segment, skipped (acknowledged events in them may have been lost); kind=\"tail\": the end of the last segment at start-up, cut off (a write torn by a crash, or damage to its last records).", spool.damaged_inside.0, spool.damaged_tail.0),
-            ("waymark_spool_damaged_bytes_total", "Bytes in those ranges (see waymark_spool_damaged_ranges_total).", spool.damaged_inside.1, spool.damaged_tail.1),
-        ];
-        for (name, help, inside, tail) in damage {
-            let _ = writeln!(
-                o,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{kind=\"inside\"}} {inside}\n{name}{{kind=\"tail\"}} {tail}"
-            );
-        }
-        let gauges: [(&str, &str, f64); 5] = [
+        self.counter(name, vec![Label::new("endpoint", endpoint)])
+            .increment(1);
+    }
+
+    /// The identity index's state, exported only by servers that have one.
+    pub fn identity_index(&self, links: Option<usize>) {
+        self.gauge("waymark_identity_index_ready", vec![])
+            .set(f64::from(u8::from(links.is_some())));
+        self.gauge("waymark_identity_index_links", vec![])
+            .set(links.unwrap_or(0) as f64);
+    }
+
+    /// Folds recorded histogram samples into their buckets. The recorder keeps samples until
+    /// then, so the server calls this every few seconds whether or not `/metrics` is scraped.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The value of one series (`name` or `name{labels}`) as rendered now, without the spool's
+    /// figures: for tests.
+    pub fn value(&self, series: &str) -> Option<f64> {
+        self.handle.render().lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The Prometheus text, with the spool's figures as of now.
+    pub fn render(&self, spool: &SpoolGauges) -> String {
+        for (name, inside, tail) in [
             (
-                "waymark_spool_bytes",
-                "Bytes in the spool on disk.",
-                spool.used_bytes as f64,
+                "waymark_spool_damaged_ranges_total",
+                spool.damaged_inside.0,
+                spool.damaged_tail.0,
             ),
             (
-                "waymark_spool_pending_bytes",
-                "Spooled bytes not yet confirmed by ClickHouse.",
-                spool.pending_bytes as f64,
+                "waymark_spool_damaged_bytes_total",
+                spool.damaged_inside.1,
+                spool.damaged_tail.1,
             ),
-            (
-                "waymark_spool_max_bytes",
-                "The spool cap.",
-                spool.max_bytes as f64,
-            ),
+        ] {
+            self.counter(name, vec![Label::new("kind", "inside")])
+                .absolute(inside);
+            self.counter(name, vec![Label::new("kind", "tail")])
+                .absolute(tail);
+        }
+        for (name, v) in [
+            ("waymark_spool_bytes", spool.used_bytes as f64),
+            ("waymark_spool_pending_bytes", spool.pending_bytes as f64),
+            ("waymark_spool_max_bytes", spool.max_bytes as f64),
             (
                 "waymark_spool_oldest_age_seconds",
-                "Age of the oldest event not yet in ClickHouse.",
                 spool.oldest_age.map(|d| d.as_secs_f64()).unwrap_or(0.0),
             ),
-            (
-                "waymark_clickhouse_up",
-                "1 when the last ClickHouse call succeeded.",
-                self.clickhouse_up.load(Ordering::Relaxed) as f64,
-            ),
-        ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        ] {
+            self.gauge(name, vec![]).set(v);
         }
-        self.writer.render(&mut o);
-        self.ack_seconds.render(
-            &mut o,
-            "waymark_ack_seconds",
-            "Time from request to acknowledgement (spool fsync included).",
-        );
-        self.insert_batch_rows.render(
-            &mut o,
-            "waymark_insert_batch_rows",
-            "Rows per ClickHouse insert.",
-        );
-        self.insert_seconds.render(
-            &mut o,
-            "waymark_insert_seconds",
-            "ClickHouse insert latency.",
-        );
-        o
+        for (cause, on) in self.writer.causes() {
+            self.gauge("waymark_writer_blocked", vec![Label::new("cause", cause)])
+                .set(f64::from(u8::from(on)));
+        }
+        self.handle.render()
     }
 }
 
@@ -331,16 +349,20 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn spool_damage_is_exported_by_kind() {
-        let body = Metrics::default().render(&SpoolGauges {
+    fn render(m: &Metrics) -> String {
+        m.render(&SpoolGauges {
             used_bytes: 0,
             pending_bytes: 0,
             max_bytes: 1,
             oldest_age: None,
             damaged_inside: (2, 300),
             damaged_tail: (1, 40),
-        });
+        })
+    }
+
+    #[test]
+    fn spool_damage_is_exported_by_kind() {
+        let body = render(&Metrics::default());
         for line in [
             "# TYPE waymark_spool_damaged_ranges_total counter",
             "waymark_spool_damaged_ranges_total{kind=\"inside\"} 2",
@@ -350,5 +372,43 @@ mod tests {
         ] {
             assert!(body.lines().any(|l| l == line), "{line} missing in\n{body}");
         }
+    }
+
+    #[test]
+    fn histograms_keep_their_buckets_and_query_metrics_are_by_endpoint() {
+        let m = Metrics::default();
+        m.ack_seconds.record(0.003);
+        m.query_seconds("profile", 0.003);
+        m.query_seconds("audience", 0.2);
+        m.query_cache("profile", true);
+        m.query_cache("profile", false);
+        m.query_cache("events", false);
+        let body = render(&m);
+        for line in [
+            "# TYPE waymark_ack_seconds histogram",
+            "waymark_ack_seconds_bucket{le=\"0.002\"} 0",
+            "waymark_ack_seconds_bucket{le=\"0.005\"} 1",
+            "waymark_ack_seconds_bucket{le=\"+Inf\"} 1",
+            "waymark_ack_seconds_count 1",
+            "# TYPE waymark_query_seconds histogram",
+            "waymark_query_seconds_bucket{endpoint=\"profile\",le=\"0.005\"} 1",
+            "waymark_query_seconds_bucket{endpoint=\"audience\",le=\"0.1\"} 0",
+            "waymark_query_seconds_count{endpoint=\"audience\"} 1",
+            "# TYPE waymark_query_cache_hits_total counter",
+            "waymark_query_cache_hits_total{endpoint=\"profile\"} 1",
+            "waymark_query_cache_misses_total{endpoint=\"profile\"} 1",
+            "waymark_query_cache_misses_total{endpoint=\"events\"} 1",
+        ] {
+            assert!(body.lines().any(|l| l == line), "{line} missing in\n{body}");
+        }
+    }
+
+    #[test]
+    fn the_writer_blocked_series_stays_at_0_once_its_cause_cleared() {
+        let m = Metrics::default();
+        m.writer.block("auth", "insert", "no", 1);
+        assert!(render(&m).contains("waymark_writer_blocked{cause=\"auth\"} 1\n"));
+        m.writer.clear();
+        assert!(render(&m).contains("waymark_writer_blocked{cause=\"auth\"} 0\n"));
     }
 }

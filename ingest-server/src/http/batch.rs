@@ -4,7 +4,8 @@
 //!
 //! The write key comes as the HTTP Basic username (Segment's SDKs), as `writeKey` in the body
 //! (beacons, which cannot set headers), or as `?writeKey=` on the beacon path. Bodies may be JSON
-//! or text/plain, plain or gzip.
+//! or text/plain, plain or gzip. What happens to the body is the intake's
+//! ([`crate::intake::segment`]).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -16,11 +17,9 @@ use axum::routing::{post, MethodRouter};
 use axum::Router;
 use waymark_protocol::intake::{basic_user, query_write_key, IntakePath, PATHS};
 use waymark_protocol::limits::MAX_BATCH_BYTES;
-use waymark_protocol::{parse_batch, parse_single, BatchError};
 
-use super::error::ApiError;
-use super::{body, now_ms, origin_allowed, respond, spool_rows, Accepted, AppState};
-use crate::enrich::{to_row, RequestFacts};
+use super::{body, respond, AppState};
+use crate::intake::{segment, Accepted, ApiError};
 
 pub fn routes(_state: &AppState) -> Router<AppState> {
     PATHS
@@ -51,19 +50,8 @@ pub fn request_write_key(headers: &HeaderMap, query: Option<&str>) -> Option<Str
         .or_else(|| query.and_then(query_write_key))
 }
 
-pub fn batch_error(e: BatchError) -> ApiError {
-    if e.is_too_large() {
-        ApiError::TooLarge {
-            code: e.code(),
-            field: e.field(),
-            message: e.to_string(),
-        }
-    } else {
-        ApiError::bad(e.code(), e.field(), e.to_string())
-    }
-}
-
 async fn intake(state: &AppState, kind: IntakePath, req: Request) -> Result<Accepted, ApiError> {
+    let intake = state.intake();
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -73,69 +61,22 @@ async fn intake(state: &AppState, kind: IntakePath, req: Request) -> Result<Acce
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let basic_key = request_write_key(&headers, req.uri().query());
+    let write_key = request_write_key(&headers, req.uri().query());
     // Refuse an unknown key before spending time on the body.
-    if let Some(k) = &basic_key {
-        if state.site_for_key(k).is_none() {
-            return Err(unknown_key());
-        }
-    }
-    let raw = body::read(req, state.0.config.http.body_timeout.0).await?;
+    segment::check_key(intake, write_key.as_deref())?;
+    let raw = body::read(req, intake.config.http.body_timeout.0).await?;
     let body = body::decode(&headers, &raw, MAX_BATCH_BYTES)?;
-    let received_at_ms = now_ms();
-    let validated = match kind {
-        IntakePath::Batch => parse_batch(&body, received_at_ms),
-        IntakePath::Single(k) => parse_single(&body, k, received_at_ms),
-    }
-    .map_err(batch_error)?;
-    let key = basic_key
-        .or_else(|| validated.write_key.clone())
-        .ok_or(ApiError::Unauthorized {
-        code: "missing_write_key",
-        field: "writeKey",
-        message:
-            "writeKey: missing (send it as the HTTP Basic username or as \"writeKey\" in the body)"
-                .into(),
-    })?;
-    let site = state.site_for_key(&key).ok_or_else(unknown_key)?;
-    if let Some(o) = &origin {
-        if !origin_allowed(site, o) {
-            return Err(ApiError::Forbidden {
-                code: "origin_not_allowed",
-                field: "origin",
-                message: format!("origin: {o:?} may not send events for this site"),
-            });
-        }
-    }
-    let facts = RequestFacts {
-        site: &site.id,
-        ip_mode: site.ip,
-        received_at_ms,
-        batch_sent_at: validated.sent_at.as_deref(),
-        source: "api",
-        peer_ip: peer,
-        geo: None,
-        client: None,
-    };
-    let rows = validated
-        .events
-        .iter()
-        .map(|ev| to_row(ev, &facts, &state.0.ua))
-        .collect::<Vec<_>>();
-    let accepted = rows.len();
-    spool_rows(state, rows, "api").await?;
-    Ok(Accepted {
-        accepted,
-        rejected: validated.rejections,
-    })
-}
-
-fn unknown_key() -> ApiError {
-    ApiError::Unauthorized {
-        code: "invalid_write_key",
-        field: "writeKey",
-        message: "writeKey: not the write key of any site".into(),
-    }
+    segment::accept(
+        intake,
+        segment::Delivery {
+            kind,
+            body: &body,
+            write_key,
+            origin: origin.as_deref(),
+            peer_ip: peer,
+        },
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap};
 
-use super::error::ApiError;
+use crate::intake::ApiError;
 
 /// Buffers the body (honouring the route's `DefaultBodyLimit`), refusing one that takes longer
 /// than `timeout` to arrive (`[http] body_timeout`).

@@ -30,8 +30,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
-use super::error::ApiError;
 use crate::config::HttpConfig;
+use crate::intake::ApiError;
 
 /// Seconds a client refused for the connection cap should wait.
 const BUSY_RETRY_AFTER_SECS: u64 = 1;

@@ -22,7 +22,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let spool = state.0.spool.clone();
+    let spool = state.intake().spool.clone();
     let spool_ok = tokio::task::spawn_blocking(move || spool.probe_writable())
         .await
         .map_err(|e| e.to_string())
@@ -41,7 +41,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     // depend on them; `schema` says where they stand (the query API answers 503 until "ok").
     // A writer that ClickHouse does not let insert (auth, disk, a missing column...) makes the
     // server not ready, like ClickHouse being down: events wait in the spool meanwhile.
-    let blocked = state.0.metrics.writer.blocked();
+    let blocked = state.intake().metrics.writer.blocked();
     let ready = spool_ok.is_ok() && ch_ok.is_ok() && blocked.is_none();
     let writer = match blocked {
         None => json!({"state": "ok"}),
@@ -50,7 +50,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "cause": b.cause,
             "during": b.during,
             "error": b.error,
-            "blocked_for_s": (super::now_ms() as u64).saturating_sub(b.since_ms) / 1000,
+            "blocked_for_s": crate::clock::now_ms_u64().saturating_sub(b.since_ms) / 1000,
         }),
     };
     let body = json!({
@@ -69,8 +69,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let s = &state.0.spool;
-    let now = super::now_ms() as u64;
+    let s = &state.intake().spool;
+    let now = crate::clock::now_ms_u64();
     let damage = s.damage();
     let gauges = SpoolGauges {
         used_bytes: s.disk_bytes(),
@@ -82,17 +82,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         damaged_inside: (damage.inside_ranges, damage.inside_bytes),
         damaged_tail: (damage.tail_ranges, damage.tail_bytes),
     };
-    let mut body = state.0.metrics.render(&gauges);
+    let metrics = &state.intake().metrics;
     if let Some(ix) = &state.0.identities {
-        let links = ix.links();
-        body.push_str(&format!(
-            "# HELP waymark_identity_index_ready 1 when the query API resolves ids in memory, 0 while the index loads or after it turned itself off (query.identity_max_links).\n\
-             # TYPE waymark_identity_index_ready gauge\nwaymark_identity_index_ready {}\n\
-             # HELP waymark_identity_index_links Identity links and users with events of their own held by the index.\n\
-             # TYPE waymark_identity_index_links gauge\nwaymark_identity_index_links {}\n",
-            u8::from(links.is_some()),
-            links.unwrap_or(0)
-        ));
+        metrics.identity_index(ix.links());
     }
+    let body = metrics.render(&gauges);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

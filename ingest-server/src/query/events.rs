@@ -6,7 +6,7 @@
 //! accepts an RFC 3339 time. An event inserted twice and not yet merged is listed once, at the
 //! later of its times, on exactly one page (keys are grouped by message id before paging). The
 //! read is limited to the person's `(site, visitor_id)` key ranges of `q_history` (a copy of the
-//! listed columns sorted by visitor and time, in small granules: see `query::schema`).
+//! listed columns sorted by visitor and time, in small granules: see `store::schema::query`).
 
 use std::sync::Arc;
 

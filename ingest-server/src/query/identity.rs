@@ -6,7 +6,7 @@
 //! # Where the links come from
 //!
 //! The index holds the links of `identities` and the user ids of `q_user_visitors` (users with
-//! events under their own id, see `query::schema`), both read the same way:
+//! events under their own id, see `store::schema::query`), both read the same way:
 //!
 //! - At start, every active part of both tables is read (the index answers nothing until that
 //!   load is done: until then, and whenever it is off, resolution is the SQL lookup).
@@ -389,6 +389,16 @@ fn site_entry<'m>(all: &'m mut HashMap<String, SiteLinks>, site: &str) -> &'m mu
         all.insert(site.to_string(), SiteLinks::default());
     }
     all.get_mut(site).expect("inserted above")
+}
+
+impl crate::store::IdentityFeed for IdentityIndex {
+    fn add_links<'a>(
+        &self,
+        links: &mut dyn Iterator<Item = (&'a str, &'a str, &'a str, u32)>,
+        users: &mut dyn Iterator<Item = (&'a str, &'a str)>,
+    ) {
+        self.add_all(links, users);
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Identity is resolved first ([`resolve`]): an anonymous id linked to a user becomes that user
 //! (the latest link wins when a device was shared), and the user's profile covers every anonymous
 //! id ever linked to it, so what a visitor did before identifying counts for the user. The figures
-//! then come from the pre-aggregated tables of [`super::schema`], read in four concurrent queries
+//! then come from the pre-aggregated tables of [`crate::store::schema::query`], read in four concurrent queries
 //! keyed by `(site, visitor_id)`: a few aggregate rows per visitor, whatever the history's size.
 //!
 //! Windows: "7 days" and "30 days" are whole days (the ClickHouse server's time zone), today
@@ -248,7 +248,7 @@ fn window_start(utc: bool, now: i64, days: i64) -> String {
 async fn rfm_bounds(st: &QueryState, site: &str, now: i64) -> Result<Arc<RfmBounds>, QueryError> {
     let refresh = st.config().rfm.refresh.0;
     let stale = {
-        let mut map = st.0.rfm.map.lock().expect("rfm lock");
+        let mut map = st.rfm().map.lock().expect("rfm lock");
         match map.get_mut(site) {
             Some((at, b)) if at.elapsed() < refresh => return Ok(b.clone()),
             Some((at, b)) => {
@@ -265,7 +265,7 @@ async fn rfm_bounds(st: &QueryState, site: &str, now: i64) -> Result<Arc<RfmBoun
             tokio::spawn(async move {
                 match compute_rfm_bounds(&st, &site, now).await {
                     Ok(b) => {
-                        st.0.rfm
+                        st.rfm()
                             .map
                             .lock()
                             .expect("rfm lock")
@@ -278,7 +278,7 @@ async fn rfm_bounds(st: &QueryState, site: &str, now: i64) -> Result<Arc<RfmBoun
         }
         None => {
             let b = Arc::new(compute_rfm_bounds(st, site, now).await?);
-            st.0.rfm
+            st.rfm()
                 .map
                 .lock()
                 .expect("rfm lock")

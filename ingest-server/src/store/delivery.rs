@@ -33,13 +33,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::row::{EventRow, QuarantineRow};
 use super::{Cause, ErrorClass, Sink, StoreError};
+use crate::clock::now_ms_u64 as now_ms;
 use crate::metrics::Metrics;
 
 /// How long a probe row that went in counts as proof that ClickHouse takes rows.
@@ -60,13 +61,6 @@ pub struct Policy {
 /// came from.
 #[derive(Debug)]
 pub struct Stopped;
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// The quarantine row for `row`, which ClickHouse refused with `reason`.
 pub fn quarantine_row(row: &EventRow, reason: &str) -> QuarantineRow {
@@ -146,7 +140,7 @@ impl<S: Sink> Delivery<S> {
             // The schema may be gone: apply the migrations again before the next attempt.
             self.prepared.store(false, Ordering::Relaxed);
         }
-        self.metrics.clickhouse_up.store(0, Ordering::Relaxed);
+        self.metrics.clickhouse_up.set(0.0);
         self.metrics
             .writer
             .block(cause.label(), during, error, now_ms());
@@ -167,7 +161,7 @@ impl<S: Sink> Delivery<S> {
             match self.sink.prepare().await {
                 Ok(()) => self.prepared.store(true, Ordering::Relaxed),
                 Err(e) => {
-                    self.metrics.insert_retries.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.insert_retries.increment(1);
                     self.wait_out(e.cause(), "schema", &e.message, delay)
                         .await?;
                 }
@@ -186,11 +180,11 @@ impl<S: Sink> Delivery<S> {
         if fresh {
             return Ok(());
         }
-        self.metrics.probes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.probes.increment(1);
         let result = self.sink.probe().await;
         if result.is_ok() {
             *self.probe_ok_at.lock().expect("probe time") = Some(Instant::now());
-            self.metrics.clickhouse_up.store(1, Ordering::Relaxed);
+            self.metrics.clickhouse_up.set(1.0);
             self.metrics.writer.clear();
         }
         result
@@ -213,7 +207,7 @@ impl<S: Sink> Delivery<S> {
                     }
                     Err(e) => e,
                 };
-                self.metrics.insert_retries.fetch_add(1, Ordering::Relaxed);
+                self.metrics.insert_retries.increment(1);
                 match e.class {
                     ErrorClass::Unavailable(Cause::TooManyPartitions) if rows.len() > 1 => {
                         tracing::warn!(rows = rows.len(), error = %e, "the batch spans too many partitions for one insert; splitting it");
@@ -259,12 +253,12 @@ impl<S: Sink> Delivery<S> {
 
     fn landed(&self, rows: usize, started: Instant) {
         let m = &self.metrics;
-        m.clickhouse_up.store(1, Ordering::Relaxed);
+        m.clickhouse_up.set(1.0);
         m.writer.clear();
-        m.insert_batches.fetch_add(1, Ordering::Relaxed);
-        m.insert_rows.fetch_add(rows as u64, Ordering::Relaxed);
-        m.insert_batch_rows.observe(rows as f64);
-        m.insert_seconds.observe(started.elapsed().as_secs_f64());
+        m.insert_batches.increment(1);
+        m.insert_rows.increment(rows as u64);
+        m.insert_batch_rows.record(rows as f64);
+        m.insert_seconds.record(started.elapsed().as_secs_f64());
         tracing::debug!(rows, ms = started.elapsed().as_millis() as u64, "inserted");
     }
 
@@ -276,9 +270,7 @@ impl<S: Sink> Delivery<S> {
             self.prepare(&mut delay).await?;
             match self.sink.quarantine(rows).await {
                 Ok(()) => {
-                    self.metrics
-                        .quarantined_rows
-                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    self.metrics.quarantined_rows.increment(rows.len() as u64);
                     self.metrics.writer.clear();
                     for r in rows {
                         tracing::warn!(site = %r.site, message_id = %r.message_id, reason = %r.reason, "row quarantined");

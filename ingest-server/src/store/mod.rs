@@ -381,13 +381,27 @@ async fn apply(
 const INSERT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const INSERT_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Told of the identity links the writer is about to insert, before it inserts them, so a
+/// reader of the links never sees events before the links they came with. The query API's
+/// in-memory identity index implements it (`crate::query::identity`); the store knows only this
+/// trait, so it does not depend on the layer that reads through it.
+pub trait IdentityFeed: Send + Sync {
+    /// `links`: (site, anonymous id, user id, linked at, Unix seconds); `users`: (site, user
+    /// id) of events sent under a user id alone, what `q_user_visitors` will hold.
+    fn add_links<'a>(
+        &self,
+        links: &mut dyn Iterator<Item = (&'a str, &'a str, &'a str, u32)>,
+        users: &mut dyn Iterator<Item = (&'a str, &'a str)>,
+    );
+}
+
 /// The production sink.
 pub struct ClickHouseSink {
     client: clickhouse::Client,
     db_client: clickhouse::Client,
     database: String,
     schema: Arc<SchemaStatus>,
-    identities: Option<Arc<crate::query::identity::IdentityIndex>>,
+    identities: Option<Arc<dyn IdentityFeed>>,
 }
 
 impl ClickHouseSink {
@@ -404,11 +418,8 @@ impl ClickHouseSink {
 
     /// Adds every identity link to `index` before inserting it, so the query API never sees
     /// events before the links they came with.
-    pub fn with_identities(
-        mut self,
-        index: Option<Arc<crate::query::identity::IdentityIndex>>,
-    ) -> Self {
-        self.identities = index;
+    pub fn with_identities<F: IdentityFeed + 'static>(mut self, index: Option<Arc<F>>) -> Self {
+        self.identities = index.map(|ix| ix as Arc<dyn IdentityFeed>);
         self
     }
 
@@ -450,8 +461,8 @@ impl Sink for ClickHouseSink {
             // both; the tables collapse the rows inserted twice).
             let links: Vec<IdentityRow> = rows.iter().flat_map(identity_links).collect();
             if let Some(ix) = &self.identities {
-                ix.add_all(
-                    links.iter().map(|l| {
+                ix.add_links(
+                    &mut links.iter().map(|l| {
                         (
                             l.site.as_str(),
                             l.anonymous_id.as_str(),
@@ -460,7 +471,8 @@ impl Sink for ClickHouseSink {
                         )
                     }),
                     // What `q_user_visitors` will hold (its view's condition).
-                    rows.iter()
+                    &mut rows
+                        .iter()
                         .filter(|r| r.anonymous_id.is_empty() && !r.user_id.is_empty())
                         .map(|r| (r.site.as_str(), r.user_id.as_str())),
                 );
@@ -502,11 +514,8 @@ impl Sink for ClickHouseSink {
                     .await
                     .map_err(|e| classify(&e))?;
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            self.insert_rows(PROBE_TABLE, &[probe_row(now)]).await
+            self.insert_rows(PROBE_TABLE, &[probe_row(crate::clock::now_ms_u64())])
+                .await
         })
     }
 }

@@ -30,9 +30,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::delivery::{now_ms, Delivery, Policy};
+use super::delivery::{Delivery, Policy};
 use super::row::{EventRow, QuarantineRow};
 use super::{classify, ClickHouseSink, SchemaStatus, Sink as _, StoreError};
+use crate::clock::now_ms_u64 as now_ms;
 use crate::config::Config;
 use crate::metrics::Metrics;
 

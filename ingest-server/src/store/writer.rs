@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};
 
-use super::delivery::{now_ms, quarantine_row, Delivery, Policy};
+use super::delivery::{quarantine_row, Delivery, Policy};
 use super::row::{EventRow, QuarantineRow};
 use super::Sink;
+use crate::clock::now_ms_u64 as now_ms;
 use crate::config::WriterConfig;
 use crate::metrics::Metrics;
 use crate::spool::Spool;
@@ -347,12 +348,7 @@ mod tests {
         assert_eq!(sink.insert_calls(), 31);
         assert_eq!(sink.stored().len(), 1);
         assert!(sink.quarantined().is_empty());
-        assert_eq!(
-            metrics
-                .insert_retries
-                .load(std::sync::atomic::Ordering::Relaxed),
-            30
-        );
+        assert_eq!(metrics.value("waymark_insert_retries_total"), Some(30.0));
         assert!(metrics.writer.blocked().is_none());
     }
 

@@ -13,6 +13,14 @@
 //! Sites without a `rate_limit` are unlimited: the spool cap (503 + Retry-After) is the server's
 //! own overload protection, and a guessed default would refuse a legitimately busy site; a limit
 //! is a per-site policy the operator opts into.
+//!
+//! Written by hand rather than with a rate-limiting crate (`governor`) for its refund rule: a
+//! request's tokens are taken for every site it touches at once, before the spool append, and
+//! given back when the append then fails (spool full or failing), so a client told 503 and
+//! retrying is not also charged for the attempt that stored nothing. `governor` has no way to
+//! give cells back, and refuses outright a request larger than its burst (`check_n` answers
+//! "insufficient capacity") where this bucket lets it through into debt; both rules would need
+//! a second bucket beside it. The bucket itself is forty lines.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

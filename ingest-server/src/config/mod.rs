@@ -3,90 +3,21 @@
 //! or a bad value is an error that names it.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 pub use waymark_protocol::edge::IpMode;
 
-/// Every setting, with its default, as printed by `ingest-server --help`.
-pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; every key is optional):
+mod env;
+mod help;
+mod query;
+mod units;
 
-  listen = "127.0.0.1:8080"        address to serve HTTP on (port 0 = any free port)  [WAYMARK_LISTEN]
-
-  [clickhouse]
-  url = "http://127.0.0.1:8123"    ClickHouse HTTP interface                           [WAYMARK_CLICKHOUSE_URL]
-  database = "waymark"             database (created if missing; migrations applied)   [WAYMARK_CLICKHOUSE_DATABASE]
-  user = "default"                                                                     [WAYMARK_CLICKHOUSE_USER]
-  password = ""                                                                        [WAYMARK_CLICKHOUSE_PASSWORD]
-
-  [spool]
-  dir = ".waymark/spool"           durable on-disk buffer (acknowledged events live here
-                                   until ClickHouse confirms them)                     [WAYMARK_SPOOL_DIR]
-  max_bytes = "1GiB"               cap; beyond it requests get 503 + Retry-After       [WAYMARK_SPOOL_MAX_BYTES]
-
-  [writer]                         a ClickHouse insert happens when any threshold is hit
-  max_rows = 100000                rows per insert                                     [WAYMARK_WRITER_MAX_ROWS]
-  max_bytes = "32MiB"              spooled bytes per insert (bounds the writer's memory) [WAYMARK_WRITER_MAX_BYTES]
-  max_age = "1s"                   oldest waiting event                                [WAYMARK_WRITER_MAX_AGE]
-  max_backoff = "5s"               longest pause between retries while ClickHouse cannot take
-                                   rows (down, auth, disk, missing column...): they stay in
-                                   the spool and are retried for as long as it takes   [WAYMARK_WRITER_MAX_BACKOFF]
-  max_attempts = 3                 refusals of a single row, each while a known-good probe
-                                   row went in, before it goes to the quarantine table
-                                   (replay: `ingest-server quarantine replay`)         [WAYMARK_WRITER_MAX_ATTEMPTS]
-
-  [edge]                           absent (or no secret) = POST /v1/edge answers 404
-  secret = "..."                   HMAC-SHA256 secret shared with the edge worker      [WAYMARK_EDGE_SECRET]
-  replay_window = "5m"             accepted clock difference; a signature is accepted once
-  max_body = "8MiB"                body limit for one forwarded request
-
-  [dedup]
-  capacity = 200000                recent message ids remembered per process (0 = off)
-
-  [http]                           limits on clients
-  max_connections = 10000          open connections; one more gets 503 + Retry-After, closed
-  body_timeout = "10s"             a request body must arrive within this (else 408)
-  request_timeout = "30s"          a request must be answered within this (else 408)
-  shutdown_grace = "10s"           at SIGTERM, open requests and streams get this long, then
-                                   are cut and the spool is flushed
-
-  [[sites]]                        one per site; write keys map requests to the site
-  id = "shop"
-  write_keys = ["wk_shop"]
-  allowed_origins = ["http://127.0.0.1:8000"]   CORS for browsers sending directly ("*" = any)
-  ip = "truncate"                  "truncate" (IPv4 /24, IPv6 /48) or "drop"; the raw IP is never stored
-  rate_limit = { events_per_second = 5000, burst = 20000 }
-                                   optional token bucket on events (absent = unlimited: the
-                                   spool cap is the server's own overload guard); a request
-                                   the bucket cannot cover gets 429 + Retry-After and nothing
-                                   is stored; a request larger than burst passes only when
-                                   the bucket is full
-
-  [query]                          the read API (profiles, event history, audiences)
-  cart_abandon_after = "1h"        a cart is abandoned when its last add is older, with no order after
-  cache_ttl = "5s"                 in-process cache of profile / event answers ("0s" = off)
-  cache_entries = 10000            answers the cache holds at most
-  recent_products = 10             recently viewed products listed in a profile
-  identity_refresh = "1s"          how often the in-memory identity index (anonymous id <-> user
-                                   id) reads links other servers wrote; "0s" = no index, ids
-                                   are resolved in ClickHouse on every request
-  identity_max_links = 1000000     links the index holds at most (about 200 bytes each); beyond,
-                                   it turns itself off and ids are resolved in ClickHouse
-  [query.engagement]               30-day engaged time: below medium = "short", below long = "medium"
-  medium = "1m"
-  long = "10m"
-  [query.rfm]                      RFM scores 1-5 from the site's own quintiles
-  refresh = "5m"                   how often the site's quintiles are recomputed (in the background)
-  lookback = "8760h"               orders older than this do not count for RFM
-  [[query.read_keys]]              one per key; `Authorization: Bearer <key>`
-  key = "rk_shop"
-  sites = ["shop"]                 the only sites this key can read
-
-Sizes accept B, KB, MB, GB, KiB, MiB, GiB (e.g. "64MiB"); durations accept ms, s, m, h (e.g. "5s").
-"#;
+pub use help::SETTINGS_HELP;
+pub use query::{EngagementConfig, QueryConfig, ReadKey, RfmConfig};
+pub use units::{ByteSize, HumanDuration};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -100,9 +31,9 @@ pub struct Config {
     pub dedup: DedupConfig,
     pub http: HttpConfig,
     pub sites: Vec<SiteConfig>,
-    /// The query API (read keys, cart and engagement settings): see `crate::query::QueryConfig`.
+    /// The query API (read keys, cart and engagement settings): see `QueryConfig`.
     #[serde(default)]
-    pub query: crate::query::QueryConfig,
+    pub query: QueryConfig,
 }
 
 impl Default for Config {
@@ -116,7 +47,7 @@ impl Default for Config {
             dedup: DedupConfig::default(),
             http: HttpConfig::default(),
             sites: Vec::new(),
-            query: crate::query::QueryConfig::default(),
+            query: QueryConfig::default(),
         }
     }
 }
@@ -194,11 +125,11 @@ pub struct EdgeConfig {
     pub max_body: ByteSize,
 }
 
-fn default_replay_window() -> HumanDuration {
+pub(crate) fn default_replay_window() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
 
-fn default_edge_max_body() -> ByteSize {
+pub(crate) fn default_edge_max_body() -> ByteSize {
     ByteSize(8 << 20)
 }
 
@@ -252,7 +183,7 @@ pub struct SiteConfig {
     #[serde(default)]
     /// What happens to the client IP: never stored raw.
     pub ip: IpMode,
-    /// Absent = unlimited (see `crate::ratelimit` for why that is the default).
+    /// Absent = unlimited (see `crate::intake::ratelimit` for why that is the default).
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
 }
@@ -263,103 +194,6 @@ pub struct SiteConfig {
 pub struct RateLimitConfig {
     pub events_per_second: f64,
     pub burst: u64,
-}
-
-/// A size in bytes, written as `"64MiB"`, `"1GB"`, `"512"` or a bare integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-/// A duration written as `"5s"`, `"250ms"`, `"5m"`, `"1h"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl ByteSize {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len());
-        let (num, unit) = (s[..split].trim(), s[split..].trim());
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a size (expected e.g. \"64MiB\")"))?;
-        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "kb" | "k" => 1_000,
-            "mb" | "m" => 1_000_000,
-            "gb" | "g" => 1_000_000_000,
-            "kib" => 1 << 10,
-            "mib" => 1 << 20,
-            "gib" => 1 << 30,
-            "tib" => 1 << 40,
-            _ => {
-                return Err(format!(
-                    "{s:?}: unknown size unit {unit:?} (use B, KB, MB, GB, KiB, MiB, GiB)"
-                ))
-            }
-        };
-        if !n.is_finite() || n < 0.0 {
-            return Err(format!("{s:?} is not a size"));
-        }
-        Ok(ByteSize((n * mult as f64) as u64))
-    }
-}
-
-impl HumanDuration {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len());
-        let (num, unit) = (s[..split].trim(), s[split..].trim());
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration (expected e.g. \"5s\")"))?;
-        let secs = match unit {
-            "ms" => n / 1000.0,
-            "s" => n,
-            "m" | "min" => n * 60.0,
-            "h" => n * 3600.0,
-            "" => return Err(format!("{s:?}: a duration needs a unit (ms, s, m, h)")),
-            _ => {
-                return Err(format!(
-                    "{s:?}: unknown duration unit {unit:?} (use ms, s, m, h)"
-                ))
-            }
-        };
-        if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("{s:?} is not a duration"));
-        }
-        Ok(HumanDuration(Duration::from_secs_f64(secs)))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        HumanDuration::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} bytes", self.0)
-    }
 }
 
 /// Configuration problems; each names the key.
@@ -398,78 +232,6 @@ impl Config {
     /// Parses TOML text (no environment, no validation).
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
-    }
-
-    /// Applies `WAYMARK_*` overrides from `env`.
-    pub fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
-        fn get<'a>(env: &'a HashMap<String, String>, var: &str) -> Option<&'a str> {
-            env.get(var).map(String::as_str)
-        }
-        fn bad(var: &'static str, message: impl Into<String>) -> ConfigError {
-            ConfigError::Env {
-                var,
-                message: message.into(),
-            }
-        }
-        if let Some(v) = get(env, "WAYMARK_LISTEN") {
-            self.listen = v
-                .parse()
-                .map_err(|e| bad("WAYMARK_LISTEN", format!("{v:?}: {e}")))?;
-        }
-        if let Some(v) = get(env, "WAYMARK_CLICKHOUSE_URL") {
-            self.clickhouse.url = v.into();
-        }
-        if let Some(v) = get(env, "WAYMARK_CLICKHOUSE_DATABASE") {
-            self.clickhouse.database = v.into();
-        }
-        if let Some(v) = get(env, "WAYMARK_CLICKHOUSE_USER") {
-            self.clickhouse.user = v.into();
-        }
-        if let Some(v) = get(env, "WAYMARK_CLICKHOUSE_PASSWORD") {
-            self.clickhouse.password = v.into();
-        }
-        if let Some(v) = get(env, "WAYMARK_SPOOL_DIR") {
-            self.spool.dir = v.into();
-        }
-        if let Some(v) = get(env, "WAYMARK_SPOOL_MAX_BYTES") {
-            self.spool.max_bytes =
-                ByteSize::parse(v).map_err(|e| bad("WAYMARK_SPOOL_MAX_BYTES", e))?;
-        }
-        if let Some(v) = get(env, "WAYMARK_WRITER_MAX_ROWS") {
-            self.writer.max_rows = v
-                .parse()
-                .map_err(|e| bad("WAYMARK_WRITER_MAX_ROWS", format!("{v:?}: {e}")))?;
-        }
-        if let Some(v) = get(env, "WAYMARK_WRITER_MAX_BYTES") {
-            self.writer.max_bytes =
-                ByteSize::parse(v).map_err(|e| bad("WAYMARK_WRITER_MAX_BYTES", e))?;
-        }
-        if let Some(v) = get(env, "WAYMARK_WRITER_MAX_AGE") {
-            self.writer.max_age =
-                HumanDuration::parse(v).map_err(|e| bad("WAYMARK_WRITER_MAX_AGE", e))?;
-        }
-        if let Some(v) = get(env, "WAYMARK_WRITER_MAX_BACKOFF") {
-            self.writer.max_backoff =
-                HumanDuration::parse(v).map_err(|e| bad("WAYMARK_WRITER_MAX_BACKOFF", e))?;
-        }
-        if let Some(v) = get(env, "WAYMARK_WRITER_MAX_ATTEMPTS") {
-            self.writer.max_attempts = v
-                .parse()
-                .map_err(|e| bad("WAYMARK_WRITER_MAX_ATTEMPTS", format!("{v:?}: {e}")))?;
-        }
-        if let Some(v) = get(env, "WAYMARK_EDGE_SECRET") {
-            match &mut self.edge {
-                Some(edge) => edge.secret = Some(v.into()),
-                None => {
-                    self.edge = Some(EdgeConfig {
-                        secret: Some(v.into()),
-                        replay_window: default_replay_window(),
-                        max_body: default_edge_max_body(),
-                    })
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Checks values that parse but make no sense.

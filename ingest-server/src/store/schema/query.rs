@@ -1,6 +1,6 @@
 //! Pre-aggregated state for the query API: ClickHouse tables fed by materialized views on
 //! `events` and `identities`, so a profile reads a handful of aggregate rows instead of a
-//! visitor's raw history. Applied as migrations 100.. (see `store::schema::MIGRATIONS`).
+//! visitor's raw history. Applied as migrations 100.. (see [`super::MIGRATIONS`]); the query API (`crate::query`) reads them.
 //!
 //! # Tables
 //!

@@ -30,6 +30,8 @@
 //! `argMax(col, received_at_ms)`. Aggregate tables fed by materialized views see each insert, so
 //! they must be built on uniq-style states (or deduplicate by `message_id` at read time).
 
+pub mod query;
+
 /// One migration: a version, a name, and the statements (`{db}` is the database).
 pub struct Migration {
     pub version: u32,
@@ -193,65 +195,65 @@ ORDER BY (quarantined_at, site)"],
 ORDER BY (site, message_id, quarantined_at)"],
         code: None,
     },
-    // 100..: the query API's pre-aggregated state (SQL and design in `crate::query::schema`).
+    // 100..: the query API's pre-aggregated state (SQL and design in [`query`]).
     Migration {
         version: 100,
         name: "query_visitor_state",
-        statements: crate::query::schema::VISITOR,
+        statements: query::VISITOR,
         code: None,
     },
     Migration {
         version: 101,
         name: "query_visitor_daily",
-        statements: crate::query::schema::DAILY,
+        statements: query::DAILY,
         code: None,
     },
     Migration {
         version: 102,
         name: "query_products",
-        statements: crate::query::schema::PRODUCTS,
+        statements: query::PRODUCTS,
         code: None,
     },
     Migration {
         version: 103,
         name: "query_orders",
-        statements: crate::query::schema::ORDERS,
+        statements: query::ORDERS,
         code: None,
     },
     Migration {
         version: 104,
         name: "query_events_by_name",
-        statements: crate::query::schema::BY_NAME,
+        statements: query::BY_NAME,
         code: None,
     },
     Migration {
         version: 105,
         name: "query_ident_by_anon",
-        statements: crate::query::schema::IDENT_BY_ANON,
+        statements: query::IDENT_BY_ANON,
         code: None,
     },
     Migration {
         version: 106,
         name: "query_history",
-        statements: crate::query::schema::HISTORY,
+        statements: query::HISTORY,
         code: None,
     },
     Migration {
         version: 107,
         name: "query_visitor_days",
-        statements: crate::query::schema::DAYS,
+        statements: query::DAYS,
         code: None,
     },
     Migration {
         version: 108,
         name: "query_visitor_products",
-        statements: crate::query::schema::VISITOR_PRODUCTS,
+        statements: query::VISITOR_PRODUCTS,
         code: None,
     },
     Migration {
         version: 109,
         name: "query_user_visitors",
-        statements: crate::query::schema::USER_VISITORS,
+        statements: query::USER_VISITORS,
         code: None,
     },
     Migration {

@@ -1,0 +1,80 @@
+//! The settings help printed by `ingest-server --help`.
+
+/// Every setting, with its default, as printed by `ingest-server --help`.
+pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; every key is optional):
+
+  listen = "127.0.0.1:8080"        address to serve HTTP on (port 0 = any free port)  [WAYMARK_LISTEN]
+
+  [clickhouse]
+  url = "http://127.0.0.1:8123"    ClickHouse HTTP interface                           [WAYMARK_CLICKHOUSE_URL]
+  database = "waymark"             database (created if missing; migrations applied)   [WAYMARK_CLICKHOUSE_DATABASE]
+  user = "default"                                                                     [WAYMARK_CLICKHOUSE_USER]
+  password = ""                                                                        [WAYMARK_CLICKHOUSE_PASSWORD]
+
+  [spool]
+  dir = ".waymark/spool"           durable on-disk buffer (acknowledged events live here
+                                   until ClickHouse confirms them)                     [WAYMARK_SPOOL_DIR]
+  max_bytes = "1GiB"               cap; beyond it requests get 503 + Retry-After       [WAYMARK_SPOOL_MAX_BYTES]
+
+  [writer]                         a ClickHouse insert happens when any threshold is hit
+  max_rows = 100000                rows per insert                                     [WAYMARK_WRITER_MAX_ROWS]
+  max_bytes = "32MiB"              spooled bytes per insert (bounds the writer's memory) [WAYMARK_WRITER_MAX_BYTES]
+  max_age = "1s"                   oldest waiting event                                [WAYMARK_WRITER_MAX_AGE]
+  max_backoff = "5s"               longest pause between retries while ClickHouse cannot take
+                                   rows (down, auth, disk, missing column...): they stay in
+                                   the spool and are retried for as long as it takes   [WAYMARK_WRITER_MAX_BACKOFF]
+  max_attempts = 3                 refusals of a single row, each while a known-good probe
+                                   row went in, before it goes to the quarantine table
+                                   (replay: `ingest-server quarantine replay`)         [WAYMARK_WRITER_MAX_ATTEMPTS]
+
+  [edge]                           absent (or no secret) = POST /v1/edge answers 404
+  secret = "..."                   HMAC-SHA256 secret shared with the edge worker      [WAYMARK_EDGE_SECRET]
+  replay_window = "5m"             accepted clock difference; a signature is accepted once
+  max_body = "8MiB"                body limit for one forwarded request
+
+  [dedup]
+  capacity = 200000                recent message ids remembered per process (0 = off)
+
+  [http]                           limits on clients
+  max_connections = 10000          open connections; one more gets 503 + Retry-After, closed
+  body_timeout = "10s"             a request body must arrive within this (else 408)
+  request_timeout = "30s"          a request must be answered within this (else 408)
+  shutdown_grace = "10s"           at SIGTERM, open requests and streams get this long, then
+                                   are cut and the spool is flushed
+
+  [[sites]]                        one per site; write keys map requests to the site
+  id = "shop"
+  write_keys = ["wk_shop"]
+  allowed_origins = ["http://127.0.0.1:8000"]   CORS for browsers sending directly ("*" = any)
+  ip = "truncate"                  "truncate" (IPv4 /24, IPv6 /48) or "drop"; the raw IP is never stored
+  rate_limit = { events_per_second = 5000, burst = 20000 }
+                                   optional token bucket on events (absent = unlimited: the
+                                   spool cap is the server's own overload guard); a request
+                                   the bucket cannot cover gets 429 + Retry-After and nothing
+                                   is stored; a request larger than burst passes only when
+                                   the bucket is full
+
+  [query]                          the read API (profiles, event history, audiences)
+  cart_abandon_after = "1h"        a cart is abandoned when its last add is older, with no order after
+  cache_ttl = "5s"                 in-process cache of profile / event answers ("0s" = off)
+  cache_entries = 10000            answers the cache holds at most
+  cache_max_bytes = "64MiB"        bytes of answers the cache holds at most
+  recent_products = 10             recently viewed products listed in a profile
+  identity_refresh = "1s"          how often the in-memory identity index (anonymous id <-> user
+                                   id) reads links other servers wrote; "0s" = no index, ids
+                                   are resolved in ClickHouse on every request
+  identity_max_links = 1000000     links the index holds at most (about 200 bytes each); beyond,
+                                   it turns itself off and ids are resolved in ClickHouse
+  [query.engagement]               30-day engaged time: below medium = "short", below long = "medium"
+  medium = "1m"
+  long = "10m"
+  [query.rfm]                      RFM scores 1-5 from the site's own quintiles
+  refresh = "5m"                   how often the site's quintiles are recomputed (in the background)
+  lookback = "8760h"               orders older than this do not count for RFM
+  [[query.read_keys]]              one per key; `Authorization: Bearer <key>`
+  key = "rk_shop"
+  sites = ["shop"]                 the only sites this key can read
+
+Sizes accept B, KB, MB, GB, KiB, MiB, GiB (e.g. "64MiB"); durations accept ms, s, m, h, d
+(e.g. "5s", "30d"; "1h 30m" too).
+"#;

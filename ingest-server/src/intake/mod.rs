@@ -1,0 +1,178 @@
+//! The admit pipeline: what happens to a request's events between the HTTP handler and the
+//! spool, in the order it happens.
+//!
+//! 1. [`auth`]: the write key (constant-time lookup), the site's allowed origins, or the edge
+//!    worker's signature and its replay guard;
+//! 2. validation by the protocol crate ([`segment`] for Segment-shaped requests, [`edge`] for
+//!    signed forwards): bad events become rejections, good ones go on;
+//! 3. [`enrich`]: each event becomes an [`EventRow`] (clock skew, user agent, bot flag, UTM,
+//!    session, geo; the raw IP never kept);
+//! 4. [`Intake::admit`]: the site's rate limit ([`ratelimit`]), then recent duplicates dropped
+//!    ([`dedup`]), then the rows appended to the spool as one record, answered once fsynced.
+//!
+//! Nothing here knows HTTP beyond the error it answers with ([`error::ApiError`]); the
+//! handlers in `crate::http` read requests and call in.
+
+pub mod auth;
+pub mod dedup;
+pub mod edge;
+pub mod enrich;
+pub mod error;
+pub mod ratelimit;
+pub mod segment;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use waymark_protocol::Rejection;
+
+pub use error::ApiError;
+
+use crate::config::{Config, SiteConfig};
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use crate::spool::{Spool, SpoolError};
+use crate::store::row::EventRow;
+use dedup::Dedup;
+use enrich::UaParser;
+use ratelimit::RateLimiter;
+
+/// The 200 body.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+/// Seconds a client should wait when the spool is full: long enough for the writer to drain.
+const RETRY_AFTER_SECS: u64 = 5;
+
+/// Everything the admit pipeline holds.
+pub struct Intake {
+    pub config: Config,
+    /// write key -> index into `config.sites`, compared in constant time
+    keys: Keys<usize>,
+    pub spool: Spool,
+    pub metrics: Arc<Metrics>,
+    dedup: Dedup,
+    pub ua: UaParser,
+    limiter: RateLimiter,
+    pub replay: auth::ReplayGuard,
+}
+
+impl Intake {
+    pub fn new(config: Config, spool: Spool, metrics: Arc<Metrics>) -> Self {
+        let keys = Keys::new(
+            config
+                .sites
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| s.write_keys.iter().map(move |k| (k.clone(), i))),
+        );
+        Intake {
+            dedup: Dedup::new(config.dedup.capacity),
+            keys,
+            spool,
+            metrics,
+            ua: UaParser::default(),
+            limiter: RateLimiter::new(&config.sites),
+            replay: auth::ReplayGuard::default(),
+            config,
+        }
+    }
+
+    /// The site that owns a write key.
+    pub fn site_for_key(&self, key: &str) -> Option<&SiteConfig> {
+        self.keys.find(key).map(|&i| &self.config.sites[i])
+    }
+
+    /// Checks the sites' rate limits, drops recent duplicates, spools the rest as one record, and
+    /// returns once it is fsynced.
+    pub async fn admit(&self, rows: Vec<EventRow>, source: &str) -> Result<(), ApiError> {
+        // The limit counts what the client sent (duplicates included) and is checked before
+        // anything is written; tokens go back if the spool then refuses.
+        let counts: Vec<(String, u64)> = count_by_site(&rows)
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
+        let counts: Vec<(&str, u64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        if let Err(l) = self.limiter.take(&counts) {
+            return Err(ApiError::RateLimited {
+                retry_after_secs: l.retry_after_secs,
+                message: format!(
+                    "rate_limit: site {:?} is over its limit of {} events/s (burst {}); retry in {} s",
+                    l.site, l.events_per_second, l.burst, l.retry_after_secs
+                ),
+            });
+        }
+        let r = self.drop_duplicates_and_append(rows, source).await;
+        if r.is_err() {
+            self.limiter.give_back(&counts);
+        }
+        r
+    }
+
+    /// Drops the rows whose message id was admitted recently, appends the rest to the spool as
+    /// one record (answered once fsynced), and only then remembers their ids.
+    async fn drop_duplicates_and_append(
+        &self,
+        rows: Vec<EventRow>,
+        source: &str,
+    ) -> Result<(), ApiError> {
+        let seen = self.dedup.seen(
+            rows.iter()
+                .map(|r| (r.site.as_str(), r.message_id.as_str())),
+        );
+        let before = rows.len();
+        let rows: Vec<EventRow> = rows
+            .into_iter()
+            .zip(&seen)
+            .filter(|(_, s)| !**s)
+            .map(|(r, _)| r)
+            .collect();
+        self.metrics
+            .duplicates_dropped
+            .increment((before - rows.len()) as u64);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let payload = crate::spool::rows::encode(&rows);
+        match self.spool.append(payload).await {
+            Ok(_) => {
+                self.dedup.remember(
+                    rows.iter()
+                        .map(|r| (r.site.as_str(), r.message_id.as_str())),
+                );
+                self.metrics.accepted(source, rows.len() as u64);
+                Ok(())
+            }
+            Err(SpoolError::Full { used, max }) => {
+                self.metrics.spool_full.increment(1);
+                Err(ApiError::Overloaded {
+                    code: "spool_full",
+                    retry_after_secs: RETRY_AFTER_SECS,
+                    message: format!(
+                        "the server's buffer is full ({used} of {max} bytes) while it waits for its database; retry later"
+                    ),
+                })
+            }
+            Err(e) => Err(ApiError::Overloaded {
+                code: "spool_unavailable",
+                retry_after_secs: RETRY_AFTER_SECS,
+                message: format!("cannot store events durably right now: {e}"),
+            }),
+        }
+    }
+}
+
+/// Events per site in `rows` (rows of one site are usually adjacent).
+fn count_by_site(rows: &[EventRow]) -> Vec<(&str, u64)> {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for r in rows {
+        match counts.iter_mut().find(|(s, _)| *s == r.site) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&r.site, 1)),
+        }
+    }
+    counts
+}

@@ -1,0 +1,97 @@
+//! Segment-shaped requests (`/v1/batch`, `/v1/track` ..., analytics.js's short paths,
+//! RudderStack's beacon): the write key and origin checks, validation by the protocol crate,
+//! enrichment, admission.
+
+use waymark_protocol::intake::IntakePath;
+use waymark_protocol::{parse_batch, parse_single, BatchError};
+
+use super::auth::{origin_allowed, unknown_key};
+use super::enrich::{to_row, RequestFacts};
+use super::error::ApiError;
+use super::{Accepted, Intake};
+
+/// One Segment-shaped request, as the HTTP layer read it.
+pub struct Delivery<'a> {
+    pub kind: IntakePath,
+    /// The decoded body.
+    pub body: &'a [u8],
+    /// The write key carried outside the body (Basic user name, `?writeKey=`), if any.
+    pub write_key: Option<String>,
+    /// The browser's `Origin`, if any.
+    pub origin: Option<&'a str>,
+    /// The peer's address (the site's `ip` setting decides what is kept of it).
+    pub peer_ip: Option<String>,
+}
+
+/// Refuses a write key outside the body that no site has, before the body is read.
+pub fn check_key(intake: &Intake, key: Option<&str>) -> Result<(), ApiError> {
+    match key {
+        Some(k) if intake.site_for_key(k).is_none() => Err(unknown_key()),
+        _ => Ok(()),
+    }
+}
+
+/// The 400 or 413 for a batch the protocol crate refused whole.
+pub fn batch_error(e: BatchError) -> ApiError {
+    if e.is_too_large() {
+        ApiError::TooLarge {
+            code: e.code(),
+            field: e.field(),
+            message: e.to_string(),
+        }
+    } else {
+        ApiError::bad(e.code(), e.field(), e.to_string())
+    }
+}
+
+/// Validates the body, finds the site by its write key (outside the body, else the body's
+/// `writeKey`), checks the origin, enriches every valid event and admits them.
+pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiError> {
+    let received_at_ms = crate::clock::now_ms();
+    let validated = match d.kind {
+        IntakePath::Batch => parse_batch(d.body, received_at_ms),
+        IntakePath::Single(k) => parse_single(d.body, k, received_at_ms),
+    }
+    .map_err(batch_error)?;
+    let key = d
+        .write_key
+        .or_else(|| validated.write_key.clone())
+        .ok_or(ApiError::Unauthorized {
+        code: "missing_write_key",
+        field: "writeKey",
+        message:
+            "writeKey: missing (send it as the HTTP Basic username or as \"writeKey\" in the body)"
+                .into(),
+    })?;
+    let site = intake.site_for_key(&key).ok_or_else(unknown_key)?;
+    if let Some(o) = d.origin {
+        if !origin_allowed(site, o) {
+            return Err(ApiError::Forbidden {
+                code: "origin_not_allowed",
+                field: "origin",
+                message: format!("origin: {o:?} may not send events for this site"),
+            });
+        }
+    }
+    let facts = RequestFacts {
+        site: &site.id,
+        ip_mode: site.ip,
+        received_at_ms,
+        batch_sent_at: validated.sent_at.as_deref(),
+        source: "api",
+        peer_ip: d.peer_ip,
+        geo: None,
+        client: None,
+    };
+    let rows = validated
+        .events
+        .iter()
+        .map(|ev| to_row(ev, &facts, &intake.ua))
+        .collect::<Vec<_>>();
+    let accepted = rows.len();
+    intake.admit(rows, "api").await?;
+    Ok(Accepted {
+        accepted,
+        rejected: validated.rejections,
+    })
+}
