@@ -140,7 +140,7 @@ pub fn run_test(root: &Path, args: &[String]) -> Result<()> {
             ),
             (
                 "sdk clients",
-                // The real Segment-family SDKs (tests/clients/, pinned) against the same stack.
+                // The real Segment-family SDKs (e2e/clients/, pinned) against the same stack.
                 Box::new(|| {
                     run(cargo().args(["build", "-p", "waymark-ingest", "--bin", "ingest-server"]))?;
                     run(cargo()

@@ -1,6 +1,6 @@
 //! The whole pipeline: real Chromium visits the demo shop through the edge worker in workerd
 //! (with injected geo), the ingest server spools and stores in a real ClickHouse, and the query
-//! API answers. See `tests/e2e/browser.mjs` for what the two visitors do.
+//! API answers. See `e2e/browser/shoppers.mjs` for what the two visitors do.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ const ABANDON_AFTER_SECS: u64 = 4;
 fn sent_ids(v: &Value) -> BTreeMap<String, u64> {
     v["sent"]
         .as_object()
-        .expect("browser.mjs prints {sent: {...}}")
+        .expect("shoppers.mjs prints {sent: {...}}")
         .iter()
         .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
         .collect()

@@ -1,11 +1,11 @@
 // Drives real headless Chromium through the demo shop for the end-to-end test
-// (tests/tests/pipeline.rs). Two phases, so the test can check the query API in between:
+// (e2e/tests/pipeline.rs). Two phases, so the test can check the query API in between:
 //
-//   node tests/e2e/browser.mjs browse --shop URL --state DIR
+//   node e2e/browser/shoppers.mjs browse --shop URL --state DIR
 //       visitor A (Lyon): views two products for different times, adds the second to the cart,
 //       leaves; visitor B (Hamburg): views a product, adds it, checks out. A's browser state is
 //       saved in DIR/a.json.
-//   node tests/e2e/browser.mjs login --shop URL --state DIR
+//   node e2e/browser/shoppers.mjs login --shop URL --state DIR
 //       visitor A comes back with the saved state and logs in (identify).
 //
 // Prints one JSON line: { "sent": { "<messageId>": count, ... }, "batches": N } with every
@@ -35,7 +35,7 @@ const { values: args, positionals } = parseArgs({
 });
 const phase = positionals[0];
 if (!args.shop || !args.state || !['browse', 'login'].includes(phase)) {
-  console.error('usage: browser.mjs browse|login --shop URL --state DIR');
+  console.error('usage: shoppers.mjs browse|login --shop URL --state DIR');
   process.exit(2);
 }
 
