@@ -21,9 +21,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
-/// The clock, at the path the developer tools (xtask) still use; new code calls
-/// [`crate::clock::now_ms`].
-pub use crate::clock::now_ms;
 pub use crate::intake::error;
 pub use crate::intake::Accepted;
 
