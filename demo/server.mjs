@@ -6,7 +6,7 @@
 //   node demo/server.mjs --port 8000 --ingest http://127.0.0.1:8080 --secret S --write-key wk_demo
 //
 // Geo: each request to the worker carries a `cf` object. By default it is the edge tests'
-// BERLIN_CF (edge-worker/test/harness.mjs); a request may bring its own as JSON in the
+// BERLIN_CF (edge-worker/workerd-tests/harness.mjs); a request may bring its own as JSON in the
 // `x-waymark-demo-cf` header or the `waymark_demo_cf` cookie (URL-encoded JSON; the end-to-end
 // test sets it per browser context, and cookies travel with beacons too). The header is removed
 // before the worker sees the request.
@@ -15,7 +15,7 @@
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
-import { BERLIN_CF, PREFIX, startWorker } from '../edge-worker/test/harness.mjs';
+import { BERLIN_CF, PREFIX, startWorker } from '../edge-worker/workerd-tests/harness.mjs';
 import { renderPage } from './shop.mjs';
 
 const { values: args } = parseArgs({

@@ -10,10 +10,12 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::engagement::{self, Engagement};
 use crate::ids::Ids;
 use crate::json;
-use crate::policy::{self, Engagement, Session};
 use crate::queue::{self, Lines, Queue};
+use crate::retry;
+use crate::session::Session;
 use crate::time::rfc3339;
 use crate::wire::{
     self as names, MAX_ENGAGED_MS, MAX_EVENTS_PER_BATCH, MAX_EVENT_BYTES, MAX_ID_LEN, MAX_NAME_LEN,
@@ -316,14 +318,14 @@ impl<S: Store> Core<S> {
         match sig {
             SIG_SCROLL => {
                 self.engage.scroll_depth = self.engage.scroll_depth.max(n.min(100) as u8);
-                self.engage.signal(ts, policy::SIG_ACTIVITY);
+                self.engage.signal(ts, engagement::SIG_ACTIVITY);
             }
             SIG_LEAVE => self.leave(ts),
             // The network is back: retry now rather than at the end of the backoff.
             SIG_ONLINE => self.retry_at = 0,
             _ => self.engage.signal(ts, sig),
         }
-        if sig == policy::SIG_ACTIVITY || sig == SIG_SCROLL {
+        if sig == engagement::SIG_ACTIVITY || sig == SIG_SCROLL {
             self.touch(ts);
         }
     }
@@ -561,10 +563,10 @@ impl<S: Store> Core<S> {
         if (200..300).contains(&status) {
             self.attempts = 0;
             self.retry_at = 0;
-        } else if policy::retryable(status) {
+        } else if retry::retryable(status) {
             self.attempts = self.attempts.saturating_add(1);
             let r = self.ids.rng.next_u32();
-            self.retry_at = now + policy::backoff_ms(self.attempts, retry_after_ms, r);
+            self.retry_at = now + retry::backoff_ms(self.attempts, retry_after_ms, r);
             if self.consent == Consent::Granted {
                 let mut q = self.load_queue();
                 q.unshift(items);
@@ -644,7 +646,7 @@ impl<S: Store> Core<S> {
     }
 }
 
-/// Signals beyond [`policy`]'s engagement signals.
+/// Signals beyond [`engagement`]'s.
 pub const SIG_SCROLL: u32 = 5;
 pub const SIG_LEAVE: u32 = 6;
 pub const SIG_ONLINE: u32 = 7;

@@ -8,8 +8,8 @@ use std::rc::Rc;
 use serde_json::Value;
 use waymark_protocol::parse_batch;
 
+use crate::engagement::{SIG_HIDDEN, SIG_VISIBLE};
 use crate::engine::*;
-use crate::policy::{SIG_HIDDEN, SIG_VISIBLE};
 use crate::queue::Queue;
 
 const T0: u64 = 1_764_378_000_000;

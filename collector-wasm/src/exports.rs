@@ -8,7 +8,7 @@ use core::cell::RefCell;
 use wasm_bindgen::prelude::*;
 
 use crate::engine::{Config, Consent, Core, PageView};
-use crate::url::parse_u64;
+use crate::scan::parse_u64;
 use crate::{args, Host, FLAG_IDS, FLAG_QUEUE, FLAG_REQUIRE_CONSENT, FLAG_SIGNAL_OPT_OUT};
 use crate::{OP_ADOPT, OP_CONSENT, OP_DONE, OP_IDENTIFY, OP_NEXT, OP_PAGE, OP_PRODUCT, OP_RESET};
 use crate::{OP_SIGNAL, OP_TRACK};

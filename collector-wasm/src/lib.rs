@@ -31,13 +31,15 @@
 
 extern crate alloc;
 
+pub mod engagement;
 pub mod engine;
 pub mod ids;
 pub mod json;
-pub mod policy;
 pub mod queue;
+pub mod retry;
+pub mod scan;
+pub mod session;
 pub mod time;
-pub mod url;
 pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
@@ -134,7 +136,7 @@ pub const SEP: u8 = 1;
 /// The first 16 [`SEP`]-separated parts of `s` (missing ones empty).
 pub fn args(s: &str) -> [&str; 16] {
     let mut out = [""; 16];
-    for (slot, part) in out.iter_mut().zip(url::parts(s, SEP)) {
+    for (slot, part) in out.iter_mut().zip(scan::parts(s, SEP)) {
         *slot = part;
     }
     out

@@ -44,7 +44,7 @@ impl Lines {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        crate::url::parts(&self.text, b'\n').take(self.len)
+        crate::scan::parts(&self.text, b'\n').take(self.len)
     }
 
     /// Appends `other`'s events after these.
@@ -89,8 +89,8 @@ pub struct Queue {
 
 impl Queue {
     pub fn parse(s: &str) -> Queue {
-        let mut lines = crate::url::parts(s, b'\n');
-        let dropped = lines.next().and_then(crate::url::parse_u64).unwrap_or(0);
+        let mut lines = crate::scan::parts(s, b'\n');
+        let dropped = lines.next().and_then(crate::scan::parse_u64).unwrap_or(0);
         let mut items = Lines::default();
         for l in lines.filter(|l| l.as_bytes().first() == Some(&b'{')) {
             items.push(l);

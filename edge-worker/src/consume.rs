@@ -1,6 +1,6 @@
-//! The queue consumer's decisions, kept out of the glue so they are tested on the host: how a
-//! delivered batch becomes signed requests, what the ingest server's answer means, and how long a
-//! message waits before Queues delivers it again.
+//! The queue consumer's decisions, kept out of `runtime.rs` so they are tested on the host: how
+//! a delivered batch becomes signed requests, what the ingest server's answer means, and how long
+//! a message waits before Queues delivers it again.
 //!
 //! # One request per write key
 //!

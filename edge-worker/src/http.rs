@@ -1,5 +1,5 @@
 //! Routes, CORS and the answers, as plain data ([`Reply`]) so they are tested on the host; the
-//! worker glue only turns a `Reply` into a `worker::Response`.
+//! Workers runtime side (`runtime.rs`) only turns a `Reply` into a `worker::Response`.
 //!
 //! Under the configured prefix (say `/wm`):
 //!

@@ -16,7 +16,8 @@
 //!    queue the fetch handler forwards directly and answers 503 when it cannot, so the tag
 //!    retries.
 //!
-//! Everything but the thin glue in `glue.rs` is pure and tested on the host.
+//! Everything but the thin layer over the Workers runtime in `runtime.rs` (the entry points, the
+//! queue and the outbound fetches) is pure and tested on the host.
 
 pub mod assets;
 pub mod bot;
@@ -27,4 +28,4 @@ pub mod forward;
 pub mod http;
 pub mod process;
 
-mod glue;
+mod runtime;

@@ -71,10 +71,6 @@ pub mod query;
 pub mod spool;
 pub mod store;
 
-/// Enrichment at the path the developer tools (xtask's fuzz targets) still use; it lives in
-/// [`intake::enrich`].
-pub use intake::enrich;
-
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -175,10 +175,12 @@ test('scroll depth and product attribution ride on $engagement', async () => {
   await page.goto(`${srv.origin}/product/1`)
   const eng = () => srv.events().filter(ofSite('scr')).filter((e) => e.event == '$engagement')
   await srv.waitFor((e) => e.some(ofSite('scr')), 'the page view')
+  // Resolves on the scroll event itself: the tag's listener on `window` was added first (at
+  // init, before the page view above), so it has seen the event by then.
   await page.evaluate(
     () =>
       new Promise((r) => {
-        addEventListener('scroll', () => setTimeout(r, 10), { once: true })
+        addEventListener('scroll', r, { once: true })
         scrollTo(0, 1600 - (document.documentElement.scrollHeight - 4000))
       }),
   )
@@ -195,7 +197,9 @@ test('scroll depth and product attribution ride on $engagement', async () => {
     history.pushState({}, '', '/product/2')
     waymark('track', 'Product Viewed', { product_id: 'sku-2', name: 'Hat', price: 12 })
   })
-  await page.waitForTimeout(50)
+  // The tag has taken the route change (its page view is sent) before the page is hidden.
+  const product2 = (e) => ofSite('scr')(e) && e.type == 'page' && e.context.page.path == '/product/2'
+  await srv.waitFor((e) => e.some(product2), 'the page view of /product/2')
   await setVisibility(page, 'hidden')
   await srv.waitFor(() => eng().some((e) => e.properties.product_id == 'sku-2'), 'engagement for sku-2')
   const viewed = srv.events().filter(ofSite('scr')).find((e) => e.event == 'Product Viewed')

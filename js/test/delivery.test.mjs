@@ -89,8 +89,8 @@ test('a send in flight when the page goes away, failing after, is sent again by 
   await srv.waitFor((e) => e.some(ofSite('infl')), 'the page view')
   srv.hold('infl')
   await page.evaluate(() => waymark('track', 'In flight'))
-  for (let i = 0; i < 400 && !srv.held.length; i++) await new Promise((r) => setTimeout(r, 25))
-  assert.equal(srv.held.length, 1, 'the send is held open')
+  await until(() => srv.held.length, 'the send held open')
+  assert.equal(srv.held.length, 1, 'one send is held open')
   assert.ok(srv.held[0].data.includes('In flight'), srv.held[0].data)
   // Hidden, then gone, with the send still unanswered: its events stay in localStorage.
   await setVisibility(page, 'hidden')
@@ -133,8 +133,7 @@ test('5xx and 429 are retried (honouring Retry-After), other 4xx are not', async
   assert.equal(evs.filter(ofSite('rty')).length, 1)
   srv.responses.push(400)
   await page.evaluate(() => waymark('track', 'Refused'))
-  for (let i = 0; i < 400 && srv.responses.length; i++) await new Promise((r) => setTimeout(r, 25))
-  assert.equal(srv.responses.length, 0, 'the 400 was answered')
+  await until(() => !srv.responses.length, 'the 400 answered')
   await page.evaluate(() => waymark('track', 'Accepted'))
   await srv.waitFor((e) => e.some((x) => x.event == 'Accepted'), 'the next event')
   assert.ok(!srv.events().some((x) => x.event == 'Refused'), 'a 400 is not retried')
@@ -163,7 +162,9 @@ test('consent: pending holds events, granted sends them with original times, den
   await page.goto(`${srv.origin}/consent-yes`)
   await page.evaluate(() => waymark('track', 'Before consent'))
   const before = Date.now()
-  await page.waitForTimeout(300)
+  // Consent comes later than the event, on the page's clock: a time stamped at consent would
+  // be after `before`.
+  await until(() => page.evaluate((t) => Date.now() > t, before), 'the page clock past the event')
   await page.evaluate(() => waymark('consent', 'granted'))
   const evs = (await srv.waitFor((e) => e.filter(ofSite('cyes')).length >= 2, 'the held events')).filter(ofSite('cyes'))
   assert.deepEqual(

@@ -65,7 +65,7 @@ pub fn build(root: &Path, tools: &Tools) -> Result<EdgeBuild> {
     let tag_dir = if has_tag_files(&dist) {
         dist
     } else {
-        let p = dir.join("test/placeholder-tag");
+        let p = dir.join("workerd-tests/placeholder-tag");
         println!(
             "!! {} has no tag files: bundling the PLACEHOLDER files in {} (build the tag first to serve the real one)",
             dist.display(),
@@ -113,22 +113,22 @@ impl EdgeBuild {
     }
 }
 
-/// The worker tests in workerd (`edge-worker/test/*.test.mjs`). The real-ingest tests need the
-/// ingest server binary, built here, and ClickHouse on PATH.
+/// The worker tests in workerd (`edge-worker/workerd-tests/*.test.mjs`). The real-ingest tests
+/// need the ingest server binary, built here, and ClickHouse on PATH.
 pub fn test(root: &Path, tools: &Tools) -> Result<()> {
     let dir = root.join("edge-worker");
     run(cargo().args(["build", "-p", "waymark-ingest", "--bin", "ingest-server"]))?;
     let ingest = crate::process::target_dir(root).join("debug/ingest-server");
-    let mut files: Vec<String> = std::fs::read_dir(dir.join("test"))
-        .context("reading edge-worker/test")?
+    let mut files: Vec<String> = std::fs::read_dir(dir.join("workerd-tests"))
+        .context("reading edge-worker/workerd-tests")?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".test.mjs"))
-        .map(|n| format!("test/{n}"))
+        .map(|n| format!("workerd-tests/{n}"))
         .collect();
     files.sort();
     if files.is_empty() {
-        bail!("no edge-worker/test/*.test.mjs found");
+        bail!("no edge-worker/workerd-tests/*.test.mjs found");
     }
     run(Command::new(&tools.node)
         .arg("--test")

@@ -138,7 +138,7 @@ fn stages<'a>(root: &'a Path, tools: &'a Tools) -> Vec<(&'static str, StageFn<'a
         ),
         (
             "sdk clients",
-            // The real Segment-family SDKs (tests/clients/, pinned) against the same stack.
+            // The real Segment-family SDKs (e2e/clients/, pinned) against the same stack.
             Box::new(|| {
                 crate::server::build_debug(root)?;
                 run(cargo()

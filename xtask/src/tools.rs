@@ -28,7 +28,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// Directories with a package-lock.json that `npm ci` installs.
-pub const NPM_DIRS: &[&str] = &["xtask/npm", "js", "edge-worker", "tests/clients"];
+pub const NPM_DIRS: &[&str] = &["xtask/npm", "js", "edge-worker", "e2e/clients"];
 
 /// Paths to every tool the checks use.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ pub struct Tools {
     pub chromium: PathBuf,
     pub chromedriver: PathBuf,
     pub node: PathBuf,
-    /// The python of a virtualenv holding `tests/clients/requirements.txt` (RudderStack's SDK).
+    /// The python of a virtualenv holding `e2e/clients/requirements.txt` (RudderStack's SDK).
     pub python_clients: PathBuf,
 }
 
@@ -195,10 +195,10 @@ fn ensure_cargo_tool(
     Ok(path)
 }
 
-/// A virtualenv with `tests/clients/requirements.txt` installed from PyPI, under the cache;
+/// A virtualenv with `e2e/clients/requirements.txt` installed from PyPI, under the cache;
 /// made again when the requirements change (a copy of them is kept beside it). Returns its python.
 fn ensure_python_clients(root: &Path, cache: &Path) -> Result<PathBuf> {
-    let wanted = root.join("tests/clients/requirements.txt");
+    let wanted = root.join("e2e/clients/requirements.txt");
     let reqs = std::fs::read_to_string(&wanted)
         .with_context(|| format!("reading {}", wanted.display()))?;
     let venv = cache.join("python-clients");
@@ -211,7 +211,7 @@ fn ensure_python_clients(root: &Path, cache: &Path) -> Result<PathBuf> {
         "python3 is not installed: `apt-get install -y python3 python3-venv` (for RudderStack's Python SDK)",
     )?;
     step(
-        "RudderStack's Python SDK (tests/clients/requirements.txt)",
+        "RudderStack's Python SDK (e2e/clients/requirements.txt)",
         || {
             if venv.exists() {
                 std::fs::remove_dir_all(&venv)

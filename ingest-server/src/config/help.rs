@@ -58,6 +58,7 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   cart_abandon_after = "1h"        a cart is abandoned when its last add is older, with no order after
   cache_ttl = "5s"                 in-process cache of profile / event answers ("0s" = off)
   cache_entries = 10000            answers the cache holds at most
+  cache_max_bytes = "64MiB"        bytes of answers the cache holds at most
   recent_products = 10             recently viewed products listed in a profile
   identity_refresh = "1s"          how often the in-memory identity index (anonymous id <-> user
                                    id) reads links other servers wrote; "0s" = no index, ids

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::HumanDuration;
+use super::{ByteSize, HumanDuration};
 
 /// `[query]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -19,6 +19,8 @@ pub struct QueryConfig {
     pub cache_ttl: HumanDuration,
     /// Entries the cache holds at most.
     pub cache_entries: usize,
+    /// Bytes (of answers' JSON) the cache holds at most.
+    pub cache_max_bytes: ByteSize,
     /// How many recently viewed products a profile lists.
     pub recent_products: usize,
     /// How often the in-memory identity index reads new links from ClickHouse (0 = no index:
@@ -37,6 +39,7 @@ impl Default for QueryConfig {
             engagement: EngagementConfig::default(),
             cache_ttl: HumanDuration(Duration::from_secs(5)),
             cache_entries: 10_000,
+            cache_max_bytes: ByteSize(64 << 20),
             recent_products: 10,
             identity_refresh: HumanDuration(Duration::from_secs(1)),
             identity_max_links: 1_000_000,

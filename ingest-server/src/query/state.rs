@@ -1,8 +1,7 @@
 //! What the query handlers share: read keys, the ClickHouse client, the answer cache, the RFM
 //! cache, the schema status and the identity index; and how they read ClickHouse.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
@@ -74,11 +73,11 @@ impl QueryState {
         QueryState(Arc::new(Inner {
             metrics,
             schema,
-            cache: Cache {
-                ttl: query.cache_ttl.0,
-                max: query.cache_entries,
-                map: Mutex::new(HashMap::new()),
-            },
+            cache: Cache::new(
+                query.cache_ttl.0,
+                query.cache_entries,
+                query.cache_max_bytes.0,
+            ),
             rfm: profile::RfmCache::default(),
             utc: tokio::sync::OnceCell::new(),
             identities,

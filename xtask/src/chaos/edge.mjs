@@ -11,7 +11,7 @@
 //   {"op":"quit"}                  stops workerd and exits
 import readline from 'node:readline';
 
-import { postBatch, queueClock, startWorker } from '../../../edge-worker/test/harness.mjs';
+import { postBatch, queueClock, startWorker } from '../../../edge-worker/workerd-tests/harness.mjs';
 
 const say = (v) => process.stdout.write(`@@chaos ${JSON.stringify(v)}\n`);
 

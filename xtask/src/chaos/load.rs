@@ -251,7 +251,7 @@ fn client(
         }
         // Paced, without bursting to catch up after a stall.
         next = (next + interval).max(now);
-        let body = shape.body(c, seq, waymark_ingest::http::now_ms());
+        let body = shape.body(c, seq, waymark_ingest::clock::now_ms());
         let mut backoff = Duration::from_millis(100);
         loop {
             s.attempts += 1;

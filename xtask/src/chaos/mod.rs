@@ -369,7 +369,7 @@ fn outcome_failures(o: &Outcome) -> Vec<String> {
 }
 
 fn today() -> String {
-    let ms = waymark_ingest::http::now_ms();
+    let ms = waymark_ingest::clock::now_ms();
     waymark_protocol::time::format_rfc3339(ms)[..10].to_string()
 }
 

@@ -609,7 +609,7 @@ pub fn f(ctx: &mut Ctx<'_>) -> Result<Outcome> {
     let mut acked: Vec<String> = Vec::new();
     let mut refused = Vec::new();
     let mut send = |edge: &mut Edge, seq: u64, acked: &mut Vec<String>| -> Result<()> {
-        let (status, json) = edge.post(&shape.body(0, seq, waymark_ingest::http::now_ms()))?;
+        let (status, json) = edge.post(&shape.body(0, seq, waymark_ingest::clock::now_ms()))?;
         if status == 200 && json["forwarded"] == "queue" {
             acked.extend((0..shape.batch).map(|i| shape.message_id(0, seq, i)));
         } else {

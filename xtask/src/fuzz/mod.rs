@@ -238,7 +238,7 @@ fn save(dir: &Path, name: &str, case: u64, input: &Input) -> Result<PathBuf> {
 /// Runs every target whose name contains one of `only` (all when empty) for `per_target` each.
 pub fn run(root: &Path, per_target: Duration, seed: u64, only: &[String]) -> Result<Vec<Report>> {
     let failures = crate::process::target_dir(root).join("fuzz-failures");
-    let now = waymark_ingest::http::now_ms();
+    let now = waymark_ingest::clock::now_ms();
     let chosen: Vec<(&'static str, targets::Make)> = targets::all()
         .into_iter()
         .filter(|(n, _)| only.is_empty() || only.iter().any(|o| n.contains(o.as_str())))

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use tower::ServiceExt as _;
 use waymark_edge::config::{Config as EdgeConfig, GpcMode};
 use waymark_edge::process::{process, RequestParts};
-use waymark_ingest::enrich::{to_row, RequestFacts, UaParser};
 use waymark_ingest::http::body;
+use waymark_ingest::intake::enrich::{to_row, RequestFacts, UaParser};
 use waymark_ingest::spool::record::{self, Decoded, Format};
 use waymark_ingest::spool::{resync, rows, Spool};
 use waymark_protocol::edge::{sign, verify, HEADER_SIGNATURE, HEADER_TIMESTAMP};
@@ -365,7 +365,7 @@ struct RecordDecode {
 
 impl RecordDecode {
     fn new(g: &mut Gen) -> Self {
-        let now = waymark_ingest::http::now_ms();
+        let now = waymark_ingest::clock::now_ms();
         RecordDecode {
             seeds: segment_seeds(g, now, 40),
         }
@@ -426,7 +426,7 @@ struct Resync {
 
 impl Resync {
     fn new(g: &mut Gen) -> Self {
-        let now = waymark_ingest::http::now_ms();
+        let now = waymark_ingest::clock::now_ms();
         Resync {
             seeds: segment_seeds(g, now, 40),
         }
@@ -481,7 +481,7 @@ struct Recovery {
 
 impl Recovery {
     fn new(g: &mut Gen) -> Result<Self> {
-        let now = waymark_ingest::http::now_ms();
+        let now = waymark_ingest::clock::now_ms();
         // Memory-backed when the machine has it: this target is about parsing, not the disk.
         let shm = std::path::Path::new("/dev/shm");
         let base = if shm.is_dir() {
@@ -810,7 +810,7 @@ impl Target for Router {
             Route::Edge => {
                 // Signed afresh, with the clock the server checks the window against (varied
                 // timestamps keep the replay guard out of the way), wrongly one time in eight.
-                let ts = waymark_ingest::http::now_ms() / 1000 - (pick >> 8) as i64 % 200;
+                let ts = waymark_ingest::clock::now_ms() / 1000 - (pick >> 8) as i64 % 200;
                 let mut sig = sign(SECRET.as_bytes(), ts, &body);
                 if (pick >> 2).is_multiple_of(8) {
                     sig = sig.replace('a', "b");

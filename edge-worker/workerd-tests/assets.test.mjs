@@ -8,7 +8,7 @@ import { after, before, test } from 'node:test';
 import { EDGE_DIR, PREFIX, REPO, startWorker } from './harness.mjs';
 
 const REAL = path.join(REPO, 'js', 'dist');
-const PLACEHOLDER = path.join(EDGE_DIR, 'test', 'placeholder-tag');
+const PLACEHOLDER = path.join(EDGE_DIR, 'workerd-tests', 'placeholder-tag');
 
 // Top-level files only, like the worker's build.rs (dist/pkg/ is the tag's intermediate output).
 function files(dir) {

@@ -1,4 +1,4 @@
-//! The whole Waymark stack as real processes, for the end-to-end tests in `tests/tests/`:
+//! The whole Waymark stack as real processes, for the end-to-end tests in `e2e/tests/`:
 //! a private ClickHouse (testkit), the `ingest-server` binary, and the demo shop whose `/wm/`
 //! prefix is served by the built edge worker in workerd (`demo/server.mjs`, Miniflare).
 //!
@@ -23,7 +23,7 @@ pub const SECRET: &str = "e2e-edge-secret";
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests/ has a parent")
+        .expect("e2e/ has a parent")
         .to_path_buf()
 }
 
@@ -187,17 +187,17 @@ sites = ["{SITE}"]
         )
     }
 
-    /// Runs a phase of `tests/e2e/browser.mjs` and returns what it printed (JSON).
+    /// Runs a phase of `e2e/browser/shoppers.mjs` and returns what it printed (JSON).
     pub fn browser(&self, phase: &str) -> Value {
         let root = repo_root();
         let out = Command::new("node")
-            .arg(root.join("tests/e2e/browser.mjs"))
+            .arg(root.join("e2e/browser/shoppers.mjs"))
             .arg(phase)
             .args(["--shop", &self.shop_url])
             .arg("--state")
             .arg(self.dir.path())
             .output()
-            .expect("running node tests/e2e/browser.mjs");
+            .expect("running node e2e/browser/shoppers.mjs");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

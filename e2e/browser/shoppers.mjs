@@ -1,11 +1,11 @@
 // Drives real headless Chromium through the demo shop for the end-to-end test
-// (tests/tests/pipeline.rs). Two phases, so the test can check the query API in between:
+// (e2e/tests/pipeline.rs). Two phases, so the test can check the query API in between:
 //
-//   node tests/e2e/browser.mjs browse --shop URL --state DIR
+//   node e2e/browser/shoppers.mjs browse --shop URL --state DIR
 //       visitor A (Lyon): views two products for different times, adds the second to the cart,
 //       leaves; visitor B (Hamburg): views a product, adds it, checks out. A's browser state is
 //       saved in DIR/a.json.
-//   node tests/e2e/browser.mjs login --shop URL --state DIR
+//   node e2e/browser/shoppers.mjs login --shop URL --state DIR
 //       visitor A comes back with the saved state and logs in (identify).
 //
 // Prints one JSON line: { "sent": { "<messageId>": count, ... }, "batches": N } with every
@@ -35,27 +35,43 @@ const { values: args, positionals } = parseArgs({
 });
 const phase = positionals[0];
 if (!args.shop || !args.state || !['browse', 'login'].includes(phase)) {
-  console.error('usage: browser.mjs browse|login --shop URL --state DIR');
+  console.error('usage: shoppers.mjs browse|login --shop URL --state DIR');
   process.exit(2);
 }
 
 const sent = {};
 let batches = 0;
+// Events of the batches the edge answered with a 2xx.
+const answered = [];
 
-function record(req) {
-  if (req.method() !== 'POST' || !new URL(req.url()).pathname.endsWith('/v1/batch')) return;
-  batches += 1;
+const isBatch = (req) => req.method() === 'POST' && new URL(req.url()).pathname.endsWith('/v1/batch');
+
+function eventsOf(req) {
   try {
-    for (const e of JSON.parse(req.postData() ?? '{}').batch ?? []) sent[e.messageId] = (sent[e.messageId] ?? 0) + 1;
+    return JSON.parse(req.postData() ?? '{}').batch ?? [];
   } catch (e) {
     console.error(`a batch that is not JSON: ${e}`);
+    return [];
   }
+}
+
+function record(req) {
+  if (!isBatch(req)) return;
+  batches += 1;
+  for (const e of eventsOf(req)) sent[e.messageId] = (sent[e.messageId] ?? 0) + 1;
+}
+
+async function answer(req) {
+  if (!isBatch(req)) return;
+  const res = await req.response();
+  if (res?.ok()) answered.push(...eventsOf(req));
 }
 
 async function visitor(browser, cf, storageState) {
   const context = await browser.newContext(storageState ? { storageState } : {});
   await context.addCookies([{ name: 'waymark_demo_cf', value: encodeURIComponent(JSON.stringify(cf)), url: args.shop }]);
   context.on('request', record);
+  context.on('requestfinished', answer);
   const page = await context.newPage();
   // Headless pages are not focused by default; a visitor's page is.
   const cdp = await context.newCDPSession(page);
@@ -74,10 +90,22 @@ async function dwell(page, ms) {
   }
 }
 
-async function settle(page) {
-  // Let the tag send what it holds before the page goes away.
-  await page.waitForTimeout(1500);
+/**
+ * Waits (bounded) until the edge has answered a batch holding the page's last event (`pred`):
+ * the tag sends its events in order, one batch at a time, so it has then sent what it held before
+ * the page goes away.
+ */
+async function settle(what, pred, ms = 15_000) {
+  const end = Date.now() + ms;
+  while (!answered.some(pred)) {
+    if (Date.now() > end) {
+      throw new Error(`gave up after ${ms} ms waiting for the edge to answer ${what} (${batches} batches sent)`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
+
+const track = (name) => (e) => e.type === 'track' && e.event === name;
 
 const browser = await chromium.launch({
   executablePath: CHROMIUM,
@@ -93,9 +121,9 @@ try {
     await dwell(a.page, 2000);
     await a.page.click('#add-to-cart');
     await a.page.waitForSelector('#added', { state: 'visible' });
-    await settle(a.page);
+    await settle("A's Product Added", track('Product Added'));
     await a.page.goto(`${args.shop}/`);
-    await settle(a.page);
+    await settle("A's page view of /", (e) => e.type === 'page' && e.context?.page?.path === '/');
     await a.context.storageState({ path: statePath });
     await a.page.close({ runBeforeUnload: true });
     await a.context.close();
@@ -108,7 +136,7 @@ try {
     await b.page.goto(`${args.shop}/checkout`);
     await b.page.click('#place-order');
     await b.page.waitForSelector('#thanks', { state: 'visible' });
-    await settle(b.page);
+    await settle("B's Order Completed", track('Order Completed'));
     await b.page.close({ runBeforeUnload: true });
     await b.context.close();
   } else {
@@ -116,7 +144,7 @@ try {
     await a.page.goto(`${args.shop}/login`);
     await a.page.click('#login');
     await a.page.waitForSelector('#welcome', { state: 'visible' });
-    await settle(a.page);
+    await settle("A's identify", (e) => e.type === 'identify');
     await a.page.close({ runBeforeUnload: true });
     await a.context.close();
   }

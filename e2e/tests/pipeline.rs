@@ -1,8 +1,9 @@
 //! The whole pipeline: real Chromium visits the demo shop through the edge worker in workerd
 //! (with injected geo), the ingest server spools and stores in a real ClickHouse, and the query
-//! API answers. See `tests/e2e/browser.mjs` for what the two visitors do.
+//! API answers. See `e2e/browser/shoppers.mjs` for what the two visitors do.
 
 use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use waymark_e2e::{wait_for, Stack, SITE};
@@ -13,7 +14,7 @@ const ABANDON_AFTER_SECS: u64 = 4;
 fn sent_ids(v: &Value) -> BTreeMap<String, u64> {
     v["sent"]
         .as_object()
-        .expect("browser.mjs prints {sent: {...}}")
+        .expect("shoppers.mjs prints {sent: {...}}")
         .iter()
         .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
         .collect()
@@ -141,10 +142,37 @@ fn a_shopper_abandons_a_cart_another_buys_then_the_first_logs_in() {
     assert_eq!(product_ids(&profile["cart"]["products"]), vec!["p-102"]);
 
     // After the configured delay, A's cart is abandoned; B's is not (B ordered).
-    std::thread::sleep(std::time::Duration::from_secs(ABANDON_AFTER_SECS + 1));
-    let (status, a) = stack.api_get(&format!("/v1/profiles/{anon_a}?site={SITE}"));
-    assert_eq!(status, 200);
-    assert_eq!(a["cart"]["abandoned"], true, "{a}");
+    let a = wait_for(
+        "A's cart to count as abandoned",
+        ABANDON_AFTER_SECS + 30,
+        || {
+            let (status, a) = stack.api_get(&format!("/v1/profiles/{anon_a}?site={SITE}"));
+            assert_eq!(status, 200, "{a}");
+            (a["cart"]["abandoned"] == true).then_some(a)
+        },
+    );
+    assert_eq!(product_ids(&a["cart"]["products"]), vec!["p-102"], "{a}");
+    // B added to the cart after A did: B's answer says something only once B's add is older
+    // than the delay too (a missed order would then show as an abandoned cart).
+    let b_added_ms: u128 = stack
+        .sql(&format!(
+            "SELECT max(timestamp_ms) FROM {{db}}.events WHERE anonymous_id = '{anon_b}' AND event = 'Product Added'"
+        ))
+        .trim()
+        .parse()
+        .expect("B's Product Added time");
+    assert!(b_added_ms > 0, "B's Product Added is stored");
+    wait_for(
+        "B's add to be older than the delay",
+        ABANDON_AFTER_SECS + 30,
+        || {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()?
+                .as_millis();
+            (now_ms > b_added_ms + u128::from(ABANDON_AFTER_SECS) * 1000).then_some(())
+        },
+    );
     let (status, b) = stack.api_get(&format!("/v1/profiles/{anon_b}?site={SITE}"));
     assert_eq!(status, 200);
     assert_eq!(b["cart"]["abandoned"], false, "{b}");

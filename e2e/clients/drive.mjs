@@ -1,8 +1,8 @@
 // Drives one real Segment-family client against a Waymark intake and prints, as one JSON line,
-// everything the client sent. tests/tests/clients.rs runs it and compares what Waymark stored
+// everything the client sent. e2e/tests/clients.rs runs it and compares what Waymark stored
 // with what was sent, field by field.
 //
-//   node tests/clients/drive.mjs --client NAME --target URL --write-key KEY
+//   node e2e/clients/drive.mjs --client NAME --target URL --write-key KEY
 //        [--page-port P] [--chromium PATH] [--python PATH]
 //
 // Clients (pinned in package.json and requirements.txt):

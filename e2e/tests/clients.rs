@@ -1,12 +1,12 @@
 //! The real Segment-family clients against the whole stack: each one, driven by
-//! `tests/clients/drive.mjs`, makes identify, track, page, screen, group and alias calls, once
+//! `e2e/clients/drive.mjs`, makes identify, track, page, screen, group and alias calls, once
 //! straight to the ingest server and (browser clients) once through the edge worker under the
 //! shop's `/wm` prefix. Then what Waymark stored is compared, field by field, with what the
 //! client sent, and every event must be stored exactly once although the first delivery was
 //! answered 503 and sent again.
 //!
 //! Needs what `cargo xtask test` prepares (stage "sdk clients"): the npm packages of
-//! `tests/clients/` and the Python SDK in a virtualenv (`WAYMARK_CLIENTS_PYTHON`), besides what
+//! `e2e/clients/` and the Python SDK in a virtualenv (`WAYMARK_CLIENTS_PYTHON`), besides what
 //! the end-to-end stack needs.
 
 use std::collections::BTreeMap;
@@ -40,16 +40,16 @@ const COLUMNS: &str = "message_id, type, event, name, anonymous_id, user_id, pre
 #[test]
 fn segment_family_clients_store_what_they_send() {
     let root = repo_root();
-    let clients = root.join("tests/clients");
+    let clients = root.join("e2e/clients");
     require(
         &clients.join("node_modules/@segment/analytics-next"),
-        "run `npm ci` in tests/clients/ (cargo xtask test, stage \"sdk clients\", does)",
+        "run `npm ci` in e2e/clients/ (cargo xtask test, stage \"sdk clients\", does)",
     );
     let python = std::env::var_os("WAYMARK_CLIENTS_PYTHON").map(PathBuf::from);
     let python = python.unwrap_or_else(|| {
         panic!(
             "WAYMARK_CLIENTS_PYTHON is not set: it names the python of a virtualenv with \
-             tests/clients/requirements.txt installed (cargo xtask test, stage \"sdk clients\", \
+             e2e/clients/requirements.txt installed (cargo xtask test, stage \"sdk clients\", \
              makes one)"
         )
     });
@@ -86,7 +86,7 @@ fn segment_family_clients_store_what_they_send() {
             .arg(&python)
             .current_dir(&clients)
             .output()
-            .expect("running node tests/clients/drive.mjs");
+            .expect("running node e2e/clients/drive.mjs");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

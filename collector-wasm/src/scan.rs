@@ -1,4 +1,4 @@
-//! Small text helpers: byte-level splitting and decimal numbers.
+//! Byte scanning of text: splitting at an ASCII byte, and decimal numbers.
 //!
 //! Byte scanning only: `str::split`/`find` with `char` patterns pull the generic searchers into
 //! the wasm. The loader parses the URL itself (`location.pathname`, `URLSearchParams`) and
