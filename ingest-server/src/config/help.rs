@@ -53,6 +53,17 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
                                    the bucket cannot cover gets 429 + Retry-After and nothing
                                    is stored; a request larger than burst passes only when
                                    the bucket is full
+  send_keys = ["sk_..."]           secret keys of the email platform for POST /v1/email/links and
+                                   /v1/email/rewrite (Bearer; at least 16 characters, never a
+                                   write key); need [sites.email]
+
+  [sites.email]                    tracked email links and open pixels (absent = off)
+  base_url = "https://shop.example.com/wm"   the first-party base /e/o/.. and /e/c/.. are served
+                                   under (the edge worker's prefix, or this server's public URL)
+  home_url = "https://shop.example.com/"     where a click with a refused or expired token goes
+  keys = [{ id = "k1", secret = "..." }]     signing keys, newest first: the first signs, all
+                                   verify (secrets at least 32 characters)
+  max_age = "400d"                 how long a tracked link or pixel stays valid
 
   [query]                          the read API (profiles, event history, audiences)
   cart_abandon_after = "1h"        a cart is abandoned when its last add is older, with no order after

@@ -53,7 +53,10 @@ pub enum Answer {
 /// the map is used, and the map is emptied whole past `MAX_MESSAGES` (a burst of that many
 /// messages within a second only costs their burst verdicts).
 #[derive(Default)]
-pub struct ClickBursts(Mutex<HashMap<(String, String), Vec<(Instant, String)>>>);
+pub struct ClickBursts(Mutex<HashMap<(String, String), RecentClicks>>);
+
+/// When each recent click of one message happened, and on which link.
+type RecentClicks = Vec<(Instant, String)>;
 
 const MAX_MESSAGES: usize = 100_000;
 const BURST_WINDOW: Duration = Duration::from_secs(1);

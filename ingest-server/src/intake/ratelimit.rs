@@ -151,6 +151,8 @@ mod tests {
             allowed_origins: vec![],
             ip: Default::default(),
             rate_limit: rl,
+            send_keys: vec![],
+            email: None,
         };
         RateLimiter::new(&[
             site(
