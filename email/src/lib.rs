@@ -253,6 +253,15 @@ mod tests {
         }
     }
 
+    fn signer<'a>(key: &'a SigningKey, base_url: &'a str) -> Signer<'a> {
+        Signer {
+            site: "shop",
+            base_url,
+            key,
+            now_secs: NOW,
+        }
+    }
+
     fn message() -> Message {
         Message {
             recipient: Recipient {
@@ -273,12 +282,7 @@ mod tests {
     #[test]
     fn links_and_pixel_carry_the_message() {
         let k = key();
-        let s = Signer {
-            site: "shop",
-            base_url: "https://shop.example.com/wm/",
-            key: &k,
-            now_secs: NOW,
-        };
+        let s = signer(&k, "https://shop.example.com/wm/");
         let links = vec!["https://shop.example.com/p/1".to_string()];
         let t = track(&s, &message(), &links).unwrap();
         assert!(t.pixel.starts_with("https://shop.example.com/wm/e/o/"));
@@ -296,12 +300,7 @@ mod tests {
     #[test]
     fn html_links_are_tracked_and_the_rest_left_alone() {
         let k = key();
-        let s = Signer {
-            site: "shop",
-            base_url: "https://shop.example.com/wm",
-            key: &k,
-            now_secs: NOW,
-        };
+        let s = signer(&k, "https://shop.example.com/wm");
         let html = r##"<html><body><p>Hi <a href="https://shop.example.com/sale?x=1&amp;y=2">sale</a>
 <a href="mailto:help@example.com">mail</a> <a href="tel:+49301234">call</a>
 <a href="#top">top</a> <a href="/relative">rel</a>
@@ -342,12 +341,7 @@ mod tests {
     #[test]
     fn a_fragment_without_body_gets_the_pixel_at_the_end() {
         let k = key();
-        let s = Signer {
-            site: "shop",
-            base_url: "https://shop.example.com/wm",
-            key: &k,
-            now_secs: NOW,
-        };
+        let s = signer(&k, "https://shop.example.com/wm");
         let r = rewrite_html(&s, &message(), "<p>no body</p>").unwrap();
         assert!(r.html.starts_with("<p>no body</p><img src="), "{}", r.html);
     }
