@@ -19,8 +19,13 @@ const BASE: &str = "https://shop.example.com/wm";
 const HOME: &str = "https://shop.example.com/";
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 
+const READ_KEY: &str = "rk_email_test";
+
 async fn server() -> Server {
-    Server::start_with(clickhouse(), "", |c| {
+    let query = format!(
+        "[query]\ncache_ttl = \"0s\"\n[[query.read_keys]]\nkey = \"{READ_KEY}\"\nsites = [\"shop\"]\n"
+    );
+    Server::start_with(clickhouse(), &query, |c| {
         let shop = &mut c.sites[0];
         shop.send_keys = vec![SEND_KEY.into()];
         shop.email = Some(EmailConfig {

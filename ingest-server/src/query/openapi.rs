@@ -121,6 +121,7 @@ pub fn document() -> Value {
             "device",
             "traits",
             "traits_at",
+            "email",
         ],
         json!({
             "id": {"type": "string", "description": "The user id when known, else the anonymous id."},
@@ -153,6 +154,12 @@ pub fn document() -> Value {
                 "type": string(), "browser": nullable(string()), "os": nullable(string()), "time": nullable(time())}))),
             "traits": free(),
             "traits_at": nullable(time()),
+            "email": obj(&["human_opens", "machine_opens", "human_clicks", "scanner_clicks", "last_open_at", "last_click_at", "campaigns"], json!({
+                "human_opens": int(), "machine_opens": int(), "human_clicks": int(), "scanner_clicks": int(),
+                "last_open_at": nullable(time()), "last_click_at": nullable(time()),
+                "campaigns": {"type": "array", "description": "The last 10 campaigns a person opened or clicked, most recent first.",
+                    "items": obj(&["campaign", "opened_at", "clicked_at"], json!({
+                        "campaign": string(), "opened_at": nullable(time()), "clicked_at": nullable(time())}))}})),
         }),
     );
     let event = obj(

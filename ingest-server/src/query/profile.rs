@@ -191,6 +191,62 @@ struct ProductRow {
     cart_line: (f64, f64, String),
 }
 
+/// One campaign's email engagement of a person (from `q_history`, where the `$email_open` and
+/// `$email_click` events of `crate::intake::email` land like any other event).
+#[derive(Debug, Deserialize)]
+struct EmailRow {
+    campaign: String,
+    human_opens: u64,
+    machine_opens: u64,
+    human_clicks: u64,
+    scanner_clicks: u64,
+    last_open: i64,
+    last_click: i64,
+}
+
+/// The person's email engagement per campaign; one campaign's message ids are its own, so the
+/// totals are sums of the rows.
+fn email_sql(db: &str, filter: &str) -> String {
+    const CLASS: &str = "visitParamExtractString(properties, 'class')";
+    format!(
+        "SELECT visitParamExtractString(properties, 'campaign') AS campaign,
+    uniqExactIf(message_id, event = '$email_open' AND {CLASS} = 'human') AS human_opens,
+    uniqExactIf(message_id, event = '$email_open' AND {CLASS} = 'machine') AS machine_opens,
+    uniqExactIf(message_id, event = '$email_click' AND {CLASS} = 'human') AS human_clicks,
+    uniqExactIf(message_id, event = '$email_click' AND {CLASS} = 'scanner') AS scanner_clicks,
+    maxIf(timestamp_ms, event = '$email_open' AND {CLASS} = 'human') AS last_open,
+    maxIf(timestamp_ms, event = '$email_click' AND {CLASS} = 'human') AS last_click
+FROM {db}.q_history WHERE {filter} AND event IN ('$email_open', '$email_click')
+GROUP BY campaign"
+    )
+}
+
+/// The profile's `email` object: people's opens and clicks, the machines' and scanners' beside
+/// them, and the last 10 campaigns a person opened or clicked (most recent first).
+fn email_json(mut rows: Vec<EmailRow>) -> Value {
+    let sum = |f: fn(&EmailRow) -> u64| rows.iter().map(f).sum::<u64>();
+    let (human_opens, machine_opens) = (sum(|r| r.human_opens), sum(|r| r.machine_opens));
+    let (human_clicks, scanner_clicks) = (sum(|r| r.human_clicks), sum(|r| r.scanner_clicks));
+    let last_open = rows.iter().map(|r| r.last_open).max().unwrap_or(0);
+    let last_click = rows.iter().map(|r| r.last_click).max().unwrap_or(0);
+    rows.retain(|r| !r.campaign.is_empty() && r.last_open.max(r.last_click) > 0);
+    rows.sort_by_key(|r| std::cmp::Reverse(r.last_open.max(r.last_click)));
+    rows.truncate(10);
+    json!({
+        "human_opens": human_opens,
+        "machine_opens": machine_opens,
+        "human_clicks": human_clicks,
+        "scanner_clicks": scanner_clicks,
+        "last_open_at": time_or_null(last_open),
+        "last_click_at": time_or_null(last_click),
+        "campaigns": rows.iter().map(|r| json!({
+            "campaign": r.campaign,
+            "opened_at": time_or_null(r.last_open),
+            "clicked_at": time_or_null(r.last_click),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 #[derive(Debug, Deserialize)]
 struct OrderRow {
     ts: i64,
@@ -382,11 +438,13 @@ FROM {db}.q_visitor_products WHERE {filter} GROUP BY product_id"
         "SELECT order_key, max(timestamp_ms) AS ts, any(revenue) AS revenue, any(currency) AS currency
 FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
     );
-    let (visitor, counts, products, orders, bounds) = tokio::try_join!(
+    let email_sql = email_sql(db, &filter);
+    let (visitor, counts, products, orders, email, bounds) = tokio::try_join!(
         st.lookup::<VisitorRow>(&visitor_sql),
         st.lookup::<Counts>(&daily_sql),
         st.lookup::<ProductRow>(&products_sql),
         st.lookup::<OrderRow>(&orders_sql),
+        st.lookup::<EmailRow>(&email_sql),
         rfm_bounds(st, site, now),
     )?;
     let visitor = visitor
@@ -568,6 +626,7 @@ FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
         } else { Value::Null },
         "traits": traits,
         "traits_at": time_or_null(visitor.traits.1),
+        "email": email_json(email),
     }))
 }
 
