@@ -7,9 +7,14 @@
 //!    {"type": "did_not", "event": "Order Completed", "within": "24h"},
 //!    {"type": "last_seen_within", "within": "7d"},
 //!    {"type": "geo", "field": "country", "op": "eq", "value": "DE"},
-//!    {"type": "trait", "name": "plan", "op": "eq", "value": "pro"}],
+//!    {"type": "trait", "name": "plan", "op": "eq", "value": "pro"},
+//!    {"type": "email", "action": "clicked", "campaign": "november", "within": "7d"}],
 //!  "limit": 100, "cursor": null}
 //! ```
+//!
+//! `email` is a `did` on the recipient's `$email_open` or `$email_click` events (`action`
+//! `"opened"` or `"clicked"`, optional `campaign`), counting people's opens and clicks only
+//! unless `"people_only": false` (machine opens and scanner clicks too).
 //!
 //! Members are people: anonymous ids linked to a user count as that user. `event` is a track
 //! event name, or `$page`, `$identify`, `$screen`, `$alias`, `$group` for the other types.
@@ -339,6 +344,56 @@ pub fn parse(body: &[u8]) -> Result<AudienceQuery, QueryError> {
                     event: string(co, "event", &field)?,
                     within_ms: within(co, &field)?,
                     filters: filters(co, &field)?,
+                }
+            }
+            "email" => {
+                // Sugar for a `did` on the recipient's `$email_open` / `$email_click` events
+                // (`crate::intake::email`), people only unless asked otherwise.
+                only_keys(
+                    co,
+                    &field,
+                    &["type", "action", "campaign", "within", "people_only"],
+                )?;
+                let event = match co.get("action").and_then(Value::as_str) {
+                    Some("opened") => "$email_open",
+                    Some("clicked") => "$email_click",
+                    _ => {
+                        return Err(QueryError::bad(
+                            format!("{field}.action"),
+                            "must be \"opened\" or \"clicked\"",
+                        ))
+                    }
+                };
+                let mut filters = Vec::new();
+                if co.contains_key("campaign") {
+                    filters.push(Filter {
+                        key: "campaign".into(),
+                        op: Op::Eq,
+                        value: Value::String(string(co, "campaign", &field)?),
+                    });
+                }
+                let people_only = match co.get("people_only") {
+                    None | Some(Value::Null) => true,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => {
+                        return Err(QueryError::bad(
+                            format!("{field}.people_only"),
+                            "must be true or false",
+                        ))
+                    }
+                };
+                if people_only {
+                    filters.push(Filter {
+                        key: "class".into(),
+                        op: Op::Eq,
+                        value: Value::String("human".into()),
+                    });
+                }
+                Condition::Did {
+                    event: event.into(),
+                    within_ms: within(co, &field)?,
+                    min_count: 1,
+                    filters,
                 }
             }
             "last_seen_within" => {
@@ -752,6 +807,45 @@ fn tokio_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_email_condition_is_a_did_on_the_recipients_events() {
+        let q = parse(
+            br#"{"conditions": [{"type": "email", "action": "clicked", "campaign": "nov", "within": "7d"}]}"#,
+        )
+        .unwrap();
+        let Condition::Did {
+            event,
+            filters,
+            within_ms,
+            ..
+        } = &q.conditions[0]
+        else {
+            panic!("{q:?}")
+        };
+        assert_eq!(event, "$email_click");
+        assert_eq!(*within_ms, Some(7 * 86_400_000));
+        let keys: Vec<&str> = filters.iter().map(|f| f.key.as_str()).collect();
+        assert_eq!(keys, ["campaign", "class"]);
+        let all = parse(
+            br#"{"conditions": [{"type": "email", "action": "opened", "people_only": false}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(&all.conditions[0], Condition::Did { filters, .. } if filters.is_empty()));
+        for (body, field) in [
+            (
+                &br#"{"conditions": [{"type": "email", "action": "read"}]}"#[..],
+                "conditions[0].action",
+            ),
+            (
+                br#"{"conditions": [{"type": "email", "action": "opened", "people_only": 1}]}"#,
+                "conditions[0].people_only",
+            ),
+        ] {
+            let e = parse(body).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+    }
 
     #[test]
     fn parses_the_documented_example() {

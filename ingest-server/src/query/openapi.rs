@@ -216,6 +216,11 @@ pub fn document() -> Value {
             "where": {"type": "array", "items": filter("property")}}},
         {"type": "object", "additionalProperties": false, "required": ["type", "within"], "properties": {
             "type": {"type": "string", "enum": ["last_seen_within"]}, "within": within}},
+        {"type": "object", "additionalProperties": false, "required": ["type", "action"], "properties": {
+            "type": {"type": "string", "enum": ["email"]},
+            "action": {"type": "string", "enum": ["opened", "clicked"]},
+            "campaign": string(), "within": within,
+            "people_only": {"type": "boolean", "default": true, "description": "Count people's opens and clicks only (not machine opens or scanner clicks)."}}},
         {"type": "object", "additionalProperties": false, "required": ["type", "field", "op", "value"], "properties": {
             "type": {"type": "string", "enum": ["geo"]},
             "field": {"type": "string", "enum": ["country", "region", "city", "timezone"]},
