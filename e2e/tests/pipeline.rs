@@ -226,7 +226,7 @@ fn a_shopper_abandons_a_cart_another_buys_then_the_first_logs_in() {
         vec!["p-100", "p-102"],
         "events from before login count: {user}"
     );
-    assert_eq!(user["traits"]["email"], "ada@example.com");
+    assert_eq!(user["traits"]["email"], "ada@example.com", "{user:#}");
     assert_eq!(user["cart"]["abandoned"], true, "{user}");
 
     println!("A after login: {user:#}");
