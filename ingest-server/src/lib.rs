@@ -70,6 +70,7 @@ pub mod metrics;
 pub mod query;
 pub mod spool;
 pub mod store;
+pub mod triggers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -205,7 +206,7 @@ pub async fn serve(
         sink,
         metrics.clone(),
         WriterSettings::from(&config.writer),
-        stop_rx,
+        stop_rx.clone(),
     );
     let writer = tokio::spawn(writer.run());
 
@@ -231,6 +232,15 @@ pub async fn serve(
     let identity_refresh = identities
         .clone()
         .map(|ix| tokio::spawn(ix.run(query.clone(), config.query.identity_refresh.0)));
+    // Triggers: the evaluator and deliverer, on the one server configured to run them.
+    let triggers = config.triggers.evaluate.then(|| {
+        tokio::spawn(triggers::run(
+            query.clone(),
+            config.triggers.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let http_config = config.http.clone();
     let state = AppState::new(config, spool.clone(), metrics, schema, identities);
     let router = app(state, query);
@@ -248,6 +258,13 @@ pub async fn serve(
     upkeep.abort();
     if let Some(t) = identity_refresh {
         t.abort();
+    }
+    if let Some(t) = triggers {
+        // Deliveries in flight finish (each bounded by triggers.timeout) and their outcomes
+        // are written, so the next start does not send them again.
+        if tokio::time::timeout(FLUSH_TIMEOUT, t).await.is_err() {
+            tracing::warn!("trigger deliveries did not stop in time; unrecorded outcomes are sent again at the next start");
+        }
     }
     match tokio::time::timeout(FLUSH_TIMEOUT, writer).await {
         Ok(_) => tracing::info!(left_in_spool = spool.pending_bytes(), "writer stopped"),

@@ -60,6 +60,13 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("waymark_email_tokens_refused_total", Kind::Counter, "Pixel fetches and link clicks whose token was refused, by reason (malformed, unknown_site, unknown_key, bad_signature, expired, from_the_future, wrong_kind); a refused click goes to the site's home_url."),
     ("waymark_email_events_failed_total", Kind::Counter, "Email open or click events that could not be spooled (spool full or unavailable), logged; the pixel or redirect was answered all the same."),
     ("waymark_query_cache_misses_total", Kind::Counter, "Query answers the cache did not hold (read from ClickHouse), by endpoint."),
+    ("waymark_trigger_ticks_total", Kind::Counter, "Trigger evaluation ticks completed."),
+    ("waymark_trigger_tick_seconds", Kind::Histogram, "Time one trigger evaluation tick took (all subscriptions)."),
+    ("waymark_trigger_candidates", Kind::Gauge, "Visitors the last trigger tick evaluated (touched since the previous tick, a window closed, or linked to those)."),
+    ("waymark_trigger_transitions_total", Kind::Counter, "Persons who entered or left a subscription's audience, by type (entered, left)."),
+    ("waymark_trigger_deliveries_total", Kind::Counter, "Webhook delivery attempts by outcome: delivered, failed (retried later), dead (given up after triggers.max_attempts: a dead letter, listed by GET /v1/subscriptions/dead_letters), cancelled (the subscription was removed)."),
+    ("waymark_trigger_pending", Kind::Gauge, "Deliveries in the outbox waiting to be sent or retried."),
+    ("waymark_trigger_delivery_seconds", Kind::Histogram, "Time from the tick that found a transition to its successful delivery."),
 ];
 
 #[derive(Clone, Copy)]
@@ -317,6 +324,53 @@ impl Metrics {
             .set(f64::from(u8::from(links.is_some())));
         self.gauge("waymark_identity_index_links", vec![])
             .set(links.unwrap_or(0) as f64);
+    }
+
+    /// A trigger tick that took `seconds` over `candidates` visitors.
+    pub fn trigger_tick(&self, seconds: f64, candidates: u64) {
+        self.counter("waymark_trigger_ticks_total", vec![])
+            .increment(1);
+        self.recorder
+            .register_histogram(
+                &Key::from_static_name("waymark_trigger_tick_seconds"),
+                &META,
+            )
+            .record(seconds);
+        self.gauge("waymark_trigger_candidates", vec![])
+            .set(candidates as f64);
+    }
+
+    /// A person entered or left an audience.
+    pub fn trigger_transition(&self, kind: &str) {
+        self.counter(
+            "waymark_trigger_transitions_total",
+            vec![Label::new("type", kind.to_string())],
+        )
+        .increment(1);
+    }
+
+    /// One delivery attempt's outcome.
+    pub fn trigger_delivery(&self, outcome: &'static str) {
+        self.counter(
+            "waymark_trigger_deliveries_total",
+            vec![Label::new("outcome", outcome)],
+        )
+        .increment(1);
+    }
+
+    /// Deliveries waiting in the outbox.
+    pub fn trigger_pending(&self, n: usize) {
+        self.gauge("waymark_trigger_pending", vec![]).set(n as f64);
+    }
+
+    /// Seconds from detection to delivery.
+    pub fn trigger_latency(&self, seconds: f64) {
+        self.recorder
+            .register_histogram(
+                &Key::from_static_name("waymark_trigger_delivery_seconds"),
+                &META,
+            )
+            .record(seconds);
     }
 
     /// Folds recorded histogram samples into their buckets. The recorder keeps samples until

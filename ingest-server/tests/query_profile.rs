@@ -361,6 +361,7 @@ async fn the_cache_serves_repeats_until_its_ttl() {
         read_keys: vec![waymark_ingest::query::ReadKey {
             key: SHOP_KEY.into(),
             sites: vec!["shop".into()],
+            subscribe: false,
         }],
         cache_ttl: waymark_ingest::config::HumanDuration(std::time::Duration::from_secs(3600)),
         ..Default::default()
@@ -546,6 +547,7 @@ VALUES ('shop', '{user}', '{anon}', {}, 'm-{user}-{anon}', 'identify')",
             read_keys: vec![waymark_ingest::query::ReadKey {
                 key: SHOP_KEY.into(),
                 sites: vec!["shop".into()],
+                subscribe: false,
             }],
             cache_ttl: waymark_ingest::config::HumanDuration(std::time::Duration::ZERO),
             ..Default::default()

@@ -85,6 +85,17 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   [[query.read_keys]]              one per key; `Authorization: Bearer <key>`
   key = "rk_shop"
   sites = ["shop"]                 the only sites this key can read
+  subscribe = false                true: the key may also manage /v1/subscriptions on its sites
+
+  [triggers]                       audience subscriptions pushed to webhooks
+  evaluate = false                 true on exactly one server: it evaluates and delivers
+  tick = "10s"                     how often touched persons and closed windows are evaluated
+  max_attempts = 12                attempts per delivery before it is a dead letter
+  backoff = "2s"                   wait after the first failure; doubles up to max_backoff
+  max_backoff = "10m"
+  timeout = "10s"                  one webhook POST at most
+  concurrency = 16                 webhook POSTs in flight at once
+  max_subscriptions = 1000         per site
 
 Sizes accept B, KB, MB, GB, KiB, MiB, GiB (e.g. "64MiB"); durations accept ms, s, m, h, d
 (e.g. "5s", "30d"; "1h 30m" too).

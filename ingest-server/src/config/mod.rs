@@ -13,10 +13,12 @@ pub use waymark_protocol::edge::IpMode;
 mod env;
 mod help;
 mod query;
+mod triggers;
 mod units;
 
 pub use help::SETTINGS_HELP;
 pub use query::{EngagementConfig, QueryConfig, ReadKey, RfmConfig};
+pub use triggers::TriggersConfig;
 pub use units::{ByteSize, HumanDuration};
 
 /// The whole configuration.
@@ -34,6 +36,9 @@ pub struct Config {
     /// The query API (read keys, cart and engagement settings): see `QueryConfig`.
     #[serde(default)]
     pub query: QueryConfig,
+    /// Audience subscriptions pushed to webhooks: see `TriggersConfig`.
+    #[serde(default)]
+    pub triggers: TriggersConfig,
 }
 
 impl Default for Config {
@@ -48,6 +53,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             sites: Vec::new(),
             query: QueryConfig::default(),
+            triggers: TriggersConfig::default(),
         }
     }
 }
@@ -450,6 +456,10 @@ impl Config {
         self.query.validate().map_err(|message| {
             // The query module's messages start with the key they name: "query.x: why".
             let (key, why) = message.split_once(": ").unwrap_or(("query", &message));
+            invalid(key, why)
+        })?;
+        self.triggers.validate().map_err(|message| {
+            let (key, why) = message.split_once(": ").unwrap_or(("triggers", &message));
             invalid(key, why)
         })?;
         for (i, k) in self.query.read_keys.iter().enumerate() {

@@ -54,6 +54,11 @@ impl Default for QueryConfig {
 pub struct ReadKey {
     pub key: String,
     pub sites: Vec<String>,
+    /// Whether the key may also manage audience subscriptions (`/v1/subscriptions`, see
+    /// `crate::triggers`) on its sites. Off by default: a key handed to a reporting tool
+    /// should not register webhooks.
+    #[serde(default)]
+    pub subscribe: bool,
 }
 
 /// Engaged time over 30 days below `medium` is "short", below `long` "medium", else "long".

@@ -81,6 +81,10 @@ pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
         .merge(edge::routes(&state))
         .merge(email::routes())
         .merge(ops::routes())
+        .merge(crate::triggers::api::router(
+            query.clone(),
+            state.config().triggers.clone(),
+        ))
         .merge(crate::query::router(query))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
         .layer(axum::middleware::from_fn(move |req, next| {

@@ -533,6 +533,25 @@ fn event_cond(event: &str, within_ms: Option<i64>, filters: &[Filter], now: i64)
 
 /// Compiles a query to one SELECT over the site's data. `page`: apply the cursor and limit.
 pub fn compile(db: &str, site: &str, q: &AudienceQuery, now: i64, page: bool) -> String {
+    compile_in(db, site, q, now, page, None)
+}
+
+/// [`compile`] for the persons of the visitors `scope` lists (a subquery yielding visitor ids,
+/// which must hold every visitor of each person it touches): every such person is returned,
+/// with `matches` (1 or 0) instead of a filter. The triggers' evaluation reads only these
+/// visitors' rows (`crate::triggers`).
+pub fn compile_scoped(db: &str, site: &str, q: &AudienceQuery, now: i64, scope: &str) -> String {
+    compile_in(db, site, q, now, false, Some(scope))
+}
+
+fn compile_in(
+    db: &str,
+    site: &str,
+    q: &AudienceQuery,
+    now: i64,
+    page: bool,
+    scope: Option<&str>,
+) -> String {
     let s = lit(site);
     let mut counts = Vec::new(); // (condition sql, min or 0 for "did not")
     let mut where_ = Vec::new();
@@ -586,6 +605,9 @@ pub fn compile(db: &str, site: &str, q: &AudienceQuery, now: i64, page: bool) ->
     let p_counts: String = (0..counts.len())
         .map(|i| format!("sum(v_c{i}) AS c{i}, "))
         .collect();
+    let in_scope = scope
+        .map(|sc| format!(" AND visitor_id IN {sc}"))
+        .unwrap_or_default();
     let events_part = if counts.is_empty() {
         String::new()
     } else {
@@ -598,7 +620,7 @@ pub fn compile(db: &str, site: &str, q: &AudienceQuery, now: i64, page: bool) ->
         format!(
             "SELECT visitor_id, {cols}toInt64(0) AS x_ls, ('', '', '', '', toInt64(0)) AS x_geo,
     ('', toInt64(0)) AS x_traits, '' AS x_uid
-FROM {db}.q_events_by_name WHERE site = {s} AND ({})
+FROM {db}.q_events_by_name WHERE site = {s} AND ({}){in_scope}
 GROUP BY visitor_id
 UNION ALL
 ",
@@ -606,7 +628,11 @@ UNION ALL
         )
     };
     // With a positive `did`, only the people who did it can match: read their visitors' state.
-    let candidates = counts
+    // In a scope, its visitors only (every one of them is returned, matching or not).
+    let candidates = if scope.is_some() {
+        in_scope.clone()
+    } else {
+        counts
         .iter()
         .find(|(_, min)| min.is_some())
         .map(|(c, _)| {
@@ -617,19 +643,28 @@ UNION ALL
     (SELECT anonymous_id FROM {db}.identities WHERE site = {s} AND (user_id IN {did} OR user_id IN {users})))"
             )
         })
-        .unwrap_or_default();
-    let where_sql = if where_.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", where_.join("\n  AND "))
+        .unwrap_or_default()
     };
+    let conds = if where_.is_empty() {
+        "1".to_string()
+    } else {
+        where_.join("\n  AND ")
+    };
+    let (matches, where_sql) = match scope {
+        Some(_) => (format!(", toUInt8({conds}) AS matches"), String::new()),
+        None if where_.is_empty() => (String::new(), String::new()),
+        None => (String::new(), format!("WHERE {conds}")),
+    };
+    let ident_scope = scope
+        .map(|sc| format!(" AND anonymous_id IN {sc}"))
+        .unwrap_or_default();
     let limit = if page {
         format!("LIMIT {}", q.limit + 1)
     } else {
         String::new()
     };
     format!(
-        "SELECT person, user_id, last_seen, geo, traits FROM (
+        "SELECT person, user_id, last_seen, geo, traits{matches} FROM (
   SELECT if(uid = '', visitor_id, uid) AS person, {p_counts}max(v_ls) AS last_seen,
     argMax(v_geo, v_geo.5) AS geo, argMax(v_traits, v_traits.2) AS traits,
     max(if(uid != '', uid, v_uid)) AS user_id
@@ -645,7 +680,7 @@ GROUP BY visitor_id
     GROUP BY visitor_id
   )
   ANY LEFT JOIN (SELECT anonymous_id AS visitor_id, argMax(user_id, linked_at) AS uid
-    FROM {db}.q_ident_by_anon WHERE site = {s} GROUP BY anonymous_id) USING visitor_id
+    FROM {db}.q_ident_by_anon WHERE site = {s}{ident_scope} GROUP BY anonymous_id) USING visitor_id
   GROUP BY person
 )
 {where_sql}
@@ -655,15 +690,16 @@ ORDER BY person
 }
 
 #[derive(Debug, Deserialize)]
-struct MemberRow {
-    person: String,
-    user_id: String,
-    last_seen: i64,
-    geo: (String, String, String, String, i64),
-    traits: (String, i64),
+pub struct MemberRow {
+    pub person: String,
+    pub user_id: String,
+    pub last_seen: i64,
+    pub geo: (String, String, String, String, i64),
+    pub traits: (String, i64),
 }
 
-fn member(r: MemberRow) -> Value {
+/// A member's JSON (`id`, `user_id`, `last_seen`, `geo`, `traits`).
+pub fn member(r: MemberRow) -> Value {
     let traits: Value = if r.traits.1 > 0 {
         serde_json::from_str(&r.traits.0).unwrap_or_else(|_| json!({}))
     } else {

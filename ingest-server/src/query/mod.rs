@@ -138,6 +138,7 @@ sites = ["shop"]
             read_keys: vec![ReadKey {
                 key: "k1".into(),
                 sites: vec!["a".into(), "b".into()],
+                subscribe: false,
             }],
             ..QueryConfig::default()
         };

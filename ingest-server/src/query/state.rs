@@ -119,12 +119,36 @@ impl QueryState {
     }
 
     /// The database name (validated by the config: letters, digits, underscores).
-    pub(crate) fn db(&self) -> &str {
+    pub fn db(&self) -> &str {
         &self.0.db
     }
 
     /// Checks the bearer key and that it may read `site`; returns the site.
     pub fn authorize(&self, headers: &HeaderMap, site: Option<&str>) -> Result<String, QueryError> {
+        self.authorize_key(headers, site).map(|(site, _)| site)
+    }
+
+    /// [`authorize`](Self::authorize) for managing audience subscriptions: the key must also
+    /// have `subscribe = true`.
+    pub fn authorize_subscribe(
+        &self,
+        headers: &HeaderMap,
+        site: Option<&str>,
+    ) -> Result<String, QueryError> {
+        let (site, subscribe) = self.authorize_key(headers, site)?;
+        if !subscribe {
+            return Err(QueryError::Forbidden(
+                "authorization: this read key may not manage subscriptions (its [[query.read_keys]] entry needs subscribe = true)".into(),
+            ));
+        }
+        Ok(site)
+    }
+
+    fn authorize_key(
+        &self,
+        headers: &HeaderMap,
+        site: Option<&str>,
+    ) -> Result<(String, bool), QueryError> {
         let auth = headers.get(header::AUTHORIZATION).ok_or_else(|| {
             QueryError::Unauthorized(
                 "authorization: missing; send `Authorization: Bearer <read key>`".into(),
@@ -153,11 +177,11 @@ impl QueryState {
                 "site: this read key may not read site {site:?}"
             )));
         }
-        Ok(site.to_string())
+        Ok((site.to_string(), entry.subscribe))
     }
 
     /// Runs a SELECT and parses its `JSONEachRow` answer.
-    pub(crate) async fn fetch<T: DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>, QueryError> {
+    pub async fn fetch<T: DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>, QueryError> {
         parse_rows(&self.select(sql)?.collect().await?)
     }
 
@@ -176,6 +200,12 @@ impl QueryState {
             .with_setting("use_uncompressed_cache", "1")
             .fetch_bytes("JSONEachRow")?;
         parse_rows(&cursor.collect().await?)
+    }
+
+    /// Runs a statement that answers nothing (an `INSERT ... FORMAT JSONEachRow` with its rows,
+    /// a `TRUNCATE`, an `ALTER`).
+    pub async fn execute(&self, sql: &str) -> Result<(), QueryError> {
+        Ok(self.query(sql)?.execute().await?)
     }
 
     /// Starts a SELECT whose `JSONEachRow` answer is read as it streams.

@@ -116,14 +116,17 @@ fn query_config(extra_sites: &[&str]) -> QueryConfig {
             ReadKey {
                 key: SHOP_KEY.into(),
                 sites: vec!["shop".into()],
+                subscribe: false,
             },
             ReadKey {
                 key: OTHER_KEY.into(),
                 sites: vec!["other".into()],
+                subscribe: false,
             },
             ReadKey {
                 key: BOTH_KEY.into(),
                 sites: both,
+                subscribe: false,
             },
         ],
         // Every request reads ClickHouse (the cache has its own test).

@@ -31,6 +31,7 @@
 //! they must be built on uniq-style states (or deduplicate by `message_id` at read time).
 
 pub mod query;
+pub mod triggers;
 
 /// One migration: a version, a name, and the statements (`{db}` is the database).
 pub struct Migration {
@@ -263,6 +264,13 @@ ORDER BY (site, message_id, quarantined_at)"],
         // created again around the swap (`crate::store::repartition`).
         statements: &[],
         code: Some(Code::RepartitionEvents),
+    },
+    // 120..: audience triggers (SQL and design in [`triggers`]).
+    Migration {
+        version: 120,
+        name: "triggers",
+        statements: triggers::TRIGGERS,
+        code: None,
     },
 ];
 

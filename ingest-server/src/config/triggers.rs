@@ -1,0 +1,79 @@
+//! `[triggers]`: audience subscriptions pushed to webhooks (`crate::triggers`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::HumanDuration;
+
+/// `[triggers]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggersConfig {
+    /// Whether this server evaluates subscriptions and delivers to their webhooks. Every server
+    /// serves the subscription API; exactly one of a fleet should evaluate (see the README's
+    /// "Triggers" section).
+    pub evaluate: bool,
+    /// How often persons touched since the last tick, and windows that just closed, are
+    /// evaluated.
+    pub tick: HumanDuration,
+    /// Attempts per delivery before it becomes a dead letter.
+    pub max_attempts: u32,
+    /// The wait after the first failed attempt; it doubles per attempt up to `max_backoff`.
+    pub backoff: HumanDuration,
+    pub max_backoff: HumanDuration,
+    /// How long one webhook POST may take.
+    pub timeout: HumanDuration,
+    /// Webhook POSTs in flight at once.
+    pub concurrency: usize,
+    /// Subscriptions per site at most.
+    pub max_subscriptions: usize,
+}
+
+impl Default for TriggersConfig {
+    fn default() -> Self {
+        TriggersConfig {
+            evaluate: false,
+            tick: HumanDuration(Duration::from_secs(10)),
+            max_attempts: 12,
+            backoff: HumanDuration(Duration::from_secs(2)),
+            max_backoff: HumanDuration(Duration::from_secs(600)),
+            timeout: HumanDuration(Duration::from_secs(10)),
+            concurrency: 16,
+            max_subscriptions: 1000,
+        }
+    }
+}
+
+impl TriggersConfig {
+    /// Checks values that parse but make no sense; errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, d) in [
+            ("triggers.tick", self.tick.0),
+            ("triggers.backoff", self.backoff.0),
+            ("triggers.timeout", self.timeout.0),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{key}: must be more than 0s"));
+            }
+        }
+        if self.tick.0 > Duration::from_secs(50) {
+            return Err(
+                "triggers.tick: must be at most 50s (deliveries are due within 60 s)".into(),
+            );
+        }
+        if self.max_backoff.0 < self.backoff.0 {
+            return Err("triggers.max_backoff: must not be shorter than triggers.backoff".into());
+        }
+        if self.max_attempts == 0 || self.max_attempts > 100 {
+            return Err("triggers.max_attempts: must be 1 to 100".into());
+        }
+        if self.concurrency == 0 {
+            return Err("triggers.concurrency: must be at least 1".into());
+        }
+        if self.max_subscriptions == 0 {
+            return Err("triggers.max_subscriptions: must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! The tables of audience triggers (`crate::triggers`), migration 120.
+//!
+//! - `trigger_subscriptions` (ReplacingMergeTree by `version`, one row per `(site, id)` once
+//!   merged, read with `argMax(..., version)`): the subscriptions every ingest server lists; a
+//!   removal is a row with `deleted = 1` and a higher version.
+//! - `trigger_touched` (MergeTree by `(site, inserted_at)`, daily partitions the evaluator
+//!   drops after two days): a view on `events` writes each inserted row's visitor with the
+//!   ClickHouse server's time of the insert, so an evaluation tick reads the visitors touched
+//!   since its watermark from a few recent granules instead of scanning `events`.
+//! - `trigger_members` (ReplacingMergeTree by `version`, per `(site, subscription, person)`):
+//!   whether the person is in the audience now and how many times they entered (the `entry` of
+//!   the idempotency key).
+//! - `trigger_deliveries` (ReplacingMergeTree by `version`, per idempotency `key`): the outbox.
+//!   A transition is written `pending` (version 0); each failed attempt writes the attempt count
+//!   as the version, and `delivered` or `dead` writes [`TERMINAL`], so a pending row written
+//!   again (an evaluation repeated after a crash) never hides an outcome.
+//! - `trigger_state` (ReplacingMergeTree by `version`): the evaluator's last tick and watermark.
+//! - `trigger_candidates` (Memory): the visitors one tick evaluates, filled and emptied by the
+//!   evaluator per site; lost on a ClickHouse restart, which costs nothing.
+//!
+//! 18.16 has no TTL: old `trigger_touched` partitions are dropped by the evaluator.
+
+/// The version of a delivery's final row (`delivered` or `dead`), above any attempt count.
+pub const TERMINAL: u64 = 1_000_000;
+
+/// Migration 120's statements.
+pub const TRIGGERS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {db}.trigger_subscriptions (
+    site String,
+    id String,
+    name String,
+    audience String,
+    url String,
+    secret String,
+    created_at_ms Int64,
+    deleted UInt8,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version) ORDER BY (site, id)",
+    "CREATE TABLE IF NOT EXISTS {db}.trigger_touched (
+    site String,
+    visitor_id String,
+    inserted_at DateTime
+) ENGINE = MergeTree PARTITION BY toYYYYMMDD(inserted_at) ORDER BY (site, inserted_at)",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.trigger_touched_mv TO {db}.trigger_touched AS SELECT site, visitor_id, now() AS inserted_at
+FROM {db}.events",
+    "CREATE TABLE IF NOT EXISTS {db}.trigger_members (
+    site String,
+    sub_id String,
+    person String,
+    member UInt8,
+    entry UInt32,
+    changed_at_ms Int64,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version) ORDER BY (site, sub_id, person)",
+    "CREATE TABLE IF NOT EXISTS {db}.trigger_deliveries (
+    key String,
+    site String,
+    sub_id String,
+    person String,
+    entry UInt32,
+    kind String,
+    payload String,
+    created_at_ms Int64,
+    state String,
+    attempts UInt32,
+    next_at_ms Int64,
+    last_error String,
+    updated_at_ms Int64,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version) ORDER BY key",
+    "CREATE TABLE IF NOT EXISTS {db}.trigger_state (
+    name String,
+    value Int64,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version) ORDER BY name",
+    "CREATE TABLE IF NOT EXISTS {db}.trigger_candidates (
+    site String,
+    visitor_id String
+) ENGINE = Memory",
+];

@@ -1,0 +1,552 @@
+//! The evaluation tick: who entered or left each subscription's audience since the last tick.
+//!
+//! A tick at time `now` (the previous one at `prev`) evaluates, per site, only the persons of
+//! these visitors (the *candidates*, written to the `trigger_candidates` memory table):
+//!
+//! 1. *touched*: visitors with rows inserted since the watermark (`trigger_touched`, stamped by
+//!    ClickHouse's own clock at insert time, read back [`OVERLAP_SECS`] before the previous
+//!    tick's ClickHouse time, so a row whose insert was still running then is read now);
+//! 2. *time edges*: visitors with an event that left a window during `[prev, now)`: for each
+//!    `did` / `did_not` with `within: W` of the site's subscriptions, rows of that event with
+//!    `prev - W <= timestamp < now - W`; for `last_seen_within: W`, any row in that range;
+//! 3. the users those visitors are linked to, and every anonymous id of those users, so each
+//!    person is evaluated over all their devices.
+//!
+//! Each subscription's audience is compiled for those visitors only
+//! ([`crate::query::audience::compile_scoped`]), which returns every candidate person with
+//! whether they match now; compared with `trigger_members`, a person who matches and was not
+//! in has *entered* (entry n + 1), one who was in and no longer matches has *left* (entry n).
+//! Conditions that did not change for a person who was not touched and had no window close
+//! cannot change their answer, so nothing outside the candidates needs reading.
+//!
+//! Crash safety: the transitions go to the outbox (`trigger_deliveries`) first, then the
+//! memberships, then the tick's state. A crash between them repeats the tick, which finds the
+//! same transitions with the same idempotency keys; keys already in the outbox are not written
+//! or handed to the deliverer again.
+//!
+//! A subscription's first tick records who is in the audience already, without deliveries
+//! (a *baseline*): registering a subscription does not notify everybody who already matches.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::subscription::{self, Subscription};
+use super::Delivery;
+use crate::query::audience::{compile, compile_scoped, member, Condition, MemberRow};
+use crate::query::sql::{int, lit};
+use crate::query::{QueryError, QueryState};
+
+/// How far before the previous tick's ClickHouse time touched rows are read again: inserts
+/// stamp `now()` when they start, and one that started before the previous tick's read but
+/// finished after it is seen by this one.
+pub const OVERLAP_SECS: i64 = 5;
+
+/// How long `trigger_touched` partitions (days) are kept.
+const KEEP_TOUCHED_DAYS: i64 = 2;
+
+/// What one tick did.
+#[derive(Debug, Clone, Default)]
+pub struct TickReport {
+    /// The tick's time (windows are measured from it).
+    pub now_ms: i64,
+    /// Candidate visitors over all sites.
+    pub candidates: u64,
+    /// Subscriptions evaluated.
+    pub subscriptions: usize,
+    /// New deliveries (entered and left).
+    pub deliveries: Vec<Delivery>,
+    /// Subscriptions whose baseline was taken this tick.
+    pub baselines: usize,
+}
+
+#[derive(Deserialize)]
+struct StateRow {
+    name: String,
+    value: i64,
+}
+
+#[derive(Deserialize)]
+struct ScopedRow {
+    #[serde(flatten)]
+    member: MemberRow,
+    matches: u8,
+}
+
+#[derive(Deserialize)]
+struct MembershipRow {
+    person: String,
+    member: u8,
+    entry: u32,
+}
+
+#[derive(Deserialize)]
+struct Count {
+    n: u64,
+}
+
+#[derive(Deserialize)]
+struct Now {
+    now: i64,
+}
+
+#[derive(Deserialize)]
+struct KeyRow {
+    key: String,
+}
+
+#[derive(Deserialize)]
+struct PartitionRow {
+    partition: String,
+}
+
+/// The idempotency key of one transition: the same for the same (subscription, person, entry,
+/// kind) whoever computes it.
+pub fn idempotency_key(site: &str, sub_id: &str, person: &str, entry: u32, kind: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [site, sub_id, person, &entry.to_string(), kind] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The SQL condition on `q_events_by_name` rows of one site whose event left a window of the
+/// site's subscriptions during `[prev, now)`; `None` when no condition has a window.
+pub fn edge_condition(subs: &[&Subscription], prev: i64, now: i64) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    let range = |w: i64| {
+        let (from, to) = (prev - w, now - w);
+        format!(
+            "timestamp >= toDateTime({}) AND timestamp_ms >= {} AND timestamp_ms < {}",
+            int(from.div_euclid(1000)),
+            int(from),
+            int(to)
+        )
+    };
+    for s in subs {
+        for c in &s.query.conditions {
+            let part = match c {
+                Condition::Did {
+                    event,
+                    within_ms: Some(w),
+                    ..
+                }
+                | Condition::DidNot {
+                    event,
+                    within_ms: Some(w),
+                    ..
+                } => format!("(event = {} AND {})", lit(event), range(*w)),
+                Condition::LastSeenWithin { within_ms } => format!("({})", range(*within_ms)),
+                _ => continue,
+            };
+            if !parts.contains(&part) {
+                parts.push(part);
+            }
+        }
+    }
+    (now > prev && !parts.is_empty()).then(|| parts.join(" OR "))
+}
+
+/// The evaluator: one per fleet (`triggers.evaluate`).
+pub struct Evaluator {
+    st: QueryState,
+    last_cleanup_ms: i64,
+}
+
+impl Evaluator {
+    pub fn new(st: QueryState) -> Self {
+        Evaluator {
+            st,
+            last_cleanup_ms: 0,
+        }
+    }
+
+    fn db(&self) -> &str {
+        self.st.db()
+    }
+
+    async fn state(&self) -> Result<HashMap<String, i64>, QueryError> {
+        let rows: Vec<StateRow> = self
+            .st
+            .fetch(&format!(
+                "SELECT name, argMax(value, version) AS value FROM {}.trigger_state GROUP BY name",
+                self.db()
+            ))
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.name, r.value)).collect())
+    }
+
+    async fn save_state(&self, values: &[(String, i64)], version: i64) -> Result<(), QueryError> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let mut body = String::new();
+        for (name, value) in values {
+            let _ = writeln!(
+                body,
+                "{}",
+                json!({"name": name, "value": value, "version": version})
+            );
+        }
+        self.st
+            .execute(&format!(
+                "INSERT INTO {}.trigger_state FORMAT JSONEachRow\n{body}",
+                self.db()
+            ))
+            .await
+    }
+
+    /// Runs one tick at `now_ms` (the server's clock; tests pass their own) and returns what it
+    /// found. The new deliveries are in the outbox when this returns.
+    pub async fn tick(&mut self, now_ms: i64) -> Result<TickReport, QueryError> {
+        let db = self.db().to_string();
+        let state = self.state().await?;
+        let ch_now = self
+            .st
+            .fetch::<Now>("SELECT toInt64(now()) AS now")
+            .await?
+            .first()
+            .map(|r| r.now)
+            .ok_or_else(|| QueryError::Unavailable("SELECT now() answered nothing".into()))?;
+        // First tick ever: no windows to close yet, and rows from a moment ago.
+        let prev = state.get("tick").copied().unwrap_or(now_ms).min(now_ms);
+        let watermark = state
+            .get("watermark")
+            .copied()
+            .unwrap_or(ch_now - OVERLAP_SECS);
+        let subs = subscription::list(&self.st, None).await?;
+        let mut by_site: HashMap<&str, Vec<&Subscription>> = HashMap::new();
+        for s in &subs {
+            by_site.entry(s.site.as_str()).or_default().push(s);
+        }
+        let mut report = TickReport {
+            now_ms,
+            subscriptions: subs.len(),
+            ..TickReport::default()
+        };
+        let mut baselined: Vec<(String, i64)> = Vec::new();
+        self.st
+            .execute(&format!("TRUNCATE TABLE {db}.trigger_candidates"))
+            .await?;
+        let mut sites: Vec<&str> = by_site.keys().copied().collect();
+        sites.sort_unstable();
+        for site in sites {
+            let site_subs = &by_site[site];
+            let s = lit(site);
+            // Baselines first: they read the whole audience, so their subscriptions skip the
+            // incremental pass of this tick.
+            let mut incremental = Vec::new();
+            for sub in site_subs {
+                let mark = format!("baseline/{}/{}", sub.site, sub.id);
+                if state.contains_key(&mark) {
+                    incremental.push(*sub);
+                } else {
+                    self.baseline(sub, now_ms).await?;
+                    baselined.push((mark, now_ms));
+                    report.baselines += 1;
+                }
+            }
+            if incremental.is_empty() {
+                continue;
+            }
+            let cand = format!("{db}.trigger_candidates");
+            self.st
+                .execute(&format!(
+                    "INSERT INTO {cand} SELECT {s}, visitor_id FROM {db}.trigger_touched
+WHERE site = {s} AND inserted_at >= toDateTime({})",
+                    int(watermark.max(0))
+                ))
+                .await?;
+            if let Some(edges) = edge_condition(&incremental, prev, now_ms) {
+                self.st
+                    .execute(&format!(
+                        "INSERT INTO {cand} SELECT {s}, visitor_id FROM {db}.q_events_by_name
+WHERE site = {s} AND ({edges})"
+                    ))
+                    .await?;
+            }
+            let seeds = format!("(SELECT visitor_id FROM {cand} WHERE site = {s})");
+            self.st
+                .execute(&format!(
+                    "INSERT INTO {cand} SELECT {s}, user_id FROM {db}.q_ident_by_anon
+WHERE site = {s} AND anonymous_id IN {seeds}"
+                ))
+                .await?;
+            self.st
+                .execute(&format!(
+                    "INSERT INTO {cand} SELECT {s}, anonymous_id FROM {db}.identities
+WHERE site = {s} AND user_id IN {seeds}"
+                ))
+                .await?;
+            let n = self
+                .st
+                .fetch::<Count>(&format!(
+                    "SELECT uniqExact(visitor_id) AS n FROM {cand} WHERE site = {s}"
+                ))
+                .await?
+                .first()
+                .map_or(0, |c| c.n);
+            report.candidates += n;
+            if n == 0 {
+                continue;
+            }
+            for sub in incremental {
+                let found = self.evaluate(sub, &seeds, now_ms).await?;
+                report.deliveries.extend(found);
+            }
+        }
+        // Outbox, then memberships (inside `record`), then the state: see the module notes.
+        self.record(&mut report.deliveries).await?;
+        let mut values = baselined;
+        values.push(("tick".into(), now_ms));
+        values.push(("watermark".into(), ch_now - OVERLAP_SECS));
+        self.save_state(&values, now_ms).await?;
+        if now_ms - self.last_cleanup_ms > 3_600_000 {
+            self.last_cleanup_ms = now_ms;
+            if let Err(e) = self.drop_old_touched(ch_now).await {
+                tracing::warn!(error = %e, "could not drop old trigger_touched partitions");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Records who is in `sub`'s audience now, without deliveries.
+    async fn baseline(&self, sub: &Subscription, now_ms: i64) -> Result<(), QueryError> {
+        let sql = compile(self.db(), &sub.site, &sub.query, now_ms, false);
+        let rows: Vec<MemberRow> = self.st.fetch(&sql).await?;
+        let mut body = String::new();
+        for r in rows {
+            let _ = writeln!(
+                body,
+                "{}",
+                json!({"site": sub.site, "sub_id": sub.id, "person": r.person, "member": 1,
+                       "entry": 0, "changed_at_ms": now_ms, "version": now_ms})
+            );
+        }
+        if !body.is_empty() {
+            self.st
+                .execute(&format!(
+                    "INSERT INTO {}.trigger_members FORMAT JSONEachRow\n{body}",
+                    self.db()
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The transitions of `sub` among the candidates `scope`.
+    async fn evaluate(
+        &self,
+        sub: &Subscription,
+        scope: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Delivery>, QueryError> {
+        let db = self.db();
+        let rows: Vec<ScopedRow> = self
+            .st
+            .fetch(&compile_scoped(db, &sub.site, &sub.query, now_ms, scope))
+            .await?;
+        let members: Vec<MembershipRow> = self
+            .st
+            .fetch(&format!(
+                "SELECT person, argMax(member, version) AS member, argMax(entry, version) AS entry
+FROM {db}.trigger_members
+WHERE site = {} AND sub_id = {} AND person IN {scope}
+GROUP BY person",
+                lit(&sub.site),
+                lit(&sub.id)
+            ))
+            .await?;
+        let mut was: HashMap<String, (bool, u32)> = members
+            .into_iter()
+            .map(|m| (m.person, (m.member == 1, m.entry)))
+            .collect();
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for r in rows {
+            let person = r.member.person.clone();
+            seen.insert(person.clone());
+            let (in_before, entry) = was.remove(&person).unwrap_or((false, 0));
+            let now_in = r.matches == 1;
+            if now_in == in_before {
+                continue;
+            }
+            let user_id = r.member.user_id.clone();
+            let (kind, entry) = if now_in {
+                ("entered", entry + 1)
+            } else {
+                ("left", entry)
+            };
+            let snapshot = if now_in {
+                // The whole profile as it is now; the member summary if it cannot be read.
+                match crate::query::profile::profile(&self.st, &sub.site, &person).await {
+                    Ok(p) => p,
+                    Err(_) => member(r.member),
+                }
+            } else {
+                member(r.member)
+            };
+            out.push(Delivery::new(
+                sub, &person, &user_id, entry, kind, snapshot, now_ms,
+            ));
+        }
+        // Members that are no person any more (an anonymous id now linked to a user: the
+        // person is the user from then on) have left.
+        for (person, (in_before, entry)) in was {
+            if in_before && !seen.contains(&person) {
+                let snapshot = json!({"id": person, "merged": true});
+                out.push(Delivery::new(
+                    sub, &person, "", entry, "left", snapshot, now_ms,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes new deliveries to the outbox (skipping keys already there: a repeated tick) and
+    /// the memberships they change; keeps in `deliveries` only those written now.
+    async fn record(&self, deliveries: &mut Vec<Delivery>) -> Result<(), QueryError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let db = self.db();
+        let mut existing = HashSet::new();
+        for chunk in deliveries.chunks(2000) {
+            let keys: Vec<&str> = chunk.iter().map(|d| d.key.as_str()).collect();
+            let rows: Vec<KeyRow> = self
+                .st
+                .fetch(&format!(
+                    "SELECT DISTINCT key FROM {db}.trigger_deliveries WHERE key IN {}",
+                    crate::query::sql::lit_list(keys)
+                ))
+                .await?;
+            existing.extend(rows.into_iter().map(|r| r.key));
+        }
+        let mut outbox = String::new();
+        let mut members = String::new();
+        for d in deliveries.iter() {
+            let _ = writeln!(
+                members,
+                "{}",
+                json!({"site": d.site, "sub_id": d.sub_id, "person": d.person,
+                       "member": u8::from(d.kind == "entered"), "entry": d.entry,
+                       "changed_at_ms": d.created_at_ms, "version": d.created_at_ms})
+            );
+            if !existing.contains(&d.key) {
+                let _ = writeln!(outbox, "{}", d.row("pending", "", 0));
+            }
+        }
+        if !outbox.is_empty() {
+            self.st
+                .execute(&format!(
+                    "INSERT INTO {db}.trigger_deliveries FORMAT JSONEachRow\n{outbox}"
+                ))
+                .await?;
+        }
+        self.st
+            .execute(&format!(
+                "INSERT INTO {db}.trigger_members FORMAT JSONEachRow\n{members}"
+            ))
+            .await?;
+        deliveries.retain(|d| !existing.contains(&d.key));
+        Ok(())
+    }
+
+    /// Drops `trigger_touched` days older than [`KEEP_TOUCHED_DAYS`] (18.16 has no TTL).
+    async fn drop_old_touched(&self, ch_now: i64) -> Result<(), QueryError> {
+        let db = self.db();
+        let cutoff =
+            waymark_protocol::time::format_rfc3339((ch_now - KEEP_TOUCHED_DAYS * 86_400) * 1000);
+        let cutoff: String = cutoff
+            .chars()
+            .take(10)
+            .filter(char::is_ascii_digit)
+            .collect();
+        let parts: Vec<PartitionRow> = self
+            .st
+            .fetch(&format!(
+                "SELECT DISTINCT partition FROM system.parts
+WHERE database = {} AND table = 'trigger_touched' AND active",
+                lit(db)
+            ))
+            .await?;
+        for p in parts {
+            if p.partition.len() == 8
+                && p.partition.bytes().all(|b| b.is_ascii_digit())
+                && p.partition < cutoff
+            {
+                self.st
+                    .execute(&format!(
+                        "ALTER TABLE {db}.trigger_touched DROP PARTITION {}",
+                        p.partition
+                    ))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(conditions: serde_json::Value) -> Subscription {
+        let audience = json!({ "conditions": conditions });
+        Subscription {
+            site: "shop".into(),
+            id: "s1".into(),
+            name: "n".into(),
+            query: crate::query::audience::parse(audience.to_string().as_bytes()).unwrap(),
+            audience,
+            url: "http://127.0.0.1/".into(),
+            secret: "0123456789abcdef".into(),
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn windows_that_closed_since_the_last_tick_are_the_edges() {
+        let s = sub(json!([
+            {"type": "did", "event": "Product Added", "within": "1h"},
+            {"type": "did_not", "event": "Order Completed", "within": "1h"},
+            {"type": "geo", "field": "country", "op": "eq", "value": "DE"}
+        ]));
+        let now = 10_000_000;
+        let e = edge_condition(&[&s], now - 10_000, now).unwrap();
+        assert!(e.contains("event = 'Product Added'"), "{e}");
+        assert!(e.contains("event = 'Order Completed'"), "{e}");
+        assert!(
+            e.contains(&format!("timestamp_ms >= {}", now - 10_000 - 3_600_000)),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("timestamp_ms < {}", now - 3_600_000)),
+            "{e}"
+        );
+        assert!(edge_condition(&[&s], now, now).is_none(), "no time passed");
+        let no_window = sub(json!([{"type": "did", "event": "x"}]));
+        assert!(edge_condition(&[&no_window], 0, now).is_none());
+    }
+
+    #[test]
+    fn keys_differ_by_every_part() {
+        let k = idempotency_key("shop", "s", "p", 1, "entered");
+        assert_eq!(k.len(), 32);
+        assert_eq!(k, idempotency_key("shop", "s", "p", 1, "entered"));
+        for other in [
+            idempotency_key("blog", "s", "p", 1, "entered"),
+            idempotency_key("shop", "t", "p", 1, "entered"),
+            idempotency_key("shop", "s", "q", 1, "entered"),
+            idempotency_key("shop", "s", "p", 2, "entered"),
+            idempotency_key("shop", "s", "p", 1, "left"),
+            idempotency_key("shop", "s", "p1", 1, "entered"),
+        ] {
+            assert_ne!(k, other);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Triggers: the email platform is told, by a signed webhook, when a person enters or leaves
+//! an audience.
+//!
+//! - [`subscription`]: `POST/GET /v1/subscriptions?site=`, `DELETE /v1/subscriptions/{id}`:
+//!   an audience in the query API's language ([`crate::query::audience`]), a URL and a secret,
+//!   stored in ClickHouse so every ingest server lists the same ones. Managed with read keys
+//!   that have `subscribe = true`.
+//! - [`eval`]: every `triggers.tick`, the persons touched since the last tick and those whose
+//!   window just closed are evaluated against each subscription; who entered or left goes to
+//!   the outbox (`trigger_deliveries`) with an idempotency key per (subscription, person,
+//!   entry, kind).
+//! - [`deliver`]: the outbox's deliveries are POSTed, signed like the edge's forwards
+//!   (`waymark_protocol::edge::sign`: HMAC-SHA256 over `"<timestamp>.<body>"`), retried with
+//!   exponential backoff, and after `triggers.max_attempts` kept as dead letters, listed by
+//!   `GET /v1/subscriptions/dead_letters` and counted in `/metrics`.
+//! - [`api`]: the handlers.
+//!
+//! One server of a fleet evaluates and delivers (`triggers.evaluate = true`); all serve the
+//! API. The tables are described in `crate::store::schema::triggers`.
+
+pub mod api;
+pub mod deliver;
+pub mod eval;
+pub mod subscription;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+pub use deliver::Deliverer;
+pub use eval::{Evaluator, TickReport};
+pub use subscription::Subscription;
+
+use crate::config::TriggersConfig;
+use crate::metrics::Metrics;
+use crate::query::QueryState;
+
+/// One transition to deliver: a row of the outbox.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The idempotency key ([`eval::idempotency_key`]).
+    pub key: String,
+    pub site: String,
+    pub sub_id: String,
+    pub person: String,
+    pub entry: u32,
+    /// `entered` or `left`.
+    pub kind: String,
+    /// The JSON body sent (see the README's "Triggers").
+    pub payload: String,
+    /// When the evaluation found it.
+    pub created_at_ms: i64,
+    pub attempts: u32,
+    pub next_at_ms: i64,
+}
+
+impl Delivery {
+    fn new(
+        sub: &Subscription,
+        person: &str,
+        user_id: &str,
+        entry: u32,
+        kind: &str,
+        profile: Value,
+        now_ms: i64,
+    ) -> Delivery {
+        let key = eval::idempotency_key(&sub.site, &sub.id, person, entry, kind);
+        let user_id = if user_id.is_empty() {
+            Value::Null
+        } else {
+            Value::String(user_id.into())
+        };
+        let payload = json!({
+            "id": key,
+            "type": kind,
+            "at": waymark_protocol::time::format_rfc3339(now_ms),
+            "site": sub.site,
+            "subscription": {"id": sub.id, "name": sub.name},
+            "person": {"id": person, "user_id": user_id},
+            "entry": entry,
+            "profile": profile,
+        });
+        Delivery {
+            key,
+            site: sub.site.clone(),
+            sub_id: sub.id.clone(),
+            person: person.to_string(),
+            entry,
+            kind: kind.to_string(),
+            payload: payload.to_string(),
+            created_at_ms: now_ms,
+            attempts: 0,
+            next_at_ms: now_ms,
+        }
+    }
+
+    /// The outbox row for this delivery in `state`.
+    fn row(&self, state: &str, last_error: &str, version: u64) -> Value {
+        json!({
+            "key": self.key, "site": self.site, "sub_id": self.sub_id, "person": self.person,
+            "entry": self.entry, "kind": self.kind, "payload": self.payload,
+            "created_at_ms": self.created_at_ms, "state": state, "attempts": self.attempts,
+            "next_at_ms": self.next_at_ms, "last_error": last_error,
+            "updated_at_ms": crate::clock::now_ms(), "version": version,
+        })
+    }
+}
+
+/// Runs the evaluator every `tick` and the deliverer until `stop`; the deliverer writes the
+/// outcomes of deliveries in flight before it returns.
+pub async fn run(
+    st: QueryState,
+    cfg: TriggersConfig,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let deliverer = tokio::spawn(
+        Deliverer::new(st.clone(), cfg.clone(), metrics.clone()).run(rx, stop.clone()),
+    );
+    let mut evaluator = Evaluator::new(st.clone());
+    let mut stop_eval = stop;
+    let mut every = tokio::time::interval(cfg.tick.0);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop_eval.changed() => break,
+        }
+        if !st.schema_ready() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        match evaluator.tick(crate::clock::now_ms()).await {
+            Ok(report) => {
+                metrics.trigger_tick(started.elapsed().as_secs_f64(), report.candidates);
+                for d in &report.deliveries {
+                    metrics.trigger_transition(&d.kind);
+                }
+                if !report.deliveries.is_empty() && tx.send(report.deliveries).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "trigger evaluation failed; the next tick covers the same persons")
+            }
+        }
+    }
+    drop(tx);
+    let _ = deliverer.await;
+}
