@@ -594,6 +594,8 @@ fn compile_in(
         }
     }
 
+    // Both sides of the join are aliased: current releases refuse a joined subquery without
+    // one (`joined_subquery_requires_alias`, code 206); 18.16 takes either.
     // Column names change at each level (x_ in the union, v_ per visitor, plain per person) so
     // no alias shadows a column it aggregates.
     let zero_counts: String = (0..counts.len())
@@ -678,9 +680,9 @@ FROM {db}.q_visitor WHERE site = {s}{candidates}
 GROUP BY visitor_id
     )
     GROUP BY visitor_id
-  )
+  ) AS v
   ANY LEFT JOIN (SELECT anonymous_id AS visitor_id, argMax(user_id, linked_at) AS uid
-    FROM {db}.q_ident_by_anon WHERE site = {s}{ident_scope} GROUP BY anonymous_id) USING visitor_id
+    FROM {db}.q_ident_by_anon WHERE site = {s}{ident_scope} GROUP BY anonymous_id) AS i USING visitor_id
   GROUP BY person
 )
 {where_sql}
