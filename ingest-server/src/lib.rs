@@ -35,6 +35,10 @@
 //!    [`store::schema::query`], with every other migration) for profiles, event history and
 //!    audiences, resolving ids with an in-memory identity index that the writer feeds through
 //!    [`store::IdentityFeed`].
+//! 7. **Triggers** ([`triggers`]). Every few seconds the persons whose rows were inserted
+//!    since the last tick, and those whose audience window just closed, are evaluated against
+//!    each subscription; who entered or left is written to an outbox in ClickHouse and POSTed,
+//!    signed, to the subscription's webhook.
 //!
 //! # Layers
 //!
@@ -52,14 +56,17 @@
 //!    [`store::IdentityFeed`] trait, defined here and implemented above.
 //! 5. [`intake`]: the admit pipeline (auth, rate limit, dedup, enrichment, hand-off to the spool).
 //! 6. [`query`]: the read API, reading ClickHouse through [`store`]'s client and schema status.
-//! 7. [`http`]: thin handlers over [`intake`] and [`query`], `/readyz` and `/metrics`, the
-//!    accept loop; and this file's [`serve`], which wires them together.
+//! 7. [`triggers`]: audience subscriptions, their incremental evaluation and the webhook
+//!    deliveries, over [`query`]'s audience language and state, with [`store`]'s tables.
+//! 8. [`http`]: thin handlers over [`intake`], [`query`] and [`triggers`], `/readyz` and
+//!    `/metrics`, the accept loop; and this file's [`serve`], which wires them together.
 //!
 //! Checked with `grep -rhv '^\s*//' src/<module> | grep -o 'crate::[a-z_]*' | sort -u` (code
 //! lines, not comments) per module: `clock`, `config`, `keys`, `metrics`, `store/row.rs`: none;
 //! `spool`: `store` (its `row` only); `store`: `clock config metrics spool`; `intake`:
-//! `clock config keys metrics spool store`; `query`: `clock config keys store`; `http`:
-//! `clock config intake metrics query spool store`.
+//! `clock config keys metrics spool store`; `query`: `clock config keys store`; `triggers`:
+//! `clock config metrics query store`; `http`: `clock config intake metrics query spool store
+//! triggers`.
 
 pub mod clock;
 pub mod config;

@@ -297,6 +297,75 @@ async fn live_responses_match_the_openapi_document() {
         "401",
     );
 
+    // Subscriptions, and a dead letter written as the deliverer writes one.
+    let sub_req = json!({"name": "cart", "url": "https://platform.example/hook",
+        "secret": "0123456789abcdef",
+        "audience": {"conditions": [{"type": "did", "event": "Product Added", "within": "1h"}]}});
+    assert_valid(
+        &doc,
+        &doc["components"]["schemas"]["SubscriptionRequest"],
+        &sub_req,
+        "subscription request",
+    );
+    let subs = "/v1/subscriptions";
+    let created = post(
+        &st,
+        "/v1/subscriptions?site=shop",
+        BOTH_KEY,
+        &sub_req.to_string(),
+    )
+    .await;
+    expect(subs, "post", &created, "201");
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let no_subscribe = post(
+        &st,
+        "/v1/subscriptions?site=shop",
+        SHOP_KEY,
+        &sub_req.to_string(),
+    )
+    .await;
+    expect(subs, "post", &no_subscribe, "403");
+    expect(
+        subs,
+        "post",
+        &post(&st, "/v1/subscriptions?site=shop", BOTH_KEY, "{}").await,
+        "400",
+    );
+    expect(
+        subs,
+        "post",
+        &post(&st, "/v1/subscriptions?site=shop", "nope", "{}").await,
+        "401",
+    );
+    let list = get(&st, "/v1/subscriptions?site=shop", BOTH_KEY).await;
+    assert_eq!(list.json()["subscriptions"][0]["id"], id.as_str());
+    expect(subs, "get", &list, "subscription list");
+    let payload = json!({"id": "k1", "type": "entered", "at": time(now), "site": "shop",
+        "subscription": {"id": id, "name": "cart"}, "person": {"id": "alice", "user_id": "alice"},
+        "entry": 1, "profile": {"id": "alice"}});
+    let row = json!({"key": "k1", "site": "shop", "sub_id": id, "person": "alice", "entry": 1,
+        "kind": "entered", "payload": payload.to_string(), "created_at_ms": now, "state": "dead",
+        "attempts": 12, "next_at_ms": now, "last_error": "the webhook answered 500",
+        "updated_at_ms": now, "version": 1_000_000});
+    sql(&format!(
+        "INSERT INTO {}.trigger_deliveries FORMAT JSONEachRow {row}",
+        db.name
+    ));
+    let dead = get(&st, "/v1/subscriptions/dead_letters?site=shop", BOTH_KEY).await;
+    assert_eq!(dead.json()["count"], 1, "{}", dead.text);
+    expect(
+        "/v1/subscriptions/dead_letters",
+        "get",
+        &dead,
+        "dead letters",
+    );
+    let remove = format!("/v1/subscriptions/{id}?site=shop");
+    for status in ["200", "404"] {
+        let a = call(&st, "DELETE", &remove, Some(BOTH_KEY), None, None).await;
+        assert_eq!(a.status.as_str(), status, "{}", a.text);
+        expect("/v1/subscriptions/{id}", "delete", &a, status);
+    }
+
     // Every documented operation was exercised.
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {

@@ -56,7 +56,7 @@ fn error_responses() -> Value {
     json!({
         "400": r("A parameter or the body is wrong; `field` names it."),
         "401": r("No read key, or an unknown one."),
-        "403": r("The read key may not read this site."),
+        "403": r("The read key may not read this site (or, for `/v1/subscriptions`, has no `subscribe = true`)."),
         "503": r("ClickHouse failed or did not answer; retry after `Retry-After` seconds."),
     })
 }
@@ -236,6 +236,43 @@ pub fn document() -> Value {
             "description": "All must hold. `event` is a track event name, or `$page`, `$identify`, `$screen`, `$alias`, `$group`."},
         "limit": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
         "cursor": {"type": "string", "nullable": true}}});
+    let subscription_request = json!({"type": "object", "additionalProperties": false,
+        "required": ["name", "audience", "url", "secret"], "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "audience": {"type": "object", "additionalProperties": false, "required": ["conditions"], "properties": {
+                "conditions": {"type": "array", "minItems": 1, "maxItems": 20, "items": condition.clone(),
+                    "description": "The audience language of `/v1/audiences/query`: all must hold."}}},
+            "url": {"type": "string", "description": "Where deliveries are POSTed (https://, or http:// e.g. inside a private network)."},
+            "secret": {"type": "string", "minLength": 16, "maxLength": 256, "description": "Signs every delivery (HMAC-SHA256); never returned."}}});
+    let subscription = obj(
+        &["id", "name", "audience", "url", "created_at"],
+        json!({"id": string(), "name": string(), "audience": free(), "url": string(), "created_at": time()}),
+    );
+    let subscription_list = obj(
+        &["site", "subscriptions"],
+        json!({"site": string(), "subscriptions": {"type": "array", "items": {"$ref": "#/components/schemas/Subscription"}}}),
+    );
+    let delivery = json!({"type": "object", "additionalProperties": false,
+        "required": ["id", "type", "at", "site", "subscription", "person", "entry", "profile"],
+        "description": "The body POSTed to a subscription's URL, with headers `x-waymark-timestamp` (Unix seconds), `x-waymark-signature: v1=<hex HMAC-SHA256(secret, \"<timestamp>.<body>\")>` and `idempotency-key` (= `id`).",
+        "properties": {
+            "id": {"type": "string", "description": "The idempotency key: the same for every attempt of this (subscription, person, entry, type)."},
+            "type": {"type": "string", "enum": ["entered", "left"]},
+            "at": {"type": "string", "format": "date-time", "description": "The evaluation that found the change."},
+            "site": string(),
+            "subscription": obj(&["id", "name"], json!({"id": string(), "name": string()})),
+            "person": obj(&["id", "user_id"], json!({"id": string(), "user_id": nullable(string())})),
+            "entry": {"type": "integer", "minimum": 0, "description": "How many times the person entered this audience, this time included (a `left` carries the entry it ends)."},
+            "profile": {"type": "object", "additionalProperties": true, "description": "On `entered`: the person's profile as `GET /v1/profiles/{id}` answers it. On `left`: id, user_id, last_seen, geo and traits (or `{\"id\", \"merged\": true}` when the anonymous id now belongs to a user)."}}});
+    let dead_letters = obj(
+        &["site", "count", "dead_letters"],
+        json!({"site": string(), "count": int(), "dead_letters": {"type": "array", "items": obj(
+            &["id", "subscription_id", "person", "type", "attempts", "last_error", "failed_at", "payload"],
+            json!({"id": string(), "subscription_id": string(), "person": string(),
+                   "type": {"type": "string", "enum": ["entered", "left"]}, "attempts": int(),
+                   "last_error": string(), "failed_at": time(),
+                   "payload": {"$ref": "#/components/schemas/TriggerDelivery"}}))}}),
+    );
     let error = obj(
         &["error", "message", "field"],
         json!({"error": {"type": "string", "description": "Machine-readable reason."},
@@ -255,6 +292,9 @@ pub fn document() -> Value {
                 "Profile": profile, "Event": event, "EventsPage": events_page,
                 "AudienceQuery": audience_query, "AudienceMember": member, "AudiencePage": audience_page,
                 "Error": error,
+                "SubscriptionRequest": subscription_request, "Subscription": subscription,
+                "SubscriptionList": subscription_list, "TriggerDelivery": delivery,
+                "DeadLetters": dead_letters,
             }
         },
         "security": [{"readKey": []}],
@@ -283,6 +323,35 @@ pub fn document() -> Value {
                     "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/AudiencePage"}},
                         "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/AudienceMember"}}}}}), false),
+            }},
+            "/v1/subscriptions": {
+                "post": {
+                    "summary": "Register a webhook told when a person enters or leaves an audience",
+                    "description": "Needs a read key with `subscribe = true`. Within 60 s of the event that makes a person match (or stop matching, windows included), a signed `TriggerDelivery` is POSTed to `url`; retried with backoff, then kept as a dead letter. The audience as it is when the subscription is first evaluated is its starting point: people who already match are not notified.",
+                    "parameters": [site_param()],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SubscriptionRequest"}}}},
+                    "responses": with_errors(json!({"201": {"description": "Registered (the secret is not returned).",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Subscription"}}}}}), false),
+                },
+                "get": {
+                    "summary": "The site's subscriptions",
+                    "parameters": [site_param()],
+                    "responses": with_errors(json!({"200": {"description": "Oldest first.",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SubscriptionList"}}}}}), false),
+                },
+            },
+            "/v1/subscriptions/{id}": {"delete": {
+                "summary": "Remove a subscription (its pending deliveries are cancelled)",
+                "parameters": [site_param(), {"name": "id", "in": "path", "required": true, "schema": string()}],
+                "responses": with_errors(json!({
+                    "200": {"description": "Removed.", "content": {"application/json": {"schema": obj(&["deleted"], json!({"deleted": string()}))}}},
+                    "404": {"description": "No such subscription on this site.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}), false),
+            }},
+            "/v1/subscriptions/dead_letters": {"get": {
+                "summary": "Deliveries given up on after `triggers.max_attempts`, newest first",
+                "parameters": [site_param(), {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+                "responses": with_errors(json!({"200": {"description": "Dead letters with their last error and payload.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeadLetters"}}}}}), false),
             }},
             "/openapi.json": {"get": {
                 "summary": "This document", "security": [],

@@ -19,6 +19,7 @@ use waymark_testkit::ClickHouse;
 
 pub const SHOP_KEY: &str = "rk_shop";
 pub const OTHER_KEY: &str = "rk_other";
+/// Reads both sites, and may manage their subscriptions (`subscribe = true`).
 pub const BOTH_KEY: &str = "rk_both";
 pub const DAY: i64 = 86_400_000;
 pub const HOUR: i64 = 3_600_000;
@@ -126,7 +127,7 @@ fn query_config(extra_sites: &[&str]) -> QueryConfig {
             ReadKey {
                 key: BOTH_KEY.into(),
                 sites: both,
-                subscribe: false,
+                subscribe: true,
             },
         ],
         // Every request reads ClickHouse (the cache has its own test).
@@ -208,7 +209,11 @@ pub async fn call(
                 .unwrap_or_else(Body::empty),
         )
         .unwrap();
-    let app: axum::Router = waymark_ingest::query::router(st.clone());
+    let app: axum::Router =
+        waymark_ingest::query::router(st.clone()).merge(waymark_ingest::triggers::api::router(
+            st.clone(),
+            waymark_ingest::config::TriggersConfig::default(),
+        ));
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
     let content_type = resp
