@@ -166,6 +166,8 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
 
     let shop_url = format!("http://127.0.0.1:{shop_port}");
     let api = format!("http://127.0.0.1:{ingest_port}");
+    let hook = crate::webhook::start(0, &persistent_token(&state.join("hook-secret"), "")?)?;
+    crate::webhook::subscribe(&api, &read_key, SITE, &hook, CART_ABANDON_AFTER)?;
     if opts.traffic > 0 {
         crate::traffic::drive(&shop_url, WRITE_KEY, opts.traffic)?;
     }
@@ -203,6 +205,7 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     println!(
         "  curl -s -H 'Authorization: Bearer {read_key}' '{api}/v1/profiles/<id from above>?site={SITE}'"
     );
+    println!("  # abandon a cart (add, do not order): {CART_ABANDON_AFTER} later the webhook {} prints it here", hook.url);
     println!();
     println!("Press Ctrl-C to stop everything.");
     let _ = rx.recv();
@@ -213,6 +216,9 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     println!("  stopped ClickHouse");
     Ok(())
 }
+
+/// The demo's abandonment delay: short, so the webhook fires while you watch.
+const CART_ABANDON_AFTER: &str = "2m";
 
 /// The audience query the demo prints: added to cart within 24 h, no order within 24 h.
 pub const CART_ABANDONED: &str = r#"{"conditions":[{"type":"did","event":"Product Added","within":"24h"},{"type":"did_not","event":"Order Completed","within":"24h"}]}"#;
@@ -252,11 +258,16 @@ allowed_origins = ["http://127.0.0.1:{shop_port}"]
 ip = "truncate"
 
 [query]
-cart_abandon_after = "1h"
+cart_abandon_after = "{CART_ABANDON_AFTER}"
 
 [[query.read_keys]]
 key = "{read_key}"
 sites = ["{SITE}"]
+subscribe = true
+
+[triggers]
+evaluate = true
+tick = "5s"
 "#,
         spool = spool.display()
     )

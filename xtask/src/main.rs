@@ -35,6 +35,7 @@ mod stage;
 mod tag;
 mod tools;
 mod traffic;
+mod webhook;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
