@@ -173,7 +173,7 @@ fn count(ch: &ClickHouse, sql: &str) -> u64 {
 }
 
 /// User + system CPU seconds a process used so far (clock ticks of 1/100 s on Linux).
-fn cpu_secs(pid: u32) -> Option<f64> {
+pub(super) fn cpu_secs(pid: u32) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = &s[s.rfind(')')? + 2..];

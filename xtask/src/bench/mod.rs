@@ -8,6 +8,7 @@ use anyhow::Result;
 mod edge;
 mod ingest;
 mod query;
+mod triggers;
 
 /// Run a benchmark and print its figures (they assert nothing).
 #[derive(clap::Args, Debug)]
@@ -25,6 +26,7 @@ enum Bench {
     /// figures.
     Edge,
     Query(query::Args),
+    Triggers(triggers::Args),
 }
 
 pub fn run(root: &Path, args: &Args) -> Result<()> {
@@ -32,5 +34,6 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         Bench::Edge => edge::run_bench(root),
         Bench::Ingest(a) => ingest::run(root, a),
         Bench::Query(a) => query::run(root, a),
+        Bench::Triggers(a) => triggers::run(root, a),
     }
 }

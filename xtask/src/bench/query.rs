@@ -31,7 +31,7 @@ use waymark_testkit::ClickHouse;
 const SITE: &str = "shop";
 /// The synthetic history's version, kept in `--keep`'s marker: data generated otherwise is
 /// loaded again. Bump it with any change to what `visitor_history` writes.
-const GENERATOR: u32 = 2;
+pub(super) const GENERATOR: u32 = 2;
 const READ_KEY: &str = "rk_bench";
 const DAY_MS: i64 = 86_400_000;
 const PRODUCTS: usize = 5_000;
@@ -61,17 +61,17 @@ const CART_AUDIENCE: &str = r#"{"conditions": [
 pub struct Args {
     /// Events of synthetic history (at least one per visitor).
     #[arg(long, value_name = "N", default_value_t = 10_000_000)]
-    events: u64,
+    pub(super) events: u64,
     /// Visitors the history is spread over (at least 1).
     #[arg(long, value_name = "V", default_value_t = 100_000, value_parser = at_least_one)]
-    visitors: usize,
+    pub(super) visitors: usize,
     /// Sampled visitors whose profile and event history are timed (at least 1).
     #[arg(long, value_name = "S", default_value_t = 1_000, value_parser = at_least_one)]
-    samples: usize,
+    pub(super) samples: usize,
     /// Keep ClickHouse's data in DIR and reuse it on the next run with the same --events,
     /// --visitors and generator.
     #[arg(long, value_name = "DIR")]
-    keep: Option<std::path::PathBuf>,
+    pub(super) keep: Option<std::path::PathBuf>,
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {
@@ -83,7 +83,7 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 }
 
 /// splitmix64: a small deterministic generator (the same data every run).
-struct Rng(u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -170,7 +170,7 @@ device_type, browser, os, country, city, geo_timezone, product_id, product_name,
 quantity, currency, order_id, revenue, engaged_ms, properties, traits";
 
 /// One visitor's fixed attributes.
-struct Visitor {
+pub(super) struct Visitor {
     anon: String,
     second: Option<String>,
     user: Option<String>,
@@ -447,7 +447,7 @@ fn count(ch: &ClickHouse, sql: &str) -> u64 {
 
 /// The visitors (ids, country, device) and how many events each has; the generator is
 /// returned too, so the history that follows is the same on every run.
-fn population(o: &Args) -> (Rng, Vec<Visitor>, Vec<u64>) {
+pub(super) fn population(o: &Args) -> (Rng, Vec<Visitor>, Vec<u64>) {
     let mut rng = Rng(0x5EED);
     let n = activity(o.events, o.visitors);
     let country_cdf: Vec<f64> = COUNTRIES
@@ -484,7 +484,7 @@ fn population(o: &Args) -> (Rng, Vec<Visitor>, Vec<u64>) {
 }
 
 /// Loads the synthetic history of `population`.
-fn load(
+pub(super) fn load(
     ch: &ClickHouse,
     db: &str,
     o: &Args,
@@ -636,7 +636,7 @@ impl Timing {
     }
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

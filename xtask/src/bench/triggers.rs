@@ -1,0 +1,488 @@
+//! `cargo xtask bench triggers [--events N] [--visitors V] [--subscriptions S] [--rate R]
+//! [--seconds T] [--keep DIR]`
+//!
+//! Audience triggers at scale: the query bench's synthetic history (default 10 million events,
+//! loaded the same way, `--keep` shared with it), S subscriptions (default 100) pointing at a
+//! webhook receiver in this process, and a live stream of R events/s (default 2,000) sent to
+//! `/v1/batch` by new visitors who view, add to cart and sometimes order. It prints:
+//!
+//! - evaluation CPU per tick: the CPU that ClickHouse and the ingest server use over a phase
+//!   with `triggers.evaluate = true`, less what they use over an equal phase of the same stream
+//!   without it, divided by the ticks of the phase; and that per second, as a share of a core;
+//! - delivery latency p50 / p99: from sending the event that makes a person enter a
+//!   `did <event>` audience to the webhook receiving `entered`.
+//!
+//! It measures and prints; it asserts nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axum::body::Bytes;
+use serde_json::{json, Value};
+use waymark_testkit::ClickHouse;
+
+use super::ingest::cpu_secs;
+
+const SITE: &str = "shop";
+const READ_KEY: &str = "rk_bench";
+const WRITE_KEY: &str = "wk_bench";
+const SECRET: &str = "bench-secret-0123456789";
+const TICK_SECS: u64 = 10;
+const EVENTS: &[&str] = &[
+    "Product Viewed",
+    "Product Added",
+    "Order Completed",
+    "$page",
+];
+
+/// Trigger evaluation CPU per tick and webhook latency at a live event rate.
+///
+/// Loads the query bench's synthetic history, registers subscriptions, streams live events and
+/// times deliveries. Measures and prints; asserts nothing.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Events of synthetic history (at least one per visitor).
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    events: u64,
+    /// Visitors the history is spread over.
+    #[arg(long, value_name = "V", default_value_t = 100_000)]
+    visitors: usize,
+    /// Subscriptions registered.
+    #[arg(long, value_name = "S", default_value_t = 100)]
+    subscriptions: usize,
+    /// Live events per second.
+    #[arg(long, value_name = "R", default_value_t = 2_000)]
+    rate: u64,
+    /// Seconds of each measured phase (without, then with evaluation).
+    #[arg(long, value_name = "T", default_value_t = 90)]
+    seconds: u64,
+    /// Keep ClickHouse's data in DIR (shared with `bench query --keep`).
+    #[arg(long, value_name = "DIR")]
+    keep: Option<std::path::PathBuf>,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// The pid of the ClickHouse server listening on `http_port` (for its CPU time).
+fn clickhouse_pid(http_port: u16) -> Option<u32> {
+    let needle = format!("--http_port={http_port}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        (cmd.contains("clickhouse") && cmd.contains(&needle) && !cmd.contains("sh -c"))
+            .then_some(pid)
+    })
+}
+
+/// The subscriptions: `did <event> within <w>`, every other one without an order in 24 h,
+/// every fifth one seen within 7 days, every seventh one in Germany.
+fn subscription(i: usize) -> (String, &'static str, Value) {
+    let event = EVENTS[i % EVENTS.len()];
+    let within = ["1h", "24h", "7d"][(i / EVENTS.len()) % 3];
+    let mut conditions = vec![json!({"type": "did", "event": event, "within": within})];
+    if i % 2 == 1 && event != "Order Completed" {
+        conditions.push(json!({"type": "did_not", "event": "Order Completed", "within": "24h"}));
+    }
+    if i.is_multiple_of(5) {
+        conditions.push(json!({"type": "last_seen_within", "within": "7d"}));
+    }
+    if i.is_multiple_of(7) {
+        conditions.push(json!({"type": "geo", "field": "country", "op": "eq", "value": "DE"}));
+    }
+    (
+        format!("bench {i}"),
+        event,
+        json!({"conditions": conditions}),
+    )
+}
+
+/// Arrivals at the receiver: (subscription id, person, type, when).
+type Arrivals = Arc<Mutex<Vec<(String, String, String, Instant)>>>;
+
+fn start_receiver() -> Result<(String, Arrivals)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let arrivals: Arrivals = Arc::default();
+    let a2 = arrivals.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/hook",
+                axum::routing::post(move |body: Bytes| {
+                    let a = a2.clone();
+                    async move {
+                        let at = Instant::now();
+                        if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                            a.lock().unwrap().push((
+                                v["subscription"]["id"].as_str().unwrap_or("").to_string(),
+                                v["person"]["id"].as_str().unwrap_or("").to_string(),
+                                v["type"].as_str().unwrap_or("").to_string(),
+                                at,
+                            ));
+                        }
+                        axum::http::StatusCode::OK
+                    }
+                }),
+            );
+            let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = axum::serve(l, app).await;
+        });
+    });
+    Ok((url, arrivals))
+}
+
+/// When each live (person, event) was first sent.
+type Sent = Arc<Mutex<HashMap<(String, &'static str), Instant>>>;
+
+/// Streams `rate` events/s until `stop`: each new visitor views, adds, and one in four orders
+/// (with a page view first). Returns the events sent.
+fn stream(
+    base: String,
+    rate: u64,
+    sent: Sent,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    seed: u64,
+) -> std::thread::JoinHandle<Result<u64>> {
+    std::thread::spawn(move || {
+        let agent = agent();
+        let batch_every = Duration::from_millis(100);
+        let per_batch = (rate / 10).max(1) as usize;
+        let mut next = Instant::now();
+        let mut person = 0u64;
+        let mut step = 0usize;
+        let mut total = 0u64;
+        let plan = [
+            "$page",
+            "Product Viewed",
+            "Product Added",
+            "Order Completed",
+        ];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut batch = Vec::with_capacity(per_batch);
+            let mut firsts = Vec::new();
+            let now = waymark_protocol::time::format_rfc3339(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as i64,
+            );
+            for _ in 0..per_batch {
+                // Four steps per person; one in four persons orders.
+                let ordering = person.is_multiple_of(4);
+                let name = plan[step];
+                let id = format!("live-{seed}-{person}");
+                total += 1;
+                let ev = if name == "$page" {
+                    json!({"type": "page", "anonymousId": id, "messageId": format!("{id}-{step}"),
+                           "timestamp": now, "properties": {"path": "/p"}})
+                } else {
+                    json!({"type": "track", "event": name, "anonymousId": id,
+                           "messageId": format!("{id}-{step}"), "timestamp": now,
+                           "properties": {"product_id": format!("p{}", person % 50), "price": 10}})
+                };
+                batch.push(ev);
+                firsts.push((id, name));
+                step += 1;
+                if step == 4 || (step == 3 && !ordering) {
+                    step = 0;
+                    person += 1;
+                }
+            }
+            let t = Instant::now();
+            {
+                let mut s = sent.lock().unwrap();
+                for (id, name) in firsts {
+                    s.entry((id, name)).or_insert(t);
+                }
+            }
+            let mut r = agent
+                .post(&format!("{base}/v1/batch"))
+                .header("content-type", "application/json")
+                .send(json!({"writeKey": WRITE_KEY, "batch": batch}).to_string())
+                .context("sending live events")?;
+            if r.status() != 200 {
+                bail!(
+                    "ingest answered {}: {}",
+                    r.status(),
+                    r.body_mut().read_to_string().unwrap_or_default()
+                );
+            }
+            next += batch_every;
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        Ok(total)
+    })
+}
+
+fn metric(base: &str, name: &str) -> f64 {
+    agent()
+        .get(&format!("{base}/metrics"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn write_config(
+    dir: &Path,
+    ch: &ClickHouse,
+    db: &str,
+    evaluate: bool,
+) -> Result<std::path::PathBuf> {
+    let config = dir.join(if evaluate { "on.toml" } else { "off.toml" });
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+[clickhouse]
+url = "{}"
+database = "{db}"
+[spool]
+dir = "{}"
+[writer]
+max_age = "1s"
+[[sites]]
+id = "{SITE}"
+write_keys = ["{WRITE_KEY}"]
+[query]
+cache_ttl = "0s"
+[[query.read_keys]]
+key = "{READ_KEY}"
+sites = ["{SITE}"]
+subscribe = true
+[triggers]
+evaluate = {evaluate}
+tick = "{TICK_SECS}s"
+max_subscriptions = 10000
+"#,
+            ch.http_url(),
+            dir.join("spool").display()
+        ),
+    )?;
+    Ok(config)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// One phase of the live stream; returns (CPU seconds of ClickHouse + server, seconds).
+fn phase(
+    base: &str,
+    rate: u64,
+    secs: u64,
+    ch_pid: u32,
+    server_pid: u32,
+    sent: &Sent,
+    seed: u64,
+) -> Result<(f64, f64, u64)> {
+    let cpu = || cpu_secs(ch_pid).unwrap_or(0.0) + cpu_secs(server_pid).unwrap_or(0.0);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c0 = cpu();
+    let t0 = Instant::now();
+    let h = stream(base.to_string(), rate, sent.clone(), stop.clone(), seed);
+    while t0.elapsed() < Duration::from_secs(secs) && !h.is_finished() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = h
+        .join()
+        .map_err(|_| anyhow::anyhow!("the stream panicked"))??;
+    Ok((cpu() - c0, t0.elapsed().as_secs_f64(), n))
+}
+
+pub fn run(root: &Path, o: &Args) -> Result<()> {
+    let binary = crate::server::build_release(root)?;
+    println!("starting a private ClickHouse...");
+    let ch = match &o.keep {
+        Some(dir) => ClickHouse::start_kept(
+            dir,
+            waymark_testkit::free_port(),
+            waymark_testkit::free_port(),
+        ),
+        None => ClickHouse::start(),
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ch_pid = clickhouse_pid(ch.http_port()).context("finding ClickHouse's pid")?;
+    let qargs = super::query::Args {
+        events: o.events,
+        visitors: o.visitors,
+        samples: 1,
+        keep: o.keep.clone(),
+    };
+    let kept = o.keep.is_some()
+        && ch
+            .query(&format!(
+                "SELECT count() FROM bench.bench_meta WHERE events = {} AND visitors = {} FORMAT TSV",
+                o.events, o.visitors
+            ))
+            .is_ok_and(|s| s.trim() == "1");
+    let db = if o.keep.is_some() {
+        "bench".to_string()
+    } else {
+        ch.fresh_database().map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    if o.keep.is_some() && !kept {
+        for sql in ["DROP DATABASE IF EXISTS bench", "CREATE DATABASE bench"] {
+            ch.query(sql).map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("waymark-bench-triggers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let off = write_config(&dir, &ch, &db, false)?;
+    let on = write_config(&dir, &ch, &db, true)?;
+
+    // Without evaluation: migrations, history, subscriptions, then the baseline phase.
+    let (server, addr) = crate::server::start(&binary, &off, &dir.join("off.log"))?;
+    let base = format!("http://{addr}");
+    let started = Instant::now();
+    while !agent()
+        .get(&format!("{base}/readyz"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .is_some_and(|b| b.contains("\"schema\":\"ok\""))
+    {
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("the ingest server did not apply its migrations within 30 min");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if !kept {
+        println!(
+            "generating and loading {} events for {} visitors...",
+            o.events, o.visitors
+        );
+        let now = super::query::now_ms();
+        super::query::load(&ch, &db, &qargs, now, super::query::population(&qargs))?;
+        if o.keep.is_some() {
+            ch.query("CREATE TABLE bench.bench_meta (events UInt64, visitors UInt64, now_ms Int64, generator UInt32) ENGINE = TinyLog")
+                .and_then(|_| ch.query(&format!("INSERT INTO bench.bench_meta VALUES ({}, {}, {now}, {})", o.events, o.visitors, super::query::GENERATOR)))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+    let (hook, arrivals) = start_receiver()?;
+    ch.query(&format!("TRUNCATE TABLE {db}.trigger_subscriptions"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut sub_event: HashMap<String, &'static str> = HashMap::new();
+    for i in 0..o.subscriptions {
+        let (name, event, audience) = subscription(i);
+        let mut r = agent()
+            .post(&format!("{base}/v1/subscriptions?site={SITE}"))
+            .header("authorization", &format!("Bearer {READ_KEY}"))
+            .header("content-type", "application/json")
+            .send(
+                json!({"name": name, "audience": audience, "url": hook, "secret": SECRET})
+                    .to_string(),
+            )?;
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        if r.status() != 201 {
+            bail!("registering a subscription: {} {text}", r.status());
+        }
+        let v: Value = serde_json::from_str(&text)?;
+        sub_event.insert(v["id"].as_str().unwrap_or_default().to_string(), event);
+    }
+    println!("{} subscriptions registered", o.subscriptions);
+    let sent: Sent = Arc::default();
+    println!(
+        "phase 1: {} events/s for {} s without evaluation...",
+        o.rate, o.seconds
+    );
+    let (cpu_off, secs_off, n_off) =
+        phase(&base, o.rate, o.seconds, ch_pid, server.id(), &sent, 1)?;
+    server.stop();
+
+    // With evaluation: the baselines first (each reads its whole audience once), then the
+    // measured phase.
+    let (server, addr) = crate::server::start(&binary, &on, &dir.join("on.log"))?;
+    let base = format!("http://{addr}");
+    let t = Instant::now();
+    while metric(&base, "waymark_trigger_ticks_total") < 1.0 {
+        if t.elapsed() > Duration::from_secs(3600) {
+            bail!("the first tick (baselines) did not finish within an hour");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!(
+        "baselines of {} subscriptions taken in {:.1} s (the first tick)",
+        o.subscriptions,
+        t.elapsed().as_secs_f64()
+    );
+    let ticks0 = metric(&base, "waymark_trigger_ticks_total");
+    let tick_s0 = metric(&base, "waymark_trigger_tick_seconds_sum");
+    let measure_from = Instant::now();
+    println!(
+        "phase 2: {} events/s for {} s with evaluation every {TICK_SECS} s...",
+        o.rate, o.seconds
+    );
+    let (cpu_on, secs_on, n_on) = phase(&base, o.rate, o.seconds, ch_pid, server.id(), &sent, 2)?;
+    // Deliveries of the phase's last events arrive up to a tick and a round later.
+    std::thread::sleep(Duration::from_secs(TICK_SECS + 5));
+    let ticks = metric(&base, "waymark_trigger_ticks_total") - ticks0;
+    let tick_wall = metric(&base, "waymark_trigger_tick_seconds_sum") - tick_s0;
+    let candidates = metric(&base, "waymark_trigger_candidates");
+    server.stop();
+
+    let sent = sent.lock().unwrap();
+    let mut lat: Vec<f64> = arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, p, kind, at)| {
+            kind == "entered" && p.starts_with("live-2-") && *at >= measure_from
+        })
+        .filter_map(|(sub, p, _, at)| {
+            let ev = sub_event.get(sub)?;
+            let t = sent.get(&(p.clone(), *ev))?;
+            Some(at.duration_since(*t).as_secs_f64())
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let extra = (cpu_on / secs_on - cpu_off / secs_off).max(0.0);
+    println!();
+    println!(
+        "history: {} events, {} visitors; {} subscriptions; live {} events/s",
+        o.events, o.visitors, o.subscriptions, o.rate
+    );
+    println!("phase 1 (no evaluation): {n_off} events in {secs_off:.0} s; ClickHouse + server CPU {:.2} cores", cpu_off / secs_off);
+    println!("phase 2 (evaluation):    {n_on} events in {secs_on:.0} s; ClickHouse + server CPU {:.2} cores", cpu_on / secs_on);
+    println!(
+        "evaluation: {ticks:.0} ticks, {:.2} s wall per tick, {:.2} CPU s per tick ({:.3} cores); last tick's candidates {candidates:.0}",
+        tick_wall / ticks.max(1.0),
+        extra * TICK_SECS as f64,
+        extra
+    );
+    println!(
+        "delivery latency (event sent -> webhook got `entered`), {} deliveries: p50 {:.1} s, p99 {:.1} s, max {:.1} s",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
