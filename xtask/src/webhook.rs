@@ -57,13 +57,6 @@ fn describe(secret: &str, headers: &HeaderMap, body: &[u8]) -> (StatusCode, Stri
             "refused a delivery: not JSON".into(),
         );
     };
-    let cart: Vec<String> = v["profile"]["cart"]["products"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["name"].as_str().or(i["product_id"].as_str()))
-        .map(str::to_string)
-        .collect();
     let mut line = format!(
         "{} {:?}: person {} (user {}) at {}, signature ok, idempotency-key {}",
         v["type"].as_str().unwrap_or("?"),
@@ -73,8 +66,8 @@ fn describe(secret: &str, headers: &HeaderMap, body: &[u8]) -> (StatusCode, Stri
         v["at"].as_str().unwrap_or("?"),
         h("idempotency-key"),
     );
-    if !cart.is_empty() {
-        line.push_str(&format!("; cart: {}", cart.join(", ")));
+    if let Some(email) = v["profile"]["traits"]["email"].as_str() {
+        line.push_str(&format!("; email {email}"));
     }
     (StatusCode::OK, line)
 }
@@ -173,7 +166,7 @@ mod tests {
 
     #[test]
     fn deliveries_are_checked_and_described() {
-        let body = br#"{"type":"entered","subscription":{"name":"c"},"person":{"id":"a1","user_id":null},"at":"t","profile":{"cart":{"products":[{"name":"Mug"}]}}}"#;
+        let body = br#"{"type":"entered","subscription":{"name":"c"},"person":{"id":"a1","user_id":null},"at":"t","profile":{"traits":{"email":"a@example.com"}}}"#;
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -189,7 +182,7 @@ mod tests {
         let (status, line) = describe("0123456789abcdef", &h, body);
         assert_eq!(status, StatusCode::OK, "{line}");
         assert!(
-            line.contains("entered") && line.contains("a1") && line.contains("Mug"),
+            line.contains("entered") && line.contains("a1") && line.contains("a@example.com"),
             "{line}"
         );
         let (status, _) = describe("another-secret-0123", &h, body);

@@ -263,7 +263,7 @@ pub fn document() -> Value {
             "subscription": obj(&["id", "name"], json!({"id": string(), "name": string()})),
             "person": obj(&["id", "user_id"], json!({"id": string(), "user_id": nullable(string())})),
             "entry": {"type": "integer", "minimum": 0, "description": "How many times the person entered this audience, this time included (a `left` carries the entry it ends)."},
-            "profile": {"type": "object", "additionalProperties": true, "description": "On `entered`: the person's profile as `GET /v1/profiles/{id}` answers it. On `left`: id, user_id, last_seen, geo and traits (or `{\"id\", \"merged\": true}` when the anonymous id now belongs to a user)."}}});
+            "profile": {"type": "object", "additionalProperties": true, "description": "The person as the evaluation read them: the fields of an `AudienceMember` (id, user_id, last_seen, geo, traits); `{\"id\", \"merged\": true}` on the `left` of an anonymous id that now belongs to a user. The whole profile is `GET /v1/profiles/{id}`."}}});
     let dead_letters = obj(
         &["site", "count", "dead_letters"],
         json!({"site": string(), "count": int(), "dead_letters": {"type": "array", "items": obj(

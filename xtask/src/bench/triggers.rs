@@ -62,6 +62,10 @@ pub struct Args {
     /// Keep ClickHouse's data in DIR (shared with `bench query --keep`).
     #[arg(long, value_name = "DIR")]
     keep: Option<std::path::PathBuf>,
+    /// Run the debug ingest server instead of building a release one (saves the release
+    /// build's disk and time; the server's own CPU is then overstated, ClickHouse's is not).
+    #[arg(long)]
+    debug_server: bool,
 }
 
 fn agent() -> ureq::Agent {
@@ -72,15 +76,21 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// The pid of the ClickHouse server listening on `http_port` (for its CPU time).
-fn clickhouse_pid(http_port: u16) -> Option<u32> {
-    let needle = format!("--http_port={http_port}");
+/// The pid of the ClickHouse server whose home is `home` (for its CPU time): the process
+/// started with its config file, not the shell that waits for it.
+fn clickhouse_pid(home: &Path) -> Option<u32> {
+    let needle = format!("--config-file={}", home.join("config.xml").display());
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        (cmd.contains("clickhouse") && cmd.contains(&needle) && !cmd.contains("sh -c"))
-            .then_some(pid)
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let shell = args
+            .first()
+            .is_some_and(|a| a == "sh" || a.ends_with("/sh"));
+        (!shell && args.contains(&needle)).then_some(pid)
     })
 }
 
@@ -316,7 +326,11 @@ fn phase(
 }
 
 pub fn run(root: &Path, o: &Args) -> Result<()> {
-    let binary = crate::server::build_release(root)?;
+    let binary = if o.debug_server {
+        crate::server::build_debug(root)?
+    } else {
+        crate::server::build_release(root)?
+    };
     println!("starting a private ClickHouse...");
     let ch = match &o.keep {
         Some(dir) => ClickHouse::start_kept(
@@ -327,7 +341,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         None => ClickHouse::start(),
     }
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ch_pid = clickhouse_pid(ch.http_port()).context("finding ClickHouse's pid")?;
+    let ch_pid = clickhouse_pid(ch.home()).context("finding ClickHouse's pid")?;
     let qargs = super::query::Args {
         events: o.events,
         visitors: o.visitors,
