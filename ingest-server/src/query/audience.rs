@@ -610,6 +610,20 @@ fn compile_in(
     let in_scope = scope
         .map(|sc| format!(" AND visitor_id IN {sc}"))
         .unwrap_or_default();
+    // The events counted: by name and time from `q_events_by_name`; in a scope, the scope's
+    // visitors' rows from `q_history` (sorted by visitor), so a few candidates read a few
+    // granules rather than every row of the event in the window. Its `event` is the key
+    // `q_events_by_name` has (`$page` for a page view...), named `event` again outside.
+    let source = match scope {
+        None => format!("{db}.q_events_by_name WHERE site = {s}"),
+        Some(sc) => format!(
+            "(SELECT visitor_id, message_id, timestamp, timestamp_ms, properties,
+    if(type = 'track', name_or_event, concat('$', type)) AS event
+  FROM (SELECT visitor_id, message_id, timestamp, timestamp_ms, properties, type,
+      event AS name_or_event
+    FROM {db}.q_history WHERE site = {s} AND visitor_id IN {sc})) WHERE 1"
+        ),
+    };
     let events_part = if counts.is_empty() {
         String::new()
     } else {
@@ -622,7 +636,7 @@ fn compile_in(
         format!(
             "SELECT visitor_id, {cols}toInt64(0) AS x_ls, ('', '', '', '', toInt64(0)) AS x_geo,
     ('', toInt64(0)) AS x_traits, '' AS x_uid
-FROM {db}.q_events_by_name WHERE site = {s} AND ({}){in_scope}
+FROM {source} AND ({})
 GROUP BY visitor_id
 UNION ALL
 ",
