@@ -454,10 +454,18 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         o.rate, o.seconds
     );
     let (cpu_on, secs_on, n_on) = phase(&base, o.rate, o.seconds, ch_pid, server.id(), &sent, 2)?;
-    // Deliveries of the phase's last events arrive up to a tick and a round later.
-    std::thread::sleep(Duration::from_secs(TICK_SECS + 5));
     let ticks = metric(&base, "waymark_trigger_ticks_total") - ticks0;
     let tick_wall = metric(&base, "waymark_trigger_tick_seconds_sum") - tick_s0;
+    // The phase's last events are delivered by the tick after the one running now: wait for
+    // two more ticks and an empty outbox (bounded), so their latency counts too.
+    let wait = Instant::now();
+    let after = ticks0 + ticks + 2.0;
+    while (metric(&base, "waymark_trigger_ticks_total") < after
+        || metric(&base, "waymark_trigger_pending") > 0.0)
+        && wait.elapsed() < Duration::from_secs(300)
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let candidates = metric(&base, "waymark_trigger_candidates");
     server.stop();
 
