@@ -5,6 +5,8 @@
 //! with that message instead of guessing.
 
 use waymark_protocol::edge::IpMode;
+use waymark_protocol::privacy::check_param_pattern;
+pub use waymark_protocol::privacy::GpcMode;
 
 /// The variable names, as written in `wrangler.toml`.
 pub mod vars {
@@ -24,19 +26,10 @@ pub mod vars {
     pub const EDGE_SECRET: &str = "EDGE_SECRET";
     /// The Queue producer binding; when absent the worker forwards directly.
     pub const QUEUE: &str = "WAYMARK_QUEUE";
-}
-
-/// What to do when a request carries `Sec-GPC: 1` (Global Privacy Control).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GpcMode {
-    /// Keep the events but remove the persistent ids (`userId`, `previousId`, and `anonymousId`,
-    /// which becomes the session-scoped `gpc-<sessionId>`); `alias` and `identify` events, which
-    /// exist to tie ids and personal traits together, are left out.
-    DropIds,
-    /// Leave every event out (the request is still answered 200).
-    DropEvents,
-    /// Only record the signal (`client.gpc`).
-    Keep,
+    /// Comma-separated query parameters whose values are kept in URLs besides `utm_*`,
+    /// `gclid` and `fbclid` (product and category parameters; `*` at the end matches a prefix).
+    /// Every other parameter's value becomes `REDACTED` before the event leaves the worker.
+    pub const ALLOWED_QUERY_PARAMS: &str = "ALLOWED_QUERY_PARAMS";
 }
 
 /// Which origins may send batches.
@@ -65,6 +58,8 @@ pub struct Config {
     pub gpc: GpcMode,
     pub allowed_origins: AllowedOrigins,
     pub bot_score_threshold: u8,
+    /// Extra query parameters kept in URLs (see `waymark_protocol::privacy`).
+    pub allowed_query_params: Vec<String>,
 }
 
 impl Default for Config {
@@ -76,6 +71,7 @@ impl Default for Config {
             gpc: GpcMode::DropIds,
             allowed_origins: AllowedOrigins::Any,
             bot_score_threshold: 30,
+            allowed_query_params: Vec::new(),
         }
     }
 }
@@ -137,17 +133,19 @@ impl Config {
             };
         }
         if let Some(m) = get(vars::GPC_MODE) {
-            c.gpc = match m.to_ascii_lowercase().as_str() {
-                "drop-ids" => GpcMode::DropIds,
-                "drop-events" => GpcMode::DropEvents,
-                "keep" => GpcMode::Keep,
-                _ => {
-                    return Err(err(
-                        vars::GPC_MODE,
-                        format!("must be \"drop-ids\", \"drop-events\" or \"keep\", got {m:?}"),
-                    ))
-                }
-            };
+            c.gpc = GpcMode::parse(&m).ok_or_else(|| {
+                err(
+                    vars::GPC_MODE,
+                    format!("must be \"drop-ids\", \"drop-events\" or \"keep\", got {m:?}"),
+                )
+            })?;
+        }
+        if let Some(list) = get(vars::ALLOWED_QUERY_PARAMS) {
+            for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                check_param_pattern(p)
+                    .map_err(|why| err(vars::ALLOWED_QUERY_PARAMS, format!("{p:?}: {why}")))?;
+                c.allowed_query_params.push(p.to_string());
+            }
         }
         if let Some(o) = get(vars::ALLOWED_ORIGINS) {
             c.allowed_origins = parse_origins(&o)?;
@@ -243,8 +241,10 @@ mod tests {
                 "https://a.example, http://localhost:8080",
             ),
             ("BOT_SCORE_THRESHOLD", "10"),
+            ("ALLOWED_QUERY_PARAMS", "sku, cat_*"),
         ])
         .unwrap();
+        assert_eq!(c.allowed_query_params, ["sku", "cat_*"]);
         assert_eq!(c.prefix, "/collect/v");
         assert_eq!(c.ingest_url.as_deref(), Some("https://ingest.example.com"));
         assert_eq!(c.ip_mode, IpMode::Drop);
@@ -268,6 +268,7 @@ mod tests {
             ("ALLOWED_ORIGINS", ","),
             ("BOT_SCORE_THRESHOLD", "101"),
             ("BOT_SCORE_THRESHOLD", "high"),
+            ("ALLOWED_QUERY_PARAMS", "sku,*"),
         ] {
             let e = read(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k, "{v}");

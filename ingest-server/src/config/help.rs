@@ -56,6 +56,14 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   send_keys = ["sk_..."]           secret keys of the email platform for POST /v1/email/links and
                                    /v1/email/rewrite (Bearer; at least 16 characters, never a
                                    write key); need [sites.email]
+  allowed_query_params = []        query parameters whose values stored URLs keep besides
+                                   utm_*, gclid and fbclid (e.g. ["sku", "cat_*"]); every other
+                                   value in page_url, page_search, page_referrer and $click.href
+                                   becomes REDACTED, and so do values that look like emails or
+                                   long tokens even when allowed; mailto:/tel: keep the scheme
+  gpc = "drop-ids"                 Sec-GPC: 1 on direct requests: "drop-ids" (ids become the
+                                   session-scoped gpc-<sessionId>; identify/alias left out),
+                                   "drop-events" or "keep" (the gpc column records the signal)
 
   [sites.email]                    tracked email links and open pixels (absent = off)
   base_url = "https://shop.example.com/wm"   the first-party base /e/o/.. and /e/c/.. are served

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 pub use waymark_protocol::edge::IpMode;
+pub use waymark_protocol::privacy::GpcMode;
+use waymark_protocol::privacy::UrlPolicy;
 
 mod env;
 mod help;
@@ -193,6 +195,24 @@ pub struct SiteConfig {
     /// Tracked email links and open pixels (`[sites.email]`); absent = off for this site.
     #[serde(default)]
     pub email: Option<EmailConfig>,
+    /// Query parameters whose values stored URLs keep besides `utm_*`, `gclid` and `fbclid`
+    /// (product and category parameters; `*` at the end matches a prefix); every other value
+    /// becomes `REDACTED` (see `waymark_protocol::privacy`).
+    #[serde(default)]
+    pub allowed_query_params: Vec<String>,
+    /// What `Sec-GPC: 1` on a direct request (`/v1/batch`, `/v1/track`...) does, as the edge
+    /// worker's `GPC_MODE` does for the tag's requests.
+    #[serde(default)]
+    pub gpc: GpcMode,
+}
+
+impl SiteConfig {
+    /// The site's URL allow-list.
+    pub fn url_policy(&self) -> UrlPolicy<'_> {
+        UrlPolicy {
+            extra: &self.allowed_query_params,
+        }
+    }
 }
 
 /// A site's email engagement settings (`[sites.email]`).
@@ -377,6 +397,14 @@ impl Config {
                     ));
                 }
             }
+            for (j, p) in site.allowed_query_params.iter().enumerate() {
+                waymark_protocol::privacy::check_param_pattern(p).map_err(|why| {
+                    invalid(
+                        format!("sites[{i}].allowed_query_params[{j}]"),
+                        format!("{p:?} {why}"),
+                    )
+                })?;
+            }
             for (j, k) in site.send_keys.iter().enumerate() {
                 if k.len() < 16 {
                     return Err(invalid(
@@ -500,6 +528,8 @@ write_keys = ["wk_shop"]
 allowed_origins = ["http://127.0.0.1:8000"]
 ip = "truncate"
 rate_limit = { events_per_second = 5000, burst = 20000 }
+allowed_query_params = ["sku", "cat_*"]
+gpc = "drop-events"
 "#;
 
     #[test]
@@ -522,6 +552,9 @@ rate_limit = { events_per_second = 5000, burst = 20000 }
             })
         );
         assert_eq!(c.edge_secret(), Some("s3cret"));
+        assert_eq!(c.sites[0].allowed_query_params, ["sku", "cat_*"]);
+        assert_eq!(c.sites[0].gpc, GpcMode::DropEvents);
+        assert!(c.sites[0].url_policy().allows("cat_id"));
     }
 
     #[test]
@@ -565,6 +598,12 @@ rate_limit = { events_per_second = 5000, burst = 20000 }
         .unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("sites[0].rate_limit.events_per_second"), "{e}");
+        let c =
+            Config::from_toml("[[sites]]\nid = \"a\"\nallowed_query_params = [\"*\"]\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("sites[0].allowed_query_params[0]"), "{e}");
+        let e = Config::from_toml("[[sites]]\nid = \"a\"\ngpc = \"ignore\"\n").unwrap_err();
+        assert!(e.contains("ignore"), "{e}");
     }
 
     #[test]

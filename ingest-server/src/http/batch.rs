@@ -17,6 +17,7 @@ use axum::routing::{post, MethodRouter};
 use axum::Router;
 use waymark_protocol::intake::{basic_user, query_write_key, IntakePath, PATHS};
 use waymark_protocol::limits::MAX_BATCH_BYTES;
+use waymark_protocol::privacy::gpc_signal;
 
 use super::{body, respond, AppState};
 use crate::intake::{segment, Accepted, ApiError};
@@ -74,6 +75,7 @@ async fn intake(state: &AppState, kind: IntakePath, req: Request) -> Result<Acce
             write_key,
             origin: origin.as_deref(),
             peer_ip: peer,
+            gpc: gpc_signal(headers.get("sec-gpc").and_then(|v| v.to_str().ok())),
         },
     )
     .await

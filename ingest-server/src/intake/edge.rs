@@ -139,6 +139,8 @@ async fn accept_forward(
                     peer_ip: None,
                     geo: Some(&env.geo),
                     client: Some(&env.client),
+                    urls: site.url_policy(),
+                    gpc: false,
                 };
                 rows.extend(v.events.iter().map(|ev| to_row(ev, &facts, &intake.ua)));
                 rejected.extend(v.rejections.into_iter().map(|mut r| {
@@ -156,5 +158,9 @@ async fn accept_forward(
     }
     let accepted = rows.len();
     intake.admit(rows, "edge").await?;
-    Ok(Accepted { accepted, rejected })
+    Ok(Accepted {
+        accepted,
+        rejected,
+        gpc_dropped: 0,
+    })
 }

@@ -245,6 +245,8 @@ pub async fn admit(
         peer_ip,
         geo: None,
         client: None,
+        urls: site.url_policy(),
+        gpc: false,
     };
     let row = to_row(&ev, &facts, &intake.ua);
     intake.admit(vec![row], "email").await

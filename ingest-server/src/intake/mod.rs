@@ -43,6 +43,14 @@ use ratelimit::RateLimiter;
 pub struct Accepted {
     pub accepted: usize,
     pub rejected: Vec<Rejection>,
+    /// Events left out because the request carried `Sec-GPC: 1` and the site's `gpc` is
+    /// `drop-events` (or `drop-ids`, for `identify` and `alias`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gpc_dropped: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Seconds a client should wait when the spool is full: long enough for the writer to drain.

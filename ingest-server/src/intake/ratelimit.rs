@@ -153,6 +153,8 @@ mod tests {
             rate_limit: rl,
             send_keys: vec![],
             email: None,
+            allowed_query_params: vec![],
+            gpc: Default::default(),
         };
         RateLimiter::new(&[
             site(

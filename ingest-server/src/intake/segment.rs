@@ -3,6 +3,7 @@
 //! enrichment, admission.
 
 use waymark_protocol::intake::IntakePath;
+use waymark_protocol::privacy::apply_gpc;
 use waymark_protocol::{parse_batch, parse_single, BatchError};
 
 use super::auth::{origin_allowed, unknown_key};
@@ -21,6 +22,8 @@ pub struct Delivery<'a> {
     pub origin: Option<&'a str>,
     /// The peer's address (the site's `ip` setting decides what is kept of it).
     pub peer_ip: Option<String>,
+    /// The request carried `Sec-GPC: 1` (the site's `gpc` setting decides what it does).
+    pub gpc: bool,
 }
 
 /// Refuses a write key outside the body that no site has, before the body is read.
@@ -73,6 +76,12 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
             });
         }
     }
+    let mut events = validated.events;
+    let gpc_dropped = if d.gpc {
+        apply_gpc(&mut events, site.gpc)
+    } else {
+        0
+    };
     let facts = RequestFacts {
         site: &site.id,
         ip_mode: site.ip,
@@ -82,9 +91,10 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
         peer_ip: d.peer_ip,
         geo: None,
         client: None,
+        urls: site.url_policy(),
+        gpc: d.gpc,
     };
-    let rows = validated
-        .events
+    let rows = events
         .iter()
         .map(|ev| to_row(ev, &facts, &intake.ua))
         .collect::<Vec<_>>();
@@ -93,5 +103,6 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
     Ok(Accepted {
         accepted,
         rejected: validated.rejections,
+        gpc_dropped,
     })
 }

@@ -577,6 +577,8 @@ fn rows_seeds(g: &mut Gen, now: i64, n: usize) -> Vec<Vec<u8>> {
         peer_ip: Some("203.0.113.9".to_string()),
         geo: None,
         client: None,
+        urls: Default::default(),
+        gpc: false,
     };
     let mut seeds = Vec::new();
     while seeds.len() < n {
