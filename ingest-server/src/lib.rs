@@ -67,6 +67,7 @@ pub mod http;
 pub mod intake;
 pub mod keys;
 pub mod metrics;
+pub mod privacy;
 pub mod query;
 pub mod spool;
 pub mod store;
@@ -175,8 +176,12 @@ pub async fn serve(
             config.query.identity_max_links,
         ))
     });
+    // Ids of deleted people: the intake and the sink drop their late events.
+    let suppressions = Arc::new(store::suppress::Suppressions::default());
     let sink = Arc::new(
-        ClickHouseSink::new(&config.clickhouse, schema.clone()).with_identities(identities.clone()),
+        ClickHouseSink::new(&config.clickhouse, schema.clone())
+            .with_identities(identities.clone())
+            .with_suppressions(suppressions.clone()),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Migrations run in the background, however long a backfill takes: intake goes on into the
@@ -231,8 +236,40 @@ pub async fn serve(
     let identity_refresh = identities
         .clone()
         .map(|ix| tokio::spawn(ix.run(query.clone(), config.query.identity_refresh.0)));
+    // The suppression list from ClickHouse (deletions made by any server), once the schema is
+    // ready and then every `REFRESH`.
+    let suppression_refresh = {
+        let (list, schema) = (suppressions.clone(), schema.clone());
+        let client = store::client(&config.clickhouse);
+        let db = config.clickhouse.database.clone();
+        tokio::spawn(async move {
+            loop {
+                if schema.is_ready() {
+                    if let Err(e) = list.load(&client, &db).await {
+                        tracing::warn!(error = %e, "reading the suppression list failed; retrying");
+                    }
+                    tokio::time::sleep(store::suppress::REFRESH).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        })
+    };
+    let retention = tokio::spawn(privacy::retention::schedule(
+        query.clone(),
+        store::client(&config.clickhouse),
+        config.sites.clone(),
+        config.privacy.retention_check.0,
+    ));
     let http_config = config.http.clone();
-    let state = AppState::new(config, spool.clone(), metrics, schema, identities);
+    let state = AppState::with_suppressions(
+        config,
+        spool.clone(),
+        metrics,
+        schema,
+        identities,
+        suppressions,
+    );
     let router = app(state, query);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");
@@ -246,6 +283,8 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     migrations.abort();
     upkeep.abort();
+    suppression_refresh.abort();
+    retention.abort();
     if let Some(t) = identity_refresh {
         t.abort();
     }

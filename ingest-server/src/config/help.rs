@@ -64,6 +64,8 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   gpc = "drop-ids"                 Sec-GPC: 1 on direct requests: "drop-ids" (ids become the
                                    session-scoped gpc-<sessionId>; identify/alias left out),
                                    "drop-events" or "keep" (the gpc column records the signal)
+  retention = "400d"               how long the site's events are kept (absent = until deleted);
+                                   removed by the retention check (partitions, or mutations)
 
   [sites.email]                    tracked email links and open pixels (absent = off)
   base_url = "https://shop.example.com/wm"   the first-party base /e/o/.. and /e/c/.. are served
@@ -93,6 +95,15 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   [[query.read_keys]]              one per key; `Authorization: Bearer <key>`
   key = "rk_shop"
   sites = ["shop"]                 the only sites this key can read
+
+  [privacy]                        deleting and exporting a person, retention
+  suppress_for = "30d"             how long a deleted person's late events (spool, edge queue,
+                                   browser retry queue) are dropped
+  retention_check = "24h"          how often old data is removed (sites with retention)
+  [[privacy.admin_keys]]           one per key; `Authorization: Bearer <key>` on
+  name = "dpo"                     DELETE /v1/persons/{id}, GET /v1/persons/{id}/export and
+  key = "ak_..."                   GET /v1/deletions/{job}; at least 16 characters, no other
+  sites = ["shop"]                 key's value; the name goes to the audit table
 
 Sizes accept B, KB, MB, GB, KiB, MiB, GiB (e.g. "64MiB"); durations accept ms, s, m, h, d
 (e.g. "5s", "30d"; "1h 30m" too).

@@ -36,6 +36,9 @@ pub struct Config {
     /// The query API (read keys, cart and engagement settings): see `QueryConfig`.
     #[serde(default)]
     pub query: QueryConfig,
+    /// Deletion, export and retention (`[privacy]`): see `PrivacyConfig`.
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
 }
 
 impl Default for Config {
@@ -50,7 +53,53 @@ impl Default for Config {
             http: HttpConfig::default(),
             sites: Vec::new(),
             query: QueryConfig::default(),
+            privacy: PrivacyConfig::default(),
         }
+    }
+}
+
+/// `[privacy]`: who may delete and export a person, how long a deleted person's late events
+/// are dropped, how often retention runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// `[[privacy.admin_keys]] name = "dpo", key = "...", sites = ["shop"]`: the only keys
+    /// that may delete or export a person (read keys and write keys cannot).
+    pub admin_keys: Vec<AdminKey>,
+    /// How long the ids of a deleted person stay on the suppression list: their events still in
+    /// a spool, the edge queue or a browser's retry queue are dropped meanwhile.
+    pub suppress_for: HumanDuration,
+    /// How often the retention check runs (sites with `retention`).
+    pub retention_check: HumanDuration,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            admin_keys: Vec::new(),
+            suppress_for: HumanDuration(Duration::from_secs(30 * 86_400)),
+            retention_check: HumanDuration(Duration::from_secs(86_400)),
+        }
+    }
+}
+
+/// An admin key: deletes and exports people of its sites.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminKey {
+    /// Who holds it, written to the deletion audit (never the key).
+    pub name: String,
+    pub key: String,
+    pub sites: Vec<String>,
+}
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminKey")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .field("sites", &self.sites)
+            .finish()
     }
 }
 
@@ -204,6 +253,10 @@ pub struct SiteConfig {
     /// worker's `GPC_MODE` does for the tag's requests.
     #[serde(default)]
     pub gpc: GpcMode,
+    /// How long the site's events are kept (`"400d"`); absent = kept until deleted. See
+    /// `crate::privacy::retention`.
+    #[serde(default)]
+    pub retention: Option<HumanDuration>,
 }
 
 impl SiteConfig {
@@ -480,6 +533,60 @@ impl Config {
             let (key, why) = message.split_once(": ").unwrap_or(("query", &message));
             invalid(key, why)
         })?;
+        for (i, k) in self.privacy.admin_keys.iter().enumerate() {
+            let key = |f: &str| format!("privacy.admin_keys[{i}].{f}");
+            if k.name.is_empty() {
+                return Err(invalid(
+                    key("name"),
+                    "must not be empty (it names the holder in the audit)",
+                ));
+            }
+            if k.key.len() < 16 {
+                return Err(invalid(
+                    key("key"),
+                    "must be at least 16 characters (it is a secret)",
+                ));
+            }
+            if self.privacy.admin_keys[..i].iter().any(|o| o.key == k.key)
+                || self.query.read_keys.iter().any(|r| r.key == k.key)
+                || self
+                    .sites
+                    .iter()
+                    .any(|s| s.write_keys.contains(&k.key) || s.send_keys.contains(&k.key))
+            {
+                return Err(invalid(
+                    key("key"),
+                    "must not be any other key (admin keys have their own scope)",
+                ));
+            }
+            if k.sites.is_empty() {
+                return Err(invalid(key("sites"), "must list at least one site"));
+            }
+            for (j, site) in k.sites.iter().enumerate() {
+                if !self.sites.iter().any(|s| &s.id == site) {
+                    return Err(invalid(
+                        format!("privacy.admin_keys[{i}].sites[{j}]"),
+                        format!("no site has the id {site:?}"),
+                    ));
+                }
+            }
+        }
+        if self.privacy.suppress_for.0.is_zero() {
+            return Err(invalid("privacy.suppress_for", "must be positive"));
+        }
+        if self.privacy.retention_check.0 < Duration::from_secs(1) {
+            return Err(invalid("privacy.retention_check", "must be at least 1s"));
+        }
+        for (i, site) in self.sites.iter().enumerate() {
+            if let Some(r) = site.retention {
+                if r.0 < Duration::from_secs(86_400) {
+                    return Err(invalid(
+                        format!("sites[{i}].retention"),
+                        "must be at least 1d",
+                    ));
+                }
+            }
+        }
         for (i, k) in self.query.read_keys.iter().enumerate() {
             for (j, site) in k.sites.iter().enumerate() {
                 if !self.sites.iter().any(|s| &s.id == site) {
@@ -530,6 +637,13 @@ ip = "truncate"
 rate_limit = { events_per_second = 5000, burst = 20000 }
 allowed_query_params = ["sku", "cat_*"]
 gpc = "drop-events"
+retention = "400d"
+[privacy]
+suppress_for = "7d"
+[[privacy.admin_keys]]
+name = "dpo"
+key = "ak_shop_0123456789"
+sites = ["shop"]
 "#;
 
     #[test]
@@ -555,6 +669,12 @@ gpc = "drop-events"
         assert_eq!(c.sites[0].allowed_query_params, ["sku", "cat_*"]);
         assert_eq!(c.sites[0].gpc, GpcMode::DropEvents);
         assert!(c.sites[0].url_policy().allows("cat_id"));
+        assert_eq!(
+            c.sites[0].retention.unwrap().0,
+            Duration::from_secs(400 * 86_400)
+        );
+        assert_eq!(c.privacy.suppress_for.0, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.privacy.admin_keys[0].sites, ["shop"]);
     }
 
     #[test]
@@ -602,6 +722,12 @@ gpc = "drop-events"
             Config::from_toml("[[sites]]\nid = \"a\"\nallowed_query_params = [\"*\"]\n").unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("sites[0].allowed_query_params[0]"), "{e}");
+        let c = Config::from_toml(
+            "[[sites]]\nid = \"a\"\n[[privacy.admin_keys]]\nname = \"x\"\nkey = \"0123456789abcdef\"\nsites = [\"b\"]\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("privacy.admin_keys[0].sites[0]"), "{e}");
         let e = Config::from_toml("[[sites]]\nid = \"a\"\ngpc = \"ignore\"\n").unwrap_err();
         assert!(e.contains("ignore"), "{e}");
     }

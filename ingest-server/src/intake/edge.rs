@@ -156,11 +156,12 @@ async fn accept_forward(
         }
         offset += n;
     }
-    let accepted = rows.len();
-    intake.admit(rows, "edge").await?;
+    let total = rows.len();
+    let suppressed = intake.admit_unsuppressed(rows, "edge").await?;
     Ok(Accepted {
-        accepted,
+        accepted: total - suppressed,
         rejected,
+        suppressed,
         gpc_dropped: 0,
     })
 }

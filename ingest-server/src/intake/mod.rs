@@ -34,6 +34,7 @@ use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::spool::{Spool, SpoolError};
 use crate::store::row::EventRow;
+use crate::store::suppress::Suppressions;
 use dedup::Dedup;
 use enrich::UaParser;
 use ratelimit::RateLimiter;
@@ -43,6 +44,9 @@ use ratelimit::RateLimiter;
 pub struct Accepted {
     pub accepted: usize,
     pub rejected: Vec<Rejection>,
+    /// Events left out because their person was deleted (on the suppression list).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub suppressed: usize,
     /// Events left out because the request carried `Sec-GPC: 1` and the site's `gpc` is
     /// `drop-events` (or `drop-ids`, for `identify` and `alias`).
     #[serde(skip_serializing_if = "is_zero")]
@@ -70,10 +74,17 @@ pub struct Intake {
     /// send key -> index into `config.sites`, compared in constant time
     send_keys: Keys<usize>,
     pub email_bursts: email::ClickBursts,
+    /// Ids of deleted people whose late events are dropped (`crate::store::suppress`).
+    pub suppressions: Arc<Suppressions>,
 }
 
 impl Intake {
-    pub fn new(config: Config, spool: Spool, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Config,
+        spool: Spool,
+        metrics: Arc<Metrics>,
+        suppressions: Arc<Suppressions>,
+    ) -> Self {
         let keys = Keys::new(
             config
                 .sites
@@ -97,6 +108,7 @@ impl Intake {
                     .flat_map(|(i, s)| s.send_keys.iter().map(move |k| (k.clone(), i))),
             ),
             email_bursts: email::ClickBursts::default(),
+            suppressions,
             config,
         }
     }
@@ -109,6 +121,27 @@ impl Intake {
     /// The site that owns a write key.
     pub fn site_for_key(&self, key: &str) -> Option<&SiteConfig> {
         self.keys.find(key).map(|&i| &self.config.sites[i])
+    }
+
+    /// Drops the rows of deleted people (the suppression list), then [`Intake::admit`]s the
+    /// rest; the number dropped.
+    pub async fn admit_unsuppressed(
+        &self,
+        rows: Vec<EventRow>,
+        source: &str,
+    ) -> Result<usize, ApiError> {
+        let now = crate::clock::now_ms().div_euclid(1000) as u32;
+        let (rows, dropped) = match self.suppressions.filter(&rows, now) {
+            Some(kept) => {
+                let dropped = rows.len() - kept.len();
+                (kept, dropped)
+            }
+            None => (rows, 0),
+        };
+        if !rows.is_empty() {
+            self.admit(rows, source).await?;
+        }
+        Ok(dropped)
     }
 
     /// Checks the sites' rate limits, drops recent duplicates, spools the rest as one record, and

@@ -155,6 +155,7 @@ mod tests {
             email: None,
             allowed_query_params: vec![],
             gpc: Default::default(),
+            retention: None,
         };
         RateLimiter::new(&[
             site(

@@ -98,11 +98,12 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
         .iter()
         .map(|ev| to_row(ev, &facts, &intake.ua))
         .collect::<Vec<_>>();
-    let accepted = rows.len();
-    intake.admit(rows, "api").await?;
+    let suppressed = intake.admit_unsuppressed(rows, "api").await?;
+    let accepted = events.len() - suppressed;
     Ok(Accepted {
         accepted,
         rejected: validated.rejections,
+        suppressed,
         gpc_dropped,
     })
 }

@@ -9,6 +9,7 @@ pub mod repartition;
 pub mod replay;
 pub mod row;
 pub mod schema;
+pub mod suppress;
 pub mod writer;
 
 use std::sync::Arc;
@@ -402,6 +403,7 @@ pub struct ClickHouseSink {
     database: String,
     schema: Arc<SchemaStatus>,
     identities: Option<Arc<dyn IdentityFeed>>,
+    suppressions: Option<Arc<suppress::Suppressions>>,
 }
 
 impl ClickHouseSink {
@@ -413,7 +415,15 @@ impl ClickHouseSink {
             database: cfg.database.clone(),
             schema,
             identities: None,
+            suppressions: None,
         }
+    }
+
+    /// Drops the rows of people on `list` (deleted, their late events still in the spool)
+    /// before each insert.
+    pub fn with_suppressions(mut self, list: Arc<suppress::Suppressions>) -> Self {
+        self.suppressions = Some(list);
+        self
     }
 
     /// Adds every identity link to `index` before inserting it, so the query API never sees
@@ -457,6 +467,20 @@ impl ClickHouseSink {
 impl Sink for ClickHouseSink {
     fn insert<'a>(&'a self, rows: &'a [EventRow]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            let kept = self
+                .suppressions
+                .as_ref()
+                .and_then(|s| s.filter(rows, crate::clock::now_ms().div_euclid(1000) as u32));
+            if let Some(kept) = &kept {
+                tracing::info!(
+                    dropped = rows.len() - kept.len(),
+                    "rows of deleted people dropped before insert"
+                );
+            }
+            let rows = kept.as_deref().unwrap_or(rows);
+            if rows.is_empty() {
+                return Ok(());
+            }
             // Both at once: the batch is done when the slower is (a failure of either retries
             // both; the tables collapse the rows inserted twice).
             let links: Vec<IdentityRow> = rows.iter().flat_map(identity_links).collect();

@@ -264,6 +264,39 @@ ORDER BY (site, message_id, quarantined_at)"],
         statements: &[],
         code: Some(Code::RepartitionEvents),
     },
+    // 111..: privacy (`crate::privacy`).
+    Migration {
+        version: 111,
+        name: "suppressions",
+        // Ids of deleted people whose late events are dropped until `until`
+        // (`crate::store::suppress`).
+        statements: &["CREATE TABLE IF NOT EXISTS {db}.suppressions (
+    site String,
+    id String,
+    suppressed_at DateTime,
+    until DateTime
+) ENGINE = ReplacingMergeTree
+ORDER BY (site, id)"],
+        code: None,
+    },
+    Migration {
+        version: 112,
+        name: "deletions",
+        // The audit of person deletions: one row per request. The person's id is kept only as
+        // its SHA-256 (the record proves which request was served, not who it was about).
+        statements: &["CREATE TABLE IF NOT EXISTS {db}.deletions (
+    job_id String,
+    site String,
+    person_sha256 String,
+    ids UInt32,
+    tables Array(String),
+    mutations UInt32,
+    requested_at DateTime,
+    admin_key String
+) ENGINE = MergeTree
+ORDER BY (site, requested_at, job_id)"],
+        code: None,
+    },
 ];
 
 /// Renders a statement for a database.
