@@ -346,3 +346,37 @@ async fn retention_drops_old_partitions_and_trims_shorter_sites() {
     assert!(out.dropped_partitions.is_empty(), "{out:?}");
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_still_in_the_spool_at_deletion_are_not_written() {
+    let ch = clickhouse();
+    // The writer holds rows for an hour: they are in the spool when the deletion comes.
+    let mut srv = Server::start_with(ch, EXTRA, |c| {
+        c.writer.max_age = waymark_ingest::config::HumanDuration(Duration::from_secs(3600));
+    })
+    .await;
+    let db = srv.db.clone();
+    let now = now_ms();
+    let answer = send(&srv, vec![events(now)[0].clone(), events(now)[4].clone()]).await;
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    let migrated = format!("SELECT max(version) >= 112 FROM {db}.schema_migrations");
+    assert_eq!(wait_for(ch, &migrated, "1", WAIT).await, "1");
+    assert_eq!(
+        query(ch, &format!("SELECT count() FROM {db}.events")).trim(),
+        "0"
+    );
+    let r = http()
+        .delete(srv.url("/v1/persons/anon-a?site=shop"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // Stopping flushes the spool: the writer drops the deleted person's row, keeps the other.
+    srv.stop().await;
+    let left = query(
+        ch,
+        &format!("SELECT arrayStringConcat(groupArray(message_id), ',') FROM {db}.events"),
+    );
+    assert_eq!(left.trim(), "b-1");
+}

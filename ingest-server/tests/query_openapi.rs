@@ -297,6 +297,58 @@ async fn live_responses_match_the_openapi_document() {
         "401",
     );
 
+    // Privacy (admin key): export, delete, the deletion's state.
+    let export = "/v1/persons/{id}/export";
+    let a = get(&st, "/v1/persons/alice/export?site=shop", ADMIN_KEY).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert!(a.text.lines().count() > 1);
+    expect(export, "get", &a, "export");
+    for (uri, key, status) in [
+        ("/v1/persons/zed/export?site=shop", ADMIN_KEY, "404"),
+        ("/v1/persons/alice/export?site=shop", SHOP_KEY, "401"),
+        ("/v1/persons/alice/export?site=other", ADMIN_KEY, "403"),
+        ("/v1/persons/alice/export", ADMIN_KEY, "400"),
+    ] {
+        let a = get(&st, uri, key).await;
+        assert_eq!(a.status.as_str(), status, "{uri}: {}", a.text);
+        expect(export, "get", &a, uri);
+    }
+    let person = "/v1/persons/{id}";
+    let a = call(
+        &st,
+        "DELETE",
+        "/v1/persons/alice?site=shop",
+        Some(SHOP_KEY),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "a read key cannot delete"
+    );
+    expect(person, "delete", &a, "delete with a read key");
+    let a = call(
+        &st,
+        "DELETE",
+        "/v1/persons/nobody-here?site=shop",
+        Some(ADMIN_KEY),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    expect(person, "delete", &a, "delete");
+    let job = a.json()["job"].as_str().unwrap().to_string();
+    let deletions = "/v1/deletions/{job}";
+    let a = get(&st, &format!("/v1/deletions/{job}?site=shop"), ADMIN_KEY).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    expect(deletions, "get", &a, "deletion state");
+    let a = get(&st, "/v1/deletions/nope?site=shop", ADMIN_KEY).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
+    expect(deletions, "get", &a, "no such job");
+
     // Every documented operation was exercised.
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {

@@ -89,7 +89,7 @@ impl AppState {
 pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
     let limit = state.config().http.request_timeout.0;
     let privacy = crate::privacy::PrivacyState::new(
-        state.config(),
+        &state.config().privacy,
         query.clone(),
         state.intake().suppressions.clone(),
         state.0.identities.clone(),

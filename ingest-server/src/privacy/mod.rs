@@ -36,7 +36,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::Digest as _;
 
-use crate::config::{AdminKey, Config};
+use crate::config::{AdminKey, PrivacyConfig};
 use crate::query::identity::IdentityIndex;
 use crate::query::sql::{lit, lit_list};
 use crate::query::{QueryError, QueryState};
@@ -80,16 +80,17 @@ struct Inner {
 }
 
 impl PrivacyState {
+    /// The state over `query`'s ClickHouse and database.
     pub fn new(
-        config: &Config,
+        config: &PrivacyConfig,
         query: QueryState,
         suppressions: Arc<Suppressions>,
         identities: Option<Arc<IdentityIndex>>,
     ) -> Self {
-        let admin_keys = config.privacy.admin_keys.clone();
+        let admin_keys = config.admin_keys.clone();
         PrivacyState(Arc::new(Inner {
+            client: query.clickhouse().clone(),
             query,
-            client: crate::store::client(&config.clickhouse),
             keys: crate::keys::Keys::new(
                 admin_keys
                     .iter()
@@ -97,7 +98,7 @@ impl PrivacyState {
                     .map(|(i, k)| (k.key.clone(), i)),
             ),
             admin_keys,
-            suppress_for_secs: config.privacy.suppress_for.0.as_secs().min(u32::MAX as u64) as u32,
+            suppress_for_secs: config.suppress_for.0.as_secs().min(u32::MAX as u64) as u32,
             suppressions,
             identities,
         }))

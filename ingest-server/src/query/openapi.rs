@@ -242,6 +242,50 @@ pub fn document() -> Value {
                "message": string(), "field": nullable(string())}),
     );
 
+    let admin = json!([{"adminKey": []}]);
+    let admin_errors = |mut responses: Value, not_found: &str| {
+        let r = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+        responses["400"] = r("A parameter is wrong; `field` names it.");
+        responses["401"] = r(
+            "No admin key, or a key that is not one (read and write keys cannot delete or export).",
+        );
+        responses["403"] = r("The admin key does not cover this site.");
+        responses["404"] = r(not_found);
+        responses["503"] =
+            r("ClickHouse failed or did not answer; retry after `Retry-After` seconds.");
+        responses
+    };
+    let admin_site = json!({"name": "site", "in": "query", "required": true, "schema": {"type": "string"},
+        "description": "The site; the admin key must list it."});
+    let person_id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1},
+        "description": "Any id of the person (user id or anonymous id); every id linked to it is included."});
+    let deletion = obj(
+        &["job", "site", "ids", "status", "status_url"],
+        json!({"job": string(), "site": string(),
+               "ids": {"type": "integer", "minimum": 1, "description": "Ids of the person found through the identity links (the given one included); all are suppressed and deleted."},
+               "status": {"type": "string", "enum": ["running"]},
+               "status_url": string()}),
+    );
+    let deletion_status = obj(
+        &[
+            "job",
+            "site",
+            "requested_at",
+            "status",
+            "statements",
+            "mutations_done",
+            "parts_to_do",
+            "pending_tables",
+        ],
+        json!({"job": string(), "site": string(), "requested_at": string(),
+               "status": {"type": "string", "enum": ["running", "done"], "description": "`done` once ClickHouse finished every delete of the job (system.mutations)."},
+               "statements": int(), "mutations_done": int(), "parts_to_do": int(),
+               "pending_tables": {"type": "array", "items": string()}}),
+    );
+    let export_line = json!({"type": "object", "additionalProperties": true, "required": ["record"],
+        "description": "One stored row: `record` is `event` (every column of `events`) or `identity` (a link: site, user_id, anonymous_id, linked_at, message_id, source_type).",
+        "properties": {"record": {"type": "string", "enum": ["event", "identity"]}}});
+
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -250,11 +294,13 @@ pub fn document() -> Value {
             "description": "Recency profiles, event history and audiences for email platforms. Every `/v1/` call needs `Authorization: Bearer <read key>`; a key reads only the sites it lists. Windows of 7 and 30 days are whole days, today included."
         },
         "components": {
-            "securitySchemes": {"readKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"readKey": {"type": "http", "scheme": "bearer"},
+                "adminKey": {"type": "http", "scheme": "bearer", "description": "An admin key ([[privacy.admin_keys]]): its own scope, for deleting and exporting people."}},
             "schemas": {
                 "Profile": profile, "Event": event, "EventsPage": events_page,
                 "AudienceQuery": audience_query, "AudienceMember": member, "AudiencePage": audience_page,
-                "Error": error,
+                "Error": error, "Deletion": deletion, "DeletionStatus": deletion_status,
+                "ExportLine": export_line,
             }
         },
         "security": [{"readKey": []}],
@@ -283,6 +329,26 @@ pub fn document() -> Value {
                     "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/AudiencePage"}},
                         "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/AudienceMember"}}}}}), false),
+            }},
+            "/v1/persons/{id}": {"delete": {
+                "summary": "Delete a person (GDPR Art. 17)",
+                "description": "Finds every id of the person through the identity links, puts them on the suppression list (late events are dropped), and deletes their rows from events, identities, quarantine and every query table. Answers at once; poll `status_url`.",
+                "security": admin, "parameters": [person_id, admin_site],
+                "responses": admin_errors(json!({"202": {"description": "The deletion job.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deletion"}}}}}), "Not used."),
+            }},
+            "/v1/deletions/{job}": {"get": {
+                "summary": "Whether a deletion is finished",
+                "security": admin,
+                "parameters": [{"name": "job", "in": "path", "required": true, "schema": {"type": "string"}}, admin_site],
+                "responses": admin_errors(json!({"200": {"description": "The job's state.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeletionStatus"}}}}}), "No such job on this site."),
+            }},
+            "/v1/persons/{id}/export": {"get": {
+                "summary": "Export a person's data (GDPR Art. 15 and 20)",
+                "security": admin, "parameters": [person_id, admin_site],
+                "responses": admin_errors(json!({"200": {"description": "NDJSON, streamed: every stored event, then every identity link, of the person.",
+                    "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/ExportLine"}}}}}), "Nothing stored for this id on this site."),
             }},
             "/openapi.json": {"get": {
                 "summary": "This document", "security": [],

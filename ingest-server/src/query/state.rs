@@ -118,6 +118,11 @@ impl QueryState {
         self.0.schema.is_ready()
     }
 
+    /// The ClickHouse client (no database selected).
+    pub(crate) fn clickhouse(&self) -> &clickhouse::Client {
+        &self.0.client
+    }
+
     /// The database name (validated by the config: letters, digits, underscores).
     pub(crate) fn db(&self) -> &str {
         &self.0.db

@@ -20,6 +20,8 @@ use waymark_testkit::ClickHouse;
 pub const SHOP_KEY: &str = "rk_shop";
 pub const OTHER_KEY: &str = "rk_other";
 pub const BOTH_KEY: &str = "rk_both";
+/// The admin key of `shop` (deletes and exports; `crate::privacy`).
+pub const ADMIN_KEY: &str = "ak_shop_0123456789";
 pub const DAY: i64 = 86_400_000;
 pub const HOUR: i64 = 3_600_000;
 pub const MINUTE: i64 = 60_000;
@@ -205,7 +207,21 @@ pub async fn call(
                 .unwrap_or_else(Body::empty),
         )
         .unwrap();
-    let app: axum::Router = waymark_ingest::query::router(st.clone());
+    let privacy = waymark_ingest::privacy::PrivacyState::new(
+        &waymark_ingest::config::PrivacyConfig {
+            admin_keys: vec![waymark_ingest::config::AdminKey {
+                name: "test".into(),
+                key: ADMIN_KEY.into(),
+                sites: vec!["shop".into()],
+            }],
+            ..Default::default()
+        },
+        st.clone(),
+        Arc::default(),
+        None,
+    );
+    let app: axum::Router =
+        waymark_ingest::query::router(st.clone()).merge(waymark_ingest::privacy::router(privacy));
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
     let content_type = resp
