@@ -15,7 +15,9 @@
 //!    the write key (or the signature and replay window) and the origin ([`intake::auth`]);
 //!    every event validated with the protocol crate (bad events are listed as rejections, good
 //!    ones go on); each enriched into a [`store::row::EventRow`] ([`intake::enrich`]: clock
-//!    skew, user agent, bot flag, UTM, session, geo; the raw IP never kept); the site's rate
+//!    skew, user agent, bot flag, UTM, session, geo; the raw IP never kept; URLs without
+//!    secrets, `waymark_protocol::privacy`); events of deleted people dropped
+//!    ([`store::suppress`]); the site's rate
 //!    limit ([`intake::ratelimit`]); duplicates seen recently dropped ([`intake::dedup`]); and
 //!    the rows appended as one record to the [`spool`].
 //! 4. **Acknowledgement.** The spool's group commit writes and fsyncs the record together with
@@ -52,14 +54,18 @@
 //!    [`store::IdentityFeed`] trait, defined here and implemented above.
 //! 5. [`intake`]: the admit pipeline (auth, rate limit, dedup, enrichment, hand-off to the spool).
 //! 6. [`query`]: the read API, reading ClickHouse through [`store`]'s client and schema status.
-//! 7. [`http`]: thin handlers over [`intake`] and [`query`], `/readyz` and `/metrics`, the
-//!    accept loop; and this file's [`serve`], which wires them together.
+//! 7. [`privacy`]: deleting and exporting a person (admin keys), and retention; it reads
+//!    through [`query`]'s state and builds SQL with its escaping, and fills the suppression
+//!    list ([`store::suppress`]) that [`intake`] and the writer honour.
+//! 8. [`http`]: thin handlers over [`intake`], [`query`] and [`privacy`], `/readyz` and
+//!    `/metrics`, the accept loop; and this file's [`serve`], which wires them together.
 //!
 //! Checked with `grep -rhv '^\s*//' src/<module> | grep -o 'crate::[a-z_]*' | sort -u` (code
 //! lines, not comments) per module: `clock`, `config`, `keys`, `metrics`, `store/row.rs`: none;
 //! `spool`: `store` (its `row` only); `store`: `clock config metrics spool`; `intake`:
-//! `clock config keys metrics spool store`; `query`: `clock config keys store`; `http`:
-//! `clock config intake metrics query spool store`.
+//! `clock config keys metrics spool store`; `query`: `clock config keys metrics store`;
+//! `privacy`: `clock config keys query store`; `http`: `clock config intake metrics privacy
+//! query spool store`.
 
 pub mod clock;
 pub mod config;

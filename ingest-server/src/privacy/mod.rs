@@ -172,7 +172,7 @@ pub struct SiteParam {
 }
 
 /// Every id of the person behind `id` on `site`: `id` itself and everything linked to it in
-/// `identities`, followed until nothing new is found (or [`MAX_ROUNDS`]).
+/// `identities`, followed until nothing new is found (or `MAX_ROUNDS` rounds).
 pub async fn person_ids(
     st: &QueryState,
     site: &str,
