@@ -32,10 +32,12 @@ pub struct SuppressionRow {
     pub until: u32,
 }
 
-/// The in-memory list: (site, id) -> until (Unix seconds).
+/// The in-memory list: site -> id -> until (Unix seconds). Nested so a lookup borrows the
+/// row's strings instead of building a key (it runs for every id of every row while the list
+/// is not empty).
 #[derive(Debug, Default)]
 pub struct Suppressions {
-    entries: RwLock<HashMap<(String, String), u32>>,
+    entries: RwLock<HashMap<String, HashMap<String, u32>>>,
 }
 
 impl Suppressions {
@@ -43,7 +45,11 @@ impl Suppressions {
     pub fn add(&self, rows: &[SuppressionRow]) {
         let mut m = self.entries.write().expect("suppressions");
         for r in rows {
-            let e = m.entry((r.site.clone(), r.id.clone())).or_insert(0);
+            let e = m
+                .entry(r.site.clone())
+                .or_default()
+                .entry(r.id.clone())
+                .or_insert(0);
             *e = (*e).max(r.until);
         }
     }
@@ -58,11 +64,11 @@ impl Suppressions {
         if id.is_empty() {
             return false;
         }
-        // The key is a pair of owned strings; lookups build one only when the list is not empty.
         self.entries
             .read()
             .expect("suppressions")
-            .get(&(site.to_string(), id.to_string()))
+            .get(site)
+            .and_then(|ids| ids.get(id))
             .is_some_and(|&until| until > now_secs)
     }
 
@@ -88,10 +94,11 @@ impl Suppressions {
 
     /// Drops expired entries from memory.
     pub fn expire(&self, now_secs: u32) {
-        self.entries
-            .write()
-            .expect("suppressions")
-            .retain(|_, until| *until > now_secs);
+        let mut m = self.entries.write().expect("suppressions");
+        for ids in m.values_mut() {
+            ids.retain(|_, until| *until > now_secs);
+        }
+        m.retain(|_, ids| !ids.is_empty());
     }
 
     /// Reads the entries still in force from `db.suppressions` (after the migrations).
