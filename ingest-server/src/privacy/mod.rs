@@ -332,6 +332,9 @@ pub async fn delete(
             admin_key: key.name.clone(),
         };
         insert(&st.0.client, &db, "deletions", &[audit]).await?;
+        // No cached answer of the person is served again (a profile asked for before
+        // ClickHouse finishes is cached anew; the status call clears again when done).
+        q.forget_cached();
         tracing::info!(%site, job = %job, ids = ids.len(), lightweight, "person deletion requested");
         Ok((
             StatusCode::ACCEPTED,
@@ -418,6 +421,9 @@ WHERE database = {} AND position(command, {}) > 0",
         // A lightweight delete that completed at once may be gone from `system.mutations`
         // after cleanup; a job with no mutation left at all is finished too.
         let done = finished == ms.len();
+        if done {
+            q.forget_cached();
+        }
         let pending: Vec<&str> = ms
             .iter()
             .filter(|m| m.is_done == 0)

@@ -244,6 +244,11 @@ impl QueryState {
         hit
     }
 
+    /// Forgets every cached answer (`crate::privacy`: a person was deleted).
+    pub(crate) fn forget_cached(&self) {
+        self.0.cache.clear()
+    }
+
     pub(crate) fn remember(&self, key: String, value: Arc<Value>) {
         self.0.cache.put(key, value)
     }
