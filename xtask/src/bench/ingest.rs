@@ -173,16 +173,6 @@ fn count(ch: &ClickHouse, sql: &str) -> u64 {
 }
 
 /// User + system CPU seconds a process used so far (clock ticks of 1/100 s on Linux).
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -293,8 +283,8 @@ write_keys = ["wk_bench"]
             .collect(),
     );
     let load_before = loadavg();
-    let cpu_before = cpu_secs(pid);
-    let self_cpu_before = cpu_secs(std::process::id());
+    let cpu_before = super::cpu_secs(pid);
+    let self_cpu_before = super::cpu_secs(std::process::id());
     let start = Instant::now();
     let workers: Vec<_> = (0..o.clients)
         .map(|_| {
@@ -335,8 +325,8 @@ write_keys = ["wk_bench"]
         std::thread::sleep(Duration::from_millis(20));
     }
     let visible_at = start.elapsed();
-    let server_cpu = cpu_secs(pid).zip(cpu_before).map(|(a, b)| a - b);
-    let client_cpu = cpu_secs(std::process::id())
+    let server_cpu = super::cpu_secs(pid).zip(cpu_before).map(|(a, b)| a - b);
+    let client_cpu = super::cpu_secs(std::process::id())
         .zip(self_cpu_before)
         .map(|(a, b)| a - b);
     drop(bodies);
