@@ -10,9 +10,10 @@
 //! 4. a raw `clickhouse-client` insert (TabSeparated) of the same rows, and the ratio: into
 //!    `events` with its materialized views (what the writer's inserts cost ClickHouse), and
 //!    into a bare copy of `events` without views;
-//! 5. in this process, on the same kind of events: the CPU per event of the wire format's
-//!    validation (`parse_batch`, what every event costs at intake) beside that of checking them
-//!    against the shipped starter tracking plan (`ingest-server/plans/segment-ecommerce.json`).
+//! 5. in release mode (`ingest-server/examples/plan_cost.rs`), on the same kind of events: the
+//!    CPU per event of the wire format's validation (`parse_batch`, what every event costs at
+//!    intake) beside that of checking them against the shipped starter tracking plan
+//!    (`ingest-server/plans/segment-ecommerce.json`).
 //!
 //! The server is the release binary with default writer settings, against a private
 //! ClickHouse from the testkit. `--server PATH` runs a given binary instead of building one
@@ -540,53 +541,38 @@ write_keys = ["wk_bench"]
         rate / views_rate,
         rate / raw_rate
     )?;
+    out.flush()?;
+    plan_cost(root, &dir)?;
     let _ = std::fs::remove_dir_all(&dir);
-    let (validate_us, plan_us, n) = plan_cost(root)?;
-    writeln!(
-        out,
-        "tracking plan (in process, {n} events, 4 passes): wire validation {validate_us:.2} us/event CPU; starter plan check {plan_us:.2} us/event CPU (target < 2)"
-    )?;
     Ok(())
 }
 
-/// CPU per event, in this process, of `parse_batch` over the bench's own events and of the
-/// starter tracking plan's check on what it returns: (validation us, plan us, events).
-fn plan_cost(root: &Path) -> Result<(f64, f64, usize)> {
-    use waymark_ingest::config::plan::TrackingPlan;
-    let plan = TrackingPlan::read(&root.join("ingest-server/plans/segment-ecommerce.json"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut cfg = waymark_ingest::Config::from_toml("[[sites]]\nid = \"bench\"\n")
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    cfg.sites[0].plan = Some(plan);
-    let quality = waymark_ingest::intake::quality::Quality::new(&cfg);
-    let site = quality.site("bench").context("the bench site has a plan")?;
-    let bodies: Vec<String> = (0..500).map(|seq| batch_body("plan", 100, seq)).collect();
-    let now = now_ms();
-    let cpu = || super::cpu_secs(std::process::id()).unwrap_or(f64::NAN);
-    const PASSES: usize = 4;
-    let mut batches = Vec::with_capacity(bodies.len());
-    let t0 = cpu();
-    for _ in 0..PASSES {
-        batches.clear();
-        for b in &bodies {
-            batches.push(
-                waymark_protocol::parse_batch(b.as_bytes(), now)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?,
-            );
-        }
+/// Runs `ingest-server/examples/plan_cost.rs` in release mode on the bench's own batches (it
+/// prints its line: wire validation and the starter plan's check, CPU per event).
+fn plan_cost(root: &Path, dir: &Path) -> Result<()> {
+    let batches = dir.join("plan-batches.ndjson");
+    let mut text = String::new();
+    for seq in 0..500 {
+        text.push_str(&batch_body("plan", 100, seq));
+        text.push('\n');
     }
-    let t1 = cpu();
-    for _ in 0..PASSES {
-        for v in &mut batches {
-            for ev in &mut v.events {
-                std::hint::black_box(site.check(ev));
-            }
-        }
-    }
-    let t2 = cpu();
-    let n: usize = batches.iter().map(|v| v.events.len()).sum();
-    let per = |secs: f64| secs * 1e6 / (n * PASSES) as f64;
-    Ok((per(t1 - t0), per(t2 - t1), n))
+    std::fs::write(&batches, text)?;
+    crate::process::run(
+        crate::process::cargo()
+            .args([
+                "run",
+                "-q",
+                "--release",
+                "-p",
+                "waymark-ingest",
+                "--example",
+                "plan_cost",
+                "--",
+            ])
+            .arg(root.join("ingest-server/plans/segment-ecommerce.json"))
+            .arg(&batches)
+            .current_dir(root),
+    )
 }
 
 fn which_client() -> Vec<String> {
