@@ -1,13 +1,20 @@
-//! Configuration: one TOML file, typed, with defaults that run on a laptop and environment
-//! overrides. Sizes and durations are written in human units (`"64MiB"`, `"5s"`). An unknown key
-//! or a bad value is an error that names it.
+//! The ingest server's configuration: one TOML file, typed, with defaults that run on a laptop
+//! and environment overrides. Sizes and durations are written in human units (`"64MiB"`, `"5s"`).
+//! An unknown key or a bad value is an error that names it.
+//!
+//! Its own crate, at the bottom of the graph (it uses only the protocol crate), so that the
+//! ingest server (`waymark_ingest::config` is this crate) and the test stack (`waymark-testkit`,
+//! which the server's tests use) both build on these types without depending on each other.
+//! Every type is `Serialize` too: [`Config::to_toml`] writes a file that [`Config::from_toml`]
+//! reads back as the same settings, which is how the test stack writes the configs it starts
+//! servers with.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 pub use waymark_protocol::edge::IpMode;
 
 mod env;
@@ -20,7 +27,7 @@ pub use query::{EngagementConfig, QueryConfig, ReadKey, RfmConfig};
 pub use units::{ByteSize, HumanDuration};
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -52,7 +59,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     pub url: String,
@@ -72,7 +79,7 @@ impl Default for ClickHouseConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
@@ -88,7 +95,7 @@ impl Default for SpoolConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WriterConfig {
     pub max_rows: usize,
@@ -114,7 +121,7 @@ impl Default for WriterConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     #[serde(default)]
@@ -125,15 +132,26 @@ pub struct EdgeConfig {
     pub max_body: ByteSize,
 }
 
-pub(crate) fn default_replay_window() -> HumanDuration {
+impl Default for EdgeConfig {
+    /// The `[edge]` section with no secret of its own (one may come from the environment).
+    fn default() -> Self {
+        EdgeConfig {
+            secret: None,
+            replay_window: default_replay_window(),
+            max_body: default_edge_max_body(),
+        }
+    }
+}
+
+fn default_replay_window() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
 
-pub(crate) fn default_edge_max_body() -> ByteSize {
+fn default_edge_max_body() -> ByteSize {
     ByteSize(8 << 20)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
     pub capacity: usize,
@@ -146,7 +164,7 @@ impl Default for DedupConfig {
 }
 
 /// Limits on clients, so a slow or stuck one cannot hold the server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Open connections at most; one more is answered 503 + Retry-After and closed.
@@ -172,7 +190,9 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A site; `Default` is one with an empty id and every optional setting off, to fill in with
+/// `SiteConfig { id, ..Default::default() }`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     pub id: String,
@@ -196,7 +216,7 @@ pub struct SiteConfig {
 }
 
 /// A site's email engagement settings (`[sites.email]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
     /// The public, first-party base URL the tracking paths (`/e/o/..`, `/e/c/..`) are served
@@ -232,7 +252,7 @@ impl EmailConfig {
 }
 
 /// One signing key of `[sites.email]`.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailKey {
     pub id: String,
@@ -249,7 +269,7 @@ impl std::fmt::Debug for EmailKey {
 }
 
 /// A site's token bucket: `burst` events at once, refilled at `events_per_second`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub events_per_second: f64,
@@ -292,6 +312,13 @@ impl Config {
     /// Parses TOML text (no environment, no validation).
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The settings as TOML that [`Self::from_toml`] reads back as the same settings (sizes in
+    /// bytes, durations in `humantime`'s words); what the test stack writes for the servers it
+    /// starts.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("every setting has a TOML form")
     }
 
     /// Checks values that parse but make no sense.
@@ -522,6 +549,43 @@ rate_limit = { events_per_second = 5000, burst = 20000 }
             })
         );
         assert_eq!(c.edge_secret(), Some("s3cret"));
+    }
+
+    #[test]
+    fn written_toml_reads_back_as_the_same_settings() {
+        let mut c = Config::from_toml(FULL).unwrap();
+        c.sites[0].send_keys = vec!["sk_0123456789abcdef".into()];
+        c.sites[0].email = Some(EmailConfig {
+            base_url: "https://shop.example/wm".into(),
+            home_url: "https://shop.example/".into(),
+            keys: vec![EmailKey {
+                id: "k1".into(),
+                secret: "a-signing-secret-of-32-bytes-or-more".into(),
+            }],
+            max_age: HumanDuration(Duration::from_millis(90_061_250)),
+        });
+        c.sites.push(SiteConfig {
+            id: "blog".into(),
+            ip: IpMode::Drop,
+            ..SiteConfig::default()
+        });
+        c.query.read_keys.push(ReadKey {
+            key: "rk".into(),
+            sites: vec!["shop".into(), "blog".into()],
+        });
+        c.query.cache_ttl = HumanDuration(Duration::ZERO);
+        c.validate().unwrap();
+        let text = c.to_toml();
+        let back = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        back.validate().unwrap();
+        assert_eq!(back.to_toml(), text);
+        assert_eq!(format!("{back:?}"), format!("{c:?}"));
+        // The defaults too: an empty file written out and read back is the same.
+        let d = Config::default();
+        assert_eq!(
+            format!("{:?}", Config::from_toml(&d.to_toml()).unwrap()),
+            format!("{d:?}")
+        );
     }
 
     #[test]
