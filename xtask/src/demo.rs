@@ -8,13 +8,13 @@
 
 use std::io::Read as _;
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use waymark_testkit::process::{self, Proc};
-use waymark_testkit::ClickHouse;
+use waymark_testkit::config::{site, HumanDuration, IngestConfig};
+use waymark_testkit::process::Proc;
+use waymark_testkit::{ClickHouse, Stack};
 
 /// Fixed ports so the printed URLs stay the same from run to run. Each can be overridden with
 /// the environment variable named beside it.
@@ -58,12 +58,6 @@ fn port(var: &str, default: u16) -> Result<u16> {
             .with_context(|| format!("{var}={v:?} is not a port number")),
         Err(_) => Ok(default),
     }
-}
-
-/// Starts a child of the demo, waiting at most two minutes for its ready line.
-fn spawn_until(name: &str, cmd: Command, ready: &str, log: &Path) -> Result<Proc> {
-    process::spawn_until(name, cmd, ready, log, Duration::from_secs(120))
-        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Stops a child, saying so.
@@ -123,40 +117,28 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     let read_key = persistent_token(&state.join("read-key"), "rk_")?;
 
     println!(
-        "==> starting ClickHouse (data in {})",
+        "==> starting ClickHouse (data in {}), the ingest server, the edge worker (workerd) \
+         and the demo shop",
         state.join("clickhouse").display()
     );
     let ch = ClickHouse::start_kept(&state.join("clickhouse"), ch_http, ch_tcp)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-
-    println!("==> starting the ingest server");
-    let config = state.join("ingest.toml");
-    std::fs::write(
-        &config,
-        ingest_config(ingest_port, ch_http, &state, &secret, &read_key, shop_port),
-    )?;
-    let mut cmd = Command::new(&ingest_server);
-    cmd.arg("--config").arg(&config).current_dir(root);
-    let ingest = spawn_until(
-        "ingest server",
-        cmd,
-        "listening on",
-        &state.join("ingest.log"),
-    )?;
-
-    println!("==> starting the edge worker (workerd) and the demo shop");
-    let mut cmd = Command::new(&tools.node);
-    cmd.arg(root.join("demo/server.mjs"))
-        .args(["--port", &shop_port.to_string()])
-        .args(["--ingest", &format!("http://127.0.0.1:{ingest_port}")])
-        .args(["--secret", &secret, "--write-key", WRITE_KEY])
-        .current_dir(root);
-    let shop = spawn_until(
-        "demo shop + edge worker",
-        cmd,
-        "shop listening on",
-        &state.join("shop.log"),
-    )?;
+    let shop_origin = format!("http://127.0.0.1:{shop_port}");
+    let config = IngestConfig::new()
+        .port(ingest_port)
+        .spool_max(1 << 30)
+        .writer_max_age(Duration::from_secs(1))
+        .edge_secret(&secret)
+        .site(site(SITE, WRITE_KEY, &[&shop_origin]))
+        .read_key(&read_key, &[SITE])
+        .with(|c| c.query.cart_abandon_after = HumanDuration(Duration::from_secs(3600)));
+    let stack = Stack::builder(&ingest_server, config)
+        .clickhouse(ch, Some("waymark"))
+        .dir(&state)
+        .shop(&tools.node, root, shop_port)
+        .start()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = &stack.ingest.config_path;
 
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -207,8 +189,13 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     println!("Press Ctrl-C to stop everything.");
     let _ = rx.recv();
     println!("\nstopping ...");
-    stop(shop);
-    stop(ingest); // SIGTERM: stops accepting, flushes its spool to ClickHouse, exits
+    let Stack {
+        shop, ingest, ch, ..
+    } = stack;
+    if let Some(shop) = shop {
+        stop(shop);
+    }
+    stop(ingest.proc); // SIGTERM: stops accepting, flushes its spool to ClickHouse, exits
     drop(ch);
     println!("  stopped ClickHouse");
     Ok(())
@@ -216,48 +203,3 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
 
 /// The audience query the demo prints: added to cart within 24 h, no order within 24 h.
 pub const CART_ABANDONED: &str = r#"{"conditions":[{"type":"did","event":"Product Added","within":"24h"},{"type":"did_not","event":"Order Completed","within":"24h"}]}"#;
-
-fn ingest_config(
-    port: u16,
-    ch_http: u16,
-    state: &Path,
-    secret: &str,
-    read_key: &str,
-    shop_port: u16,
-) -> String {
-    let spool = state.join("spool");
-    format!(
-        r#"# Written by `cargo xtask demo` on every start.
-listen = "127.0.0.1:{port}"
-
-[clickhouse]
-url = "http://127.0.0.1:{ch_http}"
-database = "waymark"
-
-[spool]
-dir = "{spool}"
-max_bytes = "1GiB"
-
-[writer]
-max_age = "1s"
-
-[edge]
-secret = "{secret}"
-replay_window = "5m"
-
-[[sites]]
-id = "{SITE}"
-write_keys = ["{WRITE_KEY}"]
-allowed_origins = ["http://127.0.0.1:{shop_port}"]
-ip = "truncate"
-
-[query]
-cart_abandon_after = "1h"
-
-[[query.read_keys]]
-key = "{read_key}"
-sites = ["{SITE}"]
-"#,
-        spool = spool.display()
-    )
-}

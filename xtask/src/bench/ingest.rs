@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _, Result};
+use waymark_testkit::config::{site, IngestConfig};
+use waymark_testkit::ingest::IngestServer;
 use waymark_testkit::ClickHouse;
 
 /// Ingest throughput, ack latency and peak RSS of the release server.
@@ -219,26 +221,14 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     let ch = ClickHouse::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let db = ch.fresh_database().map_err(|e| anyhow::anyhow!("{e}"))?;
     let dir = tempfile_dir()?;
-    let config = dir.join("ingest.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-[clickhouse]
-url = "{}"
-database = "{db}"
-[spool]
-dir = "{}"
-[[sites]]
-id = "bench"
-write_keys = ["wk_bench"]
-"#,
-            ch.http_url(),
-            dir.join("spool").display()
-        ),
-    )?;
-    let (server, addr) = crate::server::start(&binary, &config, &dir.join("server.log"))?;
-    let pid = server.id();
+    let config = IngestConfig::new()
+        .clickhouse(&ch.http_url(), &db)
+        .spool(&dir.join("spool"))
+        .site(site("bench", "wk_bench", &[]));
+    let server = IngestServer::start(&binary, &config, &dir, &[("RUST_LOG", "warn")])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let addr = server.addr;
+    let pid = server.proc.id();
     let url = format!("http://{addr}/v1/batch");
     // Warm up: schema applied, connections open.
     post(&agent(), &url, &batch_body("warm", 1, 0))?;

@@ -26,6 +26,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use waymark_testkit::config::{site, HumanDuration, IngestConfig};
+use waymark_testkit::ingest::IngestServer;
 use waymark_testkit::ClickHouse;
 
 const SITE: &str = "shop";
@@ -686,30 +688,15 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     };
     let dir = std::env::temp_dir().join(format!("waymark-bench-query-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let config = dir.join("ingest.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-[clickhouse]
-url = "{}"
-database = "{db}"
-[spool]
-dir = "{}"
-[[sites]]
-id = "{SITE}"
-write_keys = ["wk_bench"]
-[query]
-cache_ttl = "0s"
-[[query.read_keys]]
-key = "{READ_KEY}"
-sites = ["{SITE}"]
-"#,
-            ch.http_url(),
-            dir.join("spool").display()
-        ),
-    )?;
-    let (server, addr) = crate::server::start(&binary, &config, &dir.join("server.log"))?;
+    let config = IngestConfig::new()
+        .clickhouse(&ch.http_url(), &db)
+        .spool(&dir.join("spool"))
+        .site(site(SITE, "wk_bench", &[]))
+        .read_key(READ_KEY, &[SITE])
+        .with(|c| c.query.cache_ttl = HumanDuration(Duration::ZERO));
+    let server = IngestServer::start(&binary, &config, &dir, &[("RUST_LOG", "warn")])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let addr = server.addr;
     // Wait for the server's migrations (tables and materialized views; on kept data a new
     // query table backfills from `events`, which takes a while).
     let started = Instant::now();

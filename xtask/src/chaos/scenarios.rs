@@ -83,7 +83,7 @@ impl Ctx<'_> {
             spool: &spool,
             spool_max,
         };
-        let ingest = Ingest::new(self.binary, &dir, port, &settings.toml())?;
+        let ingest = Ingest::new(self.binary, &dir, port, &settings.toml()?)?;
         let shape = Shape {
             run,
             clients: self.clients,
@@ -483,7 +483,7 @@ pub fn e(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         }
         .toml()
     };
-    let (unreachable, reachable) = (settings(&nowhere), settings(&real_url));
+    let (unreachable, reachable) = (settings(&nowhere)?, settings(&real_url)?);
     ingest.reconfigure(&unreachable)?;
     ingest.start()?;
     let load = Load::start(&shape, &ingest.url("/v1/batch"));

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
+use waymark_testkit::config::{site, ByteSize, HumanDuration, IngestConfig};
 use waymark_testkit::process::{spawn_until, Proc};
 
 use super::load::{READ_KEY, SITE, WRITE_KEY};
@@ -23,32 +24,20 @@ pub struct Settings<'a> {
 }
 
 impl Settings<'_> {
-    pub fn toml(&self) -> String {
-        format!(
-            r#"listen = "127.0.0.1:{port}"
-[clickhouse]
-url = "{url}"
-database = "{db}"
-[spool]
-dir = "{spool}"
-max_bytes = "{max}"
-[edge]
-secret = "{EDGE_SECRET}"
-[query]
-cache_ttl = "0s"
-[[sites]]
-id = "{SITE}"
-write_keys = ["{WRITE_KEY}"]
-[[query.read_keys]]
-key = "{READ_KEY}"
-sites = ["{SITE}"]
-"#,
-            port = self.port,
-            url = self.clickhouse_url,
-            db = self.database,
-            spool = self.spool.display(),
-            max = self.spool_max,
-        )
+    /// The server's config file (from the testkit's builder).
+    pub fn toml(&self) -> Result<String> {
+        let spool_max = ByteSize::parse(self.spool_max).map_err(|e| anyhow!("spool_max: {e}"))?;
+        IngestConfig::new()
+            .port(self.port)
+            .clickhouse(self.clickhouse_url, self.database)
+            .spool(self.spool)
+            .spool_max(spool_max.0)
+            .edge_secret(EDGE_SECRET)
+            .site(site(SITE, WRITE_KEY, &[]))
+            .read_key(READ_KEY, &[SITE])
+            .with(|c| c.query.cache_ttl = HumanDuration(Duration::ZERO))
+            .to_toml()
+            .map_err(|e| anyhow!("{e}"))
     }
 }
 
