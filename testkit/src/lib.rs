@@ -98,26 +98,41 @@ pub struct ClickHouse {
     databases: AtomicU32,
 }
 
+/// The first of `names` found in a directory of PATH, with the directory's order first.
+fn on_path(names: &[&str]) -> Option<(PathBuf, usize)> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|dir| {
+            names.iter().enumerate().find_map(|(i, n)| {
+                let full = dir.join(n);
+                full.is_file().then_some((full, i))
+            })
+        })
+}
+
 /// Finds the server binary: `WAYMARK_CLICKHOUSE_SERVER`, else `clickhouse-server` on PATH, else
 /// the single `clickhouse` binary (newer packages) run as `clickhouse server`.
 fn server_command() -> Result<Vec<String>, Error> {
     if let Ok(p) = std::env::var("WAYMARK_CLICKHOUSE_SERVER") {
         return Ok(vec![p]);
     }
-    for dir in std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        let full = dir.join("clickhouse-server");
-        if full.is_file() {
-            return Ok(vec![full.display().to_string()]);
-        }
-        let single = dir.join("clickhouse");
-        if single.is_file() {
-            return Ok(vec![single.display().to_string(), "server".into()]);
-        }
+    match on_path(&["clickhouse-server", "clickhouse"]) {
+        Some((p, 0)) => Ok(vec![p.display().to_string()]),
+        Some((p, _)) => Ok(vec![p.display().to_string(), "server".into()]),
+        None => Err(Error::NotInstalled),
     }
-    Err(Error::NotInstalled)
+}
+
+/// The ClickHouse client as a command line: `clickhouse-client` on PATH, else the single
+/// `clickhouse` binary (newer packages) run as `clickhouse client`.
+pub fn client_command() -> Vec<String> {
+    match on_path(&["clickhouse-client", "clickhouse"]) {
+        Some((p, 0)) => vec![p.display().to_string()],
+        Some((p, _)) => vec![p.display().to_string(), "client".into()],
+        None => vec!["clickhouse-client".into()],
+    }
 }
 
 /// A port nobody is listening on right now. The kernel picks it; we release it for the server.

@@ -115,11 +115,9 @@ pub async fn wait_for(ch: &ClickHouse, sql: &str, want: &str, within: Duration) 
     }
 }
 
+/// The server's clock (`waymark_ingest::clock`).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    waymark_ingest::clock::now_ms()
 }
 
 pub fn iso(ms: i64) -> String {

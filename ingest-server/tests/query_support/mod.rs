@@ -35,11 +35,9 @@ pub fn sql(sql: &str) -> String {
     tokio::task::block_in_place(|| clickhouse().query(sql)).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The server's clock (`waymark_ingest::clock`).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    waymark_ingest::clock::now_ms()
 }
 
 /// A test database with the ingest server's migrations (including the query API's).

@@ -26,6 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use waymark_ingest::clock::now_ms;
 use waymark_testkit::config::{site, HumanDuration, IngestConfig};
 use waymark_testkit::ingest::IngestServer;
 use waymark_testkit::ClickHouse;
@@ -143,27 +144,11 @@ fn activity(total: u64, visitors: usize) -> Vec<u64> {
     n
 }
 
-/// `YYYY-MM-DD hh:mm:ss` (UTC) for unix seconds.
+/// `YYYY-MM-DD hh:mm:ss` (UTC) for unix seconds, as ClickHouse reads a DateTime: the protocol
+/// crate's RFC 3339 form (`YYYY-MM-DDThh:mm:ss.mmmZ`) cut to seconds.
 fn datetime(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = waymark_protocol::time::format_rfc3339(secs * 1000);
+    format!("{} {}", &t[..10], &t[11..19])
 }
 
 const COLUMNS: &str = "site, visitor_id, message_id, type, event, name, anonymous_id, user_id, \
@@ -398,31 +383,13 @@ fn visitor_history(
     }
 }
 
-fn which_client() -> Vec<String> {
-    for dir in std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        if dir.join("clickhouse-client").is_file() {
-            return vec![dir.join("clickhouse-client").display().to_string()];
-        }
-        if dir.join("clickhouse").is_file() {
-            return vec![
-                dir.join("clickhouse").display().to_string(),
-                "client".into(),
-            ];
-        }
-    }
-    vec!["clickhouse-client".into()]
-}
-
 /// Blocks of 200k rows: the materialized views aggregate each block in memory (uniqExact and
 /// groupUniqArray states per visitor and product), and 1M-row blocks exceed the test server's
 /// 4 GB query memory limit. The ingest writer's own batches are at most 100k rows by default.
 const INSERT_BLOCK_ROWS: &str = "200000";
 
 fn insert_client(ch: &ClickHouse, sql: &str) -> Result<Child> {
-    let client = which_client();
+    let client = waymark_testkit::client_command();
     Command::new(&client[0])
         .args(&client[1..])
         .args([
@@ -636,13 +603,6 @@ impl Timing {
             }
         )
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 pub fn run(root: &Path, o: &Args) -> Result<()> {

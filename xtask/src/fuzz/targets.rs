@@ -96,14 +96,7 @@ fn batch_seeds(g: &mut Gen, now: i64, n: usize) -> Vec<Vec<u8>> {
     seeds
 }
 
-const KINDS: [EventType; 6] = [
-    EventType::Track,
-    EventType::Identify,
-    EventType::Page,
-    EventType::Screen,
-    EventType::Alias,
-    EventType::Group,
-];
+const KINDS: [EventType; 6] = EventType::ALL;
 
 /// What the protocol crate promises of every event it keeps, and that every item of a batch is
 /// either kept or rejected with its index.
