@@ -28,12 +28,6 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-}
-
 /// Fails with the way to make `path` if it is missing.
 pub fn require(path: &Path, how: &str) {
     assert!(path.exists(), "{} is missing: {how}", path.display());
@@ -57,7 +51,7 @@ impl Stack {
     /// shop's own).
     pub fn start_with(cart_abandon_after: &str, extra_origins: &[String]) -> Stack {
         let root = repo_root();
-        let ingest_bin = target_dir().join("debug/ingest-server");
+        let ingest_bin = waymark_testkit::ingest::debug_binary();
         require(&ingest_bin, "build it with `cargo build -p waymark-ingest`");
         require(
             &root.join("edge-worker/build/index.js"),

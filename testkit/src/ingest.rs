@@ -42,13 +42,25 @@ pub struct IngestServer {
 
 impl IngestServer {
     /// Writes `config` to `<dir>/ingest.toml` and starts `binary` on it, with `env` added to its
-    /// environment and `dir` as its working directory; returns once it listens. The config's
-    /// `listen` may have port 0: the address is read from the server's ready line.
+    /// environment, `dir` as its working directory and its log in `<dir>/ingest.log`; returns
+    /// once it listens. The config's `listen` may have port 0: the address is read from the
+    /// server's ready line.
     pub fn start(
         binary: &Path,
         config: &IngestConfig,
         dir: &Path,
         env: &[(&str, &str)],
+    ) -> Result<IngestServer, Error> {
+        Self::start_logging_to(binary, config, dir, env, &dir.join("ingest.log"))
+    }
+
+    /// [`Self::start`] with the log in `log` (e.g. one file per start of a restarted server).
+    pub fn start_logging_to(
+        binary: &Path,
+        config: &IngestConfig,
+        dir: &Path,
+        env: &[(&str, &str)],
+        log: &Path,
     ) -> Result<IngestServer, Error> {
         if !binary.is_file() {
             return Err(Error::Other(format!(
@@ -65,13 +77,7 @@ impl IngestServer {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let proc = spawn_until(
-            "ingest server",
-            cmd,
-            "listening on ",
-            &dir.join("ingest.log"),
-            READY_TIMEOUT,
-        )?;
+        let proc = spawn_until("ingest server", cmd, "listening on ", log, READY_TIMEOUT)?;
         let line = proc.ready_line().trim();
         let addr = line
             .rsplit_once("listening on ")
