@@ -139,8 +139,8 @@ impl IngestConfig {
     /// Writes [`Self::to_toml`] to `path`.
     pub fn write(&self, path: &Path) -> Result<(), Error> {
         let text = format!(
-            "# Written by waymark-testkit's IngestConfig; every setting not set here is the \
-             server's default.\n{}",
+            "# Written by waymark-testkit's IngestConfig: every setting, the ones it did not \
+             set at the server's defaults.\n{}",
             self.to_toml()?
         );
         std::fs::write(path, text)

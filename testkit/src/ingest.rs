@@ -62,6 +62,9 @@ impl IngestServer {
         env: &[(&str, &str)],
         log: &Path,
     ) -> Result<IngestServer, Error> {
+        // The server runs in `dir`: a relative path to it is taken from here, not from there.
+        let binary = std::path::absolute(binary)
+            .map_err(|e| Error::Other(format!("{}: {e}", binary.display())))?;
         if !binary.is_file() {
             return Err(Error::Other(format!(
                 "{} is missing: {INGEST_HINT}",
@@ -72,7 +75,7 @@ impl IngestServer {
             .map_err(|e| Error::Other(format!("creating {}: {e}", dir.display())))?;
         let config_path = dir.join("ingest.toml");
         config.write(&config_path)?;
-        let mut cmd = Command::new(binary);
+        let mut cmd = Command::new(&binary);
         cmd.arg("--config").arg(&config_path).current_dir(dir);
         for (k, v) in env {
             cmd.env(k, v);

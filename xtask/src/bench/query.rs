@@ -858,3 +858,18 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn datetime_is_clickhouse_text_in_utc() {
+        for (secs, text) in [
+            (0, "1970-01-01 00:00:00"),
+            (1_764_460_800, "2025-11-30 00:00:00"),
+            (951_786_061, "2000-02-29 01:01:01"),
+            (-1, "1969-12-31 23:59:59"),
+        ] {
+            assert_eq!(super::datetime(secs), text, "{secs}");
+        }
+    }
+}
