@@ -127,7 +127,7 @@ impl IngestConfig {
     pub fn build(self) -> Result<Config, Error> {
         self.config
             .validate()
-            .map_err(|e| Error::Other(format!("the ingest config built for a test: {e}")))?;
+            .map_err(|e| Error::Other(format!("the ingest config built by the testkit: {e}")))?;
         Ok(self.config)
     }
 
