@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{clickhouse, wait_for, Server};
 use reqwest::header;
 use serde_json::{json, Value};
-use waymark_ingest::config::{EmailConfig, EmailKey, HumanDuration};
+use waymark_ingest::config::{EmailConfig, EmailKey, HumanDuration, ReadKey};
 use waymark_protocol::email::{self as wire, Claims, SigningKey};
 
 const SEND_KEY: &str = "sk_test_0123456789abcdef";
@@ -22,10 +22,12 @@ const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.
 const READ_KEY: &str = "rk_email_test";
 
 async fn server() -> Server {
-    let query = format!(
-        "[query]\ncache_ttl = \"0s\"\n[[query.read_keys]]\nkey = \"{READ_KEY}\"\nsites = [\"shop\"]\n"
-    );
-    Server::start_with(clickhouse(), &query, |c| {
+    Server::start_with(clickhouse(), |c| {
+        c.query.cache_ttl = HumanDuration(Duration::ZERO);
+        c.query.read_keys = vec![ReadKey {
+            key: READ_KEY.into(),
+            sites: vec!["shop".into()],
+        }];
         let shop = &mut c.sites[0];
         shop.send_keys = vec![SEND_KEY.into()];
         shop.email = Some(EmailConfig {

@@ -20,7 +20,7 @@ fn starter_plan() -> TrackingPlan {
 }
 
 async fn server(on_violation: OnViolation) -> Server {
-    Server::start_with(clickhouse(), "", |c| {
+    Server::start_with(clickhouse(), |c| {
         let mut plan = starter_plan();
         plan.on_violation = on_violation;
         let shop = &mut c.sites[0];

@@ -6,9 +6,10 @@
 //! link scanner), through the tracking endpoints, as a mail reader would.
 
 use std::io::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use waymark_ingest::clock::now_ms;
 
 /// A small deterministic generator (xorshift64*), seeded from the clock.
 struct Rng(u64);
@@ -55,13 +56,6 @@ const USER_AGENTS: &[&str] = &[
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:132.0) Gecko/20100101 Firefox/132.0",
     "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
 ];
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn rfc3339(ms: i64) -> String {
     waymark_protocol::time::format_rfc3339(ms)

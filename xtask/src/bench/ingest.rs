@@ -26,9 +26,12 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use waymark_ingest::clock::now_ms;
+use waymark_testkit::config::{site, IngestConfig};
+use waymark_testkit::ingest::IngestServer;
 use waymark_testkit::ClickHouse;
 
 /// Ingest throughput, ack latency and peak RSS of the release server.
@@ -58,32 +61,8 @@ pub struct Args {
     server: Option<std::path::PathBuf>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn iso(ms: i64) -> String {
-    // RFC 3339 with milliseconds, UTC, computed without a date library.
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-        ms.rem_euclid(1000)
-    )
+    waymark_protocol::time::format_rfc3339(ms)
 }
 
 const UAS: &[&str] = &[
@@ -213,26 +192,14 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     let ch = ClickHouse::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let db = ch.fresh_database().map_err(|e| anyhow::anyhow!("{e}"))?;
     let dir = tempfile_dir()?;
-    let config = dir.join("ingest.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-[clickhouse]
-url = "{}"
-database = "{db}"
-[spool]
-dir = "{}"
-[[sites]]
-id = "bench"
-write_keys = ["wk_bench"]
-"#,
-            ch.http_url(),
-            dir.join("spool").display()
-        ),
-    )?;
-    let (server, addr) = crate::server::start(&binary, &config, &dir.join("server.log"))?;
-    let pid = server.id();
+    let config = IngestConfig::new()
+        .clickhouse(&ch.http_url(), &db)
+        .spool(&dir.join("spool"))
+        .site(site("bench", "wk_bench", &[]));
+    let server = IngestServer::start(&binary, &config, &dir, &[("RUST_LOG", "warn")])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let addr = server.addr;
+    let pid = server.proc.id();
     let url = format!("http://{addr}/v1/batch");
     // Warm up: schema applied, connections open.
     post(&agent(), &url, &batch_body("warm", 1, 0))?;
@@ -407,7 +374,7 @@ write_keys = ["wk_bench"]
     // 3. Raw clickhouse-client insert of the same rows.
     println!("raw clickhouse-client insert of the same rows...");
     let tsv = dir.join("rows.tsv");
-    let client = which_client();
+    let client = waymark_testkit::client_command();
     let port = ch.tcp_port().to_string();
     let out = std::fs::File::create(&tsv)?;
     let st = Command::new(&client[0])
@@ -573,24 +540,6 @@ fn plan_cost(root: &Path, dir: &Path) -> Result<()> {
             .arg(&batches)
             .current_dir(root),
     )
-}
-
-fn which_client() -> Vec<String> {
-    for dir in std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        if dir.join("clickhouse-client").is_file() {
-            return vec![dir.join("clickhouse-client").display().to_string()];
-        }
-        if dir.join("clickhouse").is_file() {
-            return vec![
-                dir.join("clickhouse").display().to_string(),
-                "client".into(),
-            ];
-        }
-    }
-    vec!["clickhouse-client".into()]
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {

@@ -26,6 +26,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use waymark_ingest::clock::now_ms;
+use waymark_testkit::config::{site, HumanDuration, IngestConfig};
+use waymark_testkit::ingest::IngestServer;
 use waymark_testkit::ClickHouse;
 
 const SITE: &str = "shop";
@@ -149,27 +152,11 @@ fn activity(total: u64, visitors: usize) -> Vec<u64> {
     n
 }
 
-/// `YYYY-MM-DD hh:mm:ss` (UTC) for unix seconds.
+/// `YYYY-MM-DD hh:mm:ss` (UTC) for unix seconds, as ClickHouse reads a DateTime: the protocol
+/// crate's RFC 3339 form (`YYYY-MM-DDThh:mm:ss.mmmZ`) cut to seconds.
 fn datetime(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = waymark_protocol::time::format_rfc3339(secs * 1000);
+    format!("{} {}", &t[..10], &t[11..19])
 }
 
 const COLUMNS: &str = "site, visitor_id, message_id, type, event, name, anonymous_id, user_id, \
@@ -404,31 +391,13 @@ fn visitor_history(
     }
 }
 
-fn which_client() -> Vec<String> {
-    for dir in std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        if dir.join("clickhouse-client").is_file() {
-            return vec![dir.join("clickhouse-client").display().to_string()];
-        }
-        if dir.join("clickhouse").is_file() {
-            return vec![
-                dir.join("clickhouse").display().to_string(),
-                "client".into(),
-            ];
-        }
-    }
-    vec!["clickhouse-client".into()]
-}
-
 /// Blocks of 200k rows: the materialized views aggregate each block in memory (uniqExact and
 /// groupUniqArray states per visitor and product), and 1M-row blocks exceed the test server's
 /// 4 GB query memory limit. The ingest writer's own batches are at most 100k rows by default.
 const INSERT_BLOCK_ROWS: &str = "200000";
 
 fn insert_client(ch: &ClickHouse, sql: &str) -> Result<Child> {
-    let client = which_client();
+    let client = waymark_testkit::client_command();
     Command::new(&client[0])
         .args(&client[1..])
         .args([
@@ -644,13 +613,6 @@ impl Timing {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 pub fn run(root: &Path, o: &Args) -> Result<()> {
     if o.events < o.visitors as u64 {
         bail!(
@@ -697,34 +659,22 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     };
     let dir = std::env::temp_dir().join(format!("waymark-bench-query-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let write_config = |name: &str| -> Result<std::path::PathBuf> {
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"listen = "127.0.0.1:0"
-[clickhouse]
-url = "{}"
-database = "{db}"
-[spool]
-dir = "{}"
-[[sites]]
-id = "{SITE}"
-write_keys = ["wk_bench"]
-[query]
-cache_ttl = "0s"
-[[query.read_keys]]
-key = "{READ_KEY}"
-sites = ["{SITE}"]
-"#,
-                ch.http_url(),
-                dir.join(format!("{name}-spool")).display()
-            ),
-        )?;
-        Ok(config)
+    let config = |name: &str| {
+        IngestConfig::new()
+            .clickhouse(&ch.http_url(), &db)
+            .spool(&dir.join(name).join("spool"))
+            .site(site(SITE, "wk_bench", &[]))
+            .read_key(READ_KEY, &[SITE])
+            .with(|c| c.query.cache_ttl = HumanDuration(Duration::ZERO))
     };
-    let (server, addr) =
-        crate::server::start(&binary, &write_config("ingest")?, &dir.join("server.log"))?;
+    let server = IngestServer::start(
+        &binary,
+        &config("ingest"),
+        &dir.join("ingest"),
+        &[("RUST_LOG", "warn")],
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let addr = server.addr;
     // Wait for the server's migrations (tables and materialized views; on kept data a new
     // query table backfills from `events`, which takes a while).
     let started = Instant::now();
@@ -881,10 +831,10 @@ sites = ["{SITE}"]
         None => None,
         Some(other) => Some(paired(
             &agent,
-            (&binary, &server, &addr),
+            (&binary, &server),
             other,
-            &write_config("against")?,
-            &dir.join("against.log"),
+            &config("against"),
+            &dir.join("against"),
             &ids,
         )?),
     };
@@ -947,15 +897,16 @@ sites = ["{SITE}"]
 /// server's CPU per request (from /proc, so ClickHouse's share is not in it).
 fn paired(
     agent: &ureq::Agent,
-    (binary, server, addr): (&Path, &waymark_testkit::process::Proc, &str),
+    (binary, server): (&Path, &IngestServer),
     other: &Path,
-    config: &Path,
-    log: &Path,
+    config: &IngestConfig,
+    dir: &Path,
     ids: &[(String, u64, bool)],
 ) -> Result<String> {
-    let (other_server, other_addr) = crate::server::start(other, config, log)?;
-    let pids = [server.id(), other_server.id()];
-    let bases = [format!("http://{addr}"), format!("http://{other_addr}")];
+    let other_server = IngestServer::start(other, config, dir, &[("RUST_LOG", "warn")])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pids = [server.proc.id(), other_server.proc.id()];
+    let bases = [server.url(), other_server.url()];
     let mut profile: [Timing; 2] = Default::default();
     let mut history: [Timing; 2] = Default::default();
     let cpu_before = pids.map(super::cpu_secs);
@@ -1016,4 +967,19 @@ fn paired(
     );
     drop(other_server);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn datetime_is_clickhouse_text_in_utc() {
+        for (secs, text) in [
+            (0, "1970-01-01 00:00:00"),
+            (1_764_460_800, "2025-11-30 00:00:00"),
+            (951_786_061, "2000-02-29 01:01:01"),
+            (-1, "1969-12-31 23:59:59"),
+        ] {
+            assert_eq!(super::datetime(secs), text, "{secs}");
+        }
+    }
 }

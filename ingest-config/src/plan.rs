@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// What a violation does to the event.
@@ -130,7 +130,7 @@ impl TrackingPlan {
 
 /// A critical field and the share of events that must carry it
 /// (`[[sites.completeness]] event = "Order Completed", field = "properties.revenue", min = 1.0`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Completeness {
     /// A `track` event's name, or a call type: `identify`, `page`, `screen`, `group`, `alias`.

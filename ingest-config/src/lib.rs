@@ -1,13 +1,20 @@
-//! Configuration: one TOML file, typed, with defaults that run on a laptop and environment
-//! overrides. Sizes and durations are written in human units (`"64MiB"`, `"5s"`). An unknown key
-//! or a bad value is an error that names it.
+//! The ingest server's configuration: one TOML file, typed, with defaults that run on a laptop
+//! and environment overrides. Sizes and durations are written in human units (`"64MiB"`, `"5s"`).
+//! An unknown key or a bad value is an error that names it.
+//!
+//! Its own crate, at the bottom of the graph (it uses only the protocol crate), so that the
+//! ingest server (`waymark_ingest::config` is this crate) and the test stack (`waymark-testkit`,
+//! which the server's tests use) both build on these types without depending on each other.
+//! Every type is `Serialize` too: [`Config::to_toml`] writes a file that [`Config::from_toml`]
+//! reads back as the same settings, which is how the test stack writes the configs it starts
+//! servers with.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 pub use waymark_protocol::edge::IpMode;
 
 mod env;
@@ -21,7 +28,7 @@ pub use query::{EngagementConfig, QueryConfig, ReadKey, RfmConfig};
 pub use units::{ByteSize, HumanDuration};
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -53,7 +60,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     pub url: String,
@@ -73,7 +80,7 @@ impl Default for ClickHouseConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
@@ -89,7 +96,7 @@ impl Default for SpoolConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WriterConfig {
     pub max_rows: usize,
@@ -115,7 +122,7 @@ impl Default for WriterConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     #[serde(default)]
@@ -126,15 +133,26 @@ pub struct EdgeConfig {
     pub max_body: ByteSize,
 }
 
-pub(crate) fn default_replay_window() -> HumanDuration {
+impl Default for EdgeConfig {
+    /// The `[edge]` section with no secret of its own (one may come from the environment).
+    fn default() -> Self {
+        EdgeConfig {
+            secret: None,
+            replay_window: default_replay_window(),
+            max_body: default_edge_max_body(),
+        }
+    }
+}
+
+fn default_replay_window() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
 
-pub(crate) fn default_edge_max_body() -> ByteSize {
+fn default_edge_max_body() -> ByteSize {
     ByteSize(8 << 20)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
     pub capacity: usize,
@@ -147,7 +165,7 @@ impl Default for DedupConfig {
 }
 
 /// Limits on clients, so a slow or stuck one cannot hold the server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Open connections at most; one more is answered 503 + Retry-After and closed.
@@ -173,7 +191,9 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A site; `Default` is one with an empty id and every optional setting off, to fill in with
+/// `SiteConfig { id, ..Default::default() }`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     pub id: String,
@@ -207,7 +227,7 @@ pub struct SiteConfig {
 }
 
 /// A site's email engagement settings (`[sites.email]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
     /// The public, first-party base URL the tracking paths (`/e/o/..`, `/e/c/..`) are served
@@ -243,7 +263,7 @@ impl EmailConfig {
 }
 
 /// One signing key of `[sites.email]`.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailKey {
     pub id: String,
@@ -260,7 +280,7 @@ impl std::fmt::Debug for EmailKey {
 }
 
 /// A site's token bucket: `burst` events at once, refilled at `events_per_second`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub events_per_second: f64,
@@ -320,6 +340,81 @@ impl Config {
     /// Parses TOML text (no environment, no validation).
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The settings as TOML that [`Self::from_toml`] reads back as the same settings (sizes in
+    /// bytes, durations in `humantime`'s words); what the test stack writes for the servers it
+    /// starts.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("every setting has a TOML form")
+    }
+
+    /// [`Self::to_toml`] without the keys whose absence reads back as the same settings (the
+    /// defaults): the shortest file with these settings, which an earlier build of the server
+    /// also reads as long as it knows the keys that differ from the defaults (so a benchmark
+    /// can compare two builds on one config).
+    pub fn to_toml_minimal(&self) -> String {
+        use toml::{Table, Value};
+        let full = self.to_toml();
+        let same = |t: &Table| {
+            toml::to_string(t)
+                .ok()
+                .and_then(|text| Self::from_toml(&text).ok())
+                .is_some_and(|c| c.to_toml() == full)
+        };
+        // A key's place: table keys, with an index into arrays of tables.
+        #[derive(Clone)]
+        enum Seg {
+            Key(String),
+            Index(usize),
+        }
+        fn places(v: &Value, at: &mut Vec<Seg>, out: &mut Vec<Vec<Seg>>) {
+            match v {
+                Value::Table(t) => {
+                    for (k, v) in t {
+                        at.push(Seg::Key(k.clone()));
+                        places(v, at, out);
+                        out.push(at.clone());
+                        at.pop();
+                    }
+                }
+                Value::Array(a) if a.iter().all(Value::is_table) => {
+                    for (i, v) in a.iter().enumerate() {
+                        at.push(Seg::Index(i));
+                        places(v, at, out);
+                        at.pop();
+                    }
+                }
+                _ => {}
+            }
+        }
+        fn remove(v: &mut Value, path: &[Seg]) -> bool {
+            match (path, v) {
+                ([Seg::Key(k)], Value::Table(t)) => t.remove(k).is_some(),
+                ([Seg::Key(k), rest @ ..], Value::Table(t)) => {
+                    t.get_mut(k).is_some_and(|v| remove(v, rest))
+                }
+                ([Seg::Index(i), rest @ ..], Value::Array(a)) => {
+                    a.get_mut(*i).is_some_and(|v| remove(v, rest))
+                }
+                _ => false,
+            }
+        }
+        let mut doc = Value::Table(toml::from_str(&full).expect("its own TOML parses"));
+        let mut all = Vec::new();
+        places(&doc, &mut Vec::new(), &mut all);
+        // Leaves come before the tables holding them: a table left empty goes last.
+        for path in all {
+            let mut candidate = doc.clone();
+            if remove(&mut candidate, &path) {
+                if let Value::Table(t) = &candidate {
+                    if same(t) {
+                        doc = candidate;
+                    }
+                }
+            }
+        }
+        toml::to_string(&doc).expect("a TOML table")
     }
 
     /// Checks values that parse but make no sense.
@@ -581,6 +676,66 @@ rate_limit = { events_per_second = 5000, burst = 20000 }
             })
         );
         assert_eq!(c.edge_secret(), Some("s3cret"));
+    }
+
+    #[test]
+    fn written_toml_reads_back_as_the_same_settings() {
+        let mut c = Config::from_toml(FULL).unwrap();
+        c.sites[0].send_keys = vec!["sk_0123456789abcdef".into()];
+        c.sites[0].email = Some(EmailConfig {
+            base_url: "https://shop.example/wm".into(),
+            home_url: "https://shop.example/".into(),
+            keys: vec![EmailKey {
+                id: "k1".into(),
+                secret: "a-signing-secret-of-32-bytes-or-more".into(),
+            }],
+            max_age: HumanDuration(Duration::from_millis(90_061_250)),
+        });
+        c.sites.push(SiteConfig {
+            id: "blog".into(),
+            ip: IpMode::Drop,
+            ..SiteConfig::default()
+        });
+        c.query.read_keys.push(ReadKey {
+            key: "rk".into(),
+            sites: vec!["shop".into(), "blog".into()],
+        });
+        c.query.cache_ttl = HumanDuration(Duration::ZERO);
+        c.validate().unwrap();
+        let text = c.to_toml();
+        let back = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        back.validate().unwrap();
+        assert_eq!(back.to_toml(), text);
+        assert_eq!(format!("{back:?}"), format!("{c:?}"));
+        // The defaults too: an empty file written out and read back is the same.
+        let d = Config::default();
+        assert_eq!(
+            format!("{:?}", Config::from_toml(&d.to_toml()).unwrap()),
+            format!("{d:?}")
+        );
+    }
+
+    #[test]
+    fn the_minimal_form_keeps_only_what_differs_from_the_defaults() {
+        let mut c = Config::from_toml("[[sites]]\nid = \"shop\"\nwrite_keys = [\"wk\"]\n").unwrap();
+        c.query.cache_ttl = HumanDuration(Duration::ZERO);
+        c.sites[0].ip = IpMode::Drop;
+        let min = c.to_toml_minimal();
+        let back = Config::from_toml(&min).unwrap_or_else(|e| panic!("{e}\n{min}"));
+        assert_eq!(back.to_toml(), c.to_toml(), "{min}");
+        let keys: Vec<&str> = min.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(
+            keys,
+            [
+                "[query]",
+                "cache_ttl = \"0s\"",
+                "[[sites]]",
+                "id = \"shop\"",
+                "ip = \"drop\"",
+                "write_keys = [\"wk\"]",
+            ],
+        );
+        assert!(Config::default().to_toml_minimal().trim().is_empty());
     }
 
     #[test]
