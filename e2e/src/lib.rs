@@ -19,6 +19,9 @@ pub const SITE: &str = "demo";
 pub const WRITE_KEY: &str = "wk_demo";
 pub const READ_KEY: &str = "rk_e2e_test_key";
 pub const SECRET: &str = "e2e-edge-secret";
+/// The site's email signing key (`[sites.email] keys`, and the worker's `EMAIL_KEYS`).
+pub const EMAIL_KEY_ID: &str = "k1";
+pub const EMAIL_SECRET: &str = "e2e-email-signing-secret-0123456789";
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -114,6 +117,11 @@ id = "{SITE}"
 write_keys = ["{WRITE_KEY}"]
 allowed_origins = [{origins}]
 ip = "truncate"
+[sites.email]
+base_url = "http://127.0.0.1:{shop_port}/wm"
+home_url = "http://127.0.0.1:{shop_port}/"
+keys = [{{ id = "{EMAIL_KEY_ID}", secret = "{EMAIL_SECRET}" }}]
+max_age = "30d"
 [query]
 cart_abandon_after = "{cart_abandon_after}"
 [[query.read_keys]]
@@ -135,6 +143,14 @@ sites = ["{SITE}"]
             .args(["--port", &shop_port.to_string()])
             .args(["--ingest", &ingest_url])
             .args(["--secret", SECRET, "--write-key", WRITE_KEY])
+            .args([
+                "--email-keys",
+                &format!("{EMAIL_KEY_ID}:{EMAIL_SECRET}"),
+                "--email-site",
+                SITE,
+                "--email-max-age",
+                "30days",
+            ])
             .current_dir(&root);
         let shop = spawn_until(cmd, "shop listening on", dir.path().join("shop.log"));
         Stack {
@@ -189,10 +205,16 @@ sites = ["{SITE}"]
 
     /// Runs a phase of `e2e/browser/shoppers.mjs` and returns what it printed (JSON).
     pub fn browser(&self, phase: &str) -> Value {
+        self.browser_with(phase, &[])
+    }
+
+    /// [`Stack::browser`] with more arguments for the phase (`--link URL`, ...).
+    pub fn browser_with(&self, phase: &str, extra: &[&str]) -> Value {
         let root = repo_root();
         let out = Command::new("node")
             .arg(root.join("e2e/browser/shoppers.mjs"))
             .arg(phase)
+            .args(extra)
             .args(["--shop", &self.shop_url])
             .arg("--state")
             .arg(self.dir.path())
