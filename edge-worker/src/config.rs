@@ -32,7 +32,9 @@ pub mod vars {
     pub const EMAIL_KEYS: &str = "EMAIL_KEYS";
     /// The site id the email tokens name (`[[sites]] id` on the ingest server).
     pub const EMAIL_SITE: &str = "EMAIL_SITE";
-    /// The site's write key, which the email events are forwarded under.
+    /// The write key the site's tag sends with: the email events are forwarded under it, and a
+    /// stitch marker links only a batch carrying it (how the worker knows the batch is the
+    /// site's).
     pub const EMAIL_WRITE_KEY: &str = "EMAIL_WRITE_KEY";
     /// Where a click with a refused token goes (`[sites.email] home_url`).
     pub const EMAIL_HOME_URL: &str = "EMAIL_HOME_URL";
