@@ -113,7 +113,7 @@ async fn events_move_to_event_time_partitions_with_every_row_and_view() {
 
     let status = SchemaStatus::default();
     let newly = store::migrate(&c, &db, &status).await.unwrap();
-    assert_eq!(newly, vec![110]);
+    assert_eq!(newly.first(), Some(&110), "{newly:?}");
     assert!(status.is_ready());
 
     let create = one(&db, "SHOW CREATE TABLE {db}.events");
@@ -220,7 +220,7 @@ async fn an_attempt_stopped_after_the_swap_is_finished() {
     let newly = store::migrate(&c, &db, &SchemaStatus::default())
         .await
         .unwrap();
-    assert_eq!(newly, vec![110]);
+    assert_eq!(newly.first(), Some(&110), "{newly:?}");
     let after = tables(&db);
     assert_eq!(after.matches("MaterializedView").count(), views, "{after}");
     assert!(!after.contains("events_client_time"), "{after}");

@@ -121,6 +121,8 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     std::fs::create_dir_all(&state)?;
     let secret = persistent_token(&state.join("edge-secret"), "")?;
     let read_key = persistent_token(&state.join("read-key"), "rk_")?;
+    let send_key = persistent_token(&state.join("send-key"), "sk_")?;
+    let email_secret = persistent_token(&state.join("email-secret"), "")?;
 
     println!(
         "==> starting ClickHouse (data in {})",
@@ -133,7 +135,13 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     let config = state.join("ingest.toml");
     std::fs::write(
         &config,
-        ingest_config(ingest_port, ch_http, &state, &secret, &read_key, shop_port),
+        ingest_config(
+            ingest_port,
+            ch_http,
+            &state,
+            [&secret, &read_key, &send_key, &email_secret],
+            shop_port,
+        ),
     )?;
     let mut cmd = Command::new(&ingest_server);
     cmd.arg("--config").arg(&config).current_dir(root);
@@ -166,9 +174,39 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
 
     let shop_url = format!("http://127.0.0.1:{shop_port}");
     let api = format!("http://127.0.0.1:{ingest_port}");
+    let email_key = waymark_protocol::email::SigningKey {
+        id: EMAIL_KEY_ID.into(),
+        secret: email_secret.as_bytes().to_vec(),
+    };
+    let email = crate::traffic::Email {
+        site: SITE,
+        base_url: &api,
+        key: &email_key,
+    };
     if opts.traffic > 0 {
-        crate::traffic::drive(&shop_url, WRITE_KEY, opts.traffic)?;
+        crate::traffic::drive(&shop_url, WRITE_KEY, opts.traffic, Some(&email))?;
     }
+    // A demo reader's message: its pixel and a tracked link to a product, signed here the way
+    // the email platform would (or through `POST /v1/email/links`, printed below).
+    let demo_message = waymark_email::Message {
+        recipient: waymark_email::Recipient {
+            user_id: "reader@example.com".into(),
+            email: "reader@example.com".into(),
+        },
+        campaign: "november-sale".into(),
+        send_id: "demo-send-1".into(),
+    };
+    let tracked = waymark_email::track(
+        &waymark_email::Signer {
+            site: SITE,
+            base_url: &api,
+            key: &email_key,
+            now_secs: waymark_ingest::clock::now_ms() as u64 / 1000,
+        },
+        &demo_message,
+        &[format!("{shop_url}/products/p-102")],
+    )
+    .map_err(|e| anyhow::anyhow!("signing the demo reader's links: {e}"))?;
 
     println!();
     println!("Waymark demo is running (everything on 127.0.0.1):");
@@ -190,6 +228,7 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     );
     println!();
     println!("  read key      {read_key}");
+    println!("  send key      {send_key}   (the email platform's, for /v1/email/*)");
     println!();
     println!("Try (after clicking around the shop, or with --traffic N):");
     println!(
@@ -202,6 +241,16 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     println!("  # one of them: their recent products, cart, orders, geo");
     println!(
         "  curl -s -H 'Authorization: Bearer {read_key}' '{api}/v1/profiles/<id from above>?site={SITE}'"
+    );
+    println!("  # email: a demo reader's open pixel and tracked link (open the link in a browser:");
+    println!("  # it lands on the shop, and the reader's profile shows the click under \"email\")");
+    println!("  pixel   {}", tracked.pixel);
+    println!("  link    {}", tracked.links[0].tracked);
+    println!(
+        "  curl -s -H 'Authorization: Bearer {send_key}' -H 'Content-Type: application/json' \\\n    '{api}/v1/email/links?site={SITE}' \\\n    -d '{{\"recipient\":{{\"email\":\"ada@example.com\"}},\"campaign\":\"november-sale\",\"send_id\":\"s1\",\"links\":[\"{shop_url}/products/p-100\"]}}'"
+    );
+    println!(
+        "  curl -s -H 'Authorization: Bearer {read_key}' '{api}/v1/profiles/reader@example.com?site={SITE}'"
     );
     println!();
     println!("Press Ctrl-C to stop everything.");
@@ -217,12 +266,14 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
 /// The audience query the demo prints: added to cart within 24 h, no order within 24 h.
 pub const CART_ABANDONED: &str = r#"{"conditions":[{"type":"did","event":"Product Added","within":"24h"},{"type":"did_not","event":"Order Completed","within":"24h"}]}"#;
 
+/// The id of the demo site's email signing key.
+const EMAIL_KEY_ID: &str = "demo1";
+
 fn ingest_config(
     port: u16,
     ch_http: u16,
     state: &Path,
-    secret: &str,
-    read_key: &str,
+    [secret, read_key, send_key, email_secret]: [&str; 4],
     shop_port: u16,
 ) -> String {
     let spool = state.join("spool");
@@ -250,6 +301,12 @@ id = "{SITE}"
 write_keys = ["{WRITE_KEY}"]
 allowed_origins = ["http://127.0.0.1:{shop_port}"]
 ip = "truncate"
+send_keys = ["{send_key}"]
+
+[sites.email]
+base_url = "http://127.0.0.1:{port}"
+home_url = "http://127.0.0.1:{shop_port}/"
+keys = [{{ id = "{EMAIL_KEY_ID}", secret = "{email_secret}" }}]
 
 [query]
 cart_abandon_after = "1h"

@@ -12,6 +12,7 @@ pub use waymark_protocol::edge::IpMode;
 
 mod env;
 mod help;
+pub mod plan;
 mod query;
 mod units;
 
@@ -193,6 +194,16 @@ pub struct SiteConfig {
     /// Tracked email links and open pixels (`[sites.email]`); absent = off for this site.
     #[serde(default)]
     pub email: Option<EmailConfig>,
+    /// A tracking plan file (JSON, see [`plan`]); a relative path is relative to the config
+    /// file's directory. Absent = events are not checked against a plan.
+    #[serde(default)]
+    pub tracking_plan: Option<PathBuf>,
+    /// The plan `tracking_plan` names, read by [`Config::load`] (or [`Config::read_plans`]).
+    #[serde(skip)]
+    pub plan: Option<plan::TrackingPlan>,
+    /// Critical fields and the share of events that must carry them (`[[sites.completeness]]`).
+    #[serde(default)]
+    pub completeness: Vec<plan::Completeness>,
 }
 
 /// A site's email engagement settings (`[sites.email]`).
@@ -285,8 +296,25 @@ impl Config {
         })?;
         let env: HashMap<String, String> = std::env::vars().collect();
         cfg.apply_env(&env)?;
+        cfg.read_plans(path.parent())?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Reads every site's `tracking_plan` file (relative paths from `config_dir`).
+    pub fn read_plans(&mut self, config_dir: Option<&Path>) -> Result<(), ConfigError> {
+        for (i, site) in self.sites.iter_mut().enumerate() {
+            if let Some(file) = &site.tracking_plan {
+                let plan = plan::TrackingPlan::read(&plan::resolve(config_dir, file)).map_err(
+                    |message| ConfigError::Invalid {
+                        key: format!("sites[{i}].tracking_plan"),
+                        message,
+                    },
+                )?;
+                site.plan = Some(plan);
+            }
+        }
+        Ok(())
     }
 
     /// Parses TOML text (no environment, no validation).
@@ -389,6 +417,37 @@ impl Config {
                         format!("sites[{i}].send_keys[{j}]"),
                         "must not be one of the site's public write keys",
                     ));
+                }
+            }
+            if let Some(p) = &site.plan {
+                for (at, schema) in p.schemas() {
+                    plan::compile(schema).map_err(|e| {
+                        invalid(
+                            format!("sites[{i}].tracking_plan"),
+                            format!("{at}: not a usable JSON Schema: {e}"),
+                        )
+                    })?;
+                }
+            }
+            for (j, c) in site.completeness.iter().enumerate() {
+                let key = |k: &str| format!("sites[{i}].completeness[{j}].{k}");
+                if c.event.is_empty() {
+                    return Err(invalid(key("event"), "must not be empty"));
+                }
+                let rest = ["properties.", "traits.", "context."]
+                    .iter()
+                    .find_map(|p| c.field.strip_prefix(p));
+                if rest.is_none_or(|r| r.is_empty() || r.split('.').any(str::is_empty)) {
+                    return Err(invalid(
+                        key("field"),
+                        format!(
+                            "{:?} must be a dotted path under properties., traits. or context.",
+                            c.field
+                        ),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&c.min) {
+                    return Err(invalid(key("min"), "must be a share from 0 to 1"));
                 }
             }
             if !site.send_keys.is_empty() && site.email.is_none() {

@@ -173,7 +173,8 @@ async fn accept_forward(
         }
         let events: Vec<&RawValue> = env.events.iter().map(|e| &**e).collect();
         match parse_events(&events, env.sent_at.as_deref(), received_at_ms) {
-            Ok(v) => {
+            Ok(mut v) => {
+                let verdicts = intake.check_quality(&site.id, &mut v.events, &mut v.rejections);
                 let facts = RequestFacts {
                     site: &site.id,
                     ip_mode: site.ip,
@@ -184,7 +185,10 @@ async fn accept_forward(
                     geo: Some(&env.geo),
                     client: Some(&env.client),
                 };
-                rows.extend(v.events.iter().map(|ev| to_row(ev, &facts, &intake.ua)));
+                rows.extend(super::segment::with_verdicts(
+                    v.events.iter().map(|ev| to_row(ev, &facts, &intake.ua)),
+                    verdicts,
+                ));
                 rejected.extend(v.rejections.into_iter().map(|mut r| {
                     r.index = r.index.map(|x| x + offset);
                     r

@@ -153,6 +153,9 @@ mod tests {
             rate_limit: rl,
             send_keys: vec![],
             email: None,
+            tracking_plan: None,
+            plan: None,
+            completeness: vec![],
         };
         RateLimiter::new(&[
             site(

@@ -48,11 +48,27 @@ pub fn batch_error(e: BatchError) -> ApiError {
     }
 }
 
+/// Collects rows, each given its quality verdict (none when the site has no checks).
+pub fn with_verdicts(
+    rows: impl Iterator<Item = crate::store::row::EventRow>,
+    verdicts: Vec<super::quality::Verdict>,
+) -> Vec<crate::store::row::EventRow> {
+    let mut verdicts = verdicts.into_iter();
+    rows.map(|mut r| {
+        if let Some(v) = verdicts.next() {
+            r.violations = v.violations;
+            r.missing = v.missing;
+        }
+        r
+    })
+    .collect()
+}
+
 /// Validates the body, finds the site by its write key (outside the body, else the body's
 /// `writeKey`), checks the origin, enriches every valid event and admits them.
 pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiError> {
     let received_at_ms = crate::clock::now_ms();
-    let validated = match d.kind {
+    let mut validated = match d.kind {
         IntakePath::Batch => parse_batch(d.body, received_at_ms),
         IntakePath::Single(k) => parse_single(d.body, k, received_at_ms),
     }
@@ -87,11 +103,14 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
         geo: None,
         client: None,
     };
-    let mut rows = validated
-        .events
-        .iter()
-        .map(|ev| to_row(ev, &facts, &intake.ua))
-        .collect::<Vec<_>>();
+    let verdicts = intake.check_quality(&site.id, &mut validated.events, &mut validated.rejections);
+    let mut rows = with_verdicts(
+        validated
+            .events
+            .iter()
+            .map(|ev| to_row(ev, &facts, &intake.ua)),
+        verdicts,
+    );
     let accepted = rows.len();
     if let Some(link) =
         super::email::marker_link(site, d.cookie, d.gpc, &validated.events, received_at_ms)

@@ -360,6 +360,20 @@ async fn apply(
         }
         match m.code {
             Some(schema::Code::RepartitionEvents) => repartition::run(client, db).await?,
+            Some(schema::Code::AddColumns { table, columns }) => {
+                let have: Vec<String> = client
+                    .query(&format!(
+                        "SELECT name FROM system.columns WHERE database = '{db}' AND table = '{table}'"
+                    ))
+                    .fetch_all::<String>()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                for (name, kind) in columns {
+                    if !have.iter().any(|h| h == name) {
+                        run(format!("ALTER TABLE {db}.{table} ADD COLUMN {name} {kind}")).await?;
+                    }
+                }
+            }
             None => {}
         }
         run(format!(

@@ -75,6 +75,10 @@ pub struct EventRow {
     pub properties: String,
     pub traits: String,
     pub context: String,
+    /// Tracking plan violations, `kind:field` (see `intake::quality`).
+    pub violations: Vec<String>,
+    /// Critical fields the event lacks (`[[sites.completeness]]`).
+    pub missing: Vec<String>,
 }
 
 /// One row of the `identities` table.

@@ -9,7 +9,11 @@
 //! 3. the server's peak RSS (VmHWM);
 //! 4. a raw `clickhouse-client` insert (TabSeparated) of the same rows, and the ratio: into
 //!    `events` with its materialized views (what the writer's inserts cost ClickHouse), and
-//!    into a bare copy of `events` without views.
+//!    into a bare copy of `events` without views;
+//! 5. in release mode (`ingest-server/examples/plan_cost.rs`), on the same kind of events: the
+//!    CPU per event of the wire format's validation (`parse_batch`, what every event costs at
+//!    intake) beside that of checking them against the shipped starter tracking plan
+//!    (`ingest-server/plans/segment-ecommerce.json`).
 //!
 //! The server is the release binary with default writer settings, against a private
 //! ClickHouse from the testkit. `--server PATH` runs a given binary instead of building one
@@ -173,16 +177,6 @@ fn count(ch: &ClickHouse, sql: &str) -> u64 {
 }
 
 /// User + system CPU seconds a process used so far (clock ticks of 1/100 s on Linux).
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -293,8 +287,8 @@ write_keys = ["wk_bench"]
             .collect(),
     );
     let load_before = loadavg();
-    let cpu_before = cpu_secs(pid);
-    let self_cpu_before = cpu_secs(std::process::id());
+    let cpu_before = super::cpu_secs(pid);
+    let self_cpu_before = super::cpu_secs(std::process::id());
     let start = Instant::now();
     let workers: Vec<_> = (0..o.clients)
         .map(|_| {
@@ -335,8 +329,8 @@ write_keys = ["wk_bench"]
         std::thread::sleep(Duration::from_millis(20));
     }
     let visible_at = start.elapsed();
-    let server_cpu = cpu_secs(pid).zip(cpu_before).map(|(a, b)| a - b);
-    let client_cpu = cpu_secs(std::process::id())
+    let server_cpu = super::cpu_secs(pid).zip(cpu_before).map(|(a, b)| a - b);
+    let client_cpu = super::cpu_secs(std::process::id())
         .zip(self_cpu_before)
         .map(|(a, b)| a - b);
     drop(bodies);
@@ -547,8 +541,38 @@ write_keys = ["wk_bench"]
         rate / views_rate,
         rate / raw_rate
     )?;
+    out.flush()?;
+    plan_cost(root, &dir)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Runs `ingest-server/examples/plan_cost.rs` in release mode on the bench's own batches (it
+/// prints its line: wire validation and the starter plan's check, CPU per event).
+fn plan_cost(root: &Path, dir: &Path) -> Result<()> {
+    let batches = dir.join("plan-batches.ndjson");
+    let mut text = String::new();
+    for seq in 0..500 {
+        text.push_str(&batch_body("plan", 100, seq));
+        text.push('\n');
+    }
+    std::fs::write(&batches, text)?;
+    crate::process::run(
+        crate::process::cargo()
+            .args([
+                "run",
+                "-q",
+                "--release",
+                "-p",
+                "waymark-ingest",
+                "--example",
+                "plan_cost",
+                "--",
+            ])
+            .arg(root.join("ingest-server/plans/segment-ecommerce.json"))
+            .arg(&batches)
+            .current_dir(root),
+    )
 }
 
 fn which_client() -> Vec<String> {

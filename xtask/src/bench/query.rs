@@ -72,6 +72,14 @@ pub struct Args {
     /// --visitors and generator.
     #[arg(long, value_name = "DIR")]
     keep: Option<std::path::PathBuf>,
+    /// Run this server binary instead of building the release one.
+    #[arg(long, value_name = "PATH")]
+    server: Option<std::path::PathBuf>,
+    /// Time a second server binary (e.g. an earlier build) on the same data in the same run:
+    /// each sampled request goes to both servers in turn, so the machine's noise falls on
+    /// both alike; its lines and the ratios are printed under the first server's.
+    #[arg(long, value_name = "PATH")]
+    against: Option<std::path::PathBuf>,
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {
@@ -651,7 +659,10 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
             o.visitors
         );
     }
-    let binary = crate::server::build_release(root)?;
+    let binary = match &o.server {
+        Some(path) => path.clone(),
+        None => crate::server::build_release(root)?,
+    };
 
     println!("starting a private ClickHouse...");
     let ch = match &o.keep {
@@ -686,11 +697,12 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     };
     let dir = std::env::temp_dir().join(format!("waymark-bench-query-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let config = dir.join("ingest.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
+    let write_config = |name: &str| -> Result<std::path::PathBuf> {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"listen = "127.0.0.1:0"
 [clickhouse]
 url = "{}"
 database = "{db}"
@@ -705,11 +717,14 @@ cache_ttl = "0s"
 key = "{READ_KEY}"
 sites = ["{SITE}"]
 "#,
-            ch.http_url(),
-            dir.join("spool").display()
-        ),
-    )?;
-    let (server, addr) = crate::server::start(&binary, &config, &dir.join("server.log"))?;
+                ch.http_url(),
+                dir.join(format!("{name}-spool")).display()
+            ),
+        )?;
+        Ok(config)
+    };
+    let (server, addr) =
+        crate::server::start(&binary, &write_config("ingest")?, &dir.join("server.log"))?;
     // Wait for the server's migrations (tables and materialized views; on kept data a new
     // query table backfills from `events`, which takes a while).
     let started = Instant::now();
@@ -862,6 +877,17 @@ sites = ["{SITE}"]
         heavy_profile.add(get(&profile_url(&hid))?);
         heavy_history.add(get(&history_url(&hid))?);
     }
+    let paired = match &o.against {
+        None => None,
+        Some(other) => Some(paired(
+            &agent,
+            (&binary, &server, &addr),
+            other,
+            &write_config("against")?,
+            &dir.join("against.log"),
+            &ids,
+        )?),
+    };
     drop(server);
 
     let mut sizes: Vec<u64> = ids.iter().map(|(_, k, _)| *k).collect();
@@ -907,7 +933,87 @@ sites = ["{SITE}"]
         out,
         "(sequential requests over HTTP/1.1 keep-alive to the release server, cache off)"
     )?;
+    if let Some(p) = paired {
+        write!(out, "{p}")?;
+    }
     drop(ch);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Times the sampled profiles and histories on `first` (already running) and on the `other`
+/// binary (started here on the same database), each request sent to both in turn, the order
+/// swapped every sample; returns the lines to print: p50/p99 for both, their ratio, and each
+/// server's CPU per request (from /proc, so ClickHouse's share is not in it).
+fn paired(
+    agent: &ureq::Agent,
+    (binary, server, addr): (&Path, &waymark_testkit::process::Proc, &str),
+    other: &Path,
+    config: &Path,
+    log: &Path,
+    ids: &[(String, u64, bool)],
+) -> Result<String> {
+    let (other_server, other_addr) = crate::server::start(other, config, log)?;
+    let pids = [server.id(), other_server.id()];
+    let bases = [format!("http://{addr}"), format!("http://{other_addr}")];
+    let mut profile: [Timing; 2] = Default::default();
+    let mut history: [Timing; 2] = Default::default();
+    let cpu_before = pids.map(super::cpu_secs);
+    println!(
+        "timing {} profiles and histories on both servers in turn...",
+        ids.len()
+    );
+    for (i, (id, _, _)) in ids.iter().enumerate() {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            let base = &bases[k];
+            profile[k].add(timed(
+                agent,
+                "GET",
+                &format!("{base}/v1/profiles/{id}?site={SITE}"),
+                None,
+                "",
+            )?);
+        }
+        for k in order {
+            let base = &bases[k];
+            history[k].add(timed(
+                agent,
+                "GET",
+                &format!("{base}/v1/profiles/{id}/events?site={SITE}&limit=50"),
+                None,
+                "",
+            )?);
+        }
+    }
+    let cpu_after = pids.map(super::cpu_secs);
+    let cpu_ms = |k: usize| match (cpu_after[k], cpu_before[k]) {
+        (Some(a), Some(b)) => format!("{:.2} ms", (a - b) * 1e3 / (2 * ids.len()) as f64),
+        _ => "?".into(),
+    };
+    let names = [binary.display().to_string(), other.display().to_string()];
+    let mut out = String::from("\n== paired: the same requests to both servers, in turn ==\n");
+    for k in 0..2 {
+        out += &format!(
+            "server {}: {}   server CPU per request {}\n",
+            k + 1,
+            names[k],
+            cpu_ms(k)
+        );
+        out += &format!("{}\n", profile[k].line("  profile", "20 ms"));
+        out += &format!(
+            "{}\n",
+            history[k].line("  event history (limit 50)", "20 ms")
+        );
+    }
+    let ratio = |t: &[Timing; 2], q: f64| pct(&t[0].ms, q) / pct(&t[1].ms, q);
+    out += &format!(
+        "server 1 / server 2: profile p50 {:.3} p99 {:.3}; history p50 {:.3} p99 {:.3}\n",
+        ratio(&profile, 0.5),
+        ratio(&profile, 0.99),
+        ratio(&history, 0.5),
+        ratio(&history, 0.99)
+    );
+    drop(other_server);
+    Ok(out)
 }

@@ -619,7 +619,7 @@ impl Target for RowsDecode {
             Ok(r) => {
                 // The binary format has one encoding per row list: what decodes re-encodes
                 // to the same bytes.
-                if input.bytes.first() == Some(&rows::TAG_BINARY_V1) {
+                if input.bytes.first() == Some(&rows::TAG_BINARY_V2) {
                     assert!(
                         rows::encode(&r) == input.bytes,
                         "binary rows decoded, but re-encode to other bytes"

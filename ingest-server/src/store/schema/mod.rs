@@ -47,6 +47,12 @@ pub struct Migration {
 pub enum Code {
     /// Migration 110: `events` partitioned by the corrected `timestamp`.
     RepartitionEvents,
+    /// Adds each (name, type) column the table lacks: 18.16 has no `ADD COLUMN IF NOT
+    /// EXISTS`, and a plain `ADD COLUMN` run again after a crash would fail for ever.
+    AddColumns {
+        table: &'static str,
+        columns: &'static [(&'static str, &'static str)],
+    },
 }
 
 /// The bookkeeping table itself (created before anything else).
@@ -264,6 +270,23 @@ ORDER BY (site, message_id, quarantined_at)"],
         statements: &[],
         code: Some(Code::RepartitionEvents),
     },
+    Migration {
+        version: 111,
+        name: "events_quality",
+        statements: &[],
+        code: Some(Code::AddColumns {
+            table: "events",
+            columns: EVENTS_QUALITY,
+        }),
+    },
+];
+
+/// Migration 111: what the intake's data quality checks found in each event
+/// (`crate::intake::quality`): tracking plan violations as `kind:field`, and the critical
+/// fields it lacks.
+pub const EVENTS_QUALITY: &[(&str, &str)] = &[
+    ("violations", "Array(String)"),
+    ("missing", "Array(String)"),
 ];
 
 /// Renders a statement for a database.
