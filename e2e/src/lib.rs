@@ -13,13 +13,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use waymark_testkit::config::{site, HumanDuration, IngestConfig};
+use waymark_testkit::config::{site, EmailConfig, EmailKey, HumanDuration, IngestConfig};
 use waymark_testkit::free_port;
 
 pub const SITE: &str = "demo";
 pub const WRITE_KEY: &str = "wk_demo";
 pub const READ_KEY: &str = "rk_e2e_test_key";
 pub const SECRET: &str = "e2e-edge-secret";
+/// The site's email signing key (`[sites.email] keys`, and the worker's `EMAIL_KEYS`).
+pub const EMAIL_KEY_ID: &str = "k1";
+pub const EMAIL_SECRET: &str = "e2e-email-signing-secret-0123456789";
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -75,11 +78,22 @@ impl Stack {
             .chain(extra_origins.iter().map(String::as_str))
             .collect();
         let abandon = HumanDuration::parse(cart_abandon_after).unwrap_or_else(|e| panic!("{e}"));
+        // The site tracks email through the worker's prefix (the worker gets the same keys).
+        let mut shop_site = site(SITE, WRITE_KEY, &origins);
+        shop_site.email = Some(EmailConfig {
+            base_url: format!("{shop_origin}/wm"),
+            home_url: format!("{shop_origin}/"),
+            keys: vec![EmailKey {
+                id: EMAIL_KEY_ID.into(),
+                secret: EMAIL_SECRET.into(),
+            }],
+            max_age: HumanDuration(Duration::from_secs(30 * 86_400)),
+        });
         let config = IngestConfig::new()
             .port(free_port())
             .writer_max_age(Duration::from_millis(200))
             .edge_secret(SECRET)
-            .site(site(SITE, WRITE_KEY, &origins))
+            .site(shop_site)
             .read_key(READ_KEY, &[SITE])
             .with(|c| c.query.cart_abandon_after = abandon);
         let stack = waymark_testkit::Stack::builder(&ingest_bin, config)
@@ -151,10 +165,16 @@ impl Stack {
 
     /// Runs a phase of `e2e/browser/shoppers.mjs` and returns what it printed (JSON).
     pub fn browser(&self, phase: &str) -> Value {
+        self.browser_with(phase, &[])
+    }
+
+    /// [`Stack::browser`] with more arguments for the phase (`--link URL`, ...).
+    pub fn browser_with(&self, phase: &str, extra: &[&str]) -> Value {
         let root = repo_root();
         let out = Command::new("node")
             .arg(root.join("e2e/browser/shoppers.mjs"))
             .arg(phase)
+            .args(extra)
             .args(["--shop", &self.shop_url])
             .arg("--state")
             .arg(self.stack.dir())

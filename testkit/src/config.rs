@@ -12,7 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use waymark_ingest_config::{
-    ByteSize, Config, EdgeConfig, HumanDuration, IpMode, QueryConfig, ReadKey, SiteConfig,
+    ByteSize, Config, EdgeConfig, EmailConfig, EmailKey, HumanDuration, IpMode, QueryConfig,
+    ReadKey, SiteConfig,
 };
 
 use crate::Error;

@@ -174,6 +174,25 @@ impl StackBuilder {
                     .args(["--ingest", &ingest.url()])
                     .args(["--secret", secret, "--write-key", write_key])
                     .current_dir(&shop.repo);
+                // The first site's email tracking, if it has any, is served by the worker too
+                // (its EMAIL_* settings).
+                if let Some((site, email)) = c
+                    .sites
+                    .first()
+                    .and_then(|s| s.email.as_ref().map(|e| (s, e)))
+                {
+                    let keys: Vec<String> = email
+                        .keys
+                        .iter()
+                        .map(|k| format!("{}:{}", k.id, k.secret))
+                        .collect();
+                    cmd.args(["--email-keys", &keys.join(",")])
+                        .args(["--email-site", &site.id])
+                        .args([
+                            "--email-max-age",
+                            &format!("{}s", email.max_age.0.as_secs()),
+                        ]);
+                }
                 let proc = spawn_until(
                     "demo shop + edge worker",
                     cmd,

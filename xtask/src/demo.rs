@@ -128,11 +128,12 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let shop_origin = format!("http://127.0.0.1:{shop_port}");
     // The demo site also tracks email: the platform's send key, and the key its links and
-    // pixels are signed with (served by the ingest server itself here).
+    // pixels are signed with (served by the edge worker under the shop's /wm prefix, which the
+    // stack gives the same keys).
     let mut demo_site = site(SITE, WRITE_KEY, &[&shop_origin]);
     demo_site.send_keys = vec![send_key.clone()];
     demo_site.email = Some(EmailConfig {
-        base_url: format!("http://127.0.0.1:{ingest_port}"),
+        base_url: format!("{shop_origin}/wm"),
         home_url: format!("{shop_origin}/"),
         keys: vec![EmailKey {
             id: EMAIL_KEY_ID.into(),
@@ -164,13 +165,15 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
 
     let shop_url = format!("http://127.0.0.1:{shop_port}");
     let api = format!("http://127.0.0.1:{ingest_port}");
+    // Tracked links and pixels on the shop's own domain, under the edge worker's prefix.
+    let email_base = format!("{shop_url}/wm");
     let email_key = waymark_protocol::email::SigningKey {
         id: EMAIL_KEY_ID.into(),
         secret: email_secret.as_bytes().to_vec(),
     };
     let email = crate::traffic::Email {
         site: SITE,
-        base_url: &api,
+        base_url: &email_base,
         key: &email_key,
     };
     if opts.traffic > 0 {
@@ -189,7 +192,7 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     let tracked = waymark_email::track(
         &waymark_email::Signer {
             site: SITE,
-            base_url: &api,
+            base_url: &email_base,
             key: &email_key,
             now_secs: waymark_ingest::clock::now_ms() as u64 / 1000,
         },

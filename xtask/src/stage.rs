@@ -148,6 +148,7 @@ fn stages<'a>(root: &'a Path, tools: &'a Tools) -> Vec<(&'static str, StageFn<'a
                 crate::server::build_debug(root)?;
                 run(cargo()
                     .args(["test", "-p", "waymark-e2e", "--test", "pipeline"])
+                    .args(["--test", "email"])
                     .args(["--", "--test-threads=1"])
                     .env("WAYMARK_CHROMIUM", &tools.chromium))
             }),

@@ -21,6 +21,10 @@ pub struct Delivery<'a> {
     pub origin: Option<&'a str>,
     /// The peer's address (the site's `ip` setting decides what is kept of it).
     pub peer_ip: Option<String>,
+    /// The `Cookie` header: an email click's stitch marker is read from it.
+    pub cookie: Option<&'a str>,
+    /// The request carried `Sec-GPC: 1`: no stitch link is made.
+    pub gpc: bool,
 }
 
 /// Refuses a write key outside the body that no site has, before the body is read.
@@ -100,7 +104,7 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
         client: None,
     };
     let verdicts = intake.check_quality(&site.id, &mut validated.events, &mut validated.rejections);
-    let rows = with_verdicts(
+    let mut rows = with_verdicts(
         validated
             .events
             .iter()
@@ -108,6 +112,11 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
         verdicts,
     );
     let accepted = rows.len();
+    if let Some(link) =
+        super::email::marker_link(site, d.cookie, d.gpc, &validated.events, received_at_ms)
+    {
+        rows.push(super::email::link_row(&site.id, &link, received_at_ms));
+    }
     intake.admit(rows, "api").await?;
     Ok(Accepted {
         accepted,

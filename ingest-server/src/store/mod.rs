@@ -16,7 +16,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::config::ClickHouseConfig;
-use row::{identity_links, EventRow, IdentityRow, QuarantineRow};
+use row::{identity_links, EventRow, IdentityRow, QuarantineRow, LINK_ROW};
 
 /// Why ClickHouse cannot take anything right now: the label of
 /// `waymark_writer_blocked{cause="..."}` and the `cause` in `/readyz`'s `writer` object.
@@ -491,8 +491,18 @@ impl Sink for ClickHouseSink {
                         .map(|r| (r.site.as_str(), r.user_id.as_str())),
                 );
             }
+            // Link-only rows (an email click's stitch) go to `identities` alone.
+            let events: std::borrow::Cow<'_, [EventRow]> =
+                if rows.iter().any(|r| r.kind == LINK_ROW) {
+                    rows.iter()
+                        .filter(|r| r.kind != LINK_ROW)
+                        .cloned()
+                        .collect()
+                } else {
+                    rows.into()
+                };
             futures::future::try_join(
-                self.insert_rows("events", rows),
+                self.insert_rows("events", &events),
                 self.insert_rows("identities", &links),
             )
             .await

@@ -946,6 +946,7 @@ impl Target for EdgeProcess {
             authorization: AUTHS[take(AUTHS.len())],
             query: QUERIES[take(QUERIES.len())],
             kind,
+            cookie: None,
         };
         let cf = &self.cfs[take(self.cfs.len())];
         let cfg = &self.configs[take(self.configs.len())];
