@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use waymark_protocol::edge::{truncate_ip, Client, EdgeEnvelope, IpMode};
+use waymark_protocol::edge::{truncate_ip, Client, EdgeEmail, EdgeEnvelope, IpMode};
 use waymark_protocol::intake::{basic_user, query_write_key, IntakePath};
 use waymark_protocol::privacy::{apply_gpc, gpc_signal, redact_event_in_place, UrlPolicy};
 use waymark_protocol::time::format_rfc3339;
@@ -15,6 +15,7 @@ use waymark_protocol::{parse_batch, parse_single, BatchError, Event, Rejection};
 use crate::bot::is_bot;
 use crate::cf::read_cf;
 use crate::config::Config;
+use crate::email::Stitch;
 
 pub use waymark_protocol::privacy::GPC_ID_PREFIX;
 
@@ -34,6 +35,8 @@ pub struct RequestParts<'a> {
     pub query: Option<&'a str>,
     /// What the path carries: a batch, or one event of a type (`/v1/t`, `/v1/track`, ...).
     pub kind: IntakePath,
+    /// `Cookie`: only the email click's stitch marker is read from it (`crate::email::link`).
+    pub cookie: Option<&'a str>,
 }
 
 /// A request whose body as a whole is refused; nothing in it goes on.
@@ -87,6 +90,8 @@ pub struct Processed {
     pub envelope: Option<EdgeEnvelope>,
     /// What the tag is told.
     pub summary: Summary,
+    /// A stitch marker came with the request: the answer clears its cookie.
+    pub clear_marker: bool,
 }
 
 /// The JSON answer to the tag for a body that was accepted as a whole.
@@ -165,6 +170,17 @@ pub fn process(
         gpc_dropped,
         rejections: validated.rejections,
     };
+    let stitch = crate::email::link(req.cookie, &write_key, gpc, &events, cfg, now_ms);
+    let (clear_marker, email) = match stitch {
+        Stitch::None => (false, None),
+        Stitch::Marker(link) => (
+            true,
+            link.map(|link| EdgeEmail {
+                link: Some(link),
+                ..EdgeEmail::default()
+            }),
+        ),
+    };
     let envelope = (!events.is_empty()).then(|| EdgeEnvelope {
         write_key,
         received_at: format_rfc3339(now_ms),
@@ -172,8 +188,13 @@ pub fn process(
         geo: facts.geo,
         client,
         events,
+        email,
     });
-    Ok(Processed { envelope, summary })
+    Ok(Processed {
+        envelope,
+        summary,
+        clear_marker,
+    })
 }
 
 fn scrub_context_ip(e: &mut Event, mode: IpMode) {

@@ -44,8 +44,9 @@
 //! module imports one that imports it back. From the bottom:
 //!
 //! 1. [`clock`], [`config`], [`keys`], [`metrics`]: the time, the settings (every section,
-//!    `[query]` included), constant-time key lookup, the Prometheus registry. They use no
-//!    other module of the crate.
+//!    `[query]` included; the `waymark-ingest-config` crate, re-exported as `config`),
+//!    constant-time key lookup, the Prometheus registry. They use no other module of the
+//!    crate.
 //! 2. [`store::row`]: the rows of `events`, `identities` and `quarantine`; a leaf (it uses no
 //!    other module of the crate), so the spool can encode them.
 //! 3. [`spool`]: the durable buffer (its `rows` payloads are `store::row` rows).
@@ -68,7 +69,9 @@
 //! query spool store`.
 
 pub mod clock;
-pub mod config;
+/// The settings: the `waymark-ingest-config` crate (its own crate so the test stack can build
+/// configs from the same types; see its top doc).
+pub use waymark_ingest_config as config;
 pub mod http;
 pub mod intake;
 pub mod keys;

@@ -57,7 +57,7 @@ fn events(prefix: &str, i: usize, secret: &str, now: i64) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_generated_email_or_token_reaches_clickhouse() {
     let ch = clickhouse();
-    let mut srv = Server::start_with(ch, "", |c| {
+    let mut srv = Server::start_with(ch, |c| {
         c.sites[0].allowed_query_params = vec!["sku".into()];
     })
     .await;
@@ -182,7 +182,7 @@ async fn gpc_on_the_direct_intake_follows_the_site_policy() {
     srv.stop().await;
 
     // drop-events: nothing stored, the request still answered 200.
-    let mut srv = Server::start_with(ch, "", |c| {
+    let mut srv = Server::start_with(ch, |c| {
         c.sites[0].gpc = waymark_ingest::config::GpcMode::DropEvents;
     })
     .await;
@@ -194,7 +194,7 @@ async fn gpc_on_the_direct_intake_follows_the_site_policy() {
     assert_eq!(n.trim(), "0");
 
     // keep: stored as sent, flagged.
-    let mut srv = Server::start_with(ch, "", |c| {
+    let mut srv = Server::start_with(ch, |c| {
         c.sites[0].gpc = waymark_ingest::config::GpcMode::Keep;
     })
     .await;

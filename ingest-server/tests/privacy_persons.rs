@@ -12,17 +12,20 @@ const WAIT: Duration = Duration::from_secs(60);
 const READ_KEY: &str = "rk_shop_0123456789";
 const ADMIN_KEY: &str = "ak_shop_0123456789";
 
-const EXTRA: &str = r#"
-[query]
-cache_ttl = "0s"
-[[query.read_keys]]
-key = "rk_shop_0123456789"
-sites = ["shop"]
-[[privacy.admin_keys]]
-name = "dpo"
-key = "ak_shop_0123456789"
-sites = ["shop"]
-"#;
+/// The query cache off, a read key and an admin key for the shop.
+fn extra(c: &mut waymark_ingest::Config) {
+    use waymark_ingest::config::{AdminKey, HumanDuration, ReadKey};
+    c.query.cache_ttl = HumanDuration(Duration::ZERO);
+    c.query.read_keys.push(ReadKey {
+        key: "rk_shop_0123456789".into(),
+        sites: vec!["shop".into()],
+    });
+    c.privacy.admin_keys.push(AdminKey {
+        name: "dpo".into(),
+        key: "ak_shop_0123456789".into(),
+        sites: vec!["shop".into()],
+    });
+}
 
 /// Person A: two devices and a user id; person B: one device and a user id.
 fn events(now: i64) -> Vec<Value> {
@@ -112,7 +115,7 @@ fn counts(db: &str, ids: &[&str]) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_person_is_gone_everywhere_and_stays_gone() {
     let ch = clickhouse();
-    let mut srv = Server::start_with(ch, EXTRA, |_| {}).await;
+    let mut srv = Server::start_with(ch, extra).await;
     let db = srv.db.clone();
     let now = now_ms();
     send(&srv, events(now)).await;
@@ -242,7 +245,7 @@ async fn a_deleted_person_is_gone_everywhere_and_stays_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_drops_old_partitions_and_trims_shorter_sites() {
     let ch = clickhouse();
-    let mut srv = Server::start_with(ch, "", |c| {
+    let mut srv = Server::start_with(ch, |c| {
         c.sites[0].retention = Some(waymark_ingest::config::HumanDuration(Duration::from_secs(
             400 * 86_400,
         )));
@@ -291,14 +294,9 @@ async fn retention_drops_old_partitions_and_trims_shorter_sites() {
     );
     assert_eq!(query(ch, &parts).trim(), "1");
 
-    let config = waymark_ingest::Config::from_toml(&config_toml(
-        "127.0.0.1:0",
-        &ch.http_url(),
-        &db,
-        srv.spool.path(),
-        "",
-    ))
-    .unwrap();
+    let config = common::config("127.0.0.1:0", &ch.http_url(), &db, srv.spool.path())
+        .build()
+        .unwrap();
     let mut sites = config.sites.clone();
     sites[0].retention = Some(waymark_ingest::config::HumanDuration(Duration::from_secs(
         400 * 86_400,
@@ -351,7 +349,8 @@ async fn retention_drops_old_partitions_and_trims_shorter_sites() {
 async fn events_still_in_the_spool_at_deletion_are_not_written() {
     let ch = clickhouse();
     // The writer holds rows for an hour: they are in the spool when the deletion comes.
-    let mut srv = Server::start_with(ch, EXTRA, |c| {
+    let mut srv = Server::start_with(ch, |c| {
+        extra(c);
         c.writer.max_age = waymark_ingest::config::HumanDuration(Duration::from_secs(3600));
     })
     .await;

@@ -370,6 +370,8 @@ pub fn to_row(ev: &Event, facts: &RequestFacts<'_>, ua: &UaParser) -> EventRow {
         properties: json_text(props),
         traits: json_text(&ev.traits),
         context: stored_ctx,
+        violations: Vec::new(),
+        missing: Vec::new(),
     }
 }
 

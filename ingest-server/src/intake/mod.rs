@@ -19,6 +19,7 @@ pub mod edge;
 pub mod email;
 pub mod enrich;
 pub mod error;
+pub mod quality;
 pub mod ratelimit;
 pub mod segment;
 
@@ -76,6 +77,8 @@ pub struct Intake {
     pub email_bursts: email::ClickBursts,
     /// Ids of deleted people whose late events are dropped (`crate::store::suppress`).
     pub suppressions: Arc<Suppressions>,
+    /// Tracking plans and critical fields, by site.
+    pub quality: quality::Quality,
 }
 
 impl Intake {
@@ -109,8 +112,62 @@ impl Intake {
             ),
             email_bursts: email::ClickBursts::default(),
             suppressions,
+            quality: quality::Quality::new(&config),
             config,
         }
+        .with_quality_thresholds()
+    }
+
+    fn with_quality_thresholds(self) -> Self {
+        for site in &self.config.sites {
+            for c in &site.completeness {
+                self.metrics
+                    .quality_threshold(&site.id, &c.event, &c.field, c.min);
+            }
+        }
+        self
+    }
+
+    /// Checks a request's valid events (in batch order, `rejections` naming the others by
+    /// position) against `site`'s tracking plan and critical fields, and returns each kept
+    /// event's verdict, in order. Under a rejecting plan, an event with a violation is taken
+    /// out of `events` and listed in `rejections` (sorted by position again). A site without
+    /// checks costs nothing: the answer is empty.
+    pub fn check_quality(
+        &self,
+        site: &str,
+        events: &mut Vec<waymark_protocol::Event>,
+        rejections: &mut Vec<Rejection>,
+    ) -> Vec<quality::Verdict> {
+        let Some(q) = self.quality.site(site) else {
+            return Vec::new();
+        };
+        let positions = quality::batch_positions(events.len(), rejections);
+        let mut tally = quality::Tally::new(site, q);
+        let mut verdicts = Vec::with_capacity(events.len());
+        let mut refused = Vec::new();
+        for (i, ev) in events.iter_mut().enumerate() {
+            let v = q.check(ev);
+            tally.add(ev, &v);
+            if q.rejects() && !v.violations.is_empty() {
+                rejections.push(quality::rejection(positions[i], &v.violations));
+                refused.push(i);
+            } else {
+                verdicts.push(v);
+            }
+        }
+        self.metrics.quality_checked(site, events.len() as u64);
+        tally.record(&self.metrics);
+        if !refused.is_empty() {
+            let mut i = 0;
+            events.retain(|_| {
+                let keep = refused.binary_search(&i).is_err();
+                i += 1;
+                keep
+            });
+            rejections.sort_by_key(|r| r.index);
+        }
+        verdicts
     }
 
     /// The site that owns an email send key.

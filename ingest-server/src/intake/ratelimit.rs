@@ -156,6 +156,9 @@ mod tests {
             allowed_query_params: vec![],
             gpc: Default::default(),
             retention: None,
+            tracking_plan: None,
+            plan: None,
+            completeness: vec![],
         };
         RateLimiter::new(&[
             site(

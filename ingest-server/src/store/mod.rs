@@ -17,7 +17,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::config::ClickHouseConfig;
-use row::{identity_links, EventRow, IdentityRow, QuarantineRow};
+use row::{identity_links, EventRow, IdentityRow, QuarantineRow, LINK_ROW};
 
 /// Why ClickHouse cannot take anything right now: the label of
 /// `waymark_writer_blocked{cause="..."}` and the `cause` in `/readyz`'s `writer` object.
@@ -361,6 +361,20 @@ async fn apply(
         }
         match m.code {
             Some(schema::Code::RepartitionEvents) => repartition::run(client, db).await?,
+            Some(schema::Code::AddColumns { table, columns }) => {
+                let have: Vec<String> = client
+                    .query(&format!(
+                        "SELECT name FROM system.columns WHERE database = '{db}' AND table = '{table}'"
+                    ))
+                    .fetch_all::<String>()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                for (name, kind) in columns {
+                    if !have.iter().any(|h| h == name) {
+                        run(format!("ALTER TABLE {db}.{table} ADD COLUMN {name} {kind}")).await?;
+                    }
+                }
+            }
             None => {}
         }
         run(format!(
@@ -501,8 +515,18 @@ impl Sink for ClickHouseSink {
                         .map(|r| (r.site.as_str(), r.user_id.as_str())),
                 );
             }
+            // Link-only rows (an email click's stitch) go to `identities` alone.
+            let events: std::borrow::Cow<'_, [EventRow]> =
+                if rows.iter().any(|r| r.kind == LINK_ROW) {
+                    rows.iter()
+                        .filter(|r| r.kind != LINK_ROW)
+                        .cloned()
+                        .collect()
+                } else {
+                    rows.into()
+                };
             futures::future::try_join(
-                self.insert_rows("events", rows),
+                self.insert_rows("events", &events),
                 self.insert_rows("identities", &links),
             )
             .await

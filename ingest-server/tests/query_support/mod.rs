@@ -12,10 +12,10 @@ use serde_json::Value;
 use tower::ServiceExt;
 use waymark_ingest::config::{ClickHouseConfig, HumanDuration};
 use waymark_ingest::query::identity::IdentityIndex;
-use waymark_ingest::query::{QueryConfig, QueryState, ReadKey};
+use waymark_ingest::query::{QueryConfig, QueryState};
 use waymark_ingest::store::row::EventRow;
 use waymark_ingest::store::{ClickHouseSink, SchemaStatus, Sink};
-use waymark_testkit::ClickHouse;
+use waymark_testkit::{ClickHouse, IngestConfig};
 
 pub const SHOP_KEY: &str = "rk_shop";
 pub const OTHER_KEY: &str = "rk_other";
@@ -37,11 +37,9 @@ pub fn sql(sql: &str) -> String {
     tokio::task::block_in_place(|| clickhouse().query(sql)).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The server's clock (`waymark_ingest::clock`).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    waymark_ingest::clock::now_ms()
 }
 
 /// A test database with the ingest server's migrations (including the query API's).
@@ -55,11 +53,11 @@ impl Db {
     pub async fn new() -> Db {
         let ch = clickhouse();
         let name = tokio::task::block_in_place(|| ch.fresh_database()).unwrap();
-        let cfg = ClickHouseConfig {
-            url: ch.http_url(),
-            database: name.clone(),
-            ..ClickHouseConfig::default()
-        };
+        let cfg = IngestConfig::new()
+            .clickhouse(&ch.http_url(), &name)
+            .config()
+            .clickhouse
+            .clone();
         let client = waymark_ingest::store::client(&cfg);
         let schema = std::sync::Arc::new(waymark_ingest::store::SchemaStatus::default());
         waymark_ingest::store::migrate(&client, &name, &schema)
@@ -111,27 +109,17 @@ impl Db {
 }
 
 fn query_config(extra_sites: &[&str]) -> QueryConfig {
-    let mut both = vec!["shop".to_string(), "other".to_string()];
-    both.extend(extra_sites.iter().map(|s| s.to_string()));
-    QueryConfig {
-        read_keys: vec![
-            ReadKey {
-                key: SHOP_KEY.into(),
-                sites: vec!["shop".into()],
-            },
-            ReadKey {
-                key: OTHER_KEY.into(),
-                sites: vec!["other".into()],
-            },
-            ReadKey {
-                key: BOTH_KEY.into(),
-                sites: both,
-            },
-        ],
+    let mut both = vec!["shop", "other"];
+    both.extend_from_slice(extra_sites);
+    IngestConfig::new()
+        .read_key(SHOP_KEY, &["shop"])
+        .read_key(OTHER_KEY, &["other"])
+        .read_key(BOTH_KEY, &both)
         // Every request reads ClickHouse (the cache has its own test).
-        cache_ttl: HumanDuration(std::time::Duration::ZERO),
-        ..QueryConfig::default()
-    }
+        .with(|c| c.query.cache_ttl = HumanDuration(std::time::Duration::ZERO))
+        .config()
+        .query
+        .clone()
 }
 
 /// An event row with the fields every test sets; the rest via struct update.

@@ -47,6 +47,12 @@ pub struct Migration {
 pub enum Code {
     /// Migration 110: `events` partitioned by the corrected `timestamp`.
     RepartitionEvents,
+    /// Adds each (name, type) column the table lacks: 18.16 has no `ADD COLUMN IF NOT
+    /// EXISTS`, and a plain `ADD COLUMN` run again after a crash would fail for ever.
+    AddColumns {
+        table: &'static str,
+        columns: &'static [(&'static str, &'static str)],
+    },
 }
 
 /// The bookkeeping table itself (created before anything else).
@@ -297,6 +303,24 @@ ORDER BY (site, id)"],
 ORDER BY (site, requested_at, job_id)"],
         code: None,
     },
+    // 113: data quality (`crate::intake::quality`).
+    Migration {
+        version: 113,
+        name: "events_quality",
+        statements: &[],
+        code: Some(Code::AddColumns {
+            table: "events",
+            columns: EVENTS_QUALITY,
+        }),
+    },
+];
+
+/// Migration 113: what the intake's data quality checks found in each event
+/// (`crate::intake::quality`): tracking plan violations as `kind:field`, and the critical
+/// fields it lacks.
+pub const EVENTS_QUALITY: &[(&str, &str)] = &[
+    ("violations", "Array(String)"),
+    ("missing", "Array(String)"),
 ];
 
 /// Renders a statement for a database.

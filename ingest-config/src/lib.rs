@@ -1,19 +1,27 @@
-//! Configuration: one TOML file, typed, with defaults that run on a laptop and environment
-//! overrides. Sizes and durations are written in human units (`"64MiB"`, `"5s"`). An unknown key
-//! or a bad value is an error that names it.
+//! The ingest server's configuration: one TOML file, typed, with defaults that run on a laptop
+//! and environment overrides. Sizes and durations are written in human units (`"64MiB"`, `"5s"`).
+//! An unknown key or a bad value is an error that names it.
+//!
+//! Its own crate, at the bottom of the graph (it uses only the protocol crate), so that the
+//! ingest server (`waymark_ingest::config` is this crate) and the test stack (`waymark-testkit`,
+//! which the server's tests use) both build on these types without depending on each other.
+//! Every type is `Serialize` too: [`Config::to_toml`] writes a file that [`Config::from_toml`]
+//! reads back as the same settings, which is how the test stack writes the configs it starts
+//! servers with.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 pub use waymark_protocol::edge::IpMode;
 pub use waymark_protocol::privacy::GpcMode;
 use waymark_protocol::privacy::UrlPolicy;
 
 mod env;
 mod help;
+pub mod plan;
 mod query;
 mod units;
 
@@ -22,7 +30,7 @@ pub use query::{EngagementConfig, QueryConfig, ReadKey, RfmConfig};
 pub use units::{ByteSize, HumanDuration};
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -60,7 +68,7 @@ impl Default for Config {
 
 /// `[privacy]`: who may delete and export a person, how long a deleted person's late events
 /// are dropped, how often retention runs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrivacyConfig {
     /// `[[privacy.admin_keys]] name = "dpo", key = "...", sites = ["shop"]`: the only keys
@@ -84,7 +92,7 @@ impl Default for PrivacyConfig {
 }
 
 /// An admin key: deletes and exports people of its sites.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminKey {
     /// Who holds it, written to the deletion audit (never the key).
@@ -103,7 +111,7 @@ impl std::fmt::Debug for AdminKey {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     pub url: String,
@@ -123,7 +131,7 @@ impl Default for ClickHouseConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
@@ -139,7 +147,7 @@ impl Default for SpoolConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WriterConfig {
     pub max_rows: usize,
@@ -165,7 +173,7 @@ impl Default for WriterConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     #[serde(default)]
@@ -176,15 +184,26 @@ pub struct EdgeConfig {
     pub max_body: ByteSize,
 }
 
-pub(crate) fn default_replay_window() -> HumanDuration {
+impl Default for EdgeConfig {
+    /// The `[edge]` section with no secret of its own (one may come from the environment).
+    fn default() -> Self {
+        EdgeConfig {
+            secret: None,
+            replay_window: default_replay_window(),
+            max_body: default_edge_max_body(),
+        }
+    }
+}
+
+fn default_replay_window() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
 
-pub(crate) fn default_edge_max_body() -> ByteSize {
+fn default_edge_max_body() -> ByteSize {
     ByteSize(8 << 20)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
     pub capacity: usize,
@@ -197,7 +216,7 @@ impl Default for DedupConfig {
 }
 
 /// Limits on clients, so a slow or stuck one cannot hold the server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Open connections at most; one more is answered 503 + Retry-After and closed.
@@ -223,7 +242,9 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A site; `Default` is one with an empty id and every optional setting off, to fill in with
+/// `SiteConfig { id, ..Default::default() }`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     pub id: String,
@@ -244,6 +265,16 @@ pub struct SiteConfig {
     /// Tracked email links and open pixels (`[sites.email]`); absent = off for this site.
     #[serde(default)]
     pub email: Option<EmailConfig>,
+    /// A tracking plan file (JSON, see [`plan`]); a relative path is relative to the config
+    /// file's directory. Absent = events are not checked against a plan.
+    #[serde(default)]
+    pub tracking_plan: Option<PathBuf>,
+    /// The plan `tracking_plan` names, read by [`Config::load`] (or [`Config::read_plans`]).
+    #[serde(skip)]
+    pub plan: Option<plan::TrackingPlan>,
+    /// Critical fields and the share of events that must carry them (`[[sites.completeness]]`).
+    #[serde(default)]
+    pub completeness: Vec<plan::Completeness>,
     /// Query parameters whose values stored URLs keep besides `utm_*`, `gclid` and `fbclid`
     /// (product and category parameters; `*` at the end matches a prefix); every other value
     /// becomes `REDACTED` (see `waymark_protocol::privacy`).
@@ -269,7 +300,7 @@ impl SiteConfig {
 }
 
 /// A site's email engagement settings (`[sites.email]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
     /// The public, first-party base URL the tracking paths (`/e/o/..`, `/e/c/..`) are served
@@ -305,7 +336,7 @@ impl EmailConfig {
 }
 
 /// One signing key of `[sites.email]`.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailKey {
     pub id: String,
@@ -322,7 +353,7 @@ impl std::fmt::Debug for EmailKey {
 }
 
 /// A site's token bucket: `burst` events at once, refilled at `events_per_second`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub events_per_second: f64,
@@ -358,13 +389,105 @@ impl Config {
         })?;
         let env: HashMap<String, String> = std::env::vars().collect();
         cfg.apply_env(&env)?;
+        cfg.read_plans(path.parent())?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Reads every site's `tracking_plan` file (relative paths from `config_dir`).
+    pub fn read_plans(&mut self, config_dir: Option<&Path>) -> Result<(), ConfigError> {
+        for (i, site) in self.sites.iter_mut().enumerate() {
+            if let Some(file) = &site.tracking_plan {
+                let plan = plan::TrackingPlan::read(&plan::resolve(config_dir, file)).map_err(
+                    |message| ConfigError::Invalid {
+                        key: format!("sites[{i}].tracking_plan"),
+                        message,
+                    },
+                )?;
+                site.plan = Some(plan);
+            }
+        }
+        Ok(())
     }
 
     /// Parses TOML text (no environment, no validation).
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The settings as TOML that [`Self::from_toml`] reads back as the same settings (sizes in
+    /// bytes, durations in `humantime`'s words); what the test stack writes for the servers it
+    /// starts.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("every setting has a TOML form")
+    }
+
+    /// [`Self::to_toml`] without the keys whose absence reads back as the same settings (the
+    /// defaults): the shortest file with these settings, which an earlier build of the server
+    /// also reads as long as it knows the keys that differ from the defaults (so a benchmark
+    /// can compare two builds on one config).
+    pub fn to_toml_minimal(&self) -> String {
+        use toml::{Table, Value};
+        let full = self.to_toml();
+        let same = |t: &Table| {
+            toml::to_string(t)
+                .ok()
+                .and_then(|text| Self::from_toml(&text).ok())
+                .is_some_and(|c| c.to_toml() == full)
+        };
+        // A key's place: table keys, with an index into arrays of tables.
+        #[derive(Clone)]
+        enum Seg {
+            Key(String),
+            Index(usize),
+        }
+        fn places(v: &Value, at: &mut Vec<Seg>, out: &mut Vec<Vec<Seg>>) {
+            match v {
+                Value::Table(t) => {
+                    for (k, v) in t {
+                        at.push(Seg::Key(k.clone()));
+                        places(v, at, out);
+                        out.push(at.clone());
+                        at.pop();
+                    }
+                }
+                Value::Array(a) if a.iter().all(Value::is_table) => {
+                    for (i, v) in a.iter().enumerate() {
+                        at.push(Seg::Index(i));
+                        places(v, at, out);
+                        at.pop();
+                    }
+                }
+                _ => {}
+            }
+        }
+        fn remove(v: &mut Value, path: &[Seg]) -> bool {
+            match (path, v) {
+                ([Seg::Key(k)], Value::Table(t)) => t.remove(k).is_some(),
+                ([Seg::Key(k), rest @ ..], Value::Table(t)) => {
+                    t.get_mut(k).is_some_and(|v| remove(v, rest))
+                }
+                ([Seg::Index(i), rest @ ..], Value::Array(a)) => {
+                    a.get_mut(*i).is_some_and(|v| remove(v, rest))
+                }
+                _ => false,
+            }
+        }
+        let mut doc = Value::Table(toml::from_str(&full).expect("its own TOML parses"));
+        let mut all = Vec::new();
+        places(&doc, &mut Vec::new(), &mut all);
+        // Leaves come before the tables holding them: a table left empty goes last.
+        for path in all {
+            let mut candidate = doc.clone();
+            if remove(&mut candidate, &path) {
+                if let Value::Table(t) = &candidate {
+                    if same(t) {
+                        doc = candidate;
+                    }
+                }
+            }
+        }
+        toml::to_string(&doc).expect("a TOML table")
     }
 
     /// Checks values that parse but make no sense.
@@ -470,6 +593,37 @@ impl Config {
                         format!("sites[{i}].send_keys[{j}]"),
                         "must not be one of the site's public write keys",
                     ));
+                }
+            }
+            if let Some(p) = &site.plan {
+                for (at, schema) in p.schemas() {
+                    plan::compile(schema).map_err(|e| {
+                        invalid(
+                            format!("sites[{i}].tracking_plan"),
+                            format!("{at}: not a usable JSON Schema: {e}"),
+                        )
+                    })?;
+                }
+            }
+            for (j, c) in site.completeness.iter().enumerate() {
+                let key = |k: &str| format!("sites[{i}].completeness[{j}].{k}");
+                if c.event.is_empty() {
+                    return Err(invalid(key("event"), "must not be empty"));
+                }
+                let rest = ["properties.", "traits.", "context."]
+                    .iter()
+                    .find_map(|p| c.field.strip_prefix(p));
+                if rest.is_none_or(|r| r.is_empty() || r.split('.').any(str::is_empty)) {
+                    return Err(invalid(
+                        key("field"),
+                        format!(
+                            "{:?} must be a dotted path under properties., traits. or context.",
+                            c.field
+                        ),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&c.min) {
+                    return Err(invalid(key("min"), "must be a share from 0 to 1"));
                 }
             }
             if !site.send_keys.is_empty() && site.email.is_none() {
@@ -675,6 +829,66 @@ sites = ["shop"]
         );
         assert_eq!(c.privacy.suppress_for.0, Duration::from_secs(7 * 86_400));
         assert_eq!(c.privacy.admin_keys[0].sites, ["shop"]);
+    }
+
+    #[test]
+    fn written_toml_reads_back_as_the_same_settings() {
+        let mut c = Config::from_toml(FULL).unwrap();
+        c.sites[0].send_keys = vec!["sk_0123456789abcdef".into()];
+        c.sites[0].email = Some(EmailConfig {
+            base_url: "https://shop.example/wm".into(),
+            home_url: "https://shop.example/".into(),
+            keys: vec![EmailKey {
+                id: "k1".into(),
+                secret: "a-signing-secret-of-32-bytes-or-more".into(),
+            }],
+            max_age: HumanDuration(Duration::from_millis(90_061_250)),
+        });
+        c.sites.push(SiteConfig {
+            id: "blog".into(),
+            ip: IpMode::Drop,
+            ..SiteConfig::default()
+        });
+        c.query.read_keys.push(ReadKey {
+            key: "rk".into(),
+            sites: vec!["shop".into(), "blog".into()],
+        });
+        c.query.cache_ttl = HumanDuration(Duration::ZERO);
+        c.validate().unwrap();
+        let text = c.to_toml();
+        let back = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        back.validate().unwrap();
+        assert_eq!(back.to_toml(), text);
+        assert_eq!(format!("{back:?}"), format!("{c:?}"));
+        // The defaults too: an empty file written out and read back is the same.
+        let d = Config::default();
+        assert_eq!(
+            format!("{:?}", Config::from_toml(&d.to_toml()).unwrap()),
+            format!("{d:?}")
+        );
+    }
+
+    #[test]
+    fn the_minimal_form_keeps_only_what_differs_from_the_defaults() {
+        let mut c = Config::from_toml("[[sites]]\nid = \"shop\"\nwrite_keys = [\"wk\"]\n").unwrap();
+        c.query.cache_ttl = HumanDuration(Duration::ZERO);
+        c.sites[0].ip = IpMode::Drop;
+        let min = c.to_toml_minimal();
+        let back = Config::from_toml(&min).unwrap_or_else(|e| panic!("{e}\n{min}"));
+        assert_eq!(back.to_toml(), c.to_toml(), "{min}");
+        let keys: Vec<&str> = min.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(
+            keys,
+            [
+                "[query]",
+                "cache_ttl = \"0s\"",
+                "[[sites]]",
+                "id = \"shop\"",
+                "ip = \"drop\"",
+                "write_keys = [\"wk\"]",
+            ],
+        );
+        assert!(Config::default().to_toml_minimal().trim().is_empty());
     }
 
     #[test]

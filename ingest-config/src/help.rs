@@ -66,6 +66,15 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
                                    "drop-events" or "keep" (the gpc column records the signal)
   retention = "400d"               how long the site's events are kept (absent = until deleted);
                                    removed by the retention check (partitions, or mutations)
+  tracking_plan = "plans/shop.json"   a tracking plan (JSON Schemas per event; relative to this
+                                   file; ingest-server/plans/segment-ecommerce.json is a
+                                   starter): violations are stored in `violations`, or the
+                                   event is refused if the plan says on_violation = "reject"
+
+  [[sites.completeness]]           a critical field; events lacking it list it in `missing`
+  event = "Order Completed"        a track event's name, or identify, page, screen, group, alias
+  field = "properties.revenue"     a path under properties., traits. or context.
+  min = 1.0                        the share of events that must carry it (for alerts)
 
   [sites.email]                    tracked email links and open pixels (absent = off)
   base_url = "https://shop.example.com/wm"   the first-party base /e/o/.. and /e/c/.. are served
