@@ -4,6 +4,10 @@
 // end-to-end test.
 //
 //   node demo/server.mjs --port 8000 --ingest http://127.0.0.1:8080 --secret S --write-key wk_demo
+//       [--email-keys k1:SECRET --email-site demo --email-max-age 30days]
+//
+// With --email-keys (the worker's EMAIL_KEYS) the worker also serves the email pixel and click
+// paths under the prefix for site --email-site, refused clicks going to the shop's home page.
 //
 // Geo: each request to the worker carries a `cf` object. By default it is the edge tests'
 // BERLIN_CF (edge-worker/workerd-tests/harness.mjs); a request may bring its own as JSON in the
@@ -25,6 +29,9 @@ const { values: args } = parseArgs({
     secret: { type: 'string' },
     'write-key': { type: 'string', default: 'wk_demo' },
     queue: { type: 'boolean', default: true },
+    'email-keys': { type: 'string' },
+    'email-site': { type: 'string', default: 'demo' },
+    'email-max-age': { type: 'string' },
   },
 });
 for (const required of ['ingest', 'secret']) {
@@ -34,7 +41,17 @@ for (const required of ['ingest', 'secret']) {
   }
 }
 
-const mf = await startWorker({ ingestUrl: args.ingest, secret: args.secret, queue: args.queue });
+const emailVars = args['email-keys']
+  ? {
+      EMAIL_KEYS: args['email-keys'],
+      EMAIL_SITE: args['email-site'],
+      EMAIL_WRITE_KEY: args['write-key'],
+      // Where a refused token's click goes: this shop's home page.
+      EMAIL_HOME_URL: `http://127.0.0.1:${args.port}/`,
+      ...(args['email-max-age'] ? { EMAIL_MAX_AGE: args['email-max-age'] } : {}),
+    }
+  : {};
+const mf = await startWorker({ ingestUrl: args.ingest, secret: args.secret, queue: args.queue, vars: emailVars });
 const snippet = tagSnippet(args['write-key']);
 
 /** The tag as a site embeds it: the inline stub, init, and the async loader. */

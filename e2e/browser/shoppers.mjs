@@ -7,6 +7,12 @@
 //       saved in DIR/a.json.
 //   node e2e/browser/shoppers.mjs login --shop URL --state DIR
 //       visitor A comes back with the saved state and logs in (identify).
+//   node e2e/browser/shoppers.mjs email --shop URL --state DIR --link URL --gpc-link URL
+//           --tampered URL --expired URL
+//       the email test (e2e/tests/email.rs): reader C views p-103, then follows the tracked
+//       --link (to p-100) and adds it to the cart; reader D, whose browser sends Sec-GPC: 1,
+//       follows --gpc-link and views the product; reader E follows the tampered and the expired
+//       links. Also prints `landed`: where each link's redirect ended.
 //
 // Prints one JSON line: { "sent": { "<messageId>": count, ... }, "batches": N } with every
 // event id the browser sent to the edge intake (fetch and beacon alike).
@@ -31,13 +37,25 @@ export const HAMBURG = { country: 'DE', region: 'Hamburg', regionCode: 'HH', cit
 
 const { values: args, positionals } = parseArgs({
   allowPositionals: true,
-  options: { shop: { type: 'string' }, state: { type: 'string' } },
+  options: {
+    shop: { type: 'string' },
+    state: { type: 'string' },
+    link: { type: 'string' },
+    'gpc-link': { type: 'string' },
+    tampered: { type: 'string' },
+    expired: { type: 'string' },
+  },
 });
 const phase = positionals[0];
-if (!args.shop || !args.state || !['browse', 'login'].includes(phase)) {
-  console.error('usage: shoppers.mjs browse|login --shop URL --state DIR');
+if (!args.shop || !args.state || !['browse', 'login', 'email'].includes(phase)) {
+  console.error('usage: shoppers.mjs browse|login|email --shop URL --state DIR [email: --link URL --gpc-link URL --tampered URL --expired URL]');
   process.exit(2);
 }
+if (phase === 'email' && !(args.link && args['gpc-link'] && args.tampered && args.expired)) {
+  console.error('shoppers.mjs email needs --link, --gpc-link, --tampered and --expired');
+  process.exit(2);
+}
+const landed = {};
 
 const sent = {};
 let batches = 0;
@@ -67,8 +85,8 @@ async function answer(req) {
   if (res?.ok()) answered.push(...eventsOf(req));
 }
 
-async function visitor(browser, cf, storageState) {
-  const context = await browser.newContext(storageState ? { storageState } : {});
+async function visitor(browser, cf, storageState, extraHTTPHeaders) {
+  const context = await browser.newContext({ ...(storageState ? { storageState } : {}), ...(extraHTTPHeaders ? { extraHTTPHeaders } : {}) });
   await context.addCookies([{ name: 'waymark_demo_cf', value: encodeURIComponent(JSON.stringify(cf)), url: args.shop }]);
   context.on('request', record);
   context.on('requestfinished', answer);
@@ -139,6 +157,38 @@ try {
     await settle("B's Order Completed", track('Order Completed'));
     await b.page.close({ runBeforeUnload: true });
     await b.context.close();
+  } else if (phase === 'email') {
+    const viewed = (id) => (e) => track('Product Viewed')(e) && e.properties?.product_id === id;
+    // C browses anonymously, then comes back through the email's link and adds to the cart.
+    const c = await visitor(browser, LYON);
+    await c.page.goto(`${args.shop}/products/p-103`);
+    await dwell(c.page, 1500);
+    await settle("C's view of p-103", viewed('p-103'));
+    await c.page.goto(args.link);
+    landed.link = c.page.url();
+    await settle("C's view of p-100", viewed('p-100'));
+    await c.page.click('#add-to-cart');
+    await c.page.waitForSelector('#added', { state: 'visible' });
+    await settle("C's Product Added", track('Product Added'));
+    await c.page.close({ runBeforeUnload: true });
+    await c.context.close();
+
+    // D's browser sends Global Privacy Control.
+    const d = await visitor(browser, HAMBURG, undefined, { 'sec-gpc': '1' });
+    await d.page.goto(args['gpc-link']);
+    landed.gpc = d.page.url();
+    await settle("D's view of p-101", viewed('p-101'));
+    await d.page.close({ runBeforeUnload: true });
+    await d.context.close();
+
+    // E follows a tampered and an expired link.
+    const e = await visitor(browser, LYON);
+    await e.page.goto(args.tampered);
+    landed.tampered = e.page.url();
+    await e.page.goto(args.expired);
+    landed.expired = e.page.url();
+    await e.page.close({ runBeforeUnload: true });
+    await e.context.close();
   } else {
     const a = await visitor(browser, LYON, statePath);
     await a.page.goto(`${args.shop}/login`);
@@ -151,4 +201,4 @@ try {
 } finally {
   await browser.close();
 }
-console.log(JSON.stringify({ sent, batches }));
+console.log(JSON.stringify({ sent, batches, landed }));

@@ -1,6 +1,7 @@
-//! The whole Waymark stack as real processes, for the end-to-end tests in `e2e/tests/`:
-//! a private ClickHouse (testkit), the `ingest-server` binary, and the demo shop whose `/wm/`
-//! prefix is served by the built edge worker in workerd (`demo/server.mjs`, Miniflare).
+//! The whole Waymark stack as real processes, for the end-to-end tests in `e2e/tests/`: the
+//! testkit's stack (a private ClickHouse, the `ingest-server` binary, and the demo shop whose
+//! `/wm/` prefix is served by the built edge worker in workerd, `demo/server.mjs`), configured
+//! for these tests.
 //!
 //! Prerequisites, which `cargo xtask test` builds before it runs this crate's tests: the tag
 //! (`js/dist`), the edge worker (`edge-worker/build`), the `ingest-server` binary and the npm
@@ -12,13 +13,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use waymark_testkit::process::{self, Proc};
-use waymark_testkit::{free_port, ClickHouse};
+use waymark_testkit::config::{site, EmailConfig, EmailKey, HumanDuration, IngestConfig};
+use waymark_testkit::free_port;
 
 pub const SITE: &str = "demo";
 pub const WRITE_KEY: &str = "wk_demo";
 pub const READ_KEY: &str = "rk_e2e_test_key";
 pub const SECRET: &str = "e2e-edge-secret";
+/// The site's email signing key (`[sites.email] keys`, and the worker's `EMAIL_KEYS`).
+pub const EMAIL_KEY_ID: &str = "k1";
+pub const EMAIL_SECRET: &str = "e2e-email-signing-secret-0123456789";
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,32 +31,16 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-}
-
 /// Fails with the way to make `path` if it is missing.
 pub fn require(path: &Path, how: &str) {
     assert!(path.exists(), "{} is missing: {how}", path.display());
 }
 
-/// Spawns `cmd` and waits (at most 120 s) for a stdout line containing `ready`.
-pub fn spawn_until(cmd: Command, ready: &str, log: PathBuf) -> Proc {
-    let name = format!("{:?}", cmd.get_program());
-    process::spawn_until(&name, cmd, ready, &log, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// The running stack.
+/// The running stack: the testkit's [`waymark_testkit::Stack`] with the shop, configured for
+/// the end-to-end tests.
 pub struct Stack {
-    pub dir: tempfile::TempDir,
-    pub ch: ClickHouse,
-    pub database: String,
-    pub ingest: Proc,
+    pub stack: waymark_testkit::Stack,
     pub ingest_url: String,
-    pub shop: Proc,
     pub shop_url: String,
 }
 
@@ -66,7 +54,7 @@ impl Stack {
     /// shop's own).
     pub fn start_with(cart_abandon_after: &str, extra_origins: &[String]) -> Stack {
         let root = repo_root();
-        let ingest_bin = target_dir().join("debug/ingest-server");
+        let ingest_bin = waymark_testkit::ingest::debug_binary();
         require(&ingest_bin, "build it with `cargo build -p waymark-ingest`");
         require(
             &root.join("edge-worker/build/index.js"),
@@ -84,74 +72,62 @@ impl Stack {
             &root.join("edge-worker/node_modules/miniflare"),
             "run `npm ci` in edge-worker/ (cargo xtask test does)",
         );
-        let ch = ClickHouse::start().unwrap_or_else(|e| panic!("{e}"));
-        let database = ch.fresh_database().unwrap_or_else(|e| panic!("{e}"));
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let ingest_port = free_port();
         let shop_port = free_port();
-        let config = dir.path().join("ingest.toml");
-        let origins = std::iter::once(format!("http://127.0.0.1:{shop_port}"))
-            .chain(extra_origins.iter().cloned())
-            .map(|o| format!("{o:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        std::fs::write(
-            &config,
-            format!(
-                r#"listen = "127.0.0.1:{ingest_port}"
-[clickhouse]
-url = "{ch}"
-database = "{database}"
-[spool]
-dir = "{spool}"
-[writer]
-max_age = "200ms"
-[edge]
-secret = "{SECRET}"
-replay_window = "5m"
-[[sites]]
-id = "{SITE}"
-write_keys = ["{WRITE_KEY}"]
-allowed_origins = [{origins}]
-ip = "truncate"
-[query]
-cart_abandon_after = "{cart_abandon_after}"
-[[query.read_keys]]
-key = "{READ_KEY}"
-sites = ["{SITE}"]
-"#,
-                ch = ch.http_url(),
-                spool = dir.path().join("spool").display(),
-            ),
-        )
-        .expect("writing the ingest config");
-        let mut cmd = Command::new(&ingest_bin);
-        cmd.arg("--config").arg(&config);
-        let ingest = spawn_until(cmd, "listening on", dir.path().join("ingest.log"));
-        let ingest_url = format!("http://127.0.0.1:{ingest_port}");
-
-        let mut cmd = Command::new("node");
-        cmd.arg(root.join("demo/server.mjs"))
-            .args(["--port", &shop_port.to_string()])
-            .args(["--ingest", &ingest_url])
-            .args(["--secret", SECRET, "--write-key", WRITE_KEY])
-            .current_dir(&root);
-        let shop = spawn_until(cmd, "shop listening on", dir.path().join("shop.log"));
+        let shop_origin = format!("http://127.0.0.1:{shop_port}");
+        let origins: Vec<&str> = std::iter::once(shop_origin.as_str())
+            .chain(extra_origins.iter().map(String::as_str))
+            .collect();
+        let abandon = HumanDuration::parse(cart_abandon_after).unwrap_or_else(|e| panic!("{e}"));
+        // The site tracks email through the worker's prefix (the worker gets the same keys).
+        let mut shop_site = site(SITE, WRITE_KEY, &origins);
+        shop_site.email = Some(EmailConfig {
+            base_url: format!("{shop_origin}/wm"),
+            home_url: format!("{shop_origin}/"),
+            keys: vec![EmailKey {
+                id: EMAIL_KEY_ID.into(),
+                secret: EMAIL_SECRET.into(),
+            }],
+            max_age: HumanDuration(Duration::from_secs(30 * 86_400)),
+        });
+        let config = IngestConfig::new()
+            .port(free_port())
+            .writer_max_age(Duration::from_millis(200))
+            .edge_secret(SECRET)
+            .site(shop_site)
+            .read_key(READ_KEY, &[SITE])
+            .with(|c| c.query.cart_abandon_after = abandon);
+        let stack = waymark_testkit::Stack::builder(&ingest_bin, config)
+            .shop(Path::new("node"), &root, shop_port)
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
         Stack {
-            dir,
-            ch,
-            database,
-            ingest,
-            ingest_url,
-            shop,
-            shop_url: format!("http://127.0.0.1:{shop_port}"),
+            ingest_url: stack.ingest_url(),
+            shop_url: stack
+                .shop_url
+                .clone()
+                .expect("the stack was asked for a shop"),
+            stack,
         }
+    }
+
+    /// The end of the ingest server's log, for failure messages.
+    pub fn ingest_log(&self, lines: usize) -> String {
+        self.stack.ingest.proc.log_tail(lines)
+    }
+
+    /// The end of the shop's (and edge worker's) log, for failure messages.
+    pub fn shop_log(&self, lines: usize) -> String {
+        self.stack
+            .shop
+            .as_ref()
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_default()
     }
 
     /// Runs one SQL query against this stack's database and returns the rows as text.
     pub fn sql(&self, sql: &str) -> String {
-        let sql = sql.replace("{db}", &self.database);
-        self.ch.query(&sql).unwrap_or_else(|e| panic!("{e}"))
+        let sql = sql.replace("{db}", &self.stack.database);
+        self.stack.ch.query(&sql).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// GET on the query API with the read key; returns (status, JSON body).
@@ -189,13 +165,19 @@ sites = ["{SITE}"]
 
     /// Runs a phase of `e2e/browser/shoppers.mjs` and returns what it printed (JSON).
     pub fn browser(&self, phase: &str) -> Value {
+        self.browser_with(phase, &[])
+    }
+
+    /// [`Stack::browser`] with more arguments for the phase (`--link URL`, ...).
+    pub fn browser_with(&self, phase: &str, extra: &[&str]) -> Value {
         let root = repo_root();
         let out = Command::new("node")
             .arg(root.join("e2e/browser/shoppers.mjs"))
             .arg(phase)
+            .args(extra)
             .args(["--shop", &self.shop_url])
             .arg("--state")
-            .arg(self.dir.path())
+            .arg(self.stack.dir())
             .output()
             .expect("running node e2e/browser/shoppers.mjs");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -204,7 +186,7 @@ sites = ["{SITE}"]
             "browser phase {phase} failed ({}):\n{stdout}\n{}\nshop log:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            self.shop.log_tail(40)
+            self.shop_log(40)
         );
         let last = stdout.lines().last().unwrap_or_default();
         serde_json::from_str(last).unwrap_or_else(|e| panic!("browser printed {last:?}: {e}"))

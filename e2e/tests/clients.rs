@@ -93,7 +93,7 @@ fn segment_family_clients_store_what_they_send() {
             "{client} via {route}: drive.mjs failed ({}):\n{stdout}\n{}\ningest log:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            stack.ingest.log_tail(30)
+            stack.ingest_log(30)
         );
         let run: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
             .unwrap_or_else(|e| panic!("{client}: drive.mjs printed {stdout:?}: {e}"));

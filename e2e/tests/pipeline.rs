@@ -64,7 +64,7 @@ fn a_shopper_abandons_a_cart_another_buys_then_the_first_logs_in() {
     assert!(
         sent.len() >= 8,
         "the browser sent too few events: {browse}\nshop log:\n{}",
-        stack.shop.log_tail(40)
+        stack.shop_log(40)
     );
     wait_stored(&stack, &sent);
 

@@ -5,6 +5,10 @@
 //! with that message instead of guessing.
 
 use waymark_protocol::edge::IpMode;
+use waymark_protocol::email::token::valid_target;
+use waymark_protocol::email::SigningKey;
+use waymark_protocol::privacy::check_param_pattern;
+pub use waymark_protocol::privacy::GpcMode;
 
 /// The variable names, as written in `wrangler.toml`.
 pub mod vars {
@@ -24,20 +28,51 @@ pub mod vars {
     pub const EDGE_SECRET: &str = "EDGE_SECRET";
     /// The Queue producer binding; when absent the worker forwards directly.
     pub const QUEUE: &str = "WAYMARK_QUEUE";
+    /// Comma-separated query parameters whose values are kept in URLs besides `utm_*`,
+    /// `gclid` and `fbclid` (product and category parameters; `*` at the end matches a prefix).
+    /// Every other parameter's value becomes `REDACTED` before the event leaves the worker.
+    pub const ALLOWED_QUERY_PARAMS: &str = "ALLOWED_QUERY_PARAMS";
+    /// The Worker secret with the site's email signing keys, `id:secret` pairs separated by
+    /// commas (the ingest server's `[sites.email] keys`); setting it turns the email
+    /// endpoints on.
+    pub const EMAIL_KEYS: &str = "EMAIL_KEYS";
+    /// The site id the email tokens name (`[[sites]] id` on the ingest server).
+    pub const EMAIL_SITE: &str = "EMAIL_SITE";
+    /// The write key the site's tag sends with: the email events are forwarded under it, and a
+    /// stitch marker links only a batch carrying it (how the worker knows the batch is the
+    /// site's).
+    pub const EMAIL_WRITE_KEY: &str = "EMAIL_WRITE_KEY";
+    /// Where a click with a refused token goes (`[sites.email] home_url`).
+    pub const EMAIL_HOME_URL: &str = "EMAIL_HOME_URL";
+    /// How long a link or pixel stays valid (`[sites.email] max_age`; default 400 days).
+    pub const EMAIL_MAX_AGE: &str = "EMAIL_MAX_AGE";
 }
 
-/// What to do when a request carries `Sec-GPC: 1` (Global Privacy Control).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GpcMode {
-    /// Keep the events but remove the persistent ids (`userId`, `previousId`, and `anonymousId`,
-    /// which becomes the session-scoped `gpc-<sessionId>`); `alias` and `identify` events, which
-    /// exist to tie ids and personal traits together, are left out.
-    DropIds,
-    /// Leave every event out (the request is still answered 200).
-    DropEvents,
-    /// Only record the signal (`client.gpc`).
-    Keep,
+/// The site's email settings: the pixel and click endpoints are on when these are set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EmailSettings {
+    pub site: String,
+    pub write_key: String,
+    pub home_url: String,
+    /// Newest first, as listed.
+    pub keys: Vec<SigningKey>,
+    pub max_age_secs: u64,
 }
+
+impl std::fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The keys' Debug redacts their secrets.
+        f.debug_struct("EmailSettings")
+            .field("site", &self.site)
+            .field("home_url", &self.home_url)
+            .field("keys", &self.keys)
+            .field("max_age_secs", &self.max_age_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The ingest server's default `[sites.email] max_age`.
+pub const DEFAULT_EMAIL_MAX_AGE_SECS: u64 = 400 * 86_400;
 
 /// Which origins may send batches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +100,10 @@ pub struct Config {
     pub gpc: GpcMode,
     pub allowed_origins: AllowedOrigins,
     pub bot_score_threshold: u8,
+    /// Extra query parameters kept in URLs (see `waymark_protocol::privacy`).
+    pub allowed_query_params: Vec<String>,
+    /// `None`: no `EMAIL_KEYS`, the email endpoints answer 404.
+    pub email: Option<EmailSettings>,
 }
 
 impl Default for Config {
@@ -76,6 +115,8 @@ impl Default for Config {
             gpc: GpcMode::DropIds,
             allowed_origins: AllowedOrigins::Any,
             bot_score_threshold: 30,
+            allowed_query_params: Vec::new(),
+            email: None,
         }
     }
 }
@@ -137,17 +178,19 @@ impl Config {
             };
         }
         if let Some(m) = get(vars::GPC_MODE) {
-            c.gpc = match m.to_ascii_lowercase().as_str() {
-                "drop-ids" => GpcMode::DropIds,
-                "drop-events" => GpcMode::DropEvents,
-                "keep" => GpcMode::Keep,
-                _ => {
-                    return Err(err(
-                        vars::GPC_MODE,
-                        format!("must be \"drop-ids\", \"drop-events\" or \"keep\", got {m:?}"),
-                    ))
-                }
-            };
+            c.gpc = GpcMode::parse(&m).ok_or_else(|| {
+                err(
+                    vars::GPC_MODE,
+                    format!("must be \"drop-ids\", \"drop-events\" or \"keep\", got {m:?}"),
+                )
+            })?;
+        }
+        if let Some(list) = get(vars::ALLOWED_QUERY_PARAMS) {
+            for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                check_param_pattern(p)
+                    .map_err(|why| err(vars::ALLOWED_QUERY_PARAMS, format!("{p:?}: {why}")))?;
+                c.allowed_query_params.push(p.to_string());
+            }
         }
         if let Some(o) = get(vars::ALLOWED_ORIGINS) {
             c.allowed_origins = parse_origins(&o)?;
@@ -161,8 +204,73 @@ impl Config {
                     )
                 })?;
         }
+        if let Some(keys) = get(vars::EMAIL_KEYS) {
+            c.email = Some(email_settings(&keys, &get)?);
+        }
         Ok(c)
     }
+}
+
+fn email_settings(
+    keys: &str,
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<EmailSettings, ConfigError> {
+    let required = |var: &'static str| {
+        get(var).ok_or_else(|| err(var, format!("must be set when {} is", vars::EMAIL_KEYS)))
+    };
+    let mut parsed = Vec::new();
+    for pair in keys.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, secret) = pair
+            .split_once(':')
+            .map(|(i, s)| (i.trim(), s.trim()))
+            .filter(|(i, s)| !i.is_empty() && !s.is_empty())
+            .ok_or_else(|| {
+                err(
+                    vars::EMAIL_KEYS,
+                    "must list id:secret pairs separated by commas (\"k2:...,k1:...\")",
+                )
+            })?;
+        if secret.len() < 16 {
+            return Err(err(
+                vars::EMAIL_KEYS,
+                format!("the secret of key {id:?} is shorter than 16 bytes"),
+            ));
+        }
+        parsed.push(SigningKey {
+            id: id.to_string(),
+            secret: secret.as_bytes().to_vec(),
+        });
+    }
+    if parsed.is_empty() {
+        return Err(err(vars::EMAIL_KEYS, "lists no key"));
+    }
+    let home_url = required(vars::EMAIL_HOME_URL)?;
+    if !valid_target(&home_url) {
+        return Err(err(
+            vars::EMAIL_HOME_URL,
+            format!("must be an absolute http(s) URL, got {home_url:?}"),
+        ));
+    }
+    let max_age_secs = match get(vars::EMAIL_MAX_AGE) {
+        None => DEFAULT_EMAIL_MAX_AGE_SECS,
+        Some(v) => humantime::parse_duration(&v)
+            .map(|d| d.as_secs())
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| {
+                err(
+                    vars::EMAIL_MAX_AGE,
+                    format!("must be a duration like \"30days\" or \"400d\", got {v:?}"),
+                )
+            })?,
+    };
+    Ok(EmailSettings {
+        site: required(vars::EMAIL_SITE)?,
+        write_key: required(vars::EMAIL_WRITE_KEY)?,
+        home_url,
+        keys: parsed,
+        max_age_secs,
+    })
 }
 
 fn normalise_prefix(p: &str) -> Result<String, ConfigError> {
@@ -243,8 +351,10 @@ mod tests {
                 "https://a.example, http://localhost:8080",
             ),
             ("BOT_SCORE_THRESHOLD", "10"),
+            ("ALLOWED_QUERY_PARAMS", "sku, cat_*"),
         ])
         .unwrap();
+        assert_eq!(c.allowed_query_params, ["sku", "cat_*"]);
         assert_eq!(c.prefix, "/collect/v");
         assert_eq!(c.ingest_url.as_deref(), Some("https://ingest.example.com"));
         assert_eq!(c.ip_mode, IpMode::Drop);
@@ -268,10 +378,60 @@ mod tests {
             ("ALLOWED_ORIGINS", ","),
             ("BOT_SCORE_THRESHOLD", "101"),
             ("BOT_SCORE_THRESHOLD", "high"),
+            ("ALLOWED_QUERY_PARAMS", "sku,*"),
         ] {
             let e = read(&[(k, v)]).unwrap_err();
             assert_eq!(e.var, k, "{v}");
             assert!(e.to_string().starts_with(&format!("{k}: ")), "{e}");
+        }
+    }
+
+    const EMAIL: [(&str, &str); 4] = [
+        (
+            "EMAIL_KEYS",
+            "k2:a-new-secret-0123456789, k1:an-old-secret-0123456789",
+        ),
+        ("EMAIL_SITE", "shop"),
+        ("EMAIL_WRITE_KEY", "wk_shop"),
+        ("EMAIL_HOME_URL", "https://shop.example/"),
+    ];
+
+    #[test]
+    fn email_settings_are_read_when_keys_are_set() {
+        assert_eq!(read(&[]).unwrap().email, None);
+        let e = read(&EMAIL).unwrap().email.unwrap();
+        assert_eq!(e.site, "shop");
+        assert_eq!(e.write_key, "wk_shop");
+        assert_eq!(e.keys.len(), 2);
+        assert_eq!(e.keys[0].id, "k2");
+        assert_eq!(e.keys[1].secret, b"an-old-secret-0123456789");
+        assert_eq!(e.max_age_secs, DEFAULT_EMAIL_MAX_AGE_SECS);
+        let mut with_age = EMAIL.to_vec();
+        with_age.push(("EMAIL_MAX_AGE", "30days"));
+        assert_eq!(
+            read(&with_age).unwrap().email.unwrap().max_age_secs,
+            30 * 86_400
+        );
+        assert!(
+            !format!("{e:?}").contains("an-old-secret"),
+            "secrets redacted"
+        );
+    }
+
+    #[test]
+    fn bad_email_settings_name_the_variable() {
+        for (k, v, var) in [
+            ("EMAIL_KEYS", "k1", "EMAIL_KEYS"),
+            ("EMAIL_KEYS", "k1:short", "EMAIL_KEYS"),
+            ("EMAIL_HOME_URL", "/home", "EMAIL_HOME_URL"),
+            ("EMAIL_MAX_AGE", "soon", "EMAIL_MAX_AGE"),
+            ("EMAIL_SITE", "", "EMAIL_SITE"),
+        ] {
+            let mut vars: Vec<(&str, &str)> =
+                EMAIL.iter().filter(|(n, _)| *n != k).copied().collect();
+            vars.push((k, v));
+            let e = read(&vars).unwrap_err();
+            assert_eq!(e.var, var, "{k}={v}: {e}");
         }
     }
 }

@@ -78,6 +78,7 @@ mod tests {
                 ip: Some("203.0.113.0".into()),
                 ..Client::default()
             },
+            email: None,
             events: (0..n)
                 .map(|i| {
                     let mut e = Event::new(EventType::Track, format!("m-{i}"));

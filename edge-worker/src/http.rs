@@ -10,11 +10,14 @@
 //! | `/wm/t/<version>/<file>` | GET, HEAD | a tag file; `<version>` is a content hash, cached for a year |
 //! | `/wm/<file>` | GET, HEAD | the same file under a stable name, cached for 5 minutes |
 //! | `/wm/tag.json` | GET, HEAD | the versioned URLs of the current files, cached for 5 minutes |
+//! | `/wm/e/o/<token>.gif` | GET | an email's open pixel (`crate::email`) |
+//! | `/wm/e/c/<token>` | GET, HEAD | an email's tracked link: a redirect (`crate::email`) |
 //!
 //! Files keep their names inside the versioned folder, so the loader finds the wasm module next
 //! to itself whichever way it was loaded.
 
 use serde::Serialize;
+use waymark_protocol::email::Kind;
 use waymark_protocol::intake::{intake_path, IntakePath};
 
 use crate::assets::{self, Asset};
@@ -59,7 +62,7 @@ impl Reply {
         )
     }
 
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
     }
@@ -118,6 +121,8 @@ pub enum Route<'a> {
     /// A batch or a single event from the tag or a Segment-family client.
     Intake(IntakePath),
     Manifest,
+    /// An email's open pixel or tracked link, with its token.
+    Email(Kind, &'a str),
     /// A tag file under `t/<version>/`.
     Versioned {
         version: &'a str,
@@ -144,6 +149,9 @@ pub fn route<'a>(path: &'a str, prefix: &str) -> Route<'a> {
     }
     if rest == MANIFEST_PATH {
         return Route::Manifest;
+    }
+    if let Some((kind, token)) = waymark_protocol::email::parse_path(rest) {
+        return Route::Email(kind, token);
     }
     if let Some(v) = rest.strip_prefix("/t/") {
         if let Some((version, name)) = v.split_once('/') {
@@ -186,7 +194,7 @@ pub fn serve_static(route: Route<'_>, prefix: &str, if_none_match: Option<&str>)
             None => return not_found(),
         },
         Route::Manifest => return manifest(prefix),
-        Route::Intake(_) | Route::NotFound => return not_found(),
+        Route::Intake(_) | Route::Email(..) | Route::NotFound => return not_found(),
     };
     asset_reply(asset, cache, if_none_match)
 }
@@ -357,6 +365,14 @@ mod tests {
             Route::Intake(IntakePath::Single(waymark_protocol::EventType::Identify))
         );
         assert_eq!(route("/wm/tag.json", "/wm"), Route::Manifest);
+        assert_eq!(
+            route("/wm/e/o/tok.gif", "/wm"),
+            Route::Email(Kind::Open, "tok")
+        );
+        assert_eq!(
+            route("/wm/e/c/tok", "/wm"),
+            Route::Email(Kind::Click, "tok")
+        );
         assert_eq!(
             route("/wm/t/abc123/waymark.js", "/wm"),
             Route::Versioned {

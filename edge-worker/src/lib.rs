@@ -16,6 +16,10 @@
 //!    queue the fetch handler forwards directly and answers 503 when it cannot, so the tag
 //!    retries.
 //!
+//! 4. The email endpoints ([`email`]): the open pixel and the click redirect, verified and
+//!    classified here and sent on after the answer; a person's click leaves a marker cookie that
+//!    the next batch turns into an identity link.
+//!
 //! Everything but the thin layer over the Workers runtime in `runtime.rs` (the entry points, the
 //! queue and the outbound fetches) is pure and tested on the host.
 
@@ -24,6 +28,7 @@ pub mod bot;
 pub mod cf;
 pub mod config;
 pub mod consume;
+pub mod email;
 pub mod forward;
 pub mod http;
 pub mod process;

@@ -6,18 +6,18 @@
 
 use serde::Serialize;
 use serde_json::Value;
-use waymark_protocol::edge::{truncate_ip, Client, EdgeEnvelope, IpMode};
+use waymark_protocol::edge::{truncate_ip, Client, EdgeEmail, EdgeEnvelope, IpMode};
 use waymark_protocol::intake::{basic_user, query_write_key, IntakePath};
-use waymark_protocol::limits::MAX_ID_LEN;
+use waymark_protocol::privacy::{apply_gpc, gpc_signal, redact_event_in_place, UrlPolicy};
 use waymark_protocol::time::format_rfc3339;
-use waymark_protocol::{parse_batch, parse_single, BatchError, Event, EventType, Rejection};
+use waymark_protocol::{parse_batch, parse_single, BatchError, Event, Rejection};
 
 use crate::bot::is_bot;
 use crate::cf::read_cf;
-use crate::config::{Config, GpcMode};
+use crate::config::Config;
+use crate::email::Stitch;
 
-/// Prefix of the pseudonymous `anonymousId` that replaces persistent ids under `Sec-GPC: 1`.
-pub const GPC_ID_PREFIX: &str = "gpc-";
+pub use waymark_protocol::privacy::GPC_ID_PREFIX;
 
 /// The parts of a tag request [`process`] reads.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,6 +35,8 @@ pub struct RequestParts<'a> {
     pub query: Option<&'a str>,
     /// What the path carries: a batch, or one event of a type (`/v1/t`, `/v1/track`, ...).
     pub kind: IntakePath,
+    /// `Cookie`: only the email click's stitch marker is read from it (`crate::email::link`).
+    pub cookie: Option<&'a str>,
 }
 
 /// A request whose body as a whole is refused; nothing in it goes on.
@@ -88,6 +90,8 @@ pub struct Processed {
     pub envelope: Option<EdgeEnvelope>,
     /// What the tag is told.
     pub summary: Summary,
+    /// A stitch marker came with the request: the answer clears its cookie.
+    pub clear_marker: bool,
 }
 
 /// The JSON answer to the tag for a body that was accepted as a whole.
@@ -130,22 +134,20 @@ pub fn process(
     let rejected = validated.rejected_events();
     let mut events = validated.events;
 
-    let gpc = req.sec_gpc.is_some_and(|v| v.trim() == "1");
-    let before = events.len();
-    if gpc {
-        match cfg.gpc {
-            GpcMode::Keep => {}
-            GpcMode::DropEvents => events.clear(),
-            GpcMode::DropIds => {
-                events.retain(|e| !matches!(e.kind, EventType::Alias | EventType::Identify));
-                events.iter_mut().for_each(drop_persistent_ids);
-            }
-        }
-    }
-    let gpc_dropped = before - events.len();
-    // The address never travels whole, also not inside an event (server-side SDKs set context.ip).
+    let gpc = gpc_signal(req.sec_gpc);
+    let gpc_dropped = if gpc {
+        apply_gpc(&mut events, cfg.gpc)
+    } else {
+        0
+    };
+    // The address never travels whole, also not inside an event (server-side SDKs set context.ip);
+    // nor do the secrets in URLs (reset tokens, emails in query strings, mailto: targets).
+    let urls = UrlPolicy {
+        extra: &cfg.allowed_query_params,
+    };
     for e in &mut events {
         scrub_context_ip(e, cfg.ip_mode);
+        redact_event_in_place(e, &urls);
     }
 
     let facts = read_cf(cf);
@@ -168,6 +170,17 @@ pub fn process(
         gpc_dropped,
         rejections: validated.rejections,
     };
+    let stitch = crate::email::link(req.cookie, &write_key, gpc, &events, cfg, now_ms);
+    let (clear_marker, email) = match stitch {
+        Stitch::None => (false, None),
+        Stitch::Marker(link) => (
+            true,
+            link.map(|link| EdgeEmail {
+                link: Some(link),
+                ..EdgeEmail::default()
+            }),
+        ),
+    };
     let envelope = (!events.is_empty()).then(|| EdgeEnvelope {
         write_key,
         received_at: format_rfc3339(now_ms),
@@ -175,30 +188,13 @@ pub fn process(
         geo: facts.geo,
         client,
         events,
+        email,
     });
-    Ok(Processed { envelope, summary })
-}
-
-/// Replaces the persistent ids with a session-scoped pseudonym: every event needs an id (the
-/// ingest server refuses one without), and `gpc-<sessionId>` links a visit's events to each other
-/// but not to the visitor's other visits or to a user. Without a session id the event's own id is
-/// used, which links nothing.
-fn drop_persistent_ids(e: &mut Event) {
-    e.user_id = None;
-    e.previous_id = None;
-    let basis = e
-        .context_str(&["sessionId"])
-        .filter(|s| !s.is_empty())
-        .unwrap_or(&e.message_id);
-    let mut id = format!("{GPC_ID_PREFIX}{basis}");
-    if id.len() > MAX_ID_LEN {
-        let mut cut = MAX_ID_LEN;
-        while !id.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        id.truncate(cut);
-    }
-    e.anonymous_id = Some(id);
+    Ok(Processed {
+        envelope,
+        summary,
+        clear_marker,
+    })
 }
 
 fn scrub_context_ip(e: &mut Event, mode: IpMode) {
@@ -216,8 +212,11 @@ fn scrub_context_ip(e: &mut Event, mode: IpMode) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::GpcMode;
     use serde_json::json;
     use waymark_protocol::edge::Geo;
+    use waymark_protocol::limits::MAX_ID_LEN;
+    use waymark_protocol::EventType;
 
     const NOW: i64 = 1_795_000_000_000; // 2026-11-19
     const CHROME: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
@@ -246,6 +245,38 @@ mod tests {
             client_ip: Some("203.0.113.77"),
             ..RequestParts::default()
         }
+    }
+
+    #[test]
+    fn urls_leave_without_secrets() {
+        let mut e = event(0);
+        e["event"] = json!("$click");
+        e["properties"] = json!({"kind": "link", "href": "mailto:jane@example.com"});
+        e["context"]["page"] = json!({
+            "url": "https://shop.example/reset?token=t0k3n&sku=9&utm_source=news",
+            "search": "?token=t0k3n&sku=9&utm_source=news",
+            "referrer": "https://mail.example/?u=jane@example.com"
+        });
+        let b = body(vec![e]);
+        let cfg = Config {
+            allowed_query_params: vec!["sku".into()],
+            ..Config::default()
+        };
+        let p = process(&parts(&b), &json!({}), &cfg, NOW).unwrap();
+        let ev = &p.envelope.unwrap().events[0];
+        assert_eq!(
+            ev.context_str(&["page", "url"]),
+            Some("https://shop.example/reset?token=REDACTED&sku=9&utm_source=news")
+        );
+        assert_eq!(
+            ev.context_str(&["page", "search"]),
+            Some("?token=REDACTED&sku=9&utm_source=news")
+        );
+        assert_eq!(
+            ev.context_str(&["page", "referrer"]),
+            Some("https://mail.example/?u=REDACTED")
+        );
+        assert_eq!(ev.properties["href"], "mailto:");
     }
 
     #[test]

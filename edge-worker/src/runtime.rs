@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 use waymark_protocol::edge::EdgeEnvelope;
+use waymark_protocol::email::{stitch, Kind};
 use waymark_protocol::intake::IntakePath;
 use waymark_protocol::limits::MAX_BATCH_BYTES;
 use worker::wasm_bindgen::JsCast;
@@ -27,7 +28,13 @@ use crate::process::{process, RequestParts};
 const FORWARD_TIMEOUT_MS: u32 = 10_000;
 
 fn config(env: &Env) -> std::result::Result<Config, crate::config::ConfigError> {
-    Config::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
+    // Secrets (EDGE_SECRET, EMAIL_KEYS) and vars are both strings on `env`.
+    Config::from_vars(|name| {
+        env.var(name)
+            .or_else(|_| env.secret(name))
+            .ok()
+            .map(|v| v.to_string())
+    })
 }
 
 fn respond(reply: Reply) -> Result<Response> {
@@ -63,7 +70,7 @@ fn now_ms() -> i64 {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let cfg = match config(&env) {
         Ok(c) => c,
         Err(e) => return respond(http::misconfigured(&e)),
@@ -80,6 +87,13 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
             Method::Post => intake(req, kind, &env, &cfg).await?,
             _ => http::method_not_allowed("POST, OPTIONS"),
         },
+        Route::Email(kind, token) => match (kind, method) {
+            (Kind::Open, Method::Get) | (Kind::Click, Method::Get | Method::Head) => {
+                email_hit(&req, kind, token, env.clone(), cfg.clone(), &ctx)?
+            }
+            (Kind::Open, _) => http::method_not_allowed("GET"),
+            (Kind::Click, _) => http::method_not_allowed("GET, HEAD"),
+        },
         route => match method {
             Method::Get | Method::Head => {
                 let inm = req.headers().get("if-none-match")?;
@@ -94,6 +108,53 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         },
     };
     respond(reply)
+}
+
+/// A pixel fetch or a click: answered at once; the event (or a refused token's reason) goes
+/// on after the answer, through the queue like every batch (`ctx.wait_until`).
+fn email_hit(
+    req: &Request,
+    kind: Kind,
+    token: &str,
+    env: Env,
+    cfg: Config,
+    ctx: &Context,
+) -> Result<Reply> {
+    let headers = req.headers();
+    let user_agent = headers.get("user-agent")?;
+    let client_ip = headers.get("cf-connecting-ip")?;
+    let secure = req.url()?.scheme() == "https";
+    let method = req.method();
+    let parts = crate::email::EmailRequest {
+        kind,
+        token,
+        method: method.as_ref(),
+        user_agent: user_agent.as_deref(),
+        client_ip: client_ip.as_deref(),
+        secure,
+    };
+    let Some(out) = crate::email::hit(
+        &parts,
+        &cf_json(req),
+        &cfg,
+        crate::email::bursts(),
+        now_ms(),
+    ) else {
+        return Ok(http::not_found());
+    };
+    if let Some(envelope) = out.envelope {
+        let verdict = out.verdict;
+        ctx.wait_until(async move {
+            let sent = match env.queue(vars::QUEUE) {
+                Ok(q) => enqueue(&q, &envelope).await,
+                Err(_) => forward(&env, &cfg, vec![envelope]).await,
+            };
+            if let Err(reason) = sent {
+                console_error!("waymark edge: could not hand on an email {verdict}: {reason}");
+            }
+        });
+    }
+    Ok(out.reply)
 }
 
 async fn intake(mut req: Request, kind: IntakePath, env: &Env, cfg: &Config) -> Result<Reply> {
@@ -115,6 +176,8 @@ async fn intake(mut req: Request, kind: IntakePath, env: &Env, cfg: &Config) -> 
     let client_ip = headers.get("cf-connecting-ip")?;
     let sec_gpc = headers.get("sec-gpc")?;
     let authorization = headers.get("authorization")?;
+    let cookie = headers.get("cookie")?;
+    let secure = req.url()?.scheme() == "https";
     let cf = cf_json(&req);
     let query = req.url()?.query().map(str::to_string);
     let body = req.bytes().await?;
@@ -126,6 +189,7 @@ async fn intake(mut req: Request, kind: IntakePath, env: &Env, cfg: &Config) -> 
         authorization: authorization.as_deref(),
         query: query.as_deref(),
         kind,
+        cookie: cookie.as_deref(),
     };
     let processed = match process(&parts, &cf, cfg, now_ms()) {
         Ok(p) => p,
@@ -149,7 +213,12 @@ async fn intake(mut req: Request, kind: IntakePath, env: &Env, cfg: &Config) -> 
             return Ok(http::unavailable(public, &cors));
         }
     }
-    Ok(http::accepted(&processed.summary, queued, &cors))
+    let reply = http::accepted(&processed.summary, queued, &cors);
+    Ok(if processed.clear_marker {
+        reply.header("set-cookie", stitch::clear_cookie(secure))
+    } else {
+        reply
+    })
 }
 
 /// Sends the envelope as JSON text (typed text, not a JS object: see TOOLCHAIN.md on `Value`s).

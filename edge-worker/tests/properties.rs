@@ -96,6 +96,7 @@ proptest! {
             sent_at: None,
             geo: Geo { city: Some("Berlin".into()), ..Geo::default() },
             client: Client::default(),
+            email: None,
             events: sizes.iter().enumerate().map(|(i, n)| {
                 let mut e = Event::new(EventType::Track, format!("m-{i}"));
                 e.properties.insert("pad".into(), "x".repeat(*n).into());

@@ -15,7 +15,9 @@
 //!    the write key (or the signature and replay window) and the origin ([`intake::auth`]);
 //!    every event validated with the protocol crate (bad events are listed as rejections, good
 //!    ones go on); each enriched into a [`store::row::EventRow`] ([`intake::enrich`]: clock
-//!    skew, user agent, bot flag, UTM, session, geo; the raw IP never kept); the site's rate
+//!    skew, user agent, bot flag, UTM, session, geo; the raw IP never kept; URLs without
+//!    secrets, `waymark_protocol::privacy`); events of deleted people dropped
+//!    ([`store::suppress`]); the site's rate
 //!    limit ([`intake::ratelimit`]); duplicates seen recently dropped ([`intake::dedup`]); and
 //!    the rows appended as one record to the [`spool`].
 //! 4. **Acknowledgement.** The spool's group commit writes and fsyncs the record together with
@@ -46,8 +48,9 @@
 //! module imports one that imports it back. From the bottom:
 //!
 //! 1. [`clock`], [`config`], [`keys`], [`metrics`]: the time, the settings (every section,
-//!    `[query]` included), constant-time key lookup, the Prometheus registry. They use no
-//!    other module of the crate.
+//!    `[query]` included; the `waymark-ingest-config` crate, re-exported as `config`),
+//!    constant-time key lookup, the Prometheus registry. They use no other module of the
+//!    crate.
 //! 2. [`store::row`]: the rows of `events`, `identities` and `quarantine`; a leaf (it uses no
 //!    other module of the crate), so the spool can encode them.
 //! 3. [`spool`]: the durable buffer (its `rows` payloads are `store::row` rows).
@@ -56,24 +59,30 @@
 //!    [`store::IdentityFeed`] trait, defined here and implemented above.
 //! 5. [`intake`]: the admit pipeline (auth, rate limit, dedup, enrichment, hand-off to the spool).
 //! 6. [`query`]: the read API, reading ClickHouse through [`store`]'s client and schema status.
-//! 7. [`triggers`]: audience subscriptions, their incremental evaluation and the webhook
+//! 7. [`privacy`]: deleting and exporting a person (admin keys), and retention; it reads
+//!    through [`query`]'s state and builds SQL with its escaping, and fills the suppression
+//!    list ([`store::suppress`]) that [`intake`] and the writer honour.
+//! 8. [`triggers`]: audience subscriptions, their incremental evaluation and the webhook
 //!    deliveries, over [`query`]'s audience language and state, with [`store`]'s tables.
-//! 8. [`http`]: thin handlers over [`intake`], [`query`] and [`triggers`], `/readyz` and
+//! 9. [`http`]: thin handlers over [`intake`], [`query`], [`privacy`] and [`triggers`], `/readyz` and
 //!    `/metrics`, the accept loop; and this file's [`serve`], which wires them together.
 //!
 //! Checked with `grep -rhv '^\s*//' src/<module> | grep -o 'crate::[a-z_]*' | sort -u` (code
 //! lines, not comments) per module: `clock`, `config`, `keys`, `metrics`, `store/row.rs`: none;
 //! `spool`: `store` (its `row` only); `store`: `clock config metrics spool`; `intake`:
-//! `clock config keys metrics spool store`; `query`: `clock config keys store`; `triggers`:
-//! `clock config metrics query store`; `http`: `clock config intake metrics query spool store
-//! triggers`.
+//! `clock config keys metrics spool store`; `query`: `clock config keys metrics store`;
+//! `privacy`: `clock config keys query store`; `triggers`: `clock config metrics query store`;
+//! `http`: `clock config intake metrics privacy query spool store triggers`.
 
 pub mod clock;
-pub mod config;
+/// The settings: the `waymark-ingest-config` crate (its own crate so the test stack can build
+/// configs from the same types; see its top doc).
+pub use waymark_ingest_config as config;
 pub mod http;
 pub mod intake;
 pub mod keys;
 pub mod metrics;
+pub mod privacy;
 pub mod query;
 pub mod spool;
 pub mod store;
@@ -183,8 +192,12 @@ pub async fn serve(
             config.query.identity_max_links,
         ))
     });
+    // Ids of deleted people: the intake and the sink drop their late events.
+    let suppressions = Arc::new(store::suppress::Suppressions::default());
     let sink = Arc::new(
-        ClickHouseSink::new(&config.clickhouse, schema.clone()).with_identities(identities.clone()),
+        ClickHouseSink::new(&config.clickhouse, schema.clone())
+            .with_identities(identities.clone())
+            .with_suppressions(suppressions.clone()),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Migrations run in the background, however long a backfill takes: intake goes on into the
@@ -248,8 +261,40 @@ pub async fn serve(
             stop_rx.clone(),
         ))
     });
+    // The suppression list from ClickHouse (deletions made by any server), once the schema is
+    // ready and then every `REFRESH`.
+    let suppression_refresh = {
+        let (list, schema) = (suppressions.clone(), schema.clone());
+        let client = store::client(&config.clickhouse);
+        let db = config.clickhouse.database.clone();
+        tokio::spawn(async move {
+            loop {
+                if schema.is_ready() {
+                    if let Err(e) = list.load(&client, &db).await {
+                        tracing::warn!(error = %e, "reading the suppression list failed; retrying");
+                    }
+                    tokio::time::sleep(store::suppress::REFRESH).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        })
+    };
+    let retention = tokio::spawn(privacy::retention::schedule(
+        query.clone(),
+        store::client(&config.clickhouse),
+        config.sites.clone(),
+        config.privacy.retention_check.0,
+    ));
     let http_config = config.http.clone();
-    let state = AppState::new(config, spool.clone(), metrics, schema, identities);
+    let state = AppState::with_suppressions(
+        config,
+        spool.clone(),
+        metrics,
+        schema,
+        identities,
+        suppressions,
+    );
     let router = app(state, query);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");
@@ -263,6 +308,8 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     migrations.abort();
     upkeep.abort();
+    suppression_refresh.abort();
+    retention.abort();
     if let Some(t) = identity_refresh {
         t.abort();
     }

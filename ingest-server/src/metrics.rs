@@ -59,6 +59,11 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("waymark_email_hits_total", Kind::Counter, "Email opens and clicks recorded, by event ($email_open, $email_click) and class (human, machine, unknown; human, scanner)."),
     ("waymark_email_tokens_refused_total", Kind::Counter, "Pixel fetches and link clicks whose token was refused, by reason (malformed, unknown_site, unknown_key, bad_signature, expired, from_the_future, wrong_kind); a refused click goes to the site's home_url."),
     ("waymark_email_events_failed_total", Kind::Counter, "Email open or click events that could not be spooled (spool full or unavailable), logged; the pixel or redirect was answered all the same."),
+    ("waymark_quality_checked_total", Kind::Counter, "Events checked against their site's tracking plan or critical fields, by site."),
+    ("waymark_quality_violations_total", Kind::Counter, "Tracking plan violations, by site, event (a planned name, or $unplanned) and kind (unplanned_event, required_missing, type_mismatch, additional_property, format)."),
+    ("waymark_quality_field_checked_total", Kind::Counter, "Events that should carry a critical field ([[sites.completeness]]), by site, event and field."),
+    ("waymark_quality_field_missing_total", Kind::Counter, "Of those, the events that lacked it (absent, null or empty)."),
+    ("waymark_quality_field_min", Kind::Gauge, "The share of events that must carry a critical field (its completeness threshold), by site, event and field."),
     ("waymark_query_cache_misses_total", Kind::Counter, "Query answers the cache did not hold (read from ClickHouse), by endpoint."),
     ("waymark_trigger_ticks_total", Kind::Counter, "Trigger evaluation ticks completed."),
     ("waymark_trigger_tick_seconds", Kind::Histogram, "Time one trigger evaluation tick took (all subscriptions)."),
@@ -287,6 +292,55 @@ impl Metrics {
     pub fn email_failed(&self) {
         self.counter("waymark_email_events_failed_total", vec![])
             .increment(1);
+    }
+
+    /// Events of one request checked for quality.
+    pub fn quality_checked(&self, site: &str, n: u64) {
+        self.counter(
+            "waymark_quality_checked_total",
+            vec![Label::new("site", site.to_string())],
+        )
+        .increment(n);
+    }
+
+    /// `n` tracking plan violations of one kind in one request.
+    pub fn quality_violations(&self, site: &str, event: &str, kind: &str, n: u64) {
+        self.counter(
+            "waymark_quality_violations_total",
+            vec![
+                Label::new("site", site.to_string()),
+                Label::new("event", event.to_string()),
+                Label::new("kind", kind.to_string()),
+            ],
+        )
+        .increment(n);
+    }
+
+    /// One request's events that should carry a critical field, and those that lacked it.
+    pub fn quality_field(&self, site: &str, event: &str, field: &str, checked: u64, missing: u64) {
+        let labels = || {
+            vec![
+                Label::new("site", site.to_string()),
+                Label::new("event", event.to_string()),
+                Label::new("field", field.to_string()),
+            ]
+        };
+        self.counter("waymark_quality_field_checked_total", labels())
+            .increment(checked);
+        self.counter("waymark_quality_field_missing_total", labels())
+            .increment(missing);
+    }
+
+    /// A critical field's threshold, exported for alert rules (set once at start; the two
+    /// counters start at 0 so a rate exists before the first event).
+    pub fn quality_threshold(&self, site: &str, event: &str, field: &str, min: f64) {
+        let labels = vec![
+            Label::new("site", site.to_string()),
+            Label::new("event", event.to_string()),
+            Label::new("field", field.to_string()),
+        ];
+        self.gauge("waymark_quality_field_min", labels).set(min);
+        self.quality_field(site, event, field, 0, 0);
     }
 
     /// Events accepted so far, all sources.

@@ -75,18 +75,15 @@ fn sigkill_while_sending_loses_no_acknowledged_event_and_duplicates_do_not_count
     let db = ch.fresh_database().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ingest.toml");
-    std::fs::write(
-        &config,
-        config_toml(
-            "127.0.0.1:0",
-            &ch.http_url(),
-            &db,
-            &dir.path().join("spool"),
-            "",
-        )
-        .replace("max_age = \"100ms\"", "max_age = \"300ms\""),
+    common::config(
+        "127.0.0.1:0",
+        &ch.http_url(),
+        &db,
+        &dir.path().join("spool"),
     )
-    .unwrap();
+    .writer_max_age(Duration::from_millis(300))
+    .write(&config)
+    .unwrap_or_else(|e| panic!("{e}"));
     let (mut child, addr) = spawn_server(&config);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -200,7 +197,7 @@ fn sigkill_while_sending_loses_no_acknowledged_event_and_duplicates_do_not_count
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_outage_is_absorbed_by_the_spool_up_to_its_cap() {
     let mut ch = tokio::task::block_in_place(ClickHouse::start).unwrap_or_else(|e| panic!("{e}"));
-    let mut srv = Server::start_with(&ch, "", |c| {
+    let mut srv = Server::start_with(&ch, |c| {
         c.spool.max_bytes = waymark_ingest::config::ByteSize(256 << 10);
     })
     .await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{clickhouse, wait_for, Server};
 use reqwest::header;
 use serde_json::{json, Value};
-use waymark_ingest::config::{EmailConfig, EmailKey, HumanDuration};
+use waymark_ingest::config::{EmailConfig, EmailKey, HumanDuration, ReadKey};
 use waymark_protocol::email::{self as wire, Claims, SigningKey};
 
 const SEND_KEY: &str = "sk_test_0123456789abcdef";
@@ -22,10 +22,13 @@ const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.
 const READ_KEY: &str = "rk_email_test";
 
 async fn server() -> Server {
-    let query = format!(
-        "[query]\ncache_ttl = \"0s\"\n[[query.read_keys]]\nkey = \"{READ_KEY}\"\nsites = [\"shop\"]\n"
-    );
-    Server::start_with(clickhouse(), &query, |c| {
+    Server::start_with(clickhouse(), |c| {
+        c.query.cache_ttl = HumanDuration(Duration::ZERO);
+        c.query.read_keys = vec![ReadKey {
+            key: READ_KEY.into(),
+            sites: vec!["shop".into()],
+            subscribe: false,
+        }];
         let shop = &mut c.sites[0];
         shop.send_keys = vec![SEND_KEY.into()];
         shop.email = Some(EmailConfig {
@@ -281,4 +284,165 @@ async fn refused_tokens_go_home_and_are_counted() {
     );
     let got = wait_for(clickhouse(), &sql, "1\t1", Duration::from_secs(30)).await;
     assert_eq!(got, "1\t1");
+}
+
+/// One tag-like event of an anonymous browser, `ago_ms` before now.
+fn browsing(id: &str, anon: &str, event: &str, ago_ms: i64) -> Value {
+    json!({
+        "type": "track", "event": event, "messageId": id, "anonymousId": anon,
+        "timestamp": common::iso(common::now_ms() - ago_ms),
+        "properties": {"product_id": "p-9", "name": "Boot", "price": 80.0, "currency": "EUR", "quantity": 1},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persons_click_stitches_the_browser_to_the_reader() {
+    let s = server().await;
+    let c = client();
+    let ch = clickhouse();
+    let post = |events: Vec<Value>, cookie: Option<String>, gpc: bool| {
+        let mut r = c
+            .post(s.url("/v1/batch"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .json(&json!({"writeKey": common::WRITE_KEY, "batch": events}));
+        if let Some(cookie) = cookie {
+            r = r.header(header::COOKIE, cookie);
+        }
+        if gpc {
+            r = r.header("sec-gpc", "1");
+        }
+        r.send()
+    };
+    let click = |t: String| {
+        c.get(s.url(&wire::click_path(&t)))
+            .header(header::USER_AGENT, CHROME)
+            .send()
+    };
+
+    // Anonymous browsing before the click, then the reader's click leaves its marker.
+    let r = post(
+        vec![browsing("st-1", "st-anon", "Product Viewed", 60_000)],
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = click(token(Some("https://shop.example.com/p/9"), 3600))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let set = r.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        set.starts_with("wm_email=")
+            && set.contains("HttpOnly")
+            && set.contains("SameSite=Lax")
+            && set.contains("Secure")
+            && set.contains("Max-Age=300"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+
+    // The landing page's batch (the cart) brings it back: a link, and the cookie cleared.
+    let r = post(
+        vec![browsing("st-2", "st-anon", "Product Added", 1_000)],
+        Some(format!("consent=yes; {cookie}")),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let cleared = r.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(
+        cleared.starts_with("wm_email=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+
+    // Another browser with GPC: its marker is cleared too, and makes no link.
+    let r = click(token(Some("https://shop.example.com/p/10"), 3601))
+        .await
+        .unwrap();
+    let gpc_cookie = r.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = post(
+        vec![browsing("st-3", "gpc-browser", "Product Viewed", 1_000)],
+        Some(gpc_cookie),
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    // A marker that was tampered with makes no link either.
+    let r = post(
+        vec![browsing("st-4", "forger", "Product Viewed", 1_000)],
+        Some(format!("{}x", cookie.trim_end_matches('A'))),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let events = format!(
+        "SELECT count() FROM {}.events WHERE message_id IN ('st-1', 'st-2', 'st-3', 'st-4') FORMAT TSV",
+        s.db
+    );
+    wait_for(ch, &events, "4", Duration::from_secs(30)).await;
+    let links = format!(
+        "SELECT user_id, anonymous_id, source_type FROM {}.identities FORMAT TSV",
+        s.db
+    );
+    assert_eq!(
+        common::query(ch, &links).trim(),
+        "u-ada\tst-anon\temail_click",
+        "one link, from the reader's browser; none for GPC or a forged marker"
+    );
+    let stored = format!(
+        "SELECT count() FROM {}.events WHERE type = '$link' FORMAT TSV",
+        s.db
+    );
+    assert_eq!(
+        common::query(ch, &stored).trim(),
+        "0",
+        "a link is not an event"
+    );
+
+    // The reader's profile: the click, the browsing before it and the cart after it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let p: Value = loop {
+        let p: Value = c
+            .get(s.url("/v1/profiles/u-ada?site=shop"))
+            .bearer_auth(READ_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stitched = p["anonymous_ids"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "st-anon"));
+        if stitched && p["cart"]["products"][0]["product_id"] == "p-9" {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the profile never showed the stitched browsing: {p:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(p["email"]["human_clicks"], 2, "{p:#}");
+    assert_eq!(p["recently_viewed"][0]["product_id"], "p-9", "{p:#}");
+    assert_eq!(p["recently_viewed"][0]["views"], 1, "{p:#}");
 }

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use common::*;
+use waymark_ingest::config::HumanDuration;
 
 /// Reads whatever the server answers on `s` until it closes or `within` passes.
 async fn read_answer(s: &mut TcpStream, within: Duration) -> String {
@@ -61,7 +62,7 @@ fn partial_request(len: usize, sent: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_over_the_cap_is_told_to_retry() {
     let ch = clickhouse();
-    let mut srv = Server::start_with(ch, "[http]\nmax_connections = 2\n", |_| {}).await;
+    let mut srv = Server::start_with(ch, |c| c.http.max_connections = 2).await;
     // Two idle connections take the two places.
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -104,7 +105,10 @@ async fn a_connection_over_the_cap_is_told_to_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_does_not_arrive_in_time_gets_408() {
     let ch = clickhouse();
-    let mut srv = Server::start_with(ch, "[http]\nbody_timeout = \"300ms\"\n", |_| {}).await;
+    let mut srv = Server::start_with(ch, |c| {
+        c.http.body_timeout = HumanDuration(Duration::from_millis(300))
+    })
+    .await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     s.write_all(&partial_request(100, 10)).await.unwrap();
     let answer = read_answer(&mut s, Duration::from_secs(10)).await;
@@ -119,11 +123,11 @@ async fn a_request_open_at_shutdown_is_cut_after_the_grace() {
     let ch = clickhouse();
     // Without the grace, this request would hold the shutdown for its body timeout (10 min),
     // and `stop` fails after 60 s.
-    let mut srv = Server::start_with(
-        ch,
-        "[http]\nbody_timeout = \"10m\"\nrequest_timeout = \"10m\"\nshutdown_grace = \"300ms\"\n",
-        |_| {},
-    )
+    let mut srv = Server::start_with(ch, |c| {
+        c.http.body_timeout = HumanDuration(Duration::from_secs(600));
+        c.http.request_timeout = HumanDuration(Duration::from_secs(600));
+        c.http.shutdown_grace = HumanDuration(Duration::from_millis(300));
+    })
     .await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     // One whole request first, so the connection is known to be served, then one whose body

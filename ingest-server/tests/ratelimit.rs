@@ -23,7 +23,7 @@ fn batch(ids: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_limit_gets_429_with_retry_after_and_stores_nothing() {
     let ch = clickhouse();
-    let mut srv = Server::start_with(ch, "", |c| {
+    let mut srv = Server::start_with(ch, |c| {
         // Site "shop": 5 events at once, then one per 1000 s.
         c.sites[0].rate_limit = Some(RateLimitConfig {
             events_per_second: 0.001,

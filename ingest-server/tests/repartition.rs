@@ -229,7 +229,7 @@ async fn an_attempt_stopped_after_the_swap_is_finished() {
     let newly = store::migrate(&c, &db, &SchemaStatus::default())
         .await
         .unwrap();
-    assert_eq!(newly, vec![110]);
+    assert_eq!(newly.first(), Some(&110), "{newly:?}");
     let after = tables(&db);
     assert_eq!(after.matches("MaterializedView").count(), views, "{after}");
     assert!(!after.contains("events_client_time"), "{after}");

@@ -20,7 +20,7 @@ const MANY_RETRIES: u64 = 20;
 
 /// A server that retries quickly (backoff capped at 100 ms), so many attempts fit in a test.
 async fn server(ch: &ClickHouse, user: Option<&str>) -> Server {
-    Server::start_with(ch, "", |c| {
+    Server::start_with(ch, |c| {
         c.writer.max_backoff = waymark_ingest::config::HumanDuration(Duration::from_millis(100));
         if let Some(u) = user {
             c.clickhouse.user = u.into();
@@ -290,11 +290,9 @@ async fn refused_rows_are_quarantined_and_replayed_once_the_cause_is_fixed() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ingest.toml");
-    std::fs::write(
-        &config,
-        config_toml("127.0.0.1:0", &ch.http_url(), &db, srv.spool.path(), ""),
-    )
-    .unwrap();
+    common::config("127.0.0.1:0", &ch.http_url(), &db, srv.spool.path())
+        .write(&config)
+        .unwrap_or_else(|e| panic!("{e}"));
 
     // Not fixed yet: nothing moves, the reason is shown, nothing is marked.
     let out = tokio::task::block_in_place(|| replay(&config, &[]));

@@ -131,8 +131,11 @@ function send(body, id, beacon) {
     // A string body goes as text/plain: a "simple" request, no CORS preflight. `keepalive`
     // (to outlive the page) shares a 64 KiB quota with beacons that frees up only some time
     // after each request ends: large batches sent while the page is visible go without it.
+    // Cookies go only to a same-origin endpoint (the edge prefix or the ingest server on the
+    // site's own domain), which reads nothing from them but an email click's stitch marker;
+    // a cross-origin endpoint gets none.
     const keepalive = beacon || body.length < 16384
-    fetch(endpoint, { method: 'POST', body, keepalive, credentials: 'omit' }).then(
+    fetch(endpoint, { method: 'POST', body, keepalive, credentials: 'same-origin' }).then(
       (r) => done(id, r.status, r.headers.get('retry-after')),
       () => done(id, 0),
     )

@@ -85,6 +85,42 @@ pub struct EdgeEnvelope {
     #[serde(default)]
     pub client: Client,
     pub events: Vec<Event>,
+    /// What the edge learnt from email tokens and markers (absent for a plain batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EdgeEmail>,
+}
+
+/// The email side of an envelope (see `crate::email`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeEmail {
+    /// The envelope's events are `$email_open` / `$email_click` events the edge made itself
+    /// from verified tokens: names no tag may send, admitted only from a signed forward.
+    #[serde(default)]
+    pub hits: bool,
+    /// A pixel or click token the edge refused, by reason (`bad_signature`, `expired`, ...),
+    /// for the ingest server's count; the envelope then has no events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// A verified stitch marker came with this batch: link its browser to the recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<EmailLink>,
+}
+
+/// An identity link from an email click's marker (`identities.source_type = "email_click"`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmailLink {
+    /// The recipient (user id, else email address).
+    pub user_id: String,
+    /// The batch's anonymous id.
+    pub anonymous_id: String,
+    #[serde(default)]
+    pub campaign: String,
+    #[serde(default)]
+    pub send_id: String,
+    /// When the marker was issued (the click), Unix seconds.
+    pub clicked_at: u64,
 }
 
 /// The body of a signed `POST /v1/edge`.

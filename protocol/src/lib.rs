@@ -11,6 +11,7 @@
 //! - [`intake`]: the paths Segment-family clients send to, and where they put the write key.
 //! - [`edge`]: what the edge worker adds (geo, client) and how it signs what it forwards.
 //! - [`email`]: the signed tokens of tracked email links and open pixels.
+//! - [`privacy`]: what is kept of URLs (secrets redacted) and what `Sec-GPC: 1` does.
 //!
 //! No I/O here; everything builds for `wasm32-unknown-unknown` as well as natively. Features:
 //! `validate` (default) brings parsing, validation and signing; `std` the types, time and
@@ -30,6 +31,8 @@ pub mod event;
 pub mod intake;
 pub mod limits;
 pub mod names;
+#[cfg(feature = "validate")]
+pub mod privacy;
 #[cfg(feature = "std")]
 pub mod skew;
 #[cfg(feature = "std")]

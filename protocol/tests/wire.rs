@@ -332,6 +332,7 @@ fn snapshot_of_an_edge_forward() {
                 bot_score: Some(87),
                 bot: false,
             },
+            email: None,
             events: vec![sample_event()],
         }],
     };

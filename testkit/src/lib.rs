@@ -1,17 +1,34 @@
-//! A private, real ClickHouse server for tests (and for `cargo xtask demo`).
+//! The test stack: every process a Waymark test, benchmark, chaos run or the demo starts, and
+//! the one builder of the ingest server's configuration.
 //!
-//! [`ClickHouse::start`] launches `clickhouse-server` with a configuration written into its own
-//! directory, listening on free loopback ports only, and waits until `GET /ping` answers.
-//! [`ClickHouse::fresh_database`] hands each test its own database. Dropping the value stops the
-//! server; if the test process dies first, the server goes too (it runs under a small shell
-//! wrapper that kills it when our end of its stdin pipe closes), so no test leaves one behind.
+//! - [`ClickHouse`]: a private, real ClickHouse server (this file). [`ClickHouse::start`]
+//!   launches `clickhouse-server` with a configuration written into its own directory,
+//!   listening on free loopback ports only, and waits until `GET /ping` answers.
+//!   [`ClickHouse::fresh_database`] hands each test its own database. Dropping the value stops
+//!   the server; if the test process dies first, the server goes too (it runs under a small
+//!   shell wrapper that kills it when our end of its stdin pipe closes), so no test leaves one
+//!   behind. There is no fake: a missing binary is an error that says how to install it, never
+//!   a skip.
+//! - [`config::IngestConfig`]: the ingest server's configuration, built on its real types (the
+//!   `waymark-ingest-config` crate) and written as TOML; the in-process servers of the ingest
+//!   tests take its `Config`, everything else its file.
+//! - [`ingest::IngestServer`]: the `ingest-server` binary started on such a config.
+//! - [`stack::Stack`]: ClickHouse, the ingest server and, if asked, the demo shop with the edge
+//!   worker in workerd: the end-to-end tests and `cargo xtask demo`.
+//! - [`process`]: how the others are run: log to a file, wait for a ready line, stop on drop.
+//! - `waymark-stack` (`src/bin/`): [`ClickHouse`] and [`ingest::IngestServer`] as a command, for
+//!   the edge worker's JS tests.
 //!
-//! There is no fake: a missing binary is an error that says how to install it, never a skip.
-//!
-//! [`process`] starts the other processes of a test or the demo (ingest server, demo shop) the
-//! same way: log to a file, wait for a ready line, stop on drop.
+//! Dependencies point one way: this crate uses `waymark-ingest-config`, never the ingest server
+//! itself, so the server's tests can use it.
 
+pub mod config;
+pub mod ingest;
 pub mod process;
+pub mod stack;
+
+pub use config::IngestConfig;
+pub use stack::Stack;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -81,26 +98,41 @@ pub struct ClickHouse {
     databases: AtomicU32,
 }
 
+/// The first of `names` found in a directory of PATH, with the directory's order first.
+fn on_path(names: &[&str]) -> Option<(PathBuf, usize)> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|dir| {
+            names.iter().enumerate().find_map(|(i, n)| {
+                let full = dir.join(n);
+                full.is_file().then_some((full, i))
+            })
+        })
+}
+
 /// Finds the server binary: `WAYMARK_CLICKHOUSE_SERVER`, else `clickhouse-server` on PATH, else
 /// the single `clickhouse` binary (newer packages) run as `clickhouse server`.
 fn server_command() -> Result<Vec<String>, Error> {
     if let Ok(p) = std::env::var("WAYMARK_CLICKHOUSE_SERVER") {
         return Ok(vec![p]);
     }
-    for dir in std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        let full = dir.join("clickhouse-server");
-        if full.is_file() {
-            return Ok(vec![full.display().to_string()]);
-        }
-        let single = dir.join("clickhouse");
-        if single.is_file() {
-            return Ok(vec![single.display().to_string(), "server".into()]);
-        }
+    match on_path(&["clickhouse-server", "clickhouse"]) {
+        Some((p, 0)) => Ok(vec![p.display().to_string()]),
+        Some((p, _)) => Ok(vec![p.display().to_string(), "server".into()]),
+        None => Err(Error::NotInstalled),
     }
-    Err(Error::NotInstalled)
+}
+
+/// The ClickHouse client as a command line: `clickhouse-client` on PATH, else the single
+/// `clickhouse` binary (newer packages) run as `clickhouse client`.
+pub fn client_command() -> Vec<String> {
+    match on_path(&["clickhouse-client", "clickhouse"]) {
+        Some((p, 0)) => vec![p.display().to_string()],
+        Some((p, _)) => vec![p.display().to_string(), "client".into()],
+        None => vec!["clickhouse-client".into()],
+    }
 }
 
 /// A port nobody is listening on right now. The kernel picks it; we release it for the server.

@@ -8,13 +8,14 @@
 
 use std::io::Read as _;
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use waymark_testkit::process::{self, Proc};
-use waymark_testkit::ClickHouse;
+use waymark_ingest::config::{EmailConfig, EmailKey};
+use waymark_testkit::config::{site, HumanDuration, IngestConfig};
+use waymark_testkit::process::Proc;
+use waymark_testkit::{ClickHouse, Stack};
 
 /// Fixed ports so the printed URLs stay the same from run to run. Each can be overridden with
 /// the environment variable named beside it.
@@ -58,12 +59,6 @@ fn port(var: &str, default: u16) -> Result<u16> {
             .with_context(|| format!("{var}={v:?} is not a port number")),
         Err(_) => Ok(default),
     }
-}
-
-/// Starts a child of the demo, waiting at most two minutes for its ready line.
-fn spawn_until(name: &str, cmd: Command, ready: &str, log: &Path) -> Result<Proc> {
-    process::spawn_until(name, cmd, ready, log, Duration::from_secs(120))
-        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Stops a child, saying so.
@@ -121,42 +116,54 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     std::fs::create_dir_all(&state)?;
     let secret = persistent_token(&state.join("edge-secret"), "")?;
     let read_key = persistent_token(&state.join("read-key"), "rk_")?;
+    let send_key = persistent_token(&state.join("send-key"), "sk_")?;
+    let email_secret = persistent_token(&state.join("email-secret"), "")?;
 
     println!(
-        "==> starting ClickHouse (data in {})",
+        "==> starting ClickHouse (data in {}), the ingest server, the edge worker (workerd) \
+         and the demo shop",
         state.join("clickhouse").display()
     );
     let ch = ClickHouse::start_kept(&state.join("clickhouse"), ch_http, ch_tcp)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-
-    println!("==> starting the ingest server");
-    let config = state.join("ingest.toml");
-    std::fs::write(
-        &config,
-        ingest_config(ingest_port, ch_http, &state, &secret, &read_key, shop_port),
-    )?;
-    let mut cmd = Command::new(&ingest_server);
-    cmd.arg("--config").arg(&config).current_dir(root);
-    let ingest = spawn_until(
-        "ingest server",
-        cmd,
-        "listening on",
-        &state.join("ingest.log"),
-    )?;
-
-    println!("==> starting the edge worker (workerd) and the demo shop");
-    let mut cmd = Command::new(&tools.node);
-    cmd.arg(root.join("demo/server.mjs"))
-        .args(["--port", &shop_port.to_string()])
-        .args(["--ingest", &format!("http://127.0.0.1:{ingest_port}")])
-        .args(["--secret", &secret, "--write-key", WRITE_KEY])
-        .current_dir(root);
-    let shop = spawn_until(
-        "demo shop + edge worker",
-        cmd,
-        "shop listening on",
-        &state.join("shop.log"),
-    )?;
+    let shop_origin = format!("http://127.0.0.1:{shop_port}");
+    // The demo site also tracks email: the platform's send key, and the key its links and
+    // pixels are signed with (served by the edge worker under the shop's /wm prefix, which the
+    // stack gives the same keys).
+    let mut demo_site = site(SITE, WRITE_KEY, &[&shop_origin]);
+    demo_site.send_keys = vec![send_key.clone()];
+    demo_site.email = Some(EmailConfig {
+        base_url: format!("{shop_origin}/wm"),
+        home_url: format!("{shop_origin}/"),
+        keys: vec![EmailKey {
+            id: EMAIL_KEY_ID.into(),
+            secret: email_secret.clone(),
+        }],
+        max_age: HumanDuration(Duration::from_secs(400 * 86_400)),
+    });
+    let config = IngestConfig::new()
+        .port(ingest_port)
+        .spool_max(1 << 30)
+        .writer_max_age(Duration::from_secs(1))
+        .edge_secret(&secret)
+        .site(demo_site)
+        .read_key(&read_key, &[SITE])
+        .with(|c| {
+            // A short cart delay, so the webhook below prints an abandoned cart soon after it
+            // is left; the demo's read key may subscribe, and this server runs the triggers.
+            c.query.cart_abandon_after =
+                HumanDuration::parse(CART_ABANDON_AFTER).expect("CART_ABANDON_AFTER is a duration");
+            c.query.read_keys[0].subscribe = true;
+            c.triggers.evaluate = true;
+            c.triggers.tick = HumanDuration(Duration::from_secs(5));
+        });
+    let stack = Stack::builder(&ingest_server, config)
+        .clickhouse(ch, Some("waymark"))
+        .dir(&state)
+        .shop(&tools.node, root, shop_port)
+        .start()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = &stack.ingest.config_path;
 
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -168,9 +175,41 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     let api = format!("http://127.0.0.1:{ingest_port}");
     let hook = crate::webhook::start(0, &persistent_token(&state.join("hook-secret"), "")?)?;
     crate::webhook::subscribe(&api, &read_key, SITE, &hook, CART_ABANDON_AFTER)?;
+    // Tracked links and pixels on the shop's own domain, under the edge worker's prefix.
+    let email_base = format!("{shop_url}/wm");
+    let email_key = waymark_protocol::email::SigningKey {
+        id: EMAIL_KEY_ID.into(),
+        secret: email_secret.as_bytes().to_vec(),
+    };
+    let email = crate::traffic::Email {
+        site: SITE,
+        base_url: &email_base,
+        key: &email_key,
+    };
     if opts.traffic > 0 {
-        crate::traffic::drive(&shop_url, WRITE_KEY, opts.traffic)?;
+        crate::traffic::drive(&shop_url, WRITE_KEY, opts.traffic, Some(&email))?;
     }
+    // A demo reader's message: its pixel and a tracked link to a product, signed here the way
+    // the email platform would (or through `POST /v1/email/links`, printed below).
+    let demo_message = waymark_email::Message {
+        recipient: waymark_email::Recipient {
+            user_id: "reader@example.com".into(),
+            email: "reader@example.com".into(),
+        },
+        campaign: "november-sale".into(),
+        send_id: "demo-send-1".into(),
+    };
+    let tracked = waymark_email::track(
+        &waymark_email::Signer {
+            site: SITE,
+            base_url: &email_base,
+            key: &email_key,
+            now_secs: waymark_ingest::clock::now_ms() as u64 / 1000,
+        },
+        &demo_message,
+        &[format!("{shop_url}/products/p-102")],
+    )
+    .map_err(|e| anyhow::anyhow!("signing the demo reader's links: {e}"))?;
 
     println!();
     println!("Waymark demo is running (everything on 127.0.0.1):");
@@ -192,6 +231,7 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     );
     println!();
     println!("  read key      {read_key}");
+    println!("  send key      {send_key}   (the email platform's, for /v1/email/*)");
     println!();
     println!("Try (after clicking around the shop, or with --traffic N):");
     println!(
@@ -206,12 +246,27 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
         "  curl -s -H 'Authorization: Bearer {read_key}' '{api}/v1/profiles/<id from above>?site={SITE}'"
     );
     println!("  # abandon a cart (add, do not order): {CART_ABANDON_AFTER} later the webhook {} prints it here", hook.url);
+    println!("  # email: a demo reader's open pixel and tracked link (open the link in a browser:");
+    println!("  # it lands on the shop, and the reader's profile shows the click under \"email\")");
+    println!("  pixel   {}", tracked.pixel);
+    println!("  link    {}", tracked.links[0].tracked);
+    println!(
+        "  curl -s -H 'Authorization: Bearer {send_key}' -H 'Content-Type: application/json' \\\n    '{api}/v1/email/links?site={SITE}' \\\n    -d '{{\"recipient\":{{\"email\":\"ada@example.com\"}},\"campaign\":\"november-sale\",\"send_id\":\"s1\",\"links\":[\"{shop_url}/products/p-100\"]}}'"
+    );
+    println!(
+        "  curl -s -H 'Authorization: Bearer {read_key}' '{api}/v1/profiles/reader@example.com?site={SITE}'"
+    );
     println!();
     println!("Press Ctrl-C to stop everything.");
     let _ = rx.recv();
     println!("\nstopping ...");
-    stop(shop);
-    stop(ingest); // SIGTERM: stops accepting, flushes its spool to ClickHouse, exits
+    let Stack {
+        shop, ingest, ch, ..
+    } = stack;
+    if let Some(shop) = shop {
+        stop(shop);
+    }
+    stop(ingest.proc); // SIGTERM: stops accepting, flushes its spool to ClickHouse, exits
     drop(ch);
     println!("  stopped ClickHouse");
     Ok(())
@@ -223,52 +278,5 @@ const CART_ABANDON_AFTER: &str = "2m";
 /// The audience query the demo prints: added to cart within 24 h, no order within 24 h.
 pub const CART_ABANDONED: &str = r#"{"conditions":[{"type":"did","event":"Product Added","within":"24h"},{"type":"did_not","event":"Order Completed","within":"24h"}]}"#;
 
-fn ingest_config(
-    port: u16,
-    ch_http: u16,
-    state: &Path,
-    secret: &str,
-    read_key: &str,
-    shop_port: u16,
-) -> String {
-    let spool = state.join("spool");
-    format!(
-        r#"# Written by `cargo xtask demo` on every start.
-listen = "127.0.0.1:{port}"
-
-[clickhouse]
-url = "http://127.0.0.1:{ch_http}"
-database = "waymark"
-
-[spool]
-dir = "{spool}"
-max_bytes = "1GiB"
-
-[writer]
-max_age = "1s"
-
-[edge]
-secret = "{secret}"
-replay_window = "5m"
-
-[[sites]]
-id = "{SITE}"
-write_keys = ["{WRITE_KEY}"]
-allowed_origins = ["http://127.0.0.1:{shop_port}"]
-ip = "truncate"
-
-[query]
-cart_abandon_after = "{CART_ABANDON_AFTER}"
-
-[[query.read_keys]]
-key = "{read_key}"
-sites = ["{SITE}"]
-subscribe = true
-
-[triggers]
-evaluate = true
-tick = "5s"
-"#,
-        spool = spool.display()
-    )
-}
+/// The id of the demo site's email signing key.
+const EMAIL_KEY_ID: &str = "demo1";

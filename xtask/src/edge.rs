@@ -114,11 +114,16 @@ impl EdgeBuild {
 }
 
 /// The worker tests in workerd (`edge-worker/workerd-tests/*.test.mjs`). The real-ingest tests
-/// need the ingest server binary, built here, and ClickHouse on PATH.
+/// need the ingest server binary and the testkit's `waymark-stack` (which starts ClickHouse and
+/// the ingest server for them), built here, and ClickHouse on PATH.
 pub fn test(root: &Path, tools: &Tools) -> Result<()> {
     let dir = root.join("edge-worker");
+    // Two builds, not one with both packages: each alone resolves features as the other
+    // commands' builds do, so neither rebuilds what they built.
     run(cargo().args(["build", "-p", "waymark-ingest", "--bin", "ingest-server"]))?;
+    run(cargo().args(["build", "-p", "waymark-testkit", "--bin", "waymark-stack"]))?;
     let ingest = crate::process::target_dir(root).join("debug/ingest-server");
+    let stack = crate::process::target_dir(root).join("debug/waymark-stack");
     let mut files: Vec<String> = std::fs::read_dir(dir.join("workerd-tests"))
         .context("reading edge-worker/workerd-tests")?
         .flatten()
@@ -136,5 +141,6 @@ pub fn test(root: &Path, tools: &Tools) -> Result<()> {
         .arg("--test-concurrency=1")
         .args(&files)
         .current_dir(&dir)
-        .env("WAYMARK_INGEST_SERVER", &ingest))
+        .env("WAYMARK_INGEST_SERVER", &ingest)
+        .env("WAYMARK_STACK", &stack))
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: a list of stages, each timed and summarised on one line.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -12,9 +13,10 @@ type StageFn<'a> = Box<dyn FnOnce() -> Result<()> + 'a>;
 
 /// The stages in the order they run, as [`stages`] names them (`cargo xtask test --help` lists
 /// them).
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 12] = [
     "fmt",
     "clippy",
+    "prometheus rules",
     "rust tests",
     "wasm32 build and clippy",
     "tag build and size",
@@ -28,8 +30,8 @@ pub const NAMES: [&str; 11] = [
 
 /// Run every check CI runs, one summary line per stage.
 ///
-/// Installs missing tools (pinned, cached outside the repo), then runs fmt, clippy, every Rust
-/// test, the wasm builds and size budget, the browser and worker tests, the short form of
+/// Installs missing tools (pinned, cached outside the repo), then runs fmt, clippy, the
+/// Prometheus alert rules' checks and unit tests, every Rust test, the wasm builds and size budget, the browser and worker tests, the short form of
 /// `chaos`, the end-to-end and SDK client tests.
 #[derive(clap::Args, Debug)]
 #[command(after_help = stage_list())]
@@ -62,6 +64,20 @@ fn stages<'a>(root: &'a Path, tools: &'a Tools) -> Vec<(&'static str, StageFn<'a
                     "-D",
                     "warnings",
                 ]))
+            }),
+        ),
+        (
+            "prometheus rules",
+            // The alert rules shipped for operators: valid, and each alert fires on a series
+            // made to break it and stays quiet otherwise.
+            Box::new(|| {
+                let dir = root.join("deploy/prometheus");
+                run(Command::new(&tools.promtool)
+                    .args(["check", "rules", "alerts.yml"])
+                    .current_dir(&dir))?;
+                run(Command::new(&tools.promtool)
+                    .args(["test", "rules", "alerts_test.yml"])
+                    .current_dir(&dir))
             }),
         ),
         (
@@ -132,6 +148,7 @@ fn stages<'a>(root: &'a Path, tools: &'a Tools) -> Vec<(&'static str, StageFn<'a
                 crate::server::build_debug(root)?;
                 run(cargo()
                     .args(["test", "-p", "waymark-e2e", "--test", "pipeline"])
+                    .args(["--test", "email"])
                     .args(["--", "--test-threads=1"])
                     .env("WAYMARK_CHROMIUM", &tools.chromium))
             }),
@@ -231,6 +248,7 @@ mod tests {
             chromedriver: p("chromedriver"),
             node: p("node"),
             python_clients: p("python"),
+            promtool: p("promtool"),
         };
         let names: Vec<&str> = stages(Path::new("."), &tools)
             .iter()

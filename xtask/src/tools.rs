@@ -25,6 +25,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("clickhouse-client", "clickhouse-client"),
     ("chromium", "chromium"),
     ("chromium-driver", "chromedriver"),
+    // promtool checks and unit-tests deploy/prometheus/alerts.yml.
+    ("prometheus", "promtool"),
 ];
 
 /// Directories with a package-lock.json that `npm ci` installs.
@@ -45,6 +47,8 @@ pub struct Tools {
     pub node: PathBuf,
     /// The python of a virtualenv holding `e2e/clients/requirements.txt` (RudderStack's SDK).
     pub python_clients: PathBuf,
+    /// Prometheus's rule checker, from Debian's `prometheus`.
+    pub promtool: PathBuf,
 }
 
 pub fn cache_dir() -> Result<PathBuf> {
@@ -107,6 +111,8 @@ pub fn ensure_all(root: &Path) -> Result<Tools> {
         chromedriver: which("chromedriver").context("chromedriver missing after install")?,
         node,
         python_clients,
+        promtool: which("promtool")
+            .context("promtool missing after install (Debian `prometheus`)")?,
     };
     for p in [&tools.wasm_opt, &tools.esbuild] {
         if !p.exists() {

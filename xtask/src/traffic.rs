@@ -1,11 +1,15 @@
 //! Synthetic visitors for `cargo xtask demo --traffic N`: each one browses the demo shop the way
 //! the tag would report it (page views, product views with engaged time, clicks, some carts,
 //! some orders, some logins), sent as tag batches through the edge worker's first-party intake.
+//! With [`Email`], some visitors are also readers of the demo campaign: their mail client (or a
+//! machine on its behalf) fetches the open pixel, and some click a tracked link (a person, or a
+//! link scanner), through the tracking endpoints, as a mail reader would.
 
 use std::io::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use waymark_ingest::clock::now_ms;
 
 /// A small deterministic generator (xorshift64*), seeded from the clock.
 struct Rng(u64);
@@ -52,13 +56,6 @@ const USER_AGENTS: &[&str] = &[
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:132.0) Gecko/20100101 Firefox/132.0",
     "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
 ];
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 fn rfc3339(ms: i64) -> String {
     waymark_protocol::time::format_rfc3339(ms)
@@ -109,16 +106,108 @@ impl Visitor {
     }
 }
 
-/// Sends `n` visitors through `shop`'s edge intake, showing progress.
-pub fn drive(shop: &str, write_key: &str, n: usize) -> Result<()> {
+/// The demo site's email tracking: where its endpoints are and the key tokens are signed with.
+pub struct Email<'a> {
+    pub site: &'a str,
+    /// The tracking endpoints' base (`{base_url}/e/o/...`, `{base_url}/e/c/...`).
+    pub base_url: &'a str,
+    pub key: &'a waymark_protocol::email::SigningKey,
+}
+
+/// The User-Agents of mail clients and of the machines that fetch for them: Apple Mail Privacy
+/// Protection's bare agent and Gmail's image proxy are machines; the rest are people.
+const MAIL_AGENTS: &[&str] = &[
+    "Mozilla/5.0",
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.5.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+];
+
+/// A link scanner's agent (Mimecast URL Protect).
+const SCANNER_AGENT: &str = "Mozilla/5.0 (compatible; Mimecast URL Protect)";
+
+/// What the email part of a run did, for the progress line.
+#[derive(Default)]
+struct Mailed {
+    sent: usize,
+    opens: usize,
+    clicks: usize,
+    scans: usize,
+}
+
+/// One reader's message of the demo campaign, sent `sent_ms` ago-ish: the pixel fetched
+/// (maybe by a machine), maybe a scanner's and a person's click on the product link.
+fn read_email(
+    agent: &ureq::Agent,
+    rng: &mut Rng,
+    e: &Email<'_>,
+    reader: &str,
+    target: &str,
+    sent_ms: i64,
+    done: &mut Mailed,
+) -> Result<()> {
+    let signer = waymark_email::Signer {
+        site: e.site,
+        base_url: e.base_url,
+        key: e.key,
+        now_secs: (sent_ms / 1000) as u64,
+    };
+    let message = waymark_email::Message {
+        recipient: waymark_email::Recipient {
+            user_id: reader.to_string(),
+            email: reader.to_string(),
+        },
+        campaign: "november-sale".into(),
+        send_id: format!("send-{}", rng.hex(8)),
+    };
+    let tracked = waymark_email::track(&signer, &message, &[target.to_string()])
+        .map_err(|e| anyhow::anyhow!("signing the demo email: {e}"))?;
+    done.sent += 1;
+    let fetch = |method: &str, url: &str, ua: &str, want: u16| -> Result<()> {
+        let res = match method {
+            "HEAD" => agent.head(url).header("user-agent", ua).call(),
+            _ => agent.get(url).header("user-agent", ua).call(),
+        }
+        .with_context(|| format!("{method} {url}"))?;
+        let status = res.status().as_u16();
+        if status != want {
+            bail!("{method} {url} answered {status}, expected {want}");
+        }
+        Ok(())
+    };
+    if rng.chance(70) {
+        let ua = MAIL_AGENTS[rng.below(MAIL_AGENTS.len() as u64) as usize];
+        fetch("GET", &tracked.pixel, ua, 200)?;
+        done.opens += 1;
+    }
+    let link = &tracked.links[0].tracked;
+    if rng.chance(15) {
+        let method = if rng.chance(50) { "HEAD" } else { "GET" };
+        fetch(method, link, SCANNER_AGENT, 302)?;
+        done.scans += 1;
+    }
+    if rng.chance(35) {
+        let ua = USER_AGENTS[rng.below(USER_AGENTS.len() as u64) as usize];
+        fetch("GET", link, ua, 302)?;
+        done.clicks += 1;
+    }
+    Ok(())
+}
+
+/// Sends `n` visitors through `shop`'s edge intake, showing progress; with `email`, some of
+/// the visitors who log in were sent the demo campaign first.
+pub fn drive(shop: &str, write_key: &str, n: usize, mail: Option<&Email<'_>>) -> Result<()> {
     let mut rng = Rng(now_ms() as u64 | 1);
     let url = format!("{shop}/wm/v1/batch");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
+        .max_redirects(0)
+        .max_redirects_will_error(false)
         .build()
         .into();
     let (mut carts, mut orders, mut logins, mut sent) = (0, 0, 0, 0usize);
+    let mut mailed = Mailed::default();
     for i in 0..n {
         let mut v = Visitor {
             anon: rng.hex(16),
@@ -169,6 +258,14 @@ pub fn drive(shop: &str, write_key: &str, n: usize) -> Result<()> {
                 json_str(&email)
             );
             v.event(&mut rng, "identify", &traits, "login", "Log in");
+            if let Some(e) = mail {
+                if rng.chance(80) {
+                    // Sent a few hours before this visit; the link leads to the last product.
+                    let sent_ms = v.clock - 3_600_000 - rng.below(6 * 3_600_000) as i64;
+                    let target = format!("{shop}/products/{}", last.0);
+                    read_email(&agent, &mut rng, e, &email, &target, sent_ms, &mut mailed)?;
+                }
+            }
         }
         if rng.chance(40) {
             carts += 1;
@@ -214,8 +311,16 @@ pub fn drive(shop: &str, write_key: &str, n: usize) -> Result<()> {
         let done = i + 1;
         let width = 30;
         let filled = done * width / n;
+        let mail_line = if mail.is_some() {
+            format!(
+                "; {} emails: {} opens, {} clicks, {} scanner hits",
+                mailed.sent, mailed.opens, mailed.clicks, mailed.scans
+            )
+        } else {
+            String::new()
+        };
         print!(
-            "\r  traffic [{}{}] {done}/{n} visitors, {sent} events ({carts} carts, {orders} orders, {logins} logins)",
+            "\r  traffic [{}{}] {done}/{n} visitors, {sent} events ({carts} carts, {orders} orders, {logins} logins{mail_line})",
             "#".repeat(filled),
             ".".repeat(width - filled)
         );

@@ -11,12 +11,14 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use axum::routing::{post, MethodRouter};
 use axum::Router;
+use waymark_protocol::email::stitch;
 use waymark_protocol::intake::{basic_user, query_write_key, IntakePath, PATHS};
 use waymark_protocol::limits::MAX_BATCH_BYTES;
+use waymark_protocol::privacy::gpc_signal;
 
 use super::{body, respond, AppState};
 use crate::intake::{segment, Accepted, ApiError};
@@ -37,8 +39,23 @@ fn route(kind: IntakePath) -> MethodRouter<AppState> {
 
 async fn handle(State(state): State<AppState>, kind: IntakePath, req: Request) -> Response {
     let started = Instant::now();
+    let marker = req
+        .headers()
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(stitch::from_cookie_header)
+        .is_some();
     let r = intake(&state, kind, req).await;
-    respond(&state, kind.name(), started, r)
+    let ok = r.is_ok();
+    let mut resp = respond(&state, kind.name(), started, r);
+    // An email click's stitch marker is used once: the answer that took it clears it (without
+    // `Secure`, which a clearing cookie does not need).
+    if marker && ok {
+        if let Ok(v) = HeaderValue::from_str(&stitch::clear_cookie(false)) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    resp
 }
 
 /// The write key a request carries outside its body: the Basic user name, else `?writeKey=`.
@@ -62,6 +79,11 @@ async fn intake(state: &AppState, kind: IntakePath, req: Request) -> Result<Acce
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let write_key = request_write_key(&headers, req.uri().query());
+    let cookie = headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let gpc = gpc_signal(headers.get("sec-gpc").and_then(|v| v.to_str().ok()));
     // Refuse an unknown key before spending time on the body.
     segment::check_key(intake, write_key.as_deref())?;
     let raw = body::read(req, intake.config.http.body_timeout.0).await?;
@@ -74,6 +96,8 @@ async fn intake(state: &AppState, kind: IntakePath, req: Request) -> Result<Acce
             write_key,
             origin: origin.as_deref(),
             peer_ip: peer,
+            cookie: cookie.as_deref(),
+            gpc,
         },
     )
     .await

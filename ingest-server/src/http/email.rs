@@ -10,8 +10,11 @@
 //! the edge worker serves the same paths under its prefix):
 //! - `GET /e/o/{token}.gif`: a 43-byte transparent GIF with no-cache headers, answered at
 //!   once; the `$email_open` event is admitted after the answer;
-//! - `GET|HEAD /e/c/{token}`: `302` to the signed target (`$email_click` admitted first); a
-//!   refused token goes to the site's `home_url`, never to the target it claims.
+//! - `GET|HEAD /e/c/{token}`: `302` to the signed target (`$email_click` admitted in the
+//!   background); a refused token goes to the site's `home_url`, never to the target it
+//!   claims. A person's click also sets the stitch marker cookie
+//!   (`waymark_protocol::email::stitch`), which the next batch to `/v1/batch` on this domain
+//!   turns into an identity link.
 
 use std::net::SocketAddr;
 
@@ -31,11 +34,7 @@ use crate::intake::email::{admit, judge, Answer, EmailHit};
 use crate::intake::ApiError;
 
 /// The transparent 1x1 GIF every pixel answers with (43 bytes).
-pub const GIF: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0xff, 0xff, 0xff,
-    0x00, 0x00, 0x00, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
-    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
-];
+pub const GIF: &[u8] = waymark_protocol::email::PIXEL_GIF;
 
 /// The largest HTML message `/v1/email/rewrite` takes.
 const MAX_HTML_BYTES: usize = 2 * 1024 * 1024;
@@ -280,24 +279,31 @@ async fn click(State(state): State<AppState>, Path(token): Path<String>, req: Re
     if let (Some(ev), Some(site)) = (ev, site) {
         admit_later(&state, site, ev, h.peer_ip.clone());
     }
-    let to = match answer {
-        Answer::Recorded { target, .. } => target,
-        Answer::Refused { home, .. } => home,
+    let (to, marker) = match answer {
+        Answer::Recorded { target, marker, .. } => (target, marker),
+        Answer::Refused { home, .. } => (home, None),
     };
     match to {
         Some(url) => match HeaderValue::from_str(&url) {
-            Ok(v) => (
-                StatusCode::FOUND,
-                [
-                    (header::LOCATION, v),
-                    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-                    (
-                        header::REFERRER_POLICY,
-                        HeaderValue::from_static("no-referrer"),
-                    ),
-                ],
-            )
-                .into_response(),
+            Ok(v) => {
+                let mut resp = (
+                    StatusCode::FOUND,
+                    [
+                        (header::LOCATION, v),
+                        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                        (
+                            header::REFERRER_POLICY,
+                            HeaderValue::from_static("no-referrer"),
+                        ),
+                    ],
+                )
+                    .into_response();
+                // A person's click: the stitch marker for the next batch from this browser.
+                if let Some(cookie) = marker.and_then(|m| HeaderValue::from_str(&m).ok()) {
+                    resp.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+                resp
+            }
             Err(_) => StatusCode::NOT_FOUND.into_response(),
         },
         // No site could be told from the token: nowhere safe to send the reader.

@@ -53,9 +53,21 @@ impl AppState {
         schema: Arc<crate::store::SchemaStatus>,
         identities: Option<Arc<crate::query::identity::IdentityIndex>>,
     ) -> Self {
+        Self::with_suppressions(config, spool, metrics, schema, identities, Arc::default())
+    }
+
+    /// [`AppState::new`] sharing the suppression list of deleted people with the writer.
+    pub fn with_suppressions(
+        config: Config,
+        spool: Spool,
+        metrics: Arc<Metrics>,
+        schema: Arc<crate::store::SchemaStatus>,
+        identities: Option<Arc<crate::query::identity::IdentityIndex>>,
+        suppressions: Arc<crate::store::suppress::Suppressions>,
+    ) -> Self {
         let clickhouse = crate::store::client(&config.clickhouse);
         AppState(Arc::new(Inner {
-            intake: Intake::new(config, spool, metrics),
+            intake: Intake::new(config, spool, metrics, suppressions),
             clickhouse,
             schema,
             identities,
@@ -76,6 +88,12 @@ impl AppState {
 /// The whole application: intake and operations over `state`, the query API over `query`.
 pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
     let limit = state.config().http.request_timeout.0;
+    let privacy = crate::privacy::PrivacyState::new(
+        &state.config().privacy,
+        query.clone(),
+        state.intake().suppressions.clone(),
+        state.0.identities.clone(),
+    );
     Router::new()
         .merge(batch::routes(&state))
         .merge(edge::routes(&state))
@@ -86,6 +104,7 @@ pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
             state.config().triggers.clone(),
         ))
         .merge(crate::query::router(query))
+        .merge(crate::privacy::router(privacy))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
         .layer(axum::middleware::from_fn(move |req, next| {
             conn::request_timeout(limit, req, next)

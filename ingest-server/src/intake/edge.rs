@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use waymark_protocol::edge::{verify, Client, Geo, HEADER_SIGNATURE};
+use waymark_protocol::edge::{verify, Client, EdgeEmail, Geo, HEADER_SIGNATURE};
 use waymark_protocol::time::parse_rfc3339;
 use waymark_protocol::{parse_events, Rejection};
 
@@ -17,6 +17,7 @@ use super::enrich::{to_row, RequestFacts};
 use super::error::ApiError;
 use super::{Accepted, Intake};
 use crate::config::EdgeConfig;
+use crate::store::row::LINK_ROW;
 
 /// The edge settings, when the endpoint is enabled (a secret is configured); 404 otherwise.
 pub fn enabled(intake: &Intake) -> Result<&EdgeConfig, ApiError> {
@@ -74,6 +75,8 @@ struct RawEnvelope {
     #[serde(default)]
     client: Client,
     events: Vec<Box<RawValue>>,
+    #[serde(default)]
+    email: Option<EdgeEmail>,
 }
 
 #[derive(Deserialize)]
@@ -127,9 +130,53 @@ async fn accept_forward(
             offset += n;
             continue;
         };
+        let email = env.email.clone().unwrap_or_default();
+        if let Some(why) = &email.refused {
+            intake
+                .metrics
+                .email_refused(super::email::refused_label(why));
+        }
+        if let Some(link) = &email.link {
+            rows.push(super::email::link_row(&site.id, link, received_at_ms));
+        }
+        if email.hits {
+            // Events the edge made from verified email tokens (`$email_open`, `$email_click`):
+            // names no client may send, taken only from this signed forward.
+            for (j, raw) in env.events.iter().enumerate() {
+                match super::email::edge_hit(raw.get()) {
+                    Ok(ev) => {
+                        intake.metrics.email_hit(
+                            ev.event.as_deref().unwrap_or_default(),
+                            ev.properties["class"].as_str().unwrap_or_default(),
+                        );
+                        let facts = RequestFacts {
+                            site: &site.id,
+                            ip_mode: site.ip,
+                            received_at_ms,
+                            batch_sent_at: None,
+                            source: "email",
+                            peer_ip: None,
+                            geo: Some(&env.geo),
+                            client: Some(&env.client),
+                            urls: site.url_policy(),
+                            gpc: false,
+                        };
+                        rows.push(to_row(&ev, &facts, &intake.ua));
+                    }
+                    Err(reason) => rejected.push(Rejection {
+                        index: Some(offset + j),
+                        field: format!("envelopes[{i}].events[{j}]"),
+                        reason,
+                    }),
+                }
+            }
+            offset += n;
+            continue;
+        }
         let events: Vec<&RawValue> = env.events.iter().map(|e| &**e).collect();
         match parse_events(&events, env.sent_at.as_deref(), received_at_ms) {
-            Ok(v) => {
+            Ok(mut v) => {
+                let verdicts = intake.check_quality(&site.id, &mut v.events, &mut v.rejections);
                 let facts = RequestFacts {
                     site: &site.id,
                     ip_mode: site.ip,
@@ -139,8 +186,13 @@ async fn accept_forward(
                     peer_ip: None,
                     geo: Some(&env.geo),
                     client: Some(&env.client),
+                    urls: site.url_policy(),
+                    gpc: false,
                 };
-                rows.extend(v.events.iter().map(|ev| to_row(ev, &facts, &intake.ua)));
+                rows.extend(super::segment::with_verdicts(
+                    v.events.iter().map(|ev| to_row(ev, &facts, &intake.ua)),
+                    verdicts,
+                ));
                 rejected.extend(v.rejections.into_iter().map(|mut r| {
                     r.index = r.index.map(|x| x + offset);
                     r
@@ -154,7 +206,13 @@ async fn accept_forward(
         }
         offset += n;
     }
-    let accepted = rows.len();
-    intake.admit(rows, "edge").await?;
-    Ok(Accepted { accepted, rejected })
+    // Link-only rows (an email click's stitch) are not events: they are not counted as accepted.
+    let total = rows.iter().filter(|r| r.kind != LINK_ROW).count();
+    let suppressed = intake.admit_unsuppressed(rows, "edge").await?;
+    Ok(Accepted {
+        accepted: total.saturating_sub(suppressed),
+        rejected,
+        suppressed,
+        gpc_dropped: 0,
+    })
 }

@@ -6,22 +6,19 @@
 //! keys); a token that fails, or has expired, is counted by reason and never redirects to the
 //! target it claims: the click goes to the site's `home_url`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-use serde_json::{json, Map, Value};
-use waymark_protocol::email::{self as wire, Claims, Hit, Kind, TokenError};
-use waymark_protocol::{Event, EventType};
+use waymark_protocol::edge::EmailLink;
+use waymark_protocol::email::{self as wire, stitch, Claims, Hit, Kind};
+use waymark_protocol::Event;
 
 use super::enrich::{to_row, RequestFacts};
 use super::error::ApiError;
 use super::Intake;
 use crate::config::SiteConfig;
+use crate::store::row::{EventRow, LINK_ROW};
 
+pub use wire::classify::ClickBursts;
 /// The event names.
-pub const OPEN_EVENT: &str = "$email_open";
-pub const CLICK_EVENT: &str = "$email_click";
+pub use wire::{CLICK_EVENT, OPEN_EVENT};
 
 /// One pixel fetch or link click, as the HTTP layer saw it.
 pub struct EmailHit<'a> {
@@ -39,6 +36,8 @@ pub enum Answer {
     Recorded {
         target: Option<String>,
         class: &'static str,
+        /// A person's click: the `Set-Cookie` of its stitch marker.
+        marker: Option<String>,
     },
     /// The token was refused (the reason's label); a click goes to this home page, if any site
     /// could be told.
@@ -46,53 +45,6 @@ pub enum Answer {
         reason: &'static str,
         home: Option<String>,
     },
-}
-
-/// Recent clicks per message, to tell a scanner following every link of a message within a
-/// second from a person following one. Bounded: entries older than a second are dropped as
-/// the map is used, and the map is emptied whole past `MAX_MESSAGES` (a burst of that many
-/// messages within a second only costs their burst verdicts).
-#[derive(Default)]
-pub struct ClickBursts(Mutex<HashMap<(String, String), RecentClicks>>);
-
-/// When each recent click of one message happened, and on which link.
-type RecentClicks = Vec<(Instant, String)>;
-
-const MAX_MESSAGES: usize = 100_000;
-const BURST_WINDOW: Duration = Duration::from_secs(1);
-
-impl ClickBursts {
-    /// Records a click on `target` of message `send_id`; returns the different links of that
-    /// message followed within the last second, this one included.
-    pub fn click(&self, site: &str, send_id: &str, target: &str, now: Instant) -> u32 {
-        let mut map = self.0.lock().expect("click bursts");
-        if map.len() >= MAX_MESSAGES {
-            map.retain(|_, v| v.iter().any(|(t, _)| now.duration_since(*t) < BURST_WINDOW));
-            if map.len() >= MAX_MESSAGES {
-                map.clear();
-            }
-        }
-        let recent = map
-            .entry((site.to_string(), send_id.to_string()))
-            .or_default();
-        recent.retain(|(t, _)| now.duration_since(*t) < BURST_WINDOW);
-        recent.push((now, target.to_string()));
-        let mut links: Vec<&str> = recent.iter().map(|(_, l)| l.as_str()).collect();
-        links.sort_unstable();
-        links.dedup();
-        links.len() as u32
-    }
-}
-
-fn reason(e: &TokenError) -> &'static str {
-    match e {
-        TokenError::Malformed(_) => "malformed",
-        TokenError::UnknownKey(_) => "unknown_key",
-        TokenError::BadSignature => "bad_signature",
-        TokenError::Expired { .. } => "expired",
-        TokenError::FromTheFuture { .. } => "from_the_future",
-        TokenError::Invalid { .. } => "invalid",
-    }
 }
 
 /// Finds the site whose keys verify `token`, and its claims; else why not, with the home page
@@ -123,7 +75,7 @@ fn verify<'s>(
     ) {
         Ok(c) if c.site == site.id => Ok((site, c)),
         Ok(_) => Err(("bad_signature", home)),
-        Err(e) => Err((reason(&e), home)),
+        Err(e) => Err((e.label(), home)),
     }
 }
 
@@ -168,59 +120,138 @@ pub fn judge(intake: &Intake, hit: &EmailHit<'_>) -> (Answer, Option<Event>, Opt
                 &site.id,
                 &claims.send_id,
                 claims.target.as_deref().unwrap_or_default(),
-                Instant::now(),
+                now_ms.max(0) as u64,
             );
             let v = wire::classify_click(&h);
             (CLICK_EVENT, v.class.as_str(), v.reason)
         }
     };
     intake.metrics.email_hit(name, class);
-    let ev = event(name, &claims, class, &why, hit.user_agent);
+    let ev = event(&claims, class, &why, hit.user_agent);
+    let marker = (hit.kind == Kind::Click && class == "human")
+        .then(|| marker_cookie(site, &claims, now_secs))
+        .flatten();
     (
         Answer::Recorded {
             target: claims.target.clone(),
             class,
+            marker,
         },
         Some(ev),
         Some(site.id.clone()),
     )
 }
 
-/// The recipient's id on the site: the user id, else the email address.
-pub fn recipient_id(c: &Claims) -> &str {
-    if c.user_id.is_empty() {
-        &c.email
-    } else {
-        &c.user_id
+fn event(c: &Claims, class: &str, why: &str, user_agent: &str) -> Event {
+    wire::hit_event(uuid::Uuid::new_v4().to_string(), c, class, why, user_agent)
+}
+
+/// The `Set-Cookie` of a person's click: the recipient, signed with the site's newest key,
+/// `Secure` when the site's email `base_url` is HTTPS.
+fn marker_cookie(site: &SiteConfig, click: &Claims, now_secs: u64) -> Option<String> {
+    let email = site.email.as_ref()?;
+    let key = email.signing_keys().into_iter().next()?;
+    let marker = wire::sign_marker(&stitch::marker_claims(click, now_secs), &key).ok()?;
+    Some(stitch::set_cookie(
+        &marker,
+        email.base_url.starts_with("https://"),
+    ))
+}
+
+/// The identity link a batch's stitch marker (its `Cookie` header) makes: when the marker
+/// verifies with the site's keys, names this site, and the request carries no `Sec-GPC: 1`
+/// (a link ties a browser to a person, which GPC opts out of), for the batch's anonymous id.
+pub fn marker_link(
+    site: &SiteConfig,
+    cookie: Option<&str>,
+    gpc: bool,
+    events: &[Event],
+    now_ms: i64,
+) -> Option<EmailLink> {
+    let email = site.email.as_ref()?;
+    let marker = cookie.and_then(stitch::from_cookie_header)?;
+    if gpc {
+        return None;
+    }
+    let now_secs = (now_ms / 1000).max(0) as u64;
+    let c = wire::verify_marker(
+        marker,
+        &email.signing_keys(),
+        now_secs,
+        stitch::MAX_AGE_SECS,
+    )
+    .ok()
+    .filter(|c| c.site == site.id)?;
+    let anon = stitch::batch_anonymous_id(events)?;
+    Some(EmailLink {
+        user_id: wire::recipient_id(&c).to_string(),
+        anonymous_id: anon.to_string(),
+        campaign: c.campaign,
+        send_id: c.send_id,
+        clicked_at: c.issued_at,
+    })
+}
+
+/// The row of a stitch: only an identity link (`identities.source_type = "email_click"`),
+/// through the spool and the writer like an `identify` call's, never an event.
+pub fn link_row(site_id: &str, link: &EmailLink, received_at_ms: i64) -> EventRow {
+    let secs = (received_at_ms / 1000).clamp(0, u32::MAX as i64) as u32;
+    EventRow {
+        site: site_id.to_string(),
+        visitor_id: link.anonymous_id.clone(),
+        message_id: stitch::link_message_id(site_id, &link.anonymous_id, link.clicked_at),
+        kind: LINK_ROW.to_string(),
+        anonymous_id: link.anonymous_id.clone(),
+        user_id: link.user_id.clone(),
+        timestamp: secs,
+        timestamp_ms: received_at_ms,
+        client_time: secs,
+        received_at_ms,
+        sent_at_ms: received_at_ms,
+        source: stitch::LINK_SOURCE.to_string(),
+        ..EventRow::default()
     }
 }
 
-fn event(name: &str, c: &Claims, class: &str, why: &str, user_agent: &str) -> Event {
-    let mut ev = Event::new(EventType::Track, uuid::Uuid::new_v4().to_string());
-    ev.event = Some(name.to_string());
-    ev.user_id = Some(recipient_id(c).to_string());
-    let mut props = Map::new();
-    for (k, v) in [
-        ("campaign", &c.campaign),
-        ("send_id", &c.send_id),
-        ("email", &c.email),
-    ] {
-        if !v.is_empty() {
-            props.insert(k.into(), Value::String(v.clone()));
-        }
+/// The metric label of a refusal reason the edge reports (`EdgeEmail::refused`); one this
+/// server does not know is counted as `other`.
+pub fn refused_label(why: &str) -> &'static str {
+    [
+        "malformed",
+        "unknown_site",
+        "unknown_key",
+        "bad_signature",
+        "expired",
+        "from_the_future",
+        "wrong_kind",
+        "invalid",
+    ]
+    .into_iter()
+    .find(|r| *r == why)
+    .unwrap_or("other")
+}
+
+/// One `$email_open` / `$email_click` event the edge made (it verified the token and
+/// classified the hit): read, checked to be one, and counted like this server's own.
+pub fn edge_hit(raw: &str) -> Result<Event, String> {
+    let ev: Event = serde_json::from_str(raw).map_err(|e| format!("not an email event: {e}"))?;
+    let name = ev.event.as_deref().unwrap_or_default();
+    let class = ev
+        .properties
+        .get("class")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let known = match name {
+        OPEN_EVENT => ["human", "machine", "unknown"].contains(&class),
+        CLICK_EVENT => ["human", "scanner"].contains(&class),
+        _ => false,
+    };
+    if !known || ev.user_id.as_deref().unwrap_or_default().is_empty() {
+        return Err(format!(
+            "not an email event: {name:?} with class {class:?} and a recipient"
+        ));
     }
-    props.insert("class".into(), json!(class));
-    props.insert("reason".into(), json!(why));
-    if let Some(t) = &c.target {
-        props.insert("url".into(), json!(t));
-    }
-    props.insert("sent_at".into(), json!(c.issued_at));
-    ev.properties = props;
-    if !user_agent.is_empty() {
-        ev.context
-            .insert("userAgent".into(), Value::String(user_agent.to_string()));
-    }
-    ev
+    Ok(ev)
 }
 
 /// Enriches and admits the event of a recorded hit (durably, like any event).
@@ -245,31 +276,12 @@ pub async fn admit(
         peer_ip,
         geo: None,
         client: None,
+        urls: site.url_policy(),
+        gpc: false,
     };
     let row = to_row(&ev, &facts, &intake.ua);
-    intake.admit(vec![row], "email").await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bursts_count_different_links_within_a_second() {
-        let b = ClickBursts::default();
-        let t0 = Instant::now();
-        assert_eq!(b.click("s", "m1", "https://a", t0), 1);
-        assert_eq!(b.click("s", "m1", "https://a", t0), 1, "same link twice");
-        assert_eq!(b.click("s", "m1", "https://b", t0), 2);
-        assert_eq!(b.click("s", "m2", "https://c", t0), 1, "another message");
-        assert_eq!(
-            b.click("s", "m1", "https://c", t0 + Duration::from_millis(500)),
-            3
-        );
-        assert_eq!(
-            b.click("s", "m1", "https://d", t0 + Duration::from_millis(1600)),
-            1,
-            "the earlier clicks are over a second old"
-        );
-    }
+    intake
+        .admit_unsuppressed(vec![row], "email")
+        .await
+        .map(|_| ())
 }

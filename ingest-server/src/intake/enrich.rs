@@ -8,7 +8,11 @@
 //! - session id, page and UTM fields from `context` (UTM from the page query when the campaign
 //!   object is absent);
 //! - geo from the edge envelope;
-//! - IP: truncated or dropped per site; `context.ip` is removed from the stored context.
+//! - IP: truncated or dropped per site; `context.ip` is removed from the stored context;
+//! - URLs: `page_url`, `page_search`, `page_referrer` and `$click.href` (and the same fields in
+//!   the stored context and properties) without secrets, per the site's allow-list
+//!   (`waymark_protocol::privacy`); the edge did the same before forwarding, this covers direct
+//!   requests and an edge with an older or different list.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,6 +20,7 @@ use std::sync::Mutex;
 use serde_json::{Map, Value};
 use waymark_protocol::edge::{truncate_ip, Client, Geo, IpMode};
 use waymark_protocol::names;
+use waymark_protocol::privacy::{redact_event, UrlPolicy};
 use waymark_protocol::skew::{self, SkewRule};
 use waymark_protocol::time::parse_rfc3339;
 use waymark_protocol::Event;
@@ -34,6 +39,10 @@ pub struct RequestFacts<'a> {
     pub peer_ip: Option<String>,
     pub geo: Option<&'a Geo>,
     pub client: Option<&'a Client>,
+    /// The site's query-parameter allow-list for stored URLs.
+    pub urls: UrlPolicy<'a>,
+    /// A direct request carried `Sec-GPC: 1` (the edge reports it in `client.gpc`).
+    pub gpc: bool,
 }
 
 /// Parsed user agent.
@@ -206,6 +215,9 @@ fn datetime(ms: i64) -> u32 {
 
 /// Builds the row for one validated event.
 pub fn to_row(ev: &Event, facts: &RequestFacts<'_>, ua: &UaParser) -> EventRow {
+    // A copy only when a URL has something to hide.
+    let redacted = redact_event(ev, &facts.urls);
+    let ev = redacted.as_ref().unwrap_or(ev);
     let corrected = skew::correct(facts.received_at_ms, ev, facts.batch_sent_at).unwrap_or(
         // Validation already refused events that are too old; this is only a fallback.
         skew::Corrected {
@@ -329,7 +341,7 @@ pub fn to_row(ev: &Event, facts: &RequestFacts<'_>, ua: &UaParser) -> EventRow {
         latitude: geo.and_then(|g| g.latitude),
         longitude: geo.and_then(|g| g.longitude),
         asn: geo.and_then(|g| g.asn),
-        gpc: u8::from(facts.client.map(|c| c.gpc).unwrap_or(false)),
+        gpc: u8::from(facts.gpc || facts.client.is_some_and(|c| c.gpc)),
         product_id: text(props.get("product_id")),
         product_name: if is_product_event {
             text(props.get("name"))
@@ -358,6 +370,8 @@ pub fn to_row(ev: &Event, facts: &RequestFacts<'_>, ua: &UaParser) -> EventRow {
         properties: json_text(props),
         traits: json_text(&ev.traits),
         context: stored_ctx,
+        violations: Vec::new(),
+        missing: Vec::new(),
     }
 }
 
@@ -379,6 +393,8 @@ mod tests {
             peer_ip: Some("198.51.100.23".into()),
             geo,
             client,
+            urls: UrlPolicy::default(),
+            gpc: false,
         }
     }
 
@@ -481,6 +497,31 @@ mod tests {
         assert_eq!(r.revenue, Some(99.5));
         assert_eq!(r.currency, "EUR");
         assert_eq!(r.ip, "198.51.100.0", "peer address, truncated");
+    }
+
+    #[test]
+    fn stored_urls_lose_their_secrets() {
+        let ev = event(json!({
+            "type": "page", "messageId": "m4", "anonymousId": "a1",
+            "context": {"page": {
+                "url": "https://shop.example/reset?token=s3cr3t&sku=1&utm_source=jane%40example.com",
+                "search": "?token=s3cr3t&sku=1&utm_source=jane%40example.com",
+                "referrer": "https://mail.example/?u=jane@example.com"}}
+        }));
+        let extra = ["sku".to_string()];
+        let mut f = facts(None, None);
+        f.urls = UrlPolicy { extra: &extra };
+        let r = to_row(&ev, &f, &UaParser::default());
+        assert_eq!(
+            r.page_url,
+            "https://shop.example/reset?token=REDACTED&sku=1&utm_source=REDACTED"
+        );
+        assert_eq!(r.page_search, "?token=REDACTED&sku=1&utm_source=REDACTED");
+        assert_eq!(r.page_referrer, "https://mail.example/?u=REDACTED");
+        assert_eq!(r.utm_source, "REDACTED", "UTM fields read the redacted URL");
+        for secret in ["s3cr3t", "jane"] {
+            assert!(!r.context.contains(secret), "{}", r.context);
+        }
     }
 
     #[test]

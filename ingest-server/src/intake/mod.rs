@@ -19,6 +19,7 @@ pub mod edge;
 pub mod email;
 pub mod enrich;
 pub mod error;
+pub mod quality;
 pub mod ratelimit;
 pub mod segment;
 
@@ -34,6 +35,7 @@ use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::spool::{Spool, SpoolError};
 use crate::store::row::EventRow;
+use crate::store::suppress::Suppressions;
 use dedup::Dedup;
 use enrich::UaParser;
 use ratelimit::RateLimiter;
@@ -43,6 +45,17 @@ use ratelimit::RateLimiter;
 pub struct Accepted {
     pub accepted: usize,
     pub rejected: Vec<Rejection>,
+    /// Events left out because their person was deleted (on the suppression list).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub suppressed: usize,
+    /// Events left out because the request carried `Sec-GPC: 1` and the site's `gpc` is
+    /// `drop-events` (or `drop-ids`, for `identify` and `alias`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gpc_dropped: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Seconds a client should wait when the spool is full: long enough for the writer to drain.
@@ -62,10 +75,19 @@ pub struct Intake {
     /// send key -> index into `config.sites`, compared in constant time
     send_keys: Keys<usize>,
     pub email_bursts: email::ClickBursts,
+    /// Ids of deleted people whose late events are dropped (`crate::store::suppress`).
+    pub suppressions: Arc<Suppressions>,
+    /// Tracking plans and critical fields, by site.
+    pub quality: quality::Quality,
 }
 
 impl Intake {
-    pub fn new(config: Config, spool: Spool, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Config,
+        spool: Spool,
+        metrics: Arc<Metrics>,
+        suppressions: Arc<Suppressions>,
+    ) -> Self {
         let keys = Keys::new(
             config
                 .sites
@@ -89,8 +111,63 @@ impl Intake {
                     .flat_map(|(i, s)| s.send_keys.iter().map(move |k| (k.clone(), i))),
             ),
             email_bursts: email::ClickBursts::default(),
+            suppressions,
+            quality: quality::Quality::new(&config),
             config,
         }
+        .with_quality_thresholds()
+    }
+
+    fn with_quality_thresholds(self) -> Self {
+        for site in &self.config.sites {
+            for c in &site.completeness {
+                self.metrics
+                    .quality_threshold(&site.id, &c.event, &c.field, c.min);
+            }
+        }
+        self
+    }
+
+    /// Checks a request's valid events (in batch order, `rejections` naming the others by
+    /// position) against `site`'s tracking plan and critical fields, and returns each kept
+    /// event's verdict, in order. Under a rejecting plan, an event with a violation is taken
+    /// out of `events` and listed in `rejections` (sorted by position again). A site without
+    /// checks costs nothing: the answer is empty.
+    pub fn check_quality(
+        &self,
+        site: &str,
+        events: &mut Vec<waymark_protocol::Event>,
+        rejections: &mut Vec<Rejection>,
+    ) -> Vec<quality::Verdict> {
+        let Some(q) = self.quality.site(site) else {
+            return Vec::new();
+        };
+        let positions = quality::batch_positions(events.len(), rejections);
+        let mut tally = quality::Tally::new(site, q);
+        let mut verdicts = Vec::with_capacity(events.len());
+        let mut refused = Vec::new();
+        for (i, ev) in events.iter_mut().enumerate() {
+            let v = q.check(ev);
+            tally.add(ev, &v);
+            if q.rejects() && !v.violations.is_empty() {
+                rejections.push(quality::rejection(positions[i], &v.violations));
+                refused.push(i);
+            } else {
+                verdicts.push(v);
+            }
+        }
+        self.metrics.quality_checked(site, events.len() as u64);
+        tally.record(&self.metrics);
+        if !refused.is_empty() {
+            let mut i = 0;
+            events.retain(|_| {
+                let keep = refused.binary_search(&i).is_err();
+                i += 1;
+                keep
+            });
+            rejections.sort_by_key(|r| r.index);
+        }
+        verdicts
     }
 
     /// The site that owns an email send key.
@@ -101,6 +178,27 @@ impl Intake {
     /// The site that owns a write key.
     pub fn site_for_key(&self, key: &str) -> Option<&SiteConfig> {
         self.keys.find(key).map(|&i| &self.config.sites[i])
+    }
+
+    /// Drops the rows of deleted people (the suppression list), then [`Intake::admit`]s the
+    /// rest; the number dropped.
+    pub async fn admit_unsuppressed(
+        &self,
+        rows: Vec<EventRow>,
+        source: &str,
+    ) -> Result<usize, ApiError> {
+        let now = crate::clock::now_ms().div_euclid(1000) as u32;
+        let (rows, dropped) = match self.suppressions.filter(&rows, now) {
+            Some(kept) => {
+                let dropped = rows.len() - kept.len();
+                (kept, dropped)
+            }
+            None => (rows, 0),
+        };
+        if !rows.is_empty() {
+            self.admit(rows, source).await?;
+        }
+        Ok(dropped)
     }
 
     /// Checks the sites' rate limits, drops recent duplicates, spools the rest as one record, and

@@ -153,6 +153,12 @@ mod tests {
             rate_limit: rl,
             send_keys: vec![],
             email: None,
+            allowed_query_params: vec![],
+            gpc: Default::default(),
+            retention: None,
+            tracking_plan: None,
+            plan: None,
+            completeness: vec![],
         };
         RateLimiter::new(&[
             site(

@@ -3,6 +3,7 @@
 //! enrichment, admission.
 
 use waymark_protocol::intake::IntakePath;
+use waymark_protocol::privacy::apply_gpc;
 use waymark_protocol::{parse_batch, parse_single, BatchError};
 
 use super::auth::{origin_allowed, unknown_key};
@@ -21,6 +22,11 @@ pub struct Delivery<'a> {
     pub origin: Option<&'a str>,
     /// The peer's address (the site's `ip` setting decides what is kept of it).
     pub peer_ip: Option<String>,
+    /// The `Cookie` header: an email click's stitch marker is read from it.
+    pub cookie: Option<&'a str>,
+    /// The request carried `Sec-GPC: 1`: the site's `gpc` setting decides what it does, and no
+    /// stitch link is made.
+    pub gpc: bool,
 }
 
 /// Refuses a write key outside the body that no site has, before the body is read.
@@ -44,11 +50,27 @@ pub fn batch_error(e: BatchError) -> ApiError {
     }
 }
 
+/// Collects rows, each given its quality verdict (none when the site has no checks).
+pub fn with_verdicts(
+    rows: impl Iterator<Item = crate::store::row::EventRow>,
+    verdicts: Vec<super::quality::Verdict>,
+) -> Vec<crate::store::row::EventRow> {
+    let mut verdicts = verdicts.into_iter();
+    rows.map(|mut r| {
+        if let Some(v) = verdicts.next() {
+            r.violations = v.violations;
+            r.missing = v.missing;
+        }
+        r
+    })
+    .collect()
+}
+
 /// Validates the body, finds the site by its write key (outside the body, else the body's
 /// `writeKey`), checks the origin, enriches every valid event and admits them.
 pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiError> {
     let received_at_ms = crate::clock::now_ms();
-    let validated = match d.kind {
+    let mut validated = match d.kind {
         IntakePath::Batch => parse_batch(d.body, received_at_ms),
         IntakePath::Single(k) => parse_single(d.body, k, received_at_ms),
     }
@@ -73,6 +95,12 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
             });
         }
     }
+    let mut events = validated.events;
+    let gpc_dropped = if d.gpc {
+        apply_gpc(&mut events, site.gpc)
+    } else {
+        0
+    };
     let facts = RequestFacts {
         site: &site.id,
         ip_mode: site.ip,
@@ -82,16 +110,25 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
         peer_ip: d.peer_ip,
         geo: None,
         client: None,
+        urls: site.url_policy(),
+        gpc: d.gpc,
     };
-    let rows = validated
-        .events
-        .iter()
-        .map(|ev| to_row(ev, &facts, &intake.ua))
-        .collect::<Vec<_>>();
-    let accepted = rows.len();
-    intake.admit(rows, "api").await?;
+    let verdicts = intake.check_quality(&site.id, &mut events, &mut validated.rejections);
+    let mut rows = with_verdicts(
+        events.iter().map(|ev| to_row(ev, &facts, &intake.ua)),
+        verdicts,
+    );
+    let total = rows.len();
+    if let Some(link) = super::email::marker_link(site, d.cookie, d.gpc, &events, received_at_ms) {
+        rows.push(super::email::link_row(&site.id, &link, received_at_ms));
+    }
+    let suppressed = intake.admit_unsuppressed(rows, "api").await?;
+    // A suppressed link row is counted as a suppressed event: close enough for a reply.
+    let accepted = total.saturating_sub(suppressed);
     Ok(Accepted {
         accepted,
         rejected: validated.rejections,
+        suppressed,
+        gpc_dropped,
     })
 }

@@ -75,6 +75,13 @@ impl Cache {
         map.insert(key, (Instant::now(), value, len.0.max(self.min_weight)));
     }
 
+    /// Forgets every answer (a person was deleted: no answer of theirs may be served again).
+    pub(super) fn clear(&self) {
+        if let Some(map) = &self.map {
+            map.clear();
+        }
+    }
+
     #[cfg(test)]
     fn weight(&self) -> u64 {
         self.map.as_ref().map_or(0, |m| m.weight())

@@ -170,6 +170,29 @@ impl IdentityIndex {
         }
     }
 
+    /// Forgets every link and user of `ids` on `site` (a person was deleted): the parts the
+    /// deletion rewrites keep their block ranges, so the refresh does not read them again.
+    pub fn forget<'a>(&self, site: &str, ids: impl IntoIterator<Item = &'a str>) {
+        let mut all = self.links.write().expect("identity index lock");
+        let Some(s) = all.get_mut(site) else {
+            return;
+        };
+        for id in ids {
+            s.latest.remove(id);
+            if s.own.remove(id) {
+                s.count = s.count.saturating_sub(1);
+            }
+            if let Some(list) = s.anons.remove(id) {
+                s.count = s.count.saturating_sub(list.len());
+            }
+            for list in s.anons.values_mut() {
+                let before = list.len();
+                list.retain(|a| a != id);
+                s.count = s.count.saturating_sub(before - list.len());
+            }
+        }
+    }
+
     /// The person behind `id`, or `None` when the index cannot answer (loading or off).
     pub fn resolve(&self, site: &str, id: &str) -> Option<Identity> {
         if self.state.load(Ordering::Acquire) != READY {

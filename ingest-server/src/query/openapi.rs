@@ -1,5 +1,6 @@
-//! `GET /openapi.json`: the OpenAPI 3 description of the query API. The test
-//! `query_openapi` checks live responses of every endpoint against these schemas (objects are
+//! `GET /openapi.json`: the OpenAPI 3 description of the query API and the email endpoints
+//! (`crate::http::email`). The test `query_openapi` checks live responses of every query
+//! endpoint, and the email endpoints' real answer types, against these schemas (objects are
 //! closed with `additionalProperties: false`, so a field added to a response without being
 //! described here fails it).
 
@@ -279,19 +280,118 @@ pub fn document() -> Value {
                "message": string(), "field": nullable(string())}),
     );
 
+    let admin = json!([{"adminKey": []}]);
+    let admin_errors = |mut responses: Value, not_found: &str| {
+        let r = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+        responses["400"] = r("A parameter is wrong; `field` names it.");
+        responses["401"] = r(
+            "No admin key, or a key that is not one (read and write keys cannot delete or export).",
+        );
+        responses["403"] = r("The admin key does not cover this site.");
+        responses["404"] = r(not_found);
+        responses["503"] =
+            r("ClickHouse failed or did not answer; retry after `Retry-After` seconds.");
+        responses
+    };
+    let admin_site = json!({"name": "site", "in": "query", "required": true, "schema": {"type": "string"},
+        "description": "The site; the admin key must list it."});
+    let person_id = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1},
+        "description": "Any id of the person (user id or anonymous id); every id linked to it is included."});
+    let deletion = obj(
+        &["job", "site", "ids", "status", "status_url"],
+        json!({"job": string(), "site": string(),
+               "ids": {"type": "integer", "minimum": 1, "description": "Ids of the person found through the identity links (the given one included); all are suppressed and deleted."},
+               "status": {"type": "string", "enum": ["running"]},
+               "status_url": string()}),
+    );
+    let deletion_status = obj(
+        &[
+            "job",
+            "site",
+            "requested_at",
+            "status",
+            "statements",
+            "mutations_done",
+            "parts_to_do",
+            "pending_tables",
+        ],
+        json!({"job": string(), "site": string(), "requested_at": string(),
+               "status": {"type": "string", "enum": ["running", "done"], "description": "`done` once ClickHouse finished every delete of the job (system.mutations)."},
+               "statements": int(), "mutations_done": int(), "parts_to_do": int(),
+               "pending_tables": {"type": "array", "items": string()}}),
+    );
+    let export_line = json!({"type": "object", "additionalProperties": true, "required": ["record"],
+        "description": "One stored row: `record` is `event` (every column of `events`) or `identity` (a link: site, user_id, anonymous_id, linked_at, message_id, source_type).",
+        "properties": {"record": {"type": "string", "enum": ["event", "identity"]}}});
+    let recipient = json!({"type": "object", "additionalProperties": false,
+        "description": "Who the message goes to: a user id, an email address, or both (at least one).",
+        "properties": {"user_id": string(), "email": string()}});
+    let message_props = |extra: (&str, Value)| {
+        let mut props = json!({
+            "recipient": recipient.clone(),
+            "campaign": {"type": "string", "description": "The campaign, for the profile and audiences."},
+            "send_id": {"type": "string", "description": "The platform's id of this one message to this one recipient."},
+        });
+        props[extra.0] = extra.1;
+        props
+    };
+    let email_links_request = json!({"type": "object", "additionalProperties": false,
+        "required": ["recipient", "links"],
+        "properties": message_props(("links", json!({"type": "array", "maxItems": 1000,
+            "items": {"type": "string", "description": "An absolute http(s) URL (at most 4096 bytes)."}})))});
+    let email_links = obj(
+        &["pixel", "links"],
+        json!({"pixel": {"type": "string", "description": "The open pixel's URL: `{base_url}/e/o/<token>.gif`."},
+               "links": {"type": "array", "items": obj(&["url", "tracked"], json!({
+                   "url": string(),
+                   "tracked": {"type": "string", "description": "`{base_url}/e/c/<token>`: redirects to `url`."}}))}}),
+    );
+    let email_rewrite_request = json!({"type": "object", "additionalProperties": false,
+        "required": ["recipient", "html"],
+        "properties": message_props(("html", json!({"type": "string", "description": "The email's HTML, at most 2 MiB."})))});
+    let email_rewritten = obj(
+        &["html", "tracked", "skipped"],
+        json!({"html": {"type": "string", "description": "Every `<a href>` to an http(s) URL tracked, the pixel added."},
+               "tracked": int(), "skipped": {"type": "integer", "minimum": 0,
+                   "description": "Links left alone: mailto:, tel:, anchors, relative, `data-waymark-skip`."}}),
+    );
+    let token_param = |description: &str| {
+        json!({"name": "token", "in": "path", "required": true,
+               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 8192},
+               "description": description})
+    };
+    let email_errors = |ok: Value| {
+        let mut r = ok;
+        let e = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+        r["400"] = e("The body is wrong; `field` names it (`recipient`, `links`, `html`, ...).");
+        r["401"] = e("No send key, or an unknown one.");
+        r["403"] = e("The send key belongs to another site than `site`.");
+        r["413"] = e("The body is too large.");
+        r
+    };
+    let send_site_param = json!({"name": "site", "in": "query", "required": false, "schema": {"type": "string"},
+        "description": "The site; optional, the send key names it (when given, it must be that key's site)."});
+
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "Waymark query API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Recency profiles, event history and audiences for email platforms. Every `/v1/` call needs `Authorization: Bearer <read key>`; a key reads only the sites it lists. Windows of 7 and 30 days are whole days, today included."
+            "description": "Recency profiles, event history and audiences for email platforms. Every `/v1/` call needs `Authorization: Bearer <read key>`; a key reads only the sites it lists. Windows of 7 and 30 days are whole days, today included. The email endpoints: `/v1/email/links` and `/v1/email/rewrite` take the site's send key instead (`sites.send_keys`); `/e/o/{token}.gif` and `/e/c/{token}` are the readers' (no key: the token is signed), served here and under the edge worker's prefix."
         },
         "components": {
-            "securitySchemes": {"readKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "readKey": {"type": "http", "scheme": "bearer"},
+                "sendKey": {"type": "http", "scheme": "bearer", "description": "A send key of the site (`[[sites]] send_keys`), never a write or read key."},
+                "adminKey": {"type": "http", "scheme": "bearer", "description": "An admin key ([[privacy.admin_keys]]): its own scope, for deleting and exporting people."},
+            },
             "schemas": {
                 "Profile": profile, "Event": event, "EventsPage": events_page,
                 "AudienceQuery": audience_query, "AudienceMember": member, "AudiencePage": audience_page,
-                "Error": error,
+                "EmailLinksRequest": email_links_request, "EmailLinks": email_links,
+                "EmailRewriteRequest": email_rewrite_request, "EmailRewritten": email_rewritten,
+                "Error": error, "Deletion": deletion, "DeletionStatus": deletion_status,
+                "ExportLine": export_line,
                 "SubscriptionRequest": subscription_request, "Subscription": subscription,
                 "SubscriptionList": subscription_list, "TriggerDelivery": delivery,
                 "DeadLetters": dead_letters,
@@ -353,6 +453,71 @@ pub fn document() -> Value {
                 "responses": with_errors(json!({"200": {"description": "Dead letters with their last error and payload.",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeadLetters"}}}}}), false),
             }},
+            "/v1/persons/{id}": {"delete": {
+                "summary": "Delete a person (GDPR Art. 17)",
+                "description": "Finds every id of the person through the identity links, puts them on the suppression list (late events are dropped), and deletes their rows from events, identities, quarantine and every query table. Answers at once; poll `status_url`.",
+                "security": admin, "parameters": [person_id, admin_site],
+                "responses": admin_errors(json!({"202": {"description": "The deletion job.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deletion"}}}}}), "Not used."),
+            }},
+            "/v1/deletions/{job}": {"get": {
+                "summary": "Whether a deletion is finished",
+                "security": admin,
+                "parameters": [{"name": "job", "in": "path", "required": true, "schema": {"type": "string"}}, admin_site],
+                "responses": admin_errors(json!({"200": {"description": "The job's state.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DeletionStatus"}}}}}), "No such job on this site."),
+            }},
+            "/v1/persons/{id}/export": {"get": {
+                "summary": "Export a person's data (GDPR Art. 15 and 20)",
+                "security": admin, "parameters": [person_id, admin_site],
+                "responses": admin_errors(json!({"200": {"description": "NDJSON, streamed: every stored event, then every identity link, of the person.",
+                    "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/ExportLine"}}}}}), "Nothing stored for this id on this site."),
+            }},
+            "/v1/email/links": {"post": {
+                "summary": "Tracked links and the open pixel for one recipient's message",
+                "security": [{"sendKey": []}],
+                "parameters": [send_site_param.clone()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmailLinksRequest"}}}},
+                "responses": email_errors(json!({"200": {"description": "The pixel and each link's tracked URL, in the order given.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmailLinks"}}}}})),
+            }},
+            "/v1/email/rewrite": {"post": {
+                "summary": "An email's HTML with every link tracked and the pixel added",
+                "security": [{"sendKey": []}],
+                "parameters": [send_site_param],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmailRewriteRequest"}}}},
+                "responses": email_errors(json!({"200": {"description": "The rewritten HTML.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmailRewritten"}}}}})),
+            }},
+            "/e/o/{token}.gif": {"get": {
+                "summary": "An email's open pixel: records `$email_open` (human, machine or unknown)",
+                "security": [],
+                "parameters": [token_param("The pixel's signed token.")],
+                "responses": {"200": {"description": "A 43-byte transparent GIF with no-cache headers, whatever the token (a refused one is counted in `waymark_email_tokens_refused_total`).",
+                    "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}}}},
+            }},
+            "/e/c/{token}": {
+                "get": {
+                    "summary": "A tracked link: records `$email_click` (human or scanner) and redirects",
+                    "security": [],
+                    "parameters": [token_param("The link's signed token; it carries the target.")],
+                    "responses": {
+                        "302": {"description": "To the signed target; to the site's `home_url` when the token is refused (tampered, expired, unknown key), never to the target it claims. A person's click also sets the `wm_email` stitch marker cookie.",
+                            "headers": {"Location": {"schema": {"type": "string"}}, "Set-Cookie": {"schema": {"type": "string"}}}},
+                        "404": {"description": "The token names no site of this server: nowhere safe to send the reader.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    },
+                },
+                "head": {
+                    "summary": "A tracked link fetched with HEAD (a scanner): recorded as a scanner click",
+                    "security": [],
+                    "parameters": [token_param("The link's signed token.")],
+                    "responses": {
+                        "302": {"description": "As for GET.", "headers": {"Location": {"schema": {"type": "string"}}}},
+                        "404": {"description": "As for GET."},
+                    },
+                },
+            },
             "/openapi.json": {"get": {
                 "summary": "This document", "security": [],
                 "responses": {"200": {"description": "OpenAPI 3 document.", "content": {"application/json": {"schema": {"type": "object"}}}}},

@@ -118,6 +118,11 @@ impl QueryState {
         self.0.schema.is_ready()
     }
 
+    /// The ClickHouse client (no database selected).
+    pub(crate) fn clickhouse(&self) -> &clickhouse::Client {
+        &self.0.client
+    }
+
     /// The database name (validated by the config: letters, digits, underscores).
     pub fn db(&self) -> &str {
         &self.0.db
@@ -267,6 +272,11 @@ impl QueryState {
         };
         self.0.metrics.query_cache(endpoint, hit.is_some());
         hit
+    }
+
+    /// Forgets every cached answer (`crate::privacy`: a person was deleted).
+    pub(crate) fn forget_cached(&self) {
+        self.0.cache.clear()
     }
 
     pub(crate) fn remember(&self, key: String, value: Arc<Value>) {

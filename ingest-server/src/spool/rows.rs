@@ -1,23 +1,28 @@
 //! The payload of a spool record: the enriched rows of one request, ready for the writer.
 //!
 //! The first byte says the format:
-//! - `0x01`: binary v1, written by this version: `count: u32 LE`, then each [`EventRow`] field in
-//!   declaration order: strings as `len: u32 LE | UTF-8 bytes`, integers little-endian at their
-//!   width, `f64` as its IEEE bits (LE), `Option<T>` as `0` or `1 | T`.
+//! - `0x02`: binary v2, written by this version: v1's layout with each row followed by its
+//!   `violations` and `missing` lists (`count: u32 LE`, then each string).
+//! - `0x01`: binary v1: `count: u32 LE`, then each [`EventRow`] field in declaration order up
+//!   to `context`: strings as `len: u32 LE | UTF-8 bytes`, integers little-endian at their
+//!   width, `f64` as its IEEE bits (LE), `Option<T>` as `0` or `1 | T`; still read, the newer
+//!   fields empty.
 //! - `[` (or JSON whitespace): the JSON array of rows written by earlier versions; still read, so
 //!   a spool left by an older server replays after an upgrade.
 //!
 //! The record's CRC already covers the payload; decoding still checks lengths and UTF-8, and a
 //! payload it cannot read is an error (the writer quarantines it), never a panic.
 //!
-//! Adding a field to [`EventRow`] means a new tag (`0x02`) whose decoder reads the new layout;
-//! `0x01` keeps decoding the old one with the new field defaulted. The `row_codec!` list below
-//! must name every field: a missing one is a compile error in [`decode_row`].
+//! Adding a field to [`EventRow`] means a new tag whose decoder reads the new layout; the older
+//! tags keep decoding theirs with the new field defaulted. The `row_codec!` lists below must
+//! name every field: a missing one is a compile error in the decoders.
 
 use crate::store::row::EventRow;
 
-/// The format tag of binary v1 payloads.
+/// The format tag of binary v1 payloads (read only).
 pub const TAG_BINARY_V1: u8 = 0x01;
+/// The format tag of binary v2 payloads (written).
+pub const TAG_BINARY_V2: u8 = 0x02;
 
 /// Why a payload could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,10 +43,10 @@ pub enum DecodeError {
     Json(String),
 }
 
-/// Encodes rows as a binary v1 payload.
+/// Encodes rows as a binary v2 payload.
 pub fn encode(rows: &[EventRow]) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + rows.len() * 640);
-    out.push(TAG_BINARY_V1);
+    out.push(TAG_BINARY_V2);
     out.extend_from_slice(&(rows.len() as u32).to_le_bytes());
     for r in rows {
         encode_row(r, &mut out);
@@ -53,7 +58,12 @@ pub fn encode(rows: &[EventRow]) -> Vec<u8> {
 pub fn decode(payload: &[u8]) -> Result<Vec<EventRow>, DecodeError> {
     match payload.first() {
         None => Err(DecodeError::Empty),
-        Some(&TAG_BINARY_V1) => {
+        Some(&tag @ (TAG_BINARY_V1 | TAG_BINARY_V2)) => {
+            let decode_row = if tag == TAG_BINARY_V1 {
+                decode_row_v1
+            } else {
+                decode_row_v2
+            };
             let mut c = Cursor {
                 buf: &payload[1..],
                 row: 0,
@@ -136,6 +146,24 @@ macro_rules! le_field {
 }
 le_field!(u8, u32, u64, i64, f64);
 
+impl Field for Vec<String> {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.len() as u32).to_le_bytes());
+        for s in self {
+            s.put(out);
+        }
+    }
+    fn get(c: &mut Cursor<'_>) -> Result<Self, DecodeError> {
+        let n = c.u32()? as usize;
+        // Each string takes at least its 4-byte length: bound the allocation by what is left.
+        let mut v = Vec::with_capacity(n.min(c.buf.len() / 4));
+        for _ in 0..n {
+            v.push(String::get(c)?);
+        }
+        Ok(v)
+    }
+}
+
 impl<T: Field> Field for Option<T> {
     fn put(&self, out: &mut Vec<u8>) {
         match self {
@@ -156,18 +184,23 @@ impl<T: Field> Field for Option<T> {
 }
 
 macro_rules! row_codec {
-    ($($f:ident),* $(,)?) => {
+    (v1: [$($f:ident),* $(,)?], v2: [$($g:ident),* $(,)?]) => {
         fn encode_row(r: &EventRow, out: &mut Vec<u8>) {
             $( Field::put(&r.$f, out); )*
+            $( Field::put(&r.$g, out); )*
         }
-        fn decode_row(c: &mut Cursor<'_>) -> Result<EventRow, DecodeError> {
-            Ok(EventRow { $( $f: Field::get(c)?, )* })
+        fn decode_row_v1(c: &mut Cursor<'_>) -> Result<EventRow, DecodeError> {
+            Ok(EventRow { $( $f: Field::get(c)?, )* $( $g: Default::default(), )* })
+        }
+        fn decode_row_v2(c: &mut Cursor<'_>) -> Result<EventRow, DecodeError> {
+            Ok(EventRow { $( $f: Field::get(c)?, )* $( $g: Field::get(c)?, )* })
         }
     };
 }
 
-// Binary v1: every field of `EventRow`, in this order. Never reorder; add a new tag instead.
-row_codec!(
+// v1: the fields of `EventRow` up to `context`, in this order; v2 adds the second list after
+// them. Never reorder; add a new tag instead.
+row_codec!(v1: [
     site,
     visitor_id,
     message_id,
@@ -232,7 +265,7 @@ row_codec!(
     properties,
     traits,
     context,
-);
+], v2: [violations, missing]);
 
 #[cfg(test)]
 mod tests {
@@ -275,6 +308,16 @@ mod tests {
                         engaged_ms: e,
                         scroll_depth: s,
                         context: "{\"ü\":\"✓\"}".into(),
+                        violations: if e % 3 == 0 {
+                            vec![]
+                        } else {
+                            vec!["format:properties.ü".into(); (e % 3) as usize]
+                        },
+                        missing: if s % 2 == 0 {
+                            vec!["traits.email".into()]
+                        } else {
+                            vec![]
+                        },
                         ..EventRow::default()
                     }
                 },
@@ -301,7 +344,7 @@ mod tests {
         #[test]
         fn binary_round_trips(rows in proptest::collection::vec(row_strategy(), 0..8)) {
             let bytes = encode(&rows);
-            prop_assert_eq!(bytes[0], TAG_BINARY_V1);
+            prop_assert_eq!(bytes[0], TAG_BINARY_V2);
             let back = decode(&bytes).unwrap();
             prop_assert!(same(&rows, &back));
         }
@@ -320,6 +363,20 @@ mod tests {
             flipped[i] ^= 0xff;
             let _ = decode(&flipped);
         }
+    }
+
+    #[test]
+    fn binary_v1_payloads_still_read() {
+        let row = EventRow {
+            site: "s".into(),
+            context: "{}".into(),
+            ..EventRow::default()
+        };
+        // v2 of one row with empty lists is v1's bytes plus two zero counts.
+        let v2 = encode(std::slice::from_ref(&row));
+        let mut v1 = v2[..v2.len() - 8].to_vec();
+        v1[0] = TAG_BINARY_V1;
+        assert_eq!(decode(&v1).unwrap(), vec![row]);
     }
 
     #[test]
@@ -347,7 +404,7 @@ mod tests {
         assert_eq!(decode(&b), Err(DecodeError::Trailing(1)));
         // A count far beyond the bytes: an error, not a huge allocation.
         assert_eq!(
-            decode(&[TAG_BINARY_V1, 0xff, 0xff, 0xff, 0xff]),
+            decode(&[TAG_BINARY_V2, 0xff, 0xff, 0xff, 0xff]),
             Err(DecodeError::Truncated { row: 0 })
         );
         let mut b = encode(&[EventRow {

@@ -9,6 +9,7 @@ pub mod repartition;
 pub mod replay;
 pub mod row;
 pub mod schema;
+pub mod suppress;
 pub mod writer;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::config::ClickHouseConfig;
-use row::{identity_links, EventRow, IdentityRow, QuarantineRow};
+use row::{identity_links, EventRow, IdentityRow, QuarantineRow, LINK_ROW};
 
 /// Why ClickHouse cannot take anything right now: the label of
 /// `waymark_writer_blocked{cause="..."}` and the `cause` in `/readyz`'s `writer` object.
@@ -360,6 +361,20 @@ async fn apply(
         }
         match m.code {
             Some(schema::Code::RepartitionEvents) => repartition::run(client, db).await?,
+            Some(schema::Code::AddColumns { table, columns }) => {
+                let have: Vec<String> = client
+                    .query(&format!(
+                        "SELECT name FROM system.columns WHERE database = '{db}' AND table = '{table}'"
+                    ))
+                    .fetch_all::<String>()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                for (name, kind) in columns {
+                    if !have.iter().any(|h| h == name) {
+                        run(format!("ALTER TABLE {db}.{table} ADD COLUMN {name} {kind}")).await?;
+                    }
+                }
+            }
             None => {}
         }
         run(format!(
@@ -402,6 +417,7 @@ pub struct ClickHouseSink {
     database: String,
     schema: Arc<SchemaStatus>,
     identities: Option<Arc<dyn IdentityFeed>>,
+    suppressions: Option<Arc<suppress::Suppressions>>,
 }
 
 impl ClickHouseSink {
@@ -413,7 +429,15 @@ impl ClickHouseSink {
             database: cfg.database.clone(),
             schema,
             identities: None,
+            suppressions: None,
         }
+    }
+
+    /// Drops the rows of people on `list` (deleted, their late events still in the spool)
+    /// before each insert.
+    pub fn with_suppressions(mut self, list: Arc<suppress::Suppressions>) -> Self {
+        self.suppressions = Some(list);
+        self
     }
 
     /// Adds every identity link to `index` before inserting it, so the query API never sees
@@ -457,6 +481,20 @@ impl ClickHouseSink {
 impl Sink for ClickHouseSink {
     fn insert<'a>(&'a self, rows: &'a [EventRow]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            let kept = self
+                .suppressions
+                .as_ref()
+                .and_then(|s| s.filter(rows, crate::clock::now_ms().div_euclid(1000) as u32));
+            if let Some(kept) = &kept {
+                tracing::info!(
+                    dropped = rows.len() - kept.len(),
+                    "rows of deleted people dropped before insert"
+                );
+            }
+            let rows = kept.as_deref().unwrap_or(rows);
+            if rows.is_empty() {
+                return Ok(());
+            }
             // Both at once: the batch is done when the slower is (a failure of either retries
             // both; the tables collapse the rows inserted twice).
             let links: Vec<IdentityRow> = rows.iter().flat_map(identity_links).collect();
@@ -477,8 +515,18 @@ impl Sink for ClickHouseSink {
                         .map(|r| (r.site.as_str(), r.user_id.as_str())),
                 );
             }
+            // Link-only rows (an email click's stitch) go to `identities` alone.
+            let events: std::borrow::Cow<'_, [EventRow]> =
+                if rows.iter().any(|r| r.kind == LINK_ROW) {
+                    rows.iter()
+                        .filter(|r| r.kind != LINK_ROW)
+                        .cloned()
+                        .collect()
+                } else {
+                    rows.into()
+                };
             futures::future::try_join(
-                self.insert_rows("events", rows),
+                self.insert_rows("events", &events),
                 self.insert_rows("identities", &links),
             )
             .await

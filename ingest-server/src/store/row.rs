@@ -75,6 +75,10 @@ pub struct EventRow {
     pub properties: String,
     pub traits: String,
     pub context: String,
+    /// Tracking plan violations, `kind:field` (see `intake::quality`).
+    pub violations: Vec<String>,
+    /// Critical fields the event lacks (`[[sites.completeness]]`).
+    pub missing: Vec<String>,
 }
 
 /// One row of the `identities` table.
@@ -101,6 +105,11 @@ pub struct QuarantineRow {
     pub row: String,
 }
 
+/// The `type` of a row that is only an identity link, made by the intake rather than sent by a
+/// client (an email click's stitch, `crate::intake::email::link_row`): the writer puts it in
+/// `identities`, with its `source` as the link's `source_type`, and never in `events`.
+pub const LINK_ROW: &str = "$link";
+
 /// The identity links an event carries: anonymous id <-> user id, and alias previousId -> userId.
 pub fn identity_links(row: &EventRow) -> Vec<IdentityRow> {
     let mut out = Vec::new();
@@ -113,7 +122,11 @@ pub fn identity_links(row: &EventRow) -> Vec<IdentityRow> {
         anonymous_id: anon.to_string(),
         linked_at: row.timestamp,
         message_id: row.message_id.clone(),
-        source_type: row.kind.clone(),
+        source_type: if row.kind == LINK_ROW {
+            row.source.clone()
+        } else {
+            row.kind.clone()
+        },
     };
     if !row.anonymous_id.is_empty() {
         out.push(link(&row.anonymous_id));
@@ -145,6 +158,14 @@ mod tests {
         assert_eq!(l[1].anonymous_id, "a0");
         r.user_id.clear();
         assert!(identity_links(&r).is_empty());
+        let stitch = EventRow {
+            kind: LINK_ROW.into(),
+            source: "email_click".into(),
+            anonymous_id: "a1".into(),
+            user_id: "u1".into(),
+            ..EventRow::default()
+        };
+        assert_eq!(identity_links(&stitch)[0].source_type, "email_click");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use waymark_ingest::Config;
+use waymark_testkit::config::{site, IngestConfig, IpMode, SiteConfig};
 use waymark_testkit::ClickHouse;
 
 pub const WRITE_KEY: &str = "wk_shop";
@@ -27,42 +28,23 @@ pub fn query(ch: &ClickHouse, sql: &str) -> String {
     tokio::task::block_in_place(|| ch.query(sql)).unwrap_or_else(|e| panic!("{e}"))
 }
 
-pub fn config_toml(
-    listen: &str,
-    ch_url: &str,
-    db: &str,
-    spool: &std::path::Path,
-    extra: &str,
-) -> String {
-    format!(
-        r#"
-listen = "{listen}"
-[clickhouse]
-url = "{ch_url}"
-database = "{db}"
-[spool]
-dir = "{spool}"
-max_bytes = "64MiB"
-[writer]
-max_rows = 100000
-max_bytes = "32MiB"
-max_age = "100ms"
-[edge]
-secret = "{EDGE_SECRET}"
-replay_window = "5m"
-[[sites]]
-id = "shop"
-write_keys = ["{WRITE_KEY}"]
-allowed_origins = ["{ORIGIN}"]
-ip = "truncate"
-[[sites]]
-id = "blog"
-write_keys = ["{OTHER_KEY}"]
-ip = "drop"
-{extra}
-"#,
-        spool = spool.display()
-    )
+/// The tests' configuration (from the testkit's builder): a server on `listen` writing to `db`
+/// with its spool in `spool`, short writer age, an edge secret, and two sites: `shop` (write key
+/// [`WRITE_KEY`], browser origin [`ORIGIN`], IPs truncated) and `blog` ([`OTHER_KEY`], IPs
+/// dropped).
+pub fn config(listen: &str, ch_url: &str, db: &str, spool: &std::path::Path) -> IngestConfig {
+    IngestConfig::new()
+        .listen(listen.parse().expect("a socket address"))
+        .clickhouse(ch_url, db)
+        .spool(spool)
+        .spool_max(64 << 20)
+        .writer_max_age(Duration::from_millis(100))
+        .edge_secret(EDGE_SECRET)
+        .site(site("shop", WRITE_KEY, &[ORIGIN]))
+        .site(SiteConfig {
+            ip: IpMode::Drop,
+            ..site("blog", OTHER_KEY, &[])
+        })
 }
 
 /// An in-process server on a free port.
@@ -76,27 +58,17 @@ pub struct Server {
 
 impl Server {
     pub async fn start(ch: &ClickHouse) -> Server {
-        Self::start_with(ch, "", |_| {}).await
+        Self::start_with(ch, |_| {}).await
     }
 
-    pub async fn start_with(
-        ch: &ClickHouse,
-        extra: &str,
-        tweak: impl FnOnce(&mut Config),
-    ) -> Server {
+    pub async fn start_with(ch: &ClickHouse, tweak: impl FnOnce(&mut Config)) -> Server {
         let db =
             tokio::task::block_in_place(|| ch.fresh_database()).unwrap_or_else(|e| panic!("{e}"));
         let spool = tempfile::tempdir().unwrap();
-        let mut config = Config::from_toml(&config_toml(
-            "127.0.0.1:0",
-            &ch.http_url(),
-            &db,
-            spool.path(),
-            extra,
-        ))
-        .unwrap();
-        tweak(&mut config);
-        config.validate().unwrap();
+        let config = config("127.0.0.1:0", &ch.http_url(), &db, spool.path())
+            .with(tweak)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -143,11 +115,9 @@ pub async fn wait_for(ch: &ClickHouse, sql: &str, want: &str, within: Duration) 
     }
 }
 
+/// The server's clock (`waymark_ingest::clock`).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    waymark_ingest::clock::now_ms()
 }
 
 pub fn iso(ms: i64) -> String {

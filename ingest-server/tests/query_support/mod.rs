@@ -12,15 +12,17 @@ use serde_json::Value;
 use tower::ServiceExt;
 use waymark_ingest::config::{ClickHouseConfig, HumanDuration};
 use waymark_ingest::query::identity::IdentityIndex;
-use waymark_ingest::query::{QueryConfig, QueryState, ReadKey};
+use waymark_ingest::query::{QueryConfig, QueryState};
 use waymark_ingest::store::row::EventRow;
 use waymark_ingest::store::{ClickHouseSink, SchemaStatus, Sink};
-use waymark_testkit::ClickHouse;
+use waymark_testkit::{ClickHouse, IngestConfig};
 
 pub const SHOP_KEY: &str = "rk_shop";
 pub const OTHER_KEY: &str = "rk_other";
 /// Reads both sites, and may manage their subscriptions (`subscribe = true`).
 pub const BOTH_KEY: &str = "rk_both";
+/// The admin key of `shop` (deletes and exports; `crate::privacy`).
+pub const ADMIN_KEY: &str = "ak_shop_0123456789";
 pub const DAY: i64 = 86_400_000;
 pub const HOUR: i64 = 3_600_000;
 pub const MINUTE: i64 = 60_000;
@@ -36,11 +38,9 @@ pub fn sql(sql: &str) -> String {
     tokio::task::block_in_place(|| clickhouse().query(sql)).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The server's clock (`waymark_ingest::clock`).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    waymark_ingest::clock::now_ms()
 }
 
 /// A test database with the ingest server's migrations (including the query API's).
@@ -54,11 +54,11 @@ impl Db {
     pub async fn new() -> Db {
         let ch = clickhouse();
         let name = tokio::task::block_in_place(|| ch.fresh_database()).unwrap();
-        let cfg = ClickHouseConfig {
-            url: ch.http_url(),
-            database: name.clone(),
-            ..ClickHouseConfig::default()
-        };
+        let cfg = IngestConfig::new()
+            .clickhouse(&ch.http_url(), &name)
+            .config()
+            .clickhouse
+            .clone();
         let client = waymark_ingest::store::client(&cfg);
         let schema = std::sync::Arc::new(waymark_ingest::store::SchemaStatus::default());
         waymark_ingest::store::migrate(&client, &name, &schema)
@@ -110,30 +110,19 @@ impl Db {
 }
 
 fn query_config(extra_sites: &[&str]) -> QueryConfig {
-    let mut both = vec!["shop".to_string(), "other".to_string()];
-    both.extend(extra_sites.iter().map(|s| s.to_string()));
-    QueryConfig {
-        read_keys: vec![
-            ReadKey {
-                key: SHOP_KEY.into(),
-                sites: vec!["shop".into()],
-                subscribe: false,
-            },
-            ReadKey {
-                key: OTHER_KEY.into(),
-                sites: vec!["other".into()],
-                subscribe: false,
-            },
-            ReadKey {
-                key: BOTH_KEY.into(),
-                sites: both,
-                subscribe: true,
-            },
-        ],
+    let mut both = vec!["shop", "other"];
+    both.extend_from_slice(extra_sites);
+    IngestConfig::new()
+        .read_key(SHOP_KEY, &["shop"])
+        .read_key(OTHER_KEY, &["other"])
+        .read_key(BOTH_KEY, &both)
+        // The key for both sites may also manage subscriptions (triggers).
+        .with(|c| c.query.read_keys[2].subscribe = true)
         // Every request reads ClickHouse (the cache has its own test).
-        cache_ttl: HumanDuration(std::time::Duration::ZERO),
-        ..QueryConfig::default()
-    }
+        .with(|c| c.query.cache_ttl = HumanDuration(std::time::Duration::ZERO))
+        .config()
+        .query
+        .clone()
 }
 
 /// An event row with the fields every test sets; the rest via struct update.
@@ -209,8 +198,22 @@ pub async fn call(
                 .unwrap_or_else(Body::empty),
         )
         .unwrap();
-    let app: axum::Router =
-        waymark_ingest::query::router(st.clone()).merge(waymark_ingest::triggers::api::router(
+    let privacy = waymark_ingest::privacy::PrivacyState::new(
+        &waymark_ingest::config::PrivacyConfig {
+            admin_keys: vec![waymark_ingest::config::AdminKey {
+                name: "test".into(),
+                key: ADMIN_KEY.into(),
+                sites: vec!["shop".into()],
+            }],
+            ..Default::default()
+        },
+        st.clone(),
+        Arc::default(),
+        None,
+    );
+    let app: axum::Router = waymark_ingest::query::router(st.clone())
+        .merge(waymark_ingest::privacy::router(privacy))
+        .merge(waymark_ingest::triggers::api::router(
             st.clone(),
             waymark_ingest::config::TriggersConfig::default(),
         ));

@@ -19,7 +19,8 @@
 //! The list is data (`protocol/data/email-agents.txt`), one rule per line with the source it
 //! comes from, compiled in and parsed once.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 /// An open this soon after the send is a delivery-time prefetch.
 pub const MACHINE_OPEN_SECS: u64 = 2;
@@ -150,6 +151,46 @@ pub fn classify_click(hit: &Hit<'_>) -> Verdict<ClickClass> {
     v(ClickClass::Human, "browser".into())
 }
 
+/// Recent clicks per message, to tell a scanner following every link of a message within a
+/// second from a person following one (the [`Hit::links_within_second`] of a click). Bounded:
+/// entries older than a second are dropped as the map is used, and the map is emptied whole
+/// past `MAX_MESSAGES` (a burst of that many messages within a second only costs their burst
+/// verdicts). The ingest server keeps one per process; the edge worker one per isolate, which
+/// sees the bursts that reach the same Cloudflare location (a scanner's do: it clicks from one
+/// place).
+#[derive(Default)]
+pub struct ClickBursts(Mutex<HashMap<(String, String), RecentClicks>>);
+
+/// When (Unix milliseconds) each recent click of one message happened, and on which link.
+type RecentClicks = Vec<(u64, String)>;
+
+const MAX_MESSAGES: usize = 100_000;
+const BURST_WINDOW_MS: u64 = 1_000;
+
+impl ClickBursts {
+    /// Records a click on `target` of message `send_id` at `now_ms`; returns the different
+    /// links of that message followed within the last second, this one included.
+    pub fn click(&self, site: &str, send_id: &str, target: &str, now_ms: u64) -> u32 {
+        let recent_enough = |t: u64| now_ms.saturating_sub(t) < BURST_WINDOW_MS;
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_MESSAGES {
+            map.retain(|_, v| v.iter().any(|(t, _)| recent_enough(*t)));
+            if map.len() >= MAX_MESSAGES {
+                map.clear();
+            }
+        }
+        let recent = map
+            .entry((site.to_string(), send_id.to_string()))
+            .or_default();
+        recent.retain(|(t, _)| recent_enough(*t));
+        recent.push((now_ms, target.to_string()));
+        let mut links: Vec<&str> = recent.iter().map(|(_, l)| l.as_str()).collect();
+        links.sort_unstable();
+        links.dedup();
+        links.len() as u32
+    }
+}
+
 /// A mail client or a browser a person uses: `Mozilla/5.0 (<platform>) ...` or a desktop mail
 /// client's own agent.
 fn looks_like_a_reader(ua: &str) -> bool {
@@ -245,6 +286,22 @@ fn parse(text: &str) -> Result<Rules, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bursts_count_different_links_within_a_second() {
+        let b = ClickBursts::default();
+        let t0 = 1_800_000_000_000;
+        assert_eq!(b.click("s", "m1", "https://a", t0), 1);
+        assert_eq!(b.click("s", "m1", "https://a", t0), 1, "same link twice");
+        assert_eq!(b.click("s", "m1", "https://b", t0), 2);
+        assert_eq!(b.click("s", "m2", "https://c", t0), 1, "another message");
+        assert_eq!(b.click("s", "m1", "https://c", t0 + 500), 3);
+        assert_eq!(
+            b.click("s", "m1", "https://d", t0 + 1_600),
+            1,
+            "the earlier clicks are over a second old"
+        );
+    }
 
     /// Real agents, as these readers and proxies send them.
     const CHROME_WIN: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";

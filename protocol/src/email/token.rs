@@ -5,7 +5,7 @@
 //! ```text
 //! token   = base64url-without-padding( payload || mac )
 //! payload = 0x01 version
-//!           kind      1 byte: 'o' open, 'c' click
+//!           kind      1 byte: 'o' open, 'c' click, 's' stitch marker (see [`sign_marker`])
 //!           key id    string
 //!           issued    LEB128 varint, Unix seconds
 //!           site, user id, email, campaign, send id    strings
@@ -46,6 +46,11 @@ pub enum Kind {
     Open,
     Click,
 }
+
+/// The kind byte of a stitch marker: the short-lived cookie a person's click leaves (see
+/// `super::stitch`). Inside the MAC like every kind byte, so a pixel or link token is never
+/// taken for a marker, nor the other way round.
+const MARKER: u8 = b's';
 
 impl Kind {
     fn byte(self) -> u8 {
@@ -121,6 +126,21 @@ pub enum TokenError {
     },
 }
 
+impl TokenError {
+    /// The refusal as a metric label (`waymark_email_tokens_refused_total{reason}`), the same
+    /// on the edge and on the ingest server.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TokenError::Malformed(_) => "malformed",
+            TokenError::UnknownKey(_) => "unknown_key",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired { .. } => "expired",
+            TokenError::FromTheFuture { .. } => "from_the_future",
+            TokenError::Invalid { .. } => "invalid",
+        }
+    }
+}
+
 impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -163,6 +183,33 @@ pub fn valid_target(url: &str) -> bool {
 
 /// Signs `claims` with `key`: the token for a pixel (no target) or a link.
 pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, TokenError> {
+    encode(claims, key, claims.kind().byte())
+}
+
+/// Signs a stitch marker: the recipient of a person's click (`claims` without a target, issued
+/// at the click), for the click's first-party cookie.
+pub fn sign_marker(claims: &Claims, key: &SigningKey) -> Result<String, TokenError> {
+    if claims.target.is_some() {
+        return Err(TokenError::Invalid {
+            field: "target",
+            reason: "a stitch marker has no target",
+        });
+    }
+    encode(claims, key, MARKER)
+}
+
+/// Checks a stitch marker against the site's `keys` and `max_age_secs` (minutes, not the
+/// weeks a link lives).
+pub fn verify_marker(
+    token: &str,
+    keys: &[SigningKey],
+    now_secs: u64,
+    max_age_secs: u64,
+) -> Result<Claims, TokenError> {
+    decode(token, keys, now_secs, max_age_secs, true)
+}
+
+fn encode(claims: &Claims, key: &SigningKey, kind: u8) -> Result<String, TokenError> {
     let invalid = |field, reason| TokenError::Invalid { field, reason };
     for (field, v) in [
         ("site", &claims.site),
@@ -195,7 +242,7 @@ pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, TokenError> {
     }
     let mut payload = Vec::with_capacity(128);
     payload.push(VERSION);
-    payload.push(claims.kind().byte());
+    payload.push(kind);
     put_str(&mut payload, &key.id);
     put_varint(&mut payload, claims.issued_at);
     for s in [
@@ -216,11 +263,23 @@ pub fn sign(claims: &Claims, key: &SigningKey) -> Result<String, TokenError> {
 }
 
 /// Checks `token` against the site's `keys` (by key id) and age limit; returns its claims.
+/// A stitch marker is not a token here ("unknown kind").
 pub fn verify(
     token: &str,
     keys: &[SigningKey],
     now_secs: u64,
     max_age_secs: u64,
+) -> Result<Claims, TokenError> {
+    decode(token, keys, now_secs, max_age_secs, false)
+}
+
+/// Verifies a pixel or link token, or (`marker`) a stitch marker.
+fn decode(
+    token: &str,
+    keys: &[SigningKey],
+    now_secs: u64,
+    max_age_secs: u64,
+    marker: bool,
 ) -> Result<Claims, TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed("too long"));
@@ -236,11 +295,15 @@ pub fn verify(
     if r.byte()? != VERSION {
         return Err(TokenError::Malformed("unknown version"));
     }
-    let kind = match r.byte()? {
-        b'o' => Kind::Open,
-        b'c' => Kind::Click,
-        _ => return Err(TokenError::Malformed("unknown kind")),
+    let kind = r.byte()?;
+    let known = if marker {
+        kind == MARKER
+    } else {
+        matches!(kind, b'o' | b'c')
     };
+    if !known {
+        return Err(TokenError::Malformed("unknown kind"));
+    }
     let key_id = r.string()?;
     let key = keys
         .iter()
@@ -260,7 +323,7 @@ pub fn verify(
         send_id: r.string()?.to_string(),
         target: None,
     };
-    if kind == Kind::Click {
+    if kind == b'c' {
         let t = r.string()?;
         if !valid_target(t) {
             return Err(TokenError::Malformed("target"));
@@ -519,6 +582,36 @@ mod tests {
                 "{t:.20}"
             );
         }
+    }
+
+    #[test]
+    fn a_marker_is_not_a_token_and_a_token_is_not_a_marker() {
+        let who = Claims {
+            target: None,
+            ..click()
+        };
+        let m = sign_marker(&who, &key("k1")).unwrap();
+        assert_eq!(
+            verify_marker(&m, &[key("k1")], NOW + 60, 600),
+            Ok(who.clone())
+        );
+        assert_eq!(
+            verify_marker(&m, &[key("k1")], NOW + 601, 600),
+            Err(TokenError::Expired {
+                issued_at: NOW,
+                max_age_secs: 600
+            })
+        );
+        assert_eq!(
+            verify(&m, &[key("k1")], NOW, DAY),
+            Err(TokenError::Malformed("unknown kind"))
+        );
+        let open = sign(&who, &key("k1")).unwrap();
+        assert_eq!(
+            verify_marker(&open, &[key("k1")], NOW, 600),
+            Err(TokenError::Malformed("unknown kind"))
+        );
+        assert!(sign_marker(&click(), &key("k1")).is_err(), "no target");
     }
 
     /// The format, pinned: a token signed today verifies in every later release.

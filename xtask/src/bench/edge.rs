@@ -1,5 +1,6 @@
-//! `cargo xtask bench edge`: the edge worker's CPU time per 20-event batch, measured natively in
-//! release mode by `edge-worker/examples/bench.rs` (it prints the figures).
+//! `cargo xtask bench edge`: the edge worker's CPU time per 20-event batch, and per email click
+//! redirect and open pixel against that batch as the reference, measured natively in release
+//! mode by `edge-worker/examples/bench.rs` (it prints the figures).
 
 use std::path::Path;
 

@@ -9,7 +9,11 @@
 //! 3. the server's peak RSS (VmHWM);
 //! 4. a raw `clickhouse-client` insert (TabSeparated) of the same rows, and the ratio: into
 //!    `events` with its materialized views (what the writer's inserts cost ClickHouse), and
-//!    into a bare copy of `events` without views.
+//!    into a bare copy of `events` without views;
+//! 5. in release mode (`ingest-server/examples/plan_cost.rs`), on the same kind of events: the
+//!    CPU per event of the wire format's validation (`parse_batch`, what every event costs at
+//!    intake) beside that of checking them against the shipped starter tracking plan
+//!    (`ingest-server/plans/segment-ecommerce.json`).
 //!
 //! The server is the release binary with default writer settings, against a private
 //! ClickHouse from the testkit. `--server PATH` runs a given binary instead of building one
@@ -22,9 +26,12 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use waymark_ingest::clock::now_ms;
+use waymark_testkit::config::{site, IngestConfig};
+use waymark_testkit::ingest::IngestServer;
 use waymark_testkit::ClickHouse;
 
 /// Ingest throughput, ack latency and peak RSS of the release server.
@@ -54,32 +61,8 @@ pub struct Args {
     server: Option<std::path::PathBuf>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn iso(ms: i64) -> String {
-    // RFC 3339 with milliseconds, UTC, computed without a date library.
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-        ms.rem_euclid(1000)
-    )
+    waymark_protocol::time::format_rfc3339(ms)
 }
 
 const UAS: &[&str] = &[
@@ -173,16 +156,6 @@ fn count(ch: &ClickHouse, sql: &str) -> u64 {
 }
 
 /// User + system CPU seconds a process used so far (clock ticks of 1/100 s on Linux).
-pub(super) fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -219,26 +192,14 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     let ch = ClickHouse::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     let db = ch.fresh_database().map_err(|e| anyhow::anyhow!("{e}"))?;
     let dir = tempfile_dir()?;
-    let config = dir.join("ingest.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-[clickhouse]
-url = "{}"
-database = "{db}"
-[spool]
-dir = "{}"
-[[sites]]
-id = "bench"
-write_keys = ["wk_bench"]
-"#,
-            ch.http_url(),
-            dir.join("spool").display()
-        ),
-    )?;
-    let (server, addr) = crate::server::start(&binary, &config, &dir.join("server.log"))?;
-    let pid = server.id();
+    let config = IngestConfig::new()
+        .clickhouse(&ch.http_url(), &db)
+        .spool(&dir.join("spool"))
+        .site(site("bench", "wk_bench", &[]));
+    let server = IngestServer::start(&binary, &config, &dir, &[("RUST_LOG", "warn")])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let addr = server.addr;
+    let pid = server.proc.id();
     let url = format!("http://{addr}/v1/batch");
     // Warm up: schema applied, connections open.
     post(&agent(), &url, &batch_body("warm", 1, 0))?;
@@ -293,8 +254,8 @@ write_keys = ["wk_bench"]
             .collect(),
     );
     let load_before = loadavg();
-    let cpu_before = cpu_secs(pid);
-    let self_cpu_before = cpu_secs(std::process::id());
+    let cpu_before = super::cpu_secs(pid);
+    let self_cpu_before = super::cpu_secs(std::process::id());
     let start = Instant::now();
     let workers: Vec<_> = (0..o.clients)
         .map(|_| {
@@ -335,8 +296,8 @@ write_keys = ["wk_bench"]
         std::thread::sleep(Duration::from_millis(20));
     }
     let visible_at = start.elapsed();
-    let server_cpu = cpu_secs(pid).zip(cpu_before).map(|(a, b)| a - b);
-    let client_cpu = cpu_secs(std::process::id())
+    let server_cpu = super::cpu_secs(pid).zip(cpu_before).map(|(a, b)| a - b);
+    let client_cpu = super::cpu_secs(std::process::id())
         .zip(self_cpu_before)
         .map(|(a, b)| a - b);
     drop(bodies);
@@ -413,7 +374,7 @@ write_keys = ["wk_bench"]
     // 3. Raw clickhouse-client insert of the same rows.
     println!("raw clickhouse-client insert of the same rows...");
     let tsv = dir.join("rows.tsv");
-    let client = which_client();
+    let client = waymark_testkit::client_command();
     let port = ch.tcp_port().to_string();
     let out = std::fs::File::create(&tsv)?;
     let st = Command::new(&client[0])
@@ -547,26 +508,38 @@ write_keys = ["wk_bench"]
         rate / views_rate,
         rate / raw_rate
     )?;
+    out.flush()?;
+    plan_cost(root, &dir)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-fn which_client() -> Vec<String> {
-    for dir in std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        if dir.join("clickhouse-client").is_file() {
-            return vec![dir.join("clickhouse-client").display().to_string()];
-        }
-        if dir.join("clickhouse").is_file() {
-            return vec![
-                dir.join("clickhouse").display().to_string(),
-                "client".into(),
-            ];
-        }
+/// Runs `ingest-server/examples/plan_cost.rs` in release mode on the bench's own batches (it
+/// prints its line: wire validation and the starter plan's check, CPU per event).
+fn plan_cost(root: &Path, dir: &Path) -> Result<()> {
+    let batches = dir.join("plan-batches.ndjson");
+    let mut text = String::new();
+    for seq in 0..500 {
+        text.push_str(&batch_body("plan", 100, seq));
+        text.push('\n');
     }
-    vec!["clickhouse-client".into()]
+    std::fs::write(&batches, text)?;
+    crate::process::run(
+        crate::process::cargo()
+            .args([
+                "run",
+                "-q",
+                "--release",
+                "-p",
+                "waymark-ingest",
+                "--example",
+                "plan_cost",
+                "--",
+            ])
+            .arg(root.join("ingest-server/plans/segment-ecommerce.json"))
+            .arg(&batches)
+            .current_dir(root),
+    )
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {

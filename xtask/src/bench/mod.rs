@@ -37,3 +37,14 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         Bench::Triggers(a) => triggers::run(root, a),
     }
 }
+
+/// User plus system CPU seconds a process has used so far (from `/proc/<pid>/stat`).
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}

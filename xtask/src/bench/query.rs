@@ -26,6 +26,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use waymark_ingest::clock::now_ms;
+use waymark_testkit::config::{site, HumanDuration, IngestConfig};
+use waymark_testkit::ingest::IngestServer;
 use waymark_testkit::ClickHouse;
 
 const SITE: &str = "shop";
@@ -72,6 +75,14 @@ pub struct Args {
     /// --visitors and generator.
     #[arg(long, value_name = "DIR")]
     pub(super) keep: Option<std::path::PathBuf>,
+    /// Run this server binary instead of building the release one.
+    #[arg(long, value_name = "PATH")]
+    pub(super) server: Option<std::path::PathBuf>,
+    /// Time a second server binary (e.g. an earlier build) on the same data in the same run:
+    /// each sampled request goes to both servers in turn, so the machine's noise falls on
+    /// both alike; its lines and the ratios are printed under the first server's.
+    #[arg(long, value_name = "PATH")]
+    pub(super) against: Option<std::path::PathBuf>,
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {
@@ -141,27 +152,11 @@ fn activity(total: u64, visitors: usize) -> Vec<u64> {
     n
 }
 
-/// `YYYY-MM-DD hh:mm:ss` (UTC) for unix seconds.
+/// `YYYY-MM-DD hh:mm:ss` (UTC) for unix seconds, as ClickHouse reads a DateTime: the protocol
+/// crate's RFC 3339 form (`YYYY-MM-DDThh:mm:ss.mmmZ`) cut to seconds.
 fn datetime(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = waymark_protocol::time::format_rfc3339(secs * 1000);
+    format!("{} {}", &t[..10], &t[11..19])
 }
 
 const COLUMNS: &str = "site, visitor_id, message_id, type, event, name, anonymous_id, user_id, \
@@ -396,31 +391,13 @@ fn visitor_history(
     }
 }
 
-fn which_client() -> Vec<String> {
-    for dir in std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        if dir.join("clickhouse-client").is_file() {
-            return vec![dir.join("clickhouse-client").display().to_string()];
-        }
-        if dir.join("clickhouse").is_file() {
-            return vec![
-                dir.join("clickhouse").display().to_string(),
-                "client".into(),
-            ];
-        }
-    }
-    vec!["clickhouse-client".into()]
-}
-
 /// Blocks of 200k rows: the materialized views aggregate each block in memory (uniqExact and
 /// groupUniqArray states per visitor and product), and 1M-row blocks exceed the test server's
 /// 4 GB query memory limit. The ingest writer's own batches are at most 100k rows by default.
 const INSERT_BLOCK_ROWS: &str = "200000";
 
 fn insert_client(ch: &ClickHouse, sql: &str) -> Result<Child> {
-    let client = which_client();
+    let client = waymark_testkit::client_command();
     Command::new(&client[0])
         .args(&client[1..])
         .args([
@@ -636,13 +613,6 @@ impl Timing {
     }
 }
 
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 pub fn run(root: &Path, o: &Args) -> Result<()> {
     if o.events < o.visitors as u64 {
         bail!(
@@ -651,7 +621,10 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
             o.visitors
         );
     }
-    let binary = crate::server::build_release(root)?;
+    let binary = match &o.server {
+        Some(path) => path.clone(),
+        None => crate::server::build_release(root)?,
+    };
 
     println!("starting a private ClickHouse...");
     let ch = match &o.keep {
@@ -686,30 +659,22 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     };
     let dir = std::env::temp_dir().join(format!("waymark-bench-query-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let config = dir.join("ingest.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-[clickhouse]
-url = "{}"
-database = "{db}"
-[spool]
-dir = "{}"
-[[sites]]
-id = "{SITE}"
-write_keys = ["wk_bench"]
-[query]
-cache_ttl = "0s"
-[[query.read_keys]]
-key = "{READ_KEY}"
-sites = ["{SITE}"]
-"#,
-            ch.http_url(),
-            dir.join("spool").display()
-        ),
-    )?;
-    let (server, addr) = crate::server::start(&binary, &config, &dir.join("server.log"))?;
+    let config = |name: &str| {
+        IngestConfig::new()
+            .clickhouse(&ch.http_url(), &db)
+            .spool(&dir.join(name).join("spool"))
+            .site(site(SITE, "wk_bench", &[]))
+            .read_key(READ_KEY, &[SITE])
+            .with(|c| c.query.cache_ttl = HumanDuration(Duration::ZERO))
+    };
+    let server = IngestServer::start(
+        &binary,
+        &config("ingest"),
+        &dir.join("ingest"),
+        &[("RUST_LOG", "warn")],
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let addr = server.addr;
     // Wait for the server's migrations (tables and materialized views; on kept data a new
     // query table backfills from `events`, which takes a while).
     let started = Instant::now();
@@ -862,6 +827,17 @@ sites = ["{SITE}"]
         heavy_profile.add(get(&profile_url(&hid))?);
         heavy_history.add(get(&history_url(&hid))?);
     }
+    let paired = match &o.against {
+        None => None,
+        Some(other) => Some(paired(
+            &agent,
+            (&binary, &server),
+            other,
+            &config("against"),
+            &dir.join("against"),
+            &ids,
+        )?),
+    };
     drop(server);
 
     let mut sizes: Vec<u64> = ids.iter().map(|(_, k, _)| *k).collect();
@@ -907,7 +883,103 @@ sites = ["{SITE}"]
         out,
         "(sequential requests over HTTP/1.1 keep-alive to the release server, cache off)"
     )?;
+    if let Some(p) = paired {
+        write!(out, "{p}")?;
+    }
     drop(ch);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Times the sampled profiles and histories on `first` (already running) and on the `other`
+/// binary (started here on the same database), each request sent to both in turn, the order
+/// swapped every sample; returns the lines to print: p50/p99 for both, their ratio, and each
+/// server's CPU per request (from /proc, so ClickHouse's share is not in it).
+fn paired(
+    agent: &ureq::Agent,
+    (binary, server): (&Path, &IngestServer),
+    other: &Path,
+    config: &IngestConfig,
+    dir: &Path,
+    ids: &[(String, u64, bool)],
+) -> Result<String> {
+    let other_server = IngestServer::start(other, config, dir, &[("RUST_LOG", "warn")])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pids = [server.proc.id(), other_server.proc.id()];
+    let bases = [server.url(), other_server.url()];
+    let mut profile: [Timing; 2] = Default::default();
+    let mut history: [Timing; 2] = Default::default();
+    let cpu_before = pids.map(super::cpu_secs);
+    println!(
+        "timing {} profiles and histories on both servers in turn...",
+        ids.len()
+    );
+    for (i, (id, _, _)) in ids.iter().enumerate() {
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            let base = &bases[k];
+            profile[k].add(timed(
+                agent,
+                "GET",
+                &format!("{base}/v1/profiles/{id}?site={SITE}"),
+                None,
+                "",
+            )?);
+        }
+        for k in order {
+            let base = &bases[k];
+            history[k].add(timed(
+                agent,
+                "GET",
+                &format!("{base}/v1/profiles/{id}/events?site={SITE}&limit=50"),
+                None,
+                "",
+            )?);
+        }
+    }
+    let cpu_after = pids.map(super::cpu_secs);
+    let cpu_ms = |k: usize| match (cpu_after[k], cpu_before[k]) {
+        (Some(a), Some(b)) => format!("{:.2} ms", (a - b) * 1e3 / (2 * ids.len()) as f64),
+        _ => "?".into(),
+    };
+    let names = [binary.display().to_string(), other.display().to_string()];
+    let mut out = String::from("\n== paired: the same requests to both servers, in turn ==\n");
+    for k in 0..2 {
+        out += &format!(
+            "server {}: {}   server CPU per request {}\n",
+            k + 1,
+            names[k],
+            cpu_ms(k)
+        );
+        out += &format!("{}\n", profile[k].line("  profile", "20 ms"));
+        out += &format!(
+            "{}\n",
+            history[k].line("  event history (limit 50)", "20 ms")
+        );
+    }
+    let ratio = |t: &[Timing; 2], q: f64| pct(&t[0].ms, q) / pct(&t[1].ms, q);
+    out += &format!(
+        "server 1 / server 2: profile p50 {:.3} p99 {:.3}; history p50 {:.3} p99 {:.3}\n",
+        ratio(&profile, 0.5),
+        ratio(&profile, 0.99),
+        ratio(&history, 0.5),
+        ratio(&history, 0.99)
+    );
+    drop(other_server);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn datetime_is_clickhouse_text_in_utc() {
+        for (secs, text) in [
+            (0, "1970-01-01 00:00:00"),
+            (1_764_460_800, "2025-11-30 00:00:00"),
+            (951_786_061, "2000-02-29 01:01:01"),
+            (-1, "1969-12-31 23:59:59"),
+        ] {
+            assert_eq!(super::datetime(secs), text, "{secs}");
+        }
+    }
 }

@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
 use serde_json::{json, Value};
+use waymark_testkit::config::{site, HumanDuration, IngestConfig};
+use waymark_testkit::ingest::IngestServer;
 use waymark_testkit::ClickHouse;
 
-use super::ingest::cpu_secs;
+use super::cpu_secs;
 
 const SITE: &str = "shop";
 const READ_KEY: &str = "rk_bench";
@@ -254,43 +256,22 @@ fn metric(base: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn write_config(
-    dir: &Path,
-    ch: &ClickHouse,
-    db: &str,
-    evaluate: bool,
-) -> Result<std::path::PathBuf> {
-    let config = dir.join(if evaluate { "on.toml" } else { "off.toml" });
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-[clickhouse]
-url = "{}"
-database = "{db}"
-[spool]
-dir = "{}"
-[writer]
-max_age = "1s"
-[[sites]]
-id = "{SITE}"
-write_keys = ["{WRITE_KEY}"]
-[query]
-cache_ttl = "0s"
-[[query.read_keys]]
-key = "{READ_KEY}"
-sites = ["{SITE}"]
-subscribe = true
-[triggers]
-evaluate = {evaluate}
-tick = "{TICK_SECS}s"
-max_subscriptions = 10000
-"#,
-            ch.http_url(),
-            dir.join("spool").display()
-        ),
-    )?;
-    Ok(config)
+/// The server's settings: the bench site, its read key (which may subscribe), the cache off,
+/// and the triggers evaluated or not.
+fn config(ch: &ClickHouse, db: &str, spool: &Path, evaluate: bool) -> IngestConfig {
+    IngestConfig::new()
+        .clickhouse(&ch.http_url(), db)
+        .spool(spool)
+        .writer_max_age(Duration::from_secs(1))
+        .site(site(SITE, WRITE_KEY, &[]))
+        .read_key(READ_KEY, &[SITE])
+        .with(|c| {
+            c.query.cache_ttl = HumanDuration(Duration::ZERO);
+            c.query.read_keys[0].subscribe = true;
+            c.triggers.evaluate = evaluate;
+            c.triggers.tick = HumanDuration(Duration::from_secs(TICK_SECS));
+            c.triggers.max_subscriptions = 10_000;
+        })
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -347,6 +328,8 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         visitors: o.visitors,
         samples: 1,
         keep: o.keep.clone(),
+        server: None,
+        against: None,
     };
     let kept = o.keep.is_some()
         && ch
@@ -367,12 +350,20 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     }
     let dir = std::env::temp_dir().join(format!("waymark-bench-triggers-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let off = write_config(&dir, &ch, &db, false)?;
-    let on = write_config(&dir, &ch, &db, true)?;
+    let start = |evaluate: bool| {
+        let name = if evaluate { "on" } else { "off" };
+        IngestServer::start(
+            &binary,
+            &config(&ch, &db, &dir.join("spool"), evaluate),
+            &dir.join(name),
+            &[("RUST_LOG", "warn")],
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))
+    };
 
     // Without evaluation: migrations, history, subscriptions, then the baseline phase.
-    let (server, addr) = crate::server::start(&binary, &off, &dir.join("off.log"))?;
-    let base = format!("http://{addr}");
+    let server = start(false)?;
+    let base = server.url();
     let started = Instant::now();
     while !agent()
         .get(&format!("{base}/readyz"))
@@ -391,7 +382,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
             "generating and loading {} events for {} visitors...",
             o.events, o.visitors
         );
-        let now = super::query::now_ms();
+        let now = waymark_ingest::clock::now_ms();
         super::query::load(&ch, &db, &qargs, now, super::query::population(&qargs))?;
         if o.keep.is_some() {
             ch.query("CREATE TABLE bench.bench_meta (events UInt64, visitors UInt64, now_ms Int64, generator UInt32) ENGINE = TinyLog")
@@ -427,13 +418,13 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         o.rate, o.seconds
     );
     let (cpu_off, secs_off, n_off) =
-        phase(&base, o.rate, o.seconds, ch_pid, server.id(), &sent, 1)?;
-    server.stop();
+        phase(&base, o.rate, o.seconds, ch_pid, server.proc.id(), &sent, 1)?;
+    drop(server);
 
     // With evaluation: the baselines first (each reads its whole audience once), then the
     // measured phase.
-    let (server, addr) = crate::server::start(&binary, &on, &dir.join("on.log"))?;
-    let base = format!("http://{addr}");
+    let server = start(true)?;
+    let base = server.url();
     let t = Instant::now();
     while metric(&base, "waymark_trigger_ticks_total") < 1.0 {
         if t.elapsed() > Duration::from_secs(3600) {
@@ -453,7 +444,8 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         "phase 2: {} events/s for {} s with evaluation every {TICK_SECS} s...",
         o.rate, o.seconds
     );
-    let (cpu_on, secs_on, n_on) = phase(&base, o.rate, o.seconds, ch_pid, server.id(), &sent, 2)?;
+    let (cpu_on, secs_on, n_on) =
+        phase(&base, o.rate, o.seconds, ch_pid, server.proc.id(), &sent, 2)?;
     let ticks = metric(&base, "waymark_trigger_ticks_total") - ticks0;
     let tick_wall = metric(&base, "waymark_trigger_tick_seconds_sum") - tick_s0;
     // The phase's last events are delivered by the tick after the one running now: wait for
@@ -467,7 +459,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     let candidates = metric(&base, "waymark_trigger_candidates");
-    server.stop();
+    drop(server);
 
     let sent = sent.lock().unwrap();
     let mut lat: Vec<f64> = arrivals

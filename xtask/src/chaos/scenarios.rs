@@ -83,7 +83,7 @@ impl Ctx<'_> {
             spool: &spool,
             spool_max,
         };
-        let ingest = Ingest::new(self.binary, &dir, port, &settings.toml())?;
+        let ingest = Ingest::new(self.binary, &dir, port, settings.config()?)?;
         let shape = Shape {
             run,
             clients: self.clients,
@@ -481,10 +481,10 @@ pub fn e(ctx: &mut Ctx<'_>) -> Result<Outcome> {
             spool: &spool,
             spool_max,
         }
-        .toml()
+        .config()
     };
-    let (unreachable, reachable) = (settings(&nowhere), settings(&real_url));
-    ingest.reconfigure(&unreachable)?;
+    let (unreachable, reachable) = (settings(&nowhere)?, settings(&real_url)?);
+    ingest.reconfigure(unreachable);
     ingest.start()?;
     let load = Load::start(&shape, &ingest.url("/v1/batch"));
     let fill = ctx.plan.e_fill_bytes as f64;
@@ -538,7 +538,7 @@ pub fn e(ctx: &mut Ctx<'_>) -> Result<Outcome> {
         target.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
         damaged.len()
     ));
-    ingest.reconfigure(&reachable)?;
+    ingest.reconfigure(reachable);
     ingest.start()?;
     ctx.wait_schema(&ingest)?;
     let mut o = outcome('e', started);

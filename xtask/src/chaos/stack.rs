@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
-use waymark_testkit::process::{spawn_until, Proc};
+use waymark_testkit::config::{site, ByteSize, HumanDuration, IngestConfig};
+use waymark_testkit::ingest::IngestServer;
 
 use super::load::{READ_KEY, SITE, WRITE_KEY};
 
@@ -23,65 +24,51 @@ pub struct Settings<'a> {
 }
 
 impl Settings<'_> {
-    pub fn toml(&self) -> String {
-        format!(
-            r#"listen = "127.0.0.1:{port}"
-[clickhouse]
-url = "{url}"
-database = "{db}"
-[spool]
-dir = "{spool}"
-max_bytes = "{max}"
-[edge]
-secret = "{EDGE_SECRET}"
-[query]
-cache_ttl = "0s"
-[[sites]]
-id = "{SITE}"
-write_keys = ["{WRITE_KEY}"]
-[[query.read_keys]]
-key = "{READ_KEY}"
-sites = ["{SITE}"]
-"#,
-            port = self.port,
-            url = self.clickhouse_url,
-            db = self.database,
-            spool = self.spool.display(),
-            max = self.spool_max,
-        )
+    /// The server's configuration (from the testkit's builder).
+    pub fn config(&self) -> Result<IngestConfig> {
+        let spool_max = ByteSize::parse(self.spool_max).map_err(|e| anyhow!("spool_max: {e}"))?;
+        let config = IngestConfig::new()
+            .port(self.port)
+            .clickhouse(self.clickhouse_url, self.database)
+            .spool(self.spool)
+            .spool_max(spool_max.0)
+            .edge_secret(EDGE_SECRET)
+            .site(site(SITE, WRITE_KEY, &[]))
+            .read_key(READ_KEY, &[SITE])
+            .with(|c| c.query.cache_ttl = HumanDuration(Duration::ZERO));
+        // Checked now, so a scenario fails before it starts rather than at a restart.
+        config.to_toml().map_err(|e| anyhow!("{e}"))?;
+        Ok(config)
     }
 }
 
-/// The ingest server of one scenario.
+/// The ingest server of one scenario (the testkit's [`IngestServer`], restartable).
 pub struct Ingest {
     binary: PathBuf,
     dir: PathBuf,
-    config: PathBuf,
+    config: IngestConfig,
     pub port: u16,
-    proc: Option<Proc>,
+    server: Option<IngestServer>,
     logs: Vec<PathBuf>,
 }
 
 impl Ingest {
-    /// Writes the configuration; does not start it.
-    pub fn new(binary: &Path, dir: &Path, port: u16, toml: &str) -> Result<Ingest> {
+    /// Keeps the configuration; does not start it.
+    pub fn new(binary: &Path, dir: &Path, port: u16, config: IngestConfig) -> Result<Ingest> {
         std::fs::create_dir_all(dir)?;
-        let config = dir.join("ingest.toml");
-        std::fs::write(&config, toml)?;
         Ok(Ingest {
             binary: binary.to_path_buf(),
             dir: dir.to_path_buf(),
             config,
             port,
-            proc: None,
+            server: None,
             logs: Vec::new(),
         })
     }
 
     /// Replaces the configuration (takes effect at the next start).
-    pub fn reconfigure(&mut self, toml: &str) -> Result<()> {
-        std::fs::write(&self.config, toml)?;
-        Ok(())
+    pub fn reconfigure(&mut self, config: IngestConfig) {
+        self.config = config;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -91,24 +78,20 @@ impl Ingest {
     /// Starts it and returns once it listens (a new log file per start).
     pub fn start(&mut self) -> Result<()> {
         let log = self.dir.join(format!("server-{}.log", self.logs.len() + 1));
-        let mut cmd = std::process::Command::new(&self.binary);
-        cmd.arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "info");
         // A port just freed by a killed server can take a moment to be bindable again.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let attempt = spawn_until(
-                "ingest server",
-                cmd_clone(&cmd),
-                "listening on ",
+            let attempt = IngestServer::start_logging_to(
+                &self.binary,
+                &self.config,
+                &self.dir,
+                &[("RUST_LOG", "info")],
                 &log,
-                Duration::from_secs(60),
             );
             match attempt {
-                Ok(p) => {
+                Ok(s) => {
                     self.logs.push(log);
-                    self.proc = Some(p);
+                    self.server = Some(s);
                     return Ok(());
                 }
                 Err(e) if Instant::now() < deadline && e.to_string().contains("binding") => {
@@ -124,8 +107,8 @@ impl Ingest {
 
     /// SIGKILL: no flush, no goodbye, as in a crash.
     pub fn kill(&mut self) {
-        if let Some(p) = self.proc.take() {
-            p.kill();
+        if let Some(s) = self.server.take() {
+            s.proc.kill();
         }
     }
 
@@ -176,19 +159,6 @@ fn metric_in(body: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-/// `Command` is not `Clone`: the same program, arguments and environment.
-fn cmd_clone(cmd: &std::process::Command) -> std::process::Command {
-    let mut c = std::process::Command::new(cmd.get_program());
-    c.args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    c
 }
 
 /// Polls `check` every `every` until it returns `Some`, for at most `timeout`.

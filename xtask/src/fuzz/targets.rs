@@ -26,6 +26,7 @@ use waymark_protocol::intake::{IntakePath, PATHS};
 use waymark_protocol::limits::{MAX_BATCH_BYTES, MAX_ID_LEN};
 use waymark_protocol::time::format_rfc3339;
 use waymark_protocol::{parse_batch, parse_events, parse_single, EventType, Validated};
+use waymark_testkit::config::{site, IngestConfig};
 
 use super::gen::Gen;
 
@@ -95,14 +96,7 @@ fn batch_seeds(g: &mut Gen, now: i64, n: usize) -> Vec<Vec<u8>> {
     seeds
 }
 
-const KINDS: [EventType; 6] = [
-    EventType::Track,
-    EventType::Identify,
-    EventType::Page,
-    EventType::Screen,
-    EventType::Alias,
-    EventType::Group,
-];
+const KINDS: [EventType; 6] = EventType::ALL;
 
 /// What the protocol crate promises of every event it keeps, and that every item of a batch is
 /// either kept or rejected with its index.
@@ -577,6 +571,8 @@ fn rows_seeds(g: &mut Gen, now: i64, n: usize) -> Vec<Vec<u8>> {
         peer_ip: Some("203.0.113.9".to_string()),
         geo: None,
         client: None,
+        urls: Default::default(),
+        gpc: false,
     };
     let mut seeds = Vec::new();
     while seeds.len() < n {
@@ -619,7 +615,7 @@ impl Target for RowsDecode {
             Ok(r) => {
                 // The binary format has one encoding per row list: what decodes re-encodes
                 // to the same bytes.
-                if input.bytes.first() == Some(&rows::TAG_BINARY_V1) {
+                if input.bytes.first() == Some(&rows::TAG_BINARY_V2) {
                     assert!(
                         rows::encode(&r) == input.bytes,
                         "binary rows decoded, but re-encode to other bytes"
@@ -719,23 +715,13 @@ impl Router {
             .prefix("waymark-fuzz-app-")
             .tempdir()
             .context("creating a spool directory")?;
-        let config = waymark_ingest::Config::from_toml(&format!(
-            r#"listen = "127.0.0.1:0"
-[clickhouse]
-url = "http://127.0.0.1:9"
-database = "fuzz"
-[spool]
-dir = "{}"
-[edge]
-secret = "{SECRET}"
-[[sites]]
-id = "fuzz"
-write_keys = ["wk_fuzz"]
-allowed_origins = ["https://shop.example"]
-"#,
-            dir.path().display()
-        ))
-        .map_err(|e| anyhow::anyhow!("fuzz config: {e}"))?;
+        let config = IngestConfig::new()
+            .clickhouse("http://127.0.0.1:9", "fuzz")
+            .spool(dir.path())
+            .edge_secret(SECRET)
+            .site(site("fuzz", "wk_fuzz", &["https://shop.example"]))
+            .build()
+            .map_err(|e| anyhow::anyhow!("fuzz config: {e}"))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -962,6 +948,7 @@ impl Target for EdgeProcess {
             authorization: AUTHS[take(AUTHS.len())],
             query: QUERIES[take(QUERIES.len())],
             kind,
+            cookie: None,
         };
         let cf = &self.cfs[take(self.cfs.len())];
         let cfg = &self.configs[take(self.configs.len())];

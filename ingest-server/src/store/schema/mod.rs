@@ -48,6 +48,12 @@ pub struct Migration {
 pub enum Code {
     /// Migration 110: `events` partitioned by the corrected `timestamp`.
     RepartitionEvents,
+    /// Adds each (name, type) column the table lacks: 18.16 has no `ADD COLUMN IF NOT
+    /// EXISTS`, and a plain `ADD COLUMN` run again after a crash would fail for ever.
+    AddColumns {
+        table: &'static str,
+        columns: &'static [(&'static str, &'static str)],
+    },
 }
 
 /// The bookkeeping table itself (created before anything else).
@@ -265,6 +271,49 @@ ORDER BY (site, message_id, quarantined_at)"],
         statements: &[],
         code: Some(Code::RepartitionEvents),
     },
+    // 111..: privacy (`crate::privacy`).
+    Migration {
+        version: 111,
+        name: "suppressions",
+        // Ids of deleted people whose late events are dropped until `until`
+        // (`crate::store::suppress`).
+        statements: &["CREATE TABLE IF NOT EXISTS {db}.suppressions (
+    site String,
+    id String,
+    suppressed_at DateTime,
+    until DateTime
+) ENGINE = ReplacingMergeTree
+ORDER BY (site, id)"],
+        code: None,
+    },
+    Migration {
+        version: 112,
+        name: "deletions",
+        // The audit of person deletions: one row per request. The person's id is kept only as
+        // its SHA-256 (the record proves which request was served, not who it was about).
+        statements: &["CREATE TABLE IF NOT EXISTS {db}.deletions (
+    job_id String,
+    site String,
+    person_sha256 String,
+    ids UInt32,
+    tables Array(String),
+    mutations UInt32,
+    requested_at DateTime,
+    admin_key String
+) ENGINE = MergeTree
+ORDER BY (site, requested_at, job_id)"],
+        code: None,
+    },
+    // 113: data quality (`crate::intake::quality`).
+    Migration {
+        version: 113,
+        name: "events_quality",
+        statements: &[],
+        code: Some(Code::AddColumns {
+            table: "events",
+            columns: EVENTS_QUALITY,
+        }),
+    },
     // 120..: audience triggers (SQL and design in [`triggers`]).
     Migration {
         version: 120,
@@ -272,6 +321,14 @@ ORDER BY (site, message_id, quarantined_at)"],
         statements: triggers::TRIGGERS,
         code: None,
     },
+];
+
+/// Migration 113: what the intake's data quality checks found in each event
+/// (`crate::intake::quality`): tracking plan violations as `kind:field`, and the critical
+/// fields it lacks.
+pub const EVENTS_QUALITY: &[(&str, &str)] = &[
+    ("violations", "Array(String)"),
+    ("missing", "Array(String)"),
 ];
 
 /// Renders a statement for a database.

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A size in bytes, written as `"64MiB"`, `"1GB"`, `"512"` or a bare integer (decimal units are
 /// powers of 1000, binary ones of 1024).
@@ -52,6 +52,20 @@ impl<'de> Deserialize<'de> for ByteSize {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         humantime_serde::deserialize(d).map(HumanDuration)
+    }
+}
+
+/// Written as a whole number of bytes, which reads back exactly.
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+/// Written in `humantime`'s words (`"1m 40s"`), which read back exactly.
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        humantime_serde::serialize(&self.0, s)
     }
 }
 

@@ -1,17 +1,27 @@
-//! Configuration: one TOML file, typed, with defaults that run on a laptop and environment
-//! overrides. Sizes and durations are written in human units (`"64MiB"`, `"5s"`). An unknown key
-//! or a bad value is an error that names it.
+//! The ingest server's configuration: one TOML file, typed, with defaults that run on a laptop
+//! and environment overrides. Sizes and durations are written in human units (`"64MiB"`, `"5s"`).
+//! An unknown key or a bad value is an error that names it.
+//!
+//! Its own crate, at the bottom of the graph (it uses only the protocol crate), so that the
+//! ingest server (`waymark_ingest::config` is this crate) and the test stack (`waymark-testkit`,
+//! which the server's tests use) both build on these types without depending on each other.
+//! Every type is `Serialize` too: [`Config::to_toml`] writes a file that [`Config::from_toml`]
+//! reads back as the same settings, which is how the test stack writes the configs it starts
+//! servers with.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 pub use waymark_protocol::edge::IpMode;
+pub use waymark_protocol::privacy::GpcMode;
+use waymark_protocol::privacy::UrlPolicy;
 
 mod env;
 mod help;
+pub mod plan;
 mod query;
 mod triggers;
 mod units;
@@ -22,7 +32,7 @@ pub use triggers::TriggersConfig;
 pub use units::{ByteSize, HumanDuration};
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -39,6 +49,9 @@ pub struct Config {
     /// Audience subscriptions pushed to webhooks: see `TriggersConfig`.
     #[serde(default)]
     pub triggers: TriggersConfig,
+    /// Deletion, export and retention (`[privacy]`): see `PrivacyConfig`.
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
 }
 
 impl Default for Config {
@@ -54,11 +67,57 @@ impl Default for Config {
             sites: Vec::new(),
             query: QueryConfig::default(),
             triggers: TriggersConfig::default(),
+            privacy: PrivacyConfig::default(),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[privacy]`: who may delete and export a person, how long a deleted person's late events
+/// are dropped, how often retention runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// `[[privacy.admin_keys]] name = "dpo", key = "...", sites = ["shop"]`: the only keys
+    /// that may delete or export a person (read keys and write keys cannot).
+    pub admin_keys: Vec<AdminKey>,
+    /// How long the ids of a deleted person stay on the suppression list: their events still in
+    /// a spool, the edge queue or a browser's retry queue are dropped meanwhile.
+    pub suppress_for: HumanDuration,
+    /// How often the retention check runs (sites with `retention`).
+    pub retention_check: HumanDuration,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            admin_keys: Vec::new(),
+            suppress_for: HumanDuration(Duration::from_secs(30 * 86_400)),
+            retention_check: HumanDuration(Duration::from_secs(86_400)),
+        }
+    }
+}
+
+/// An admin key: deletes and exports people of its sites.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminKey {
+    /// Who holds it, written to the deletion audit (never the key).
+    pub name: String,
+    pub key: String,
+    pub sites: Vec<String>,
+}
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminKey")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .field("sites", &self.sites)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     pub url: String,
@@ -78,7 +137,7 @@ impl Default for ClickHouseConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
@@ -94,7 +153,7 @@ impl Default for SpoolConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WriterConfig {
     pub max_rows: usize,
@@ -120,7 +179,7 @@ impl Default for WriterConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     #[serde(default)]
@@ -131,15 +190,26 @@ pub struct EdgeConfig {
     pub max_body: ByteSize,
 }
 
-pub(crate) fn default_replay_window() -> HumanDuration {
+impl Default for EdgeConfig {
+    /// The `[edge]` section with no secret of its own (one may come from the environment).
+    fn default() -> Self {
+        EdgeConfig {
+            secret: None,
+            replay_window: default_replay_window(),
+            max_body: default_edge_max_body(),
+        }
+    }
+}
+
+fn default_replay_window() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
 
-pub(crate) fn default_edge_max_body() -> ByteSize {
+fn default_edge_max_body() -> ByteSize {
     ByteSize(8 << 20)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
     pub capacity: usize,
@@ -152,7 +222,7 @@ impl Default for DedupConfig {
 }
 
 /// Limits on clients, so a slow or stuck one cannot hold the server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Open connections at most; one more is answered 503 + Retry-After and closed.
@@ -178,7 +248,9 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A site; `Default` is one with an empty id and every optional setting off, to fill in with
+/// `SiteConfig { id, ..Default::default() }`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     pub id: String,
@@ -199,10 +271,42 @@ pub struct SiteConfig {
     /// Tracked email links and open pixels (`[sites.email]`); absent = off for this site.
     #[serde(default)]
     pub email: Option<EmailConfig>,
+    /// A tracking plan file (JSON, see [`plan`]); a relative path is relative to the config
+    /// file's directory. Absent = events are not checked against a plan.
+    #[serde(default)]
+    pub tracking_plan: Option<PathBuf>,
+    /// The plan `tracking_plan` names, read by [`Config::load`] (or [`Config::read_plans`]).
+    #[serde(skip)]
+    pub plan: Option<plan::TrackingPlan>,
+    /// Critical fields and the share of events that must carry them (`[[sites.completeness]]`).
+    #[serde(default)]
+    pub completeness: Vec<plan::Completeness>,
+    /// Query parameters whose values stored URLs keep besides `utm_*`, `gclid` and `fbclid`
+    /// (product and category parameters; `*` at the end matches a prefix); every other value
+    /// becomes `REDACTED` (see `waymark_protocol::privacy`).
+    #[serde(default)]
+    pub allowed_query_params: Vec<String>,
+    /// What `Sec-GPC: 1` on a direct request (`/v1/batch`, `/v1/track`...) does, as the edge
+    /// worker's `GPC_MODE` does for the tag's requests.
+    #[serde(default)]
+    pub gpc: GpcMode,
+    /// How long the site's events are kept (`"400d"`); absent = kept until deleted. See
+    /// `crate::privacy::retention`.
+    #[serde(default)]
+    pub retention: Option<HumanDuration>,
+}
+
+impl SiteConfig {
+    /// The site's URL allow-list.
+    pub fn url_policy(&self) -> UrlPolicy<'_> {
+        UrlPolicy {
+            extra: &self.allowed_query_params,
+        }
+    }
 }
 
 /// A site's email engagement settings (`[sites.email]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
     /// The public, first-party base URL the tracking paths (`/e/o/..`, `/e/c/..`) are served
@@ -238,7 +342,7 @@ impl EmailConfig {
 }
 
 /// One signing key of `[sites.email]`.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailKey {
     pub id: String,
@@ -255,7 +359,7 @@ impl std::fmt::Debug for EmailKey {
 }
 
 /// A site's token bucket: `burst` events at once, refilled at `events_per_second`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub events_per_second: f64,
@@ -291,13 +395,105 @@ impl Config {
         })?;
         let env: HashMap<String, String> = std::env::vars().collect();
         cfg.apply_env(&env)?;
+        cfg.read_plans(path.parent())?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Reads every site's `tracking_plan` file (relative paths from `config_dir`).
+    pub fn read_plans(&mut self, config_dir: Option<&Path>) -> Result<(), ConfigError> {
+        for (i, site) in self.sites.iter_mut().enumerate() {
+            if let Some(file) = &site.tracking_plan {
+                let plan = plan::TrackingPlan::read(&plan::resolve(config_dir, file)).map_err(
+                    |message| ConfigError::Invalid {
+                        key: format!("sites[{i}].tracking_plan"),
+                        message,
+                    },
+                )?;
+                site.plan = Some(plan);
+            }
+        }
+        Ok(())
     }
 
     /// Parses TOML text (no environment, no validation).
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The settings as TOML that [`Self::from_toml`] reads back as the same settings (sizes in
+    /// bytes, durations in `humantime`'s words); what the test stack writes for the servers it
+    /// starts.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("every setting has a TOML form")
+    }
+
+    /// [`Self::to_toml`] without the keys whose absence reads back as the same settings (the
+    /// defaults): the shortest file with these settings, which an earlier build of the server
+    /// also reads as long as it knows the keys that differ from the defaults (so a benchmark
+    /// can compare two builds on one config).
+    pub fn to_toml_minimal(&self) -> String {
+        use toml::{Table, Value};
+        let full = self.to_toml();
+        let same = |t: &Table| {
+            toml::to_string(t)
+                .ok()
+                .and_then(|text| Self::from_toml(&text).ok())
+                .is_some_and(|c| c.to_toml() == full)
+        };
+        // A key's place: table keys, with an index into arrays of tables.
+        #[derive(Clone)]
+        enum Seg {
+            Key(String),
+            Index(usize),
+        }
+        fn places(v: &Value, at: &mut Vec<Seg>, out: &mut Vec<Vec<Seg>>) {
+            match v {
+                Value::Table(t) => {
+                    for (k, v) in t {
+                        at.push(Seg::Key(k.clone()));
+                        places(v, at, out);
+                        out.push(at.clone());
+                        at.pop();
+                    }
+                }
+                Value::Array(a) if a.iter().all(Value::is_table) => {
+                    for (i, v) in a.iter().enumerate() {
+                        at.push(Seg::Index(i));
+                        places(v, at, out);
+                        at.pop();
+                    }
+                }
+                _ => {}
+            }
+        }
+        fn remove(v: &mut Value, path: &[Seg]) -> bool {
+            match (path, v) {
+                ([Seg::Key(k)], Value::Table(t)) => t.remove(k).is_some(),
+                ([Seg::Key(k), rest @ ..], Value::Table(t)) => {
+                    t.get_mut(k).is_some_and(|v| remove(v, rest))
+                }
+                ([Seg::Index(i), rest @ ..], Value::Array(a)) => {
+                    a.get_mut(*i).is_some_and(|v| remove(v, rest))
+                }
+                _ => false,
+            }
+        }
+        let mut doc = Value::Table(toml::from_str(&full).expect("its own TOML parses"));
+        let mut all = Vec::new();
+        places(&doc, &mut Vec::new(), &mut all);
+        // Leaves come before the tables holding them: a table left empty goes last.
+        for path in all {
+            let mut candidate = doc.clone();
+            if remove(&mut candidate, &path) {
+                if let Value::Table(t) = &candidate {
+                    if same(t) {
+                        doc = candidate;
+                    }
+                }
+            }
+        }
+        toml::to_string(&doc).expect("a TOML table")
     }
 
     /// Checks values that parse but make no sense.
@@ -383,6 +579,14 @@ impl Config {
                     ));
                 }
             }
+            for (j, p) in site.allowed_query_params.iter().enumerate() {
+                waymark_protocol::privacy::check_param_pattern(p).map_err(|why| {
+                    invalid(
+                        format!("sites[{i}].allowed_query_params[{j}]"),
+                        format!("{p:?} {why}"),
+                    )
+                })?;
+            }
             for (j, k) in site.send_keys.iter().enumerate() {
                 if k.len() < 16 {
                     return Err(invalid(
@@ -395,6 +599,37 @@ impl Config {
                         format!("sites[{i}].send_keys[{j}]"),
                         "must not be one of the site's public write keys",
                     ));
+                }
+            }
+            if let Some(p) = &site.plan {
+                for (at, schema) in p.schemas() {
+                    plan::compile(schema).map_err(|e| {
+                        invalid(
+                            format!("sites[{i}].tracking_plan"),
+                            format!("{at}: not a usable JSON Schema: {e}"),
+                        )
+                    })?;
+                }
+            }
+            for (j, c) in site.completeness.iter().enumerate() {
+                let key = |k: &str| format!("sites[{i}].completeness[{j}].{k}");
+                if c.event.is_empty() {
+                    return Err(invalid(key("event"), "must not be empty"));
+                }
+                let rest = ["properties.", "traits.", "context."]
+                    .iter()
+                    .find_map(|p| c.field.strip_prefix(p));
+                if rest.is_none_or(|r| r.is_empty() || r.split('.').any(str::is_empty)) {
+                    return Err(invalid(
+                        key("field"),
+                        format!(
+                            "{:?} must be a dotted path under properties., traits. or context.",
+                            c.field
+                        ),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&c.min) {
+                    return Err(invalid(key("min"), "must be a share from 0 to 1"));
                 }
             }
             if !site.send_keys.is_empty() && site.email.is_none() {
@@ -462,6 +697,60 @@ impl Config {
             let (key, why) = message.split_once(": ").unwrap_or(("triggers", &message));
             invalid(key, why)
         })?;
+        for (i, k) in self.privacy.admin_keys.iter().enumerate() {
+            let key = |f: &str| format!("privacy.admin_keys[{i}].{f}");
+            if k.name.is_empty() {
+                return Err(invalid(
+                    key("name"),
+                    "must not be empty (it names the holder in the audit)",
+                ));
+            }
+            if k.key.len() < 16 {
+                return Err(invalid(
+                    key("key"),
+                    "must be at least 16 characters (it is a secret)",
+                ));
+            }
+            if self.privacy.admin_keys[..i].iter().any(|o| o.key == k.key)
+                || self.query.read_keys.iter().any(|r| r.key == k.key)
+                || self
+                    .sites
+                    .iter()
+                    .any(|s| s.write_keys.contains(&k.key) || s.send_keys.contains(&k.key))
+            {
+                return Err(invalid(
+                    key("key"),
+                    "must not be any other key (admin keys have their own scope)",
+                ));
+            }
+            if k.sites.is_empty() {
+                return Err(invalid(key("sites"), "must list at least one site"));
+            }
+            for (j, site) in k.sites.iter().enumerate() {
+                if !self.sites.iter().any(|s| &s.id == site) {
+                    return Err(invalid(
+                        format!("privacy.admin_keys[{i}].sites[{j}]"),
+                        format!("no site has the id {site:?}"),
+                    ));
+                }
+            }
+        }
+        if self.privacy.suppress_for.0.is_zero() {
+            return Err(invalid("privacy.suppress_for", "must be positive"));
+        }
+        if self.privacy.retention_check.0 < Duration::from_secs(1) {
+            return Err(invalid("privacy.retention_check", "must be at least 1s"));
+        }
+        for (i, site) in self.sites.iter().enumerate() {
+            if let Some(r) = site.retention {
+                if r.0 < Duration::from_secs(86_400) {
+                    return Err(invalid(
+                        format!("sites[{i}].retention"),
+                        "must be at least 1d",
+                    ));
+                }
+            }
+        }
         for (i, k) in self.query.read_keys.iter().enumerate() {
             for (j, site) in k.sites.iter().enumerate() {
                 if !self.sites.iter().any(|s| &s.id == site) {
@@ -510,6 +799,15 @@ write_keys = ["wk_shop"]
 allowed_origins = ["http://127.0.0.1:8000"]
 ip = "truncate"
 rate_limit = { events_per_second = 5000, burst = 20000 }
+allowed_query_params = ["sku", "cat_*"]
+gpc = "drop-events"
+retention = "400d"
+[privacy]
+suppress_for = "7d"
+[[privacy.admin_keys]]
+name = "dpo"
+key = "ak_shop_0123456789"
+sites = ["shop"]
 "#;
 
     #[test]
@@ -532,6 +830,76 @@ rate_limit = { events_per_second = 5000, burst = 20000 }
             })
         );
         assert_eq!(c.edge_secret(), Some("s3cret"));
+        assert_eq!(c.sites[0].allowed_query_params, ["sku", "cat_*"]);
+        assert_eq!(c.sites[0].gpc, GpcMode::DropEvents);
+        assert!(c.sites[0].url_policy().allows("cat_id"));
+        assert_eq!(
+            c.sites[0].retention.unwrap().0,
+            Duration::from_secs(400 * 86_400)
+        );
+        assert_eq!(c.privacy.suppress_for.0, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.privacy.admin_keys[0].sites, ["shop"]);
+    }
+
+    #[test]
+    fn written_toml_reads_back_as_the_same_settings() {
+        let mut c = Config::from_toml(FULL).unwrap();
+        c.sites[0].send_keys = vec!["sk_0123456789abcdef".into()];
+        c.sites[0].email = Some(EmailConfig {
+            base_url: "https://shop.example/wm".into(),
+            home_url: "https://shop.example/".into(),
+            keys: vec![EmailKey {
+                id: "k1".into(),
+                secret: "a-signing-secret-of-32-bytes-or-more".into(),
+            }],
+            max_age: HumanDuration(Duration::from_millis(90_061_250)),
+        });
+        c.sites.push(SiteConfig {
+            id: "blog".into(),
+            ip: IpMode::Drop,
+            ..SiteConfig::default()
+        });
+        c.query.read_keys.push(ReadKey {
+            key: "rk".into(),
+            sites: vec!["shop".into(), "blog".into()],
+            subscribe: true,
+        });
+        c.query.cache_ttl = HumanDuration(Duration::ZERO);
+        c.validate().unwrap();
+        let text = c.to_toml();
+        let back = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        back.validate().unwrap();
+        assert_eq!(back.to_toml(), text);
+        assert_eq!(format!("{back:?}"), format!("{c:?}"));
+        // The defaults too: an empty file written out and read back is the same.
+        let d = Config::default();
+        assert_eq!(
+            format!("{:?}", Config::from_toml(&d.to_toml()).unwrap()),
+            format!("{d:?}")
+        );
+    }
+
+    #[test]
+    fn the_minimal_form_keeps_only_what_differs_from_the_defaults() {
+        let mut c = Config::from_toml("[[sites]]\nid = \"shop\"\nwrite_keys = [\"wk\"]\n").unwrap();
+        c.query.cache_ttl = HumanDuration(Duration::ZERO);
+        c.sites[0].ip = IpMode::Drop;
+        let min = c.to_toml_minimal();
+        let back = Config::from_toml(&min).unwrap_or_else(|e| panic!("{e}\n{min}"));
+        assert_eq!(back.to_toml(), c.to_toml(), "{min}");
+        let keys: Vec<&str> = min.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(
+            keys,
+            [
+                "[query]",
+                "cache_ttl = \"0s\"",
+                "[[sites]]",
+                "id = \"shop\"",
+                "ip = \"drop\"",
+                "write_keys = [\"wk\"]",
+            ],
+        );
+        assert!(Config::default().to_toml_minimal().trim().is_empty());
     }
 
     #[test]
@@ -575,6 +943,18 @@ rate_limit = { events_per_second = 5000, burst = 20000 }
         .unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("sites[0].rate_limit.events_per_second"), "{e}");
+        let c =
+            Config::from_toml("[[sites]]\nid = \"a\"\nallowed_query_params = [\"*\"]\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("sites[0].allowed_query_params[0]"), "{e}");
+        let c = Config::from_toml(
+            "[[sites]]\nid = \"a\"\n[[privacy.admin_keys]]\nname = \"x\"\nkey = \"0123456789abcdef\"\nsites = [\"b\"]\n",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("privacy.admin_keys[0].sites[0]"), "{e}");
+        let e = Config::from_toml("[[sites]]\nid = \"a\"\ngpc = \"ignore\"\n").unwrap_err();
+        assert!(e.contains("ignore"), "{e}");
     }
 
     #[test]

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ByteSize, HumanDuration};
 
 /// `[query]` settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueryConfig {
     /// `[[query.read_keys]] key = "...", sites = ["shop"]`.
@@ -49,7 +49,7 @@ impl Default for QueryConfig {
 }
 
 /// One read key and the sites it may read.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadKey {
     pub key: String,
@@ -62,7 +62,7 @@ pub struct ReadKey {
 }
 
 /// Engaged time over 30 days below `medium` is "short", below `long` "medium", else "long".
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngagementConfig {
     pub medium: HumanDuration,
@@ -80,7 +80,7 @@ impl Default for EngagementConfig {
 
 /// RFM: scores come from the site's own quintiles, recomputed every `refresh`, over the orders
 /// of the last `lookback`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RfmConfig {
     pub refresh: HumanDuration,

@@ -56,6 +56,25 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   send_keys = ["sk_..."]           secret keys of the email platform for POST /v1/email/links and
                                    /v1/email/rewrite (Bearer; at least 16 characters, never a
                                    write key); need [sites.email]
+  allowed_query_params = []        query parameters whose values stored URLs keep besides
+                                   utm_*, gclid and fbclid (e.g. ["sku", "cat_*"]); every other
+                                   value in page_url, page_search, page_referrer and $click.href
+                                   becomes REDACTED, and so do values that look like emails or
+                                   long tokens even when allowed; mailto:/tel: keep the scheme
+  gpc = "drop-ids"                 Sec-GPC: 1 on direct requests: "drop-ids" (ids become the
+                                   session-scoped gpc-<sessionId>; identify/alias left out),
+                                   "drop-events" or "keep" (the gpc column records the signal)
+  retention = "400d"               how long the site's events are kept (absent = until deleted);
+                                   removed by the retention check (partitions, or mutations)
+  tracking_plan = "plans/shop.json"   a tracking plan (JSON Schemas per event; relative to this
+                                   file; ingest-server/plans/segment-ecommerce.json is a
+                                   starter): violations are stored in `violations`, or the
+                                   event is refused if the plan says on_violation = "reject"
+
+  [[sites.completeness]]           a critical field; events lacking it list it in `missing`
+  event = "Order Completed"        a track event's name, or identify, page, screen, group, alias
+  field = "properties.revenue"     a path under properties., traits. or context.
+  min = 1.0                        the share of events that must carry it (for alerts)
 
   [sites.email]                    tracked email links and open pixels (absent = off)
   base_url = "https://shop.example.com/wm"   the first-party base /e/o/.. and /e/c/.. are served
@@ -96,6 +115,15 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   timeout = "10s"                  one webhook POST at most
   concurrency = 16                 webhook POSTs in flight at once
   max_subscriptions = 1000         per site
+
+  [privacy]                        deleting and exporting a person, retention
+  suppress_for = "30d"             how long a deleted person's late events (spool, edge queue,
+                                   browser retry queue) are dropped
+  retention_check = "24h"          how often old data is removed (sites with retention)
+  [[privacy.admin_keys]]           one per key; `Authorization: Bearer <key>` on
+  name = "dpo"                     DELETE /v1/persons/{id}, GET /v1/persons/{id}/export and
+  key = "ak_..."                   GET /v1/deletions/{job}; at least 16 characters, no other
+  sites = ["shop"]                 key's value; the name goes to the audit table
 
 Sizes accept B, KB, MB, GB, KiB, MiB, GiB (e.g. "64MiB"); durations accept ms, s, m, h, d
 (e.g. "5s", "30d"; "1h 30m" too).
