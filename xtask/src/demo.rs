@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use waymark_ingest::config::plan::Completeness;
 use waymark_ingest::config::{EmailConfig, EmailKey};
 use waymark_testkit::config::{site, HumanDuration, IngestConfig};
 use waymark_testkit::process::Proc;
@@ -131,6 +132,20 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     // pixels are signed with (served by the edge worker under the shop's /wm prefix, which the
     // stack gives the same keys).
     let mut demo_site = site(SITE, WRITE_KEY, &[&shop_origin]);
+    // Data quality: the shipped starter tracking plan, and two critical fields.
+    demo_site.tracking_plan = Some(root.join("ingest-server/plans/segment-ecommerce.json"));
+    demo_site.completeness = vec![
+        Completeness {
+            event: "Order Completed".into(),
+            field: "properties.revenue".into(),
+            min: 1.0,
+        },
+        Completeness {
+            event: "identify".into(),
+            field: "traits.email".into(),
+            min: 0.95,
+        },
+    ];
     demo_site.send_keys = vec![send_key.clone()];
     demo_site.email = Some(EmailConfig {
         base_url: format!("{shop_origin}/wm"),
@@ -256,6 +271,11 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
     println!(
         "  curl -s -H 'Authorization: Bearer {read_key}' '{api}/v1/profiles/reader@example.com?site={SITE}'"
     );
+    println!("  # data quality (the last tenth of --traffic met a broken release): violations, missing fields");
+    println!(
+        "  curl -s 'http://127.0.0.1:{ch_http}/' --data-binary \"SELECT arrayJoin(violations) AS v, count() FROM waymark.events GROUP BY v ORDER BY 2 DESC\""
+    );
+    println!("  curl -s '{api}/metrics' | grep '^waymark_quality_'");
     println!();
     println!("Press Ctrl-C to stop everything.");
     let _ = rx.recv();

@@ -1,7 +1,10 @@
 //! Synthetic visitors for `cargo xtask demo --traffic N`: each one browses the demo shop the way
 //! the tag would report it (page views, product views with engaged time, clicks, some carts,
 //! some orders, some logins), sent as tag batches through the edge worker's first-party intake.
-//! With [`Email`], some visitors are also readers of the demo campaign: their mail client (or a
+//! The last tenth of the visitors come after a broken release of the shop: its add-to-cart
+//! event is misspelled (`Product Add`) and its orders lack `revenue`, so the data quality checks
+//! have something real to show. With [`Email`], some visitors are also readers of the demo
+//! campaign: their mail client (or a
 //! machine on its behalf) fetches the open pixel, and some click a tracked link (a person, or a
 //! link scanner), through the tracking endpoints, as a mail reader would.
 
@@ -208,7 +211,10 @@ pub fn drive(shop: &str, write_key: &str, n: usize, mail: Option<&Email<'_>>) ->
         .into();
     let (mut carts, mut orders, mut logins, mut sent) = (0, 0, 0, 0usize);
     let mut mailed = Mailed::default();
+    // Visitors from here on meet the broken release (see the module doc).
+    let broken_from = n - n / 10;
     for i in 0..n {
+        let broken = i >= broken_from;
         let mut v = Visitor {
             anon: rng.hex(16),
             session: rng.hex(12),
@@ -271,7 +277,12 @@ pub fn drive(shop: &str, write_key: &str, n: usize, mail: Option<&Email<'_>>) ->
             carts += 1;
             let path = format!("products/{}", last.0);
             let props = format!(
-                r#""event":"Product Added","properties":{{"product_id":"{}","name":{},"price":{},"quantity":1,"currency":"EUR"}},"#,
+                r#""event":"{}","properties":{{"product_id":"{}","name":{},"price":{},"quantity":1,"currency":"EUR"}},"#,
+                if broken {
+                    "Product Add"
+                } else {
+                    "Product Added"
+                },
                 last.0,
                 json_str(last.1),
                 last.2
@@ -279,10 +290,14 @@ pub fn drive(shop: &str, write_key: &str, n: usize, mail: Option<&Email<'_>>) ->
             v.event(&mut rng, "track", &props, &path, last.1);
             if rng.chance(35) {
                 orders += 1;
+                let revenue = if broken {
+                    String::new()
+                } else {
+                    format!(r#""revenue":{},"#, last.2)
+                };
                 let props = format!(
-                    r#""event":"Order Completed","properties":{{"order_id":"o-{}","revenue":{},"currency":"EUR","products":[{{"product_id":"{}","price":{},"quantity":1}}]}},"#,
+                    r#""event":"Order Completed","properties":{{"order_id":"o-{}",{revenue}"currency":"EUR","products":[{{"product_id":"{}","price":{},"quantity":1}}]}},"#,
                     rng.hex(8),
-                    last.2,
                     last.0,
                     last.2
                 );
@@ -327,6 +342,12 @@ pub fn drive(shop: &str, write_key: &str, n: usize, mail: Option<&Email<'_>>) ->
         flush();
     }
     println!();
+    if n / 10 > 0 {
+        println!(
+            "  (visitors {} to {n} met a broken release: `Product Add` instead of `Product Added`, orders without revenue)",
+            broken_from + 1
+        );
+    }
     Ok(())
 }
 
