@@ -278,8 +278,12 @@ async fn retention_drops_old_partitions_and_trims_shorter_sites() {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    // The server applies its migrations in the background: wait for the last one.
-    let migrated = format!("SELECT max(version) >= 112 FROM {db}.schema_migrations");
+    // The server applies its migrations in the background: wait for all of them, so that a
+    // later one (an ALTER of `events`, a view on it) does not run beside the inserts below.
+    let migrated = format!(
+        "SELECT count() = {} FROM {db}.schema_migrations",
+        waymark_ingest::store::schema::MIGRATIONS.len()
+    );
     assert_eq!(wait_for(ch, &migrated, "1", WAIT).await, "1");
     query(
         ch,
@@ -359,7 +363,12 @@ async fn events_still_in_the_spool_at_deletion_are_not_written() {
     let now = now_ms();
     let answer = send(&srv, vec![events(now)[0].clone(), events(now)[4].clone()]).await;
     assert_eq!(answer["accepted"], 2, "{answer}");
-    let migrated = format!("SELECT max(version) >= 112 FROM {db}.schema_migrations");
+    // All of them, so that a later one (an ALTER of `events`, a view on it) does not run
+    // beside the inserts below.
+    let migrated = format!(
+        "SELECT count() = {} FROM {db}.schema_migrations",
+        waymark_ingest::store::schema::MIGRATIONS.len()
+    );
     assert_eq!(wait_for(ch, &migrated, "1", WAIT).await, "1");
     assert_eq!(
         query(ch, &format!("SELECT count() FROM {db}.events")).trim(),
