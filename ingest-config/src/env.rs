@@ -36,6 +36,9 @@ impl Config {
         if let Some(v) = get(env, "WAYMARK_CLICKHOUSE_PASSWORD") {
             self.clickhouse.password = v.into();
         }
+        if let Some(v) = get(env, "WAYMARK_CLICKHOUSE_CLUSTER") {
+            self.clickhouse.cluster = (!v.is_empty()).then(|| v.into());
+        }
         if let Some(v) = get(env, "WAYMARK_SPOOL_DIR") {
             self.spool.dir = v.into();
         }

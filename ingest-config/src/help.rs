@@ -10,6 +10,10 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   database = "waymark"             database (created if missing; migrations applied)   [WAYMARK_CLICKHOUSE_DATABASE]
   user = "default"                                                                     [WAYMARK_CLICKHOUSE_USER]
   password = ""                                                                        [WAYMARK_CLICKHOUSE_PASSWORD]
+  cluster = "name"                 absent = one server; a cluster of remote_servers: migrations
+                                   run ON CLUSTER, tables are Replicated*MergeTree ({shard},
+                                   {replica} macros) under Distributed tables sharded by
+                                   (site, visitor id)                                  [WAYMARK_CLICKHOUSE_CLUSTER]
 
   [spool]
   dir = ".waymark/spool"           durable on-disk buffer (acknowledged events live here

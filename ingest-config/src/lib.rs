@@ -124,6 +124,10 @@ pub struct ClickHouseConfig {
     pub database: String,
     pub user: String,
     pub password: String,
+    /// A cluster named in ClickHouse's `remote_servers` (absent = one server): the migrations
+    /// run `ON CLUSTER` and create replicated local tables plus `Distributed` tables over them
+    /// (`waymark_ingest::store::schema::cluster`).
+    pub cluster: Option<String>,
 }
 
 impl Default for ClickHouseConfig {
@@ -133,6 +137,7 @@ impl Default for ClickHouseConfig {
             database: "waymark".into(),
             user: "default".into(),
             password: String::new(),
+            cluster: None,
         }
     }
 }
@@ -529,6 +534,20 @@ impl Config {
                 "clickhouse.database",
                 "must be letters, digits and underscores",
             ));
+        }
+        if let Some(cluster) = &self.clickhouse.cluster {
+            // It is written into DDL (`ON CLUSTER name`, `Distributed(name, ...)`) unquoted.
+            if cluster.is_empty()
+                || !cluster
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || cluster.starts_with(|c: char| c.is_ascii_digit())
+            {
+                return Err(invalid(
+                    "clickhouse.cluster",
+                    "must be letters, digits and underscores, not starting with a digit (a cluster of remote_servers)",
+                ));
+            }
         }
         if self.spool.max_bytes.0 < 64 * 1024 {
             return Err(invalid("spool.max_bytes", "must be at least 64KiB"));

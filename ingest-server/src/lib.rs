@@ -187,7 +187,11 @@ pub async fn serve(
     let schema = Arc::new(store::SchemaStatus::default());
     // The identity index: filled by the writer as it inserts links and by a background
     // refresh from ClickHouse (links from other servers); the query API resolves ids with it.
-    let identities = (!config.query.identity_refresh.0.is_zero()).then(|| {
+    // On a cluster it is off: its refresh reads this server's own parts of `identities`, which
+    // hold one shard's links; every lookup goes to ClickHouse instead (`query::identity`).
+    let identities = (!config.query.identity_refresh.0.is_zero()
+        && config.clickhouse.cluster.is_none())
+    .then(|| {
         Arc::new(query::identity::IdentityIndex::new(
             config.query.identity_max_links,
         ))

@@ -22,6 +22,7 @@
 //! Dependencies point one way: this crate uses `waymark-ingest-config`, never the ingest server
 //! itself, so the server's tests can use it.
 
+pub mod cluster;
 pub mod config;
 pub mod ingest;
 pub mod process;
@@ -96,6 +97,8 @@ pub struct ClickHouse {
     tcp_port: u16,
     process: Option<(Child, ChildStdin)>,
     databases: AtomicU32,
+    /// More configuration inside `<yandex>` (a cluster member's ZooKeeper, macros, servers).
+    extra: String,
 }
 
 /// The first of `names` found in a directory of PATH, with the directory's order first.
@@ -150,23 +153,39 @@ impl ClickHouse {
             .prefix("waymark-clickhouse-")
             .tempdir()
             .map_err(|e| Error::Other(format!("creating a temporary directory: {e}")))?;
-        Self::start_in(Home::Temp(dir), free_port(), free_port())
+        Self::start_in(Home::Temp(dir), free_port(), free_port(), String::new())
+    }
+
+    /// Starts a server in a new temporary directory with `extra` XML added inside `<yandex>`
+    /// (used by [`cluster::Cluster`]).
+    pub fn start_with(extra: String, http_port: u16, tcp_port: u16) -> Result<Self, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix("waymark-clickhouse-")
+            .tempdir()
+            .map_err(|e| Error::Other(format!("creating a temporary directory: {e}")))?;
+        Self::start_in(Home::Temp(dir), http_port, tcp_port, extra)
     }
 
     /// Starts a server whose data lives in `dir` and survives it (used by `cargo xtask demo`).
     pub fn start_kept(dir: &Path, http_port: u16, tcp_port: u16) -> Result<Self, Error> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Other(format!("creating {}: {e}", dir.display())))?;
-        Self::start_in(Home::Kept(dir.to_path_buf()), http_port, tcp_port)
+        Self::start_in(
+            Home::Kept(dir.to_path_buf()),
+            http_port,
+            tcp_port,
+            String::new(),
+        )
     }
 
-    fn start_in(home: Home, http_port: u16, tcp_port: u16) -> Result<Self, Error> {
+    fn start_in(home: Home, http_port: u16, tcp_port: u16, extra: String) -> Result<Self, Error> {
         let mut ch = ClickHouse {
             home,
             http_port,
             tcp_port,
             process: None,
             databases: AtomicU32::new(0),
+            extra,
         };
         ch.launch()?;
         Ok(ch)
@@ -179,7 +198,7 @@ impl ClickHouse {
             std::fs::create_dir_all(home.join(sub))
                 .map_err(|e| Error::Other(format!("creating {}: {e}", home.join(sub).display())))?;
         }
-        write_config(&home, self.http_port, self.tcp_port)?;
+        write_config(&home, self.http_port, self.tcp_port, &self.extra)?;
         // The wrapper kills the server as soon as its stdin closes: on drop, or when this
         // process dies for any reason. `exec` is not used so that the shell stays to do it.
         // A temporary home is removed once the server is gone (a test binary's shared server
@@ -422,7 +441,7 @@ impl Drop for ClickHouse {
     }
 }
 
-fn write_config(home: &Path, http_port: u16, tcp_port: u16) -> Result<(), Error> {
+fn write_config(home: &Path, http_port: u16, tcp_port: u16, extra: &str) -> Result<(), Error> {
     let h = home.display();
     // Works on 18.16 (the Debian package) and on current releases, which still read <yandex>.
     let config = format!(
@@ -455,6 +474,7 @@ fn write_config(home: &Path, http_port: u16, tcp_port: u16) -> Result<(), Error>
     <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
     <max_session_timeout>3600</max_session_timeout>
     <default_session_timeout>60</default_session_timeout>
+{extra}
 </yandex>
 "#
     );

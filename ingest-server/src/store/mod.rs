@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 
 use crate::config::ClickHouseConfig;
 use row::{identity_links, EventRow, IdentityRow, QuarantineRow, LINK_ROW};
+pub use schema::cluster::Layout;
 
 /// Why ClickHouse cannot take anything right now: the label of
 /// `waymark_writer_blocked{cause="..."}` and the `cause` in `/readyz`'s `writer` object.
@@ -223,6 +224,21 @@ pub fn probe_row(now_ms: u64) -> EventRow {
     }
 }
 
+/// The statement creating [`PROBE_TABLE`] in `db`.
+pub fn probe_table_sql(layout: &Layout, db: &str) -> String {
+    match layout.cluster() {
+        None => format!("CREATE TABLE {db}.{PROBE_TABLE} AS {db}.events"),
+        // On this server only, as plain MergeTree: a copy of the Distributed `events` would
+        // write into `events_local`, and one of `events_local` would join its replication.
+        // ON CLUSTER would wait for every server, which is what a probe must not depend on.
+        Some(_) => format!(
+            "CREATE TABLE {db}.{PROBE_TABLE} AS {db}.events{} ENGINE = MergeTree {} ORDER BY (site, visitor_id, message_id)",
+            schema::cluster::LOCAL,
+            schema::EVENTS_PARTITION
+        ),
+    }
+}
+
 /// A `clickhouse::Client` for the configured server (no database selected).
 pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
     // The crate's default HTTP client leaves Nagle's algorithm on, so a request written in two
@@ -235,12 +251,20 @@ pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(2))
         .build(connector);
-    clickhouse::Client::with_http_client(http)
+    let client = clickhouse::Client::with_http_client(http)
         .with_url(&cfg.url)
         .with_user(&cfg.user)
         .with_password(&cfg.password)
         // 18.16 has no RowBinaryWithNamesAndTypes.
-        .with_validation(false)
+        .with_validation(false);
+    match cfg.cluster {
+        // An insert into a `Distributed` table is confirmed once every shard's replica has
+        // written its rows, not when they are queued on this server's disk to be sent later:
+        // the writer removes rows from its spool on that confirmation, and a queue on a server
+        // that is then lost would lose them.
+        Some(_) => client.with_setting("insert_distributed_sync", "1"),
+        None => client,
+    }
 }
 
 /// Where the ClickHouse schema stands, shared by the start-up migration, the writer, the query
@@ -301,9 +325,20 @@ pub async fn migrate(
     db: &str,
     status: &SchemaStatus,
 ) -> Result<Vec<u32>, StoreError> {
+    migrate_on(client, db, &Layout::Single, status).await
+}
+
+/// [`migrate`] for a layout: one server, or a cluster (`[clickhouse] cluster`, see
+/// [`schema::cluster`]).
+pub async fn migrate_on(
+    client: &clickhouse::Client,
+    db: &str,
+    layout: &Layout,
+    status: &SchemaStatus,
+) -> Result<Vec<u32>, StoreError> {
     use std::sync::atomic::Ordering;
     let _one_at_a_time = status.lock.lock().await;
-    let result = apply(client, db, status, u32::MAX).await;
+    let result = apply(client, db, layout, status, u32::MAX).await;
     status.applying.store(0, Ordering::Relaxed);
     let mut last = status.last_error.lock().expect("schema status");
     match &result {
@@ -323,19 +358,57 @@ pub async fn migrate_up_to(
     db: &str,
     version: u32,
 ) -> Result<Vec<u32>, StoreError> {
-    apply(client, db, &SchemaStatus::default(), version).await
+    apply(
+        client,
+        db,
+        &Layout::Single,
+        &SchemaStatus::default(),
+        version,
+    )
+    .await
+}
+
+/// The statements that apply migration `m`'s own statements (not its [`schema::Code`]) to `db`
+/// in `layout`: on one server, exactly the migration's statements.
+pub fn migration_sql(
+    m: &schema::Migration,
+    layout: &Layout,
+    db: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for stmt in m.statements {
+        for sql in layout.rewrite(stmt).map_err(unsupported)? {
+            out.push(schema::render(&sql, db));
+        }
+    }
+    Ok(out)
+}
+
+/// A statement cluster mode cannot apply: a bug of this release, not ClickHouse's state, but it
+/// blocks like one (nothing can be inserted until the schema exists), and says why.
+fn unsupported(e: schema::cluster::Unsupported) -> StoreError {
+    StoreError {
+        class: ErrorClass::Unavailable(Cause::Other),
+        message: e.to_string(),
+    }
 }
 
 async fn apply(
     client: &clickhouse::Client,
     db: &str,
+    layout: &Layout,
     status: &SchemaStatus,
     up_to: u32,
 ) -> Result<Vec<u32>, StoreError> {
     let run =
         |sql: String| async move { client.query(&sql).execute().await.map_err(|e| classify(&e)) };
-    run(format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
-    run(schema::render(schema::MIGRATIONS_TABLE, db)).await?;
+    run(layout.create_database(db)).await?;
+    for sql in layout
+        .rewrite(schema::MIGRATIONS_TABLE)
+        .map_err(unsupported)?
+    {
+        run(schema::render(&sql, db)).await?;
+    }
     let applied: Vec<u32> = client
         .query(&format!("SELECT version FROM {db}.schema_migrations"))
         .fetch_all::<u32>()
@@ -356,22 +429,45 @@ async fn apply(
             "applying ClickHouse migration"
         );
         let started = std::time::Instant::now();
-        for stmt in m.statements {
-            run(schema::render(stmt, db)).await?;
+        for sql in migration_sql(m, layout, db)? {
+            run(sql).await?;
         }
         match m.code {
+            // A cluster database is created with events' final partition key
+            // (`schema::cluster`): nothing to move.
+            Some(schema::Code::RepartitionEvents) if layout.cluster().is_some() => {}
             Some(schema::Code::RepartitionEvents) => repartition::run(client, db).await?,
             Some(schema::Code::AddColumns { table, columns }) => {
+                let local = layout.local_name(table);
                 let have: Vec<String> = client
                     .query(&format!(
-                        "SELECT name FROM system.columns WHERE database = '{db}' AND table = '{table}'"
+                        "SELECT name FROM system.columns WHERE database = '{db}' AND table = '{local}'"
                     ))
                     .fetch_all::<String>()
                     .await
                     .map_err(|e| classify(&e))?;
                 for (name, kind) in columns {
                     if !have.iter().any(|h| h == name) {
-                        run(format!("ALTER TABLE {db}.{table} ADD COLUMN {name} {kind}")).await?;
+                        let alter = format!("ALTER TABLE {{db}}.{table} ADD COLUMN {name} {kind}");
+                        for sql in layout.rewrite(&alter).map_err(unsupported)? {
+                            run(schema::render(&sql, db)).await?;
+                        }
+                    }
+                }
+                // On a cluster, an attempt interrupted between the local ALTER and making the
+                // Distributed table again leaves the latter without the columns.
+                if layout.cluster().is_some() {
+                    let dist: Vec<String> = client
+                        .query(&format!(
+                            "SELECT name FROM system.columns WHERE database = '{db}' AND table = '{table}'"
+                        ))
+                        .fetch_all::<String>()
+                        .await
+                        .map_err(|e| classify(&e))?;
+                    if !columns.iter().all(|(n, _)| dist.iter().any(|h| h == n)) {
+                        for sql in layout.distributed_again(table) {
+                            run(schema::render(&sql, db)).await?;
+                        }
                     }
                 }
             }
@@ -415,6 +511,7 @@ pub struct ClickHouseSink {
     client: clickhouse::Client,
     db_client: clickhouse::Client,
     database: String,
+    layout: Layout,
     schema: Arc<SchemaStatus>,
     identities: Option<Arc<dyn IdentityFeed>>,
     suppressions: Option<Arc<suppress::Suppressions>>,
@@ -427,6 +524,7 @@ impl ClickHouseSink {
             db_client: client.clone().with_database(&cfg.database),
             client,
             database: cfg.database.clone(),
+            layout: Layout::new(cfg.cluster.as_deref()),
             schema,
             identities: None,
             suppressions: None,
@@ -543,7 +641,7 @@ impl Sink for ClickHouseSink {
 
     fn prepare(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            migrate(&self.client, &self.database, &self.schema)
+            migrate_on(&self.client, &self.database, &self.layout, &self.schema)
                 .await
                 .map(|_| ())
         })
@@ -552,10 +650,8 @@ impl Sink for ClickHouseSink {
     fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let db = &self.database;
-            for sql in [
-                format!("DROP TABLE IF EXISTS {db}.{PROBE_TABLE}"),
-                format!("CREATE TABLE {db}.{PROBE_TABLE} AS {db}.events"),
-            ] {
+            let create = probe_table_sql(&self.layout, db);
+            for sql in [format!("DROP TABLE IF EXISTS {db}.{PROBE_TABLE}"), create] {
                 self.client
                     .query(&sql)
                     .execute()
@@ -589,6 +685,37 @@ mod tests {
         assert!(said.starts_with("pending: "), "{said}");
         assert!(said.contains(&e.message), "{said}");
         assert!(!status.is_ready());
+    }
+
+    #[test]
+    fn without_a_cluster_the_sql_sent_is_what_the_migrations_say() {
+        let single = Layout::new(None);
+        for m in schema::MIGRATIONS {
+            let want: Vec<String> = m
+                .statements
+                .iter()
+                .map(|s| schema::render(s, "w"))
+                .collect();
+            assert_eq!(
+                migration_sql(m, &single, "w").unwrap(),
+                want,
+                "migration {}",
+                m.version
+            );
+        }
+        assert_eq!(
+            single.rewrite(schema::MIGRATIONS_TABLE).unwrap(),
+            vec![schema::MIGRATIONS_TABLE.to_string()]
+        );
+        assert_eq!(
+            single.create_database("w"),
+            "CREATE DATABASE IF NOT EXISTS w"
+        );
+        assert_eq!(single.distributed_again("events"), Vec::<String>::new());
+        assert_eq!(
+            probe_table_sql(&single, "w"),
+            "CREATE TABLE w.writer_probe AS w.events"
+        );
     }
 
     #[test]

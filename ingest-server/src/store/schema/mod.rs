@@ -30,6 +30,7 @@
 //! `argMax(col, received_at_ms)`. Aggregate tables fed by materialized views see each insert, so
 //! they must be built on uniq-style states (or deduplicate by `message_id` at read time).
 
+pub mod cluster;
 pub mod query;
 pub mod triggers;
 
