@@ -191,6 +191,10 @@ impl Cluster {
             remote.push_str("</shard>");
         }
         let mut nodes = Vec::new();
+        // `replicated_max_ratio_of_wrong_parts = 1`: a replica killed mid-insert keeps a part it
+        // wrote but never registered in ZooKeeper; on tables as small as a test's, that one
+        // part is above the default ratio (0.5) and the server would refuse to start rather
+        // than set it aside (as `detached/unexpected_*`) and fetch from its peer.
         for (i, (http, tcp, interserver)) in ports.iter().enumerate() {
             let (shard, replica) = (i / replicas + 1, i % replicas + 1);
             let extra = format!(
@@ -199,6 +203,7 @@ impl Cluster {
     <zookeeper><node><host>127.0.0.1</host><port>{zk}</port></node><session_timeout_ms>10000</session_timeout_ms></zookeeper>
     <macros><shard>{shard}</shard><replica>s{shard}r{replica}</replica></macros>
     <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
+    <merge_tree><replicated_max_ratio_of_wrong_parts>1</replicated_max_ratio_of_wrong_parts></merge_tree>
     <remote_servers><{CLUSTER}>{remote}</{CLUSTER}></remote_servers>"#,
                 zk = zookeeper.port()
             );

@@ -262,7 +262,12 @@ pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
         // written its rows, not when they are queued on this server's disk to be sent later:
         // the writer removes rows from its spool on that confirmation, and a queue on a server
         // that is then lost would lose them.
-        Some(_) => client.with_setting("insert_distributed_sync", "1"),
+        // A subquery (`IN (SELECT ...)`) over a Distributed table inside a query over another
+        // is run once, by this server, and its result sent to every shard (`GLOBAL IN`):
+        // right whichever key each table is sharded by (18.16 refuses it by default).
+        Some(_) => client
+            .with_setting("insert_distributed_sync", "1")
+            .with_setting("distributed_product_mode", "global"),
         None => client,
     }
 }
@@ -402,6 +407,22 @@ async fn apply(
 ) -> Result<Vec<u32>, StoreError> {
     let run =
         |sql: String| async move { client.query(&sql).execute().await.map_err(|e| classify(&e)) };
+    if layout.cluster().is_some() {
+        // `ON CLUSTER` waits for every server: a server restarting while a replica is down
+        // must not need it when nothing is left to apply.
+        let applied = client
+            .query(&format!("SELECT version FROM {db}.schema_migrations"))
+            .fetch_all::<u32>()
+            .await;
+        if let Ok(applied) = applied {
+            if schema::MIGRATIONS
+                .iter()
+                .all(|m| applied.contains(&m.version) || m.version > up_to)
+            {
+                return Ok(Vec::new());
+            }
+        }
+    }
     run(layout.create_database(db)).await?;
     for sql in layout
         .rewrite(schema::MIGRATIONS_TABLE)

@@ -1,0 +1,415 @@
+//! Cluster mode against a real cluster (issue 19): ZooKeeper and four ClickHouse servers as
+//! 2 shards x 2 replicas, two ingest server processes behind this test's own round-robin. One
+//! ingest server is killed (SIGKILL) and one replica crashed while events flow; the client
+//! retries a refused or cut batch on the other server, and some batches are sent to both (a
+//! retry after a lost answer). Then: no acknowledged event is missing, nothing counts twice, the
+//! crashed replica catches up, and the profiles, histories and audiences the query API answers
+//! are those of a single server that received every event once.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use waymark_testkit::cluster::{Cluster, CLUSTER};
+use waymark_testkit::config::{site, IngestConfig};
+use waymark_testkit::ingest::IngestServer;
+use waymark_testkit::ClickHouse;
+
+const WRITE_KEY: &str = "wk_shop";
+const READ_KEY: &str = "rk_shop_cluster";
+const DB: &str = "wm";
+const VISITORS: usize = 48;
+const EVENTS_PER_VISITOR: usize = 12;
+const BATCH: usize = 8;
+
+fn now_ms() -> i64 {
+    waymark_ingest::clock::now_ms()
+}
+
+fn iso(ms: i64) -> String {
+    waymark_protocol::time::format_rfc3339(ms)
+}
+
+/// Visitor `i`'s events: pages, product views, adds, an order for every third, and an identify
+/// for half of them, two visitors per user (so a person may span shards).
+fn events(now: i64) -> Vec<Value> {
+    let mut out = Vec::new();
+    for i in 0..VISITORS {
+        let anon = format!("anon-{i}");
+        let user = format!("user-{}", i / 4);
+        for j in 0..EVENTS_PER_VISITOR {
+            // Two to three hours ago: every cart is past `cart_abandon_after` (1 h) and every event
+            // within the audiences' 24 h, whenever in the run the answers are compared.
+            let t = now
+                - 2 * 3_600_000
+                - ((VISITORS * EVENTS_PER_VISITOR - (i * EVENTS_PER_VISITOR + j)) as i64) * 7_000;
+            let id = format!("m-{i}-{j}");
+            let product = format!("p-{}", (i + j) % 5);
+            let ctx = json!({"page": {"url": format!("https://shop.example/p/{product}"), "path": format!("/p/{product}"), "title": "P"},
+                             "sessionId": format!("s-{i}-{}", j / 6)});
+            let e = match j {
+                0 | 6 => json!({"type": "page", "name": "Product"}),
+                3 if i % 4 < 2 => json!({"type": "identify", "userId": user,
+                                         "traits": {"email": format!("{user}@example.com"), "plan": if i % 3 == 0 {"pro"} else {"free"}}}),
+                7 | 8 => json!({"type": "track", "event": "Product Added",
+                                "properties": {"product_id": product, "price": 10.0 + i as f64, "quantity": 1}}),
+                10 if i % 3 == 0 => json!({"type": "track", "event": "Order Completed",
+                                           "properties": {"order_id": format!("o-{i}"), "revenue": 25.5 + i as f64, "currency": "EUR"}}),
+                _ => json!({"type": "track", "event": "Product Viewed",
+                            "properties": {"product_id": product, "name": format!("Product {product}"), "price": 10.0}}),
+            };
+            let mut e = e;
+            e["messageId"] = json!(id);
+            e["anonymousId"] = json!(anon);
+            if j > 3 && i % 4 < 2 {
+                e["userId"] = json!(user);
+            }
+            // Explicit: the same time on every server and run (no clock-skew correction).
+            e["timestamp"] = json!(iso(t));
+            e["context"] = ctx;
+            out.push(e);
+        }
+    }
+    out
+}
+
+fn body(batch: &[Value]) -> String {
+    json!({"writeKey": WRITE_KEY, "batch": batch}).to_string()
+}
+
+fn config(ch_url: &str, cluster: Option<&str>, spool: &Path) -> IngestConfig {
+    IngestConfig::new()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .clickhouse(ch_url, DB)
+        .spool(spool)
+        .writer_max_age(Duration::from_millis(100))
+        .site(site("shop", WRITE_KEY, &[]))
+        .read_key(READ_KEY, &["shop"])
+        .with(|c| c.clickhouse.cluster = cluster.map(str::to_string))
+}
+
+fn start(cfg: &IngestConfig, dir: &Path, log: &str) -> IngestServer {
+    IngestServer::start_logging_to(
+        Path::new(env!("CARGO_BIN_EXE_ingest-server")),
+        cfg,
+        dir,
+        &[("RUST_LOG", "warn")],
+        &dir.join(log),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn post(url: &str, body: &str) -> Result<(), String> {
+    match ureq::post(format!("{url}/v1/batch"))
+        .header("content-type", "application/json")
+        .send(body)
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn count(ch: &ClickHouse, sql: &str) -> u64 {
+    ch.query(sql)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Where `cluster` and `single` differ, as `path: cluster value != single value`.
+fn differences(cluster: &Value, single: &Value, path: &str) -> Vec<String> {
+    match (cluster, single) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let (x, y) = (
+                        a.get(k).unwrap_or(&Value::Null),
+                        b.get(k).unwrap_or(&Value::Null),
+                    );
+                    differences(x, y, &format!("{path}.{k}"))
+                })
+                .collect()
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .flat_map(|(i, (x, y))| differences(x, y, &format!("{path}[{i}]")))
+            .collect(),
+        (a, b) if a == b => Vec::new(),
+        (a, b) => vec![format!("{path}: cluster {a} != single {b}")],
+    }
+}
+
+fn poll(what: &str, within: Duration, mut done: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + within;
+    loop {
+        match done() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what} within {within:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Every answer the query API gives about the people of [`events`]: each visitor's and user's
+/// profile and history, and a few audiences.
+fn answers(url: &str) -> Vec<(String, Value)> {
+    let get = |path: &str| -> Value {
+        let mut r = ureq::get(format!("{url}{path}"))
+            .header("authorization", format!("Bearer {READ_KEY}"))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    };
+    let mut ids: Vec<String> = (0..VISITORS).map(|i| format!("anon-{i}")).collect();
+    ids.extend((0..VISITORS / 4).map(|u| format!("user-{u}")));
+    let mut out = Vec::new();
+    for id in &ids {
+        out.push((
+            format!("profile {id}"),
+            get(&format!("/v1/profiles/{id}?site=shop")),
+        ));
+        out.push((
+            format!("history {id}"),
+            get(&format!("/v1/profiles/{id}/events?site=shop&limit=100")),
+        ));
+    }
+    for (name, conds) in [
+        (
+            "cart abandoners",
+            json!([{"type": "did", "event": "Product Added", "within": "24h"},
+                                   {"type": "did_not", "event": "Order Completed", "within": "24h"}]),
+        ),
+        (
+            "pro plan",
+            json!([{"type": "trait", "name": "plan", "op": "eq", "value": "pro"}]),
+        ),
+        (
+            "seen",
+            json!([{"type": "last_seen_within", "within": "7d"}]),
+        ),
+    ] {
+        let mut r = ureq::post(format!("{url}/v1/audiences/query?site=shop"))
+            .header("authorization", format!("Bearer {READ_KEY}"))
+            .header("content-type", "application/json")
+            .send(json!({"conditions": conds}).to_string())
+            .unwrap_or_else(|e| panic!("audience {name}: {e}"));
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        out.push((format!("audience {name}"), v));
+    }
+    out
+}
+
+#[test]
+fn two_ingest_servers_on_a_two_by_two_cluster_lose_nothing_and_answer_like_one_server() {
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.1} s  {what}", t0.elapsed().as_secs_f64());
+    let mut cluster = Cluster::start(2, 2).unwrap_or_else(|e| panic!("{e}"));
+    phase("cluster up");
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    let all = events(now);
+    let batches: Vec<Vec<Value>> = all.chunks(BATCH).map(<[Value]>::to_vec).collect();
+
+    // Ingest server A writes through shard 1's first replica, B through shard 2's.
+    let cfg_a = config(
+        &cluster.node(1, 1).http_url(),
+        Some(CLUSTER),
+        &dir.path().join("a/spool"),
+    );
+    let cfg_b = config(
+        &cluster.node(2, 1).http_url(),
+        Some(CLUSTER),
+        &dir.path().join("b/spool"),
+    );
+    let a = start(&cfg_a, &dir.path().join("a"), "ingest.log");
+    let last = waymark_ingest::store::schema::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap();
+    poll("every migration", Duration::from_secs(180), || {
+        let v = cluster
+            .node(2, 2)
+            .query(&format!("SELECT max(version) FROM {DB}.schema_migrations"))
+            .map_err(|e| e.to_string())?;
+        (v.trim() == last.to_string()).then_some(()).ok_or(v)
+    });
+    phase("migrations applied");
+    // Migrations ran ON CLUSTER: every server has the local and Distributed tables.
+    for n in cluster.nodes() {
+        let t = n
+            .query(&format!(
+                "SELECT name, engine FROM system.tables WHERE database = '{DB}' AND name IN ('events', 'events_local', 'q_visitor_days_local', 'q_visitor_mv') ORDER BY name FORMAT TSV"
+            ))
+            .unwrap();
+        assert_eq!(
+            t,
+            "events\tDistributed\nevents_local\tReplicatedReplacingMergeTree\nq_visitor_days_local\tReplicatedAggregatingMergeTree\nq_visitor_mv\tMaterializedView\n",
+            "{}",
+            n.http_url()
+        );
+    }
+    let mut b = Some(start(&cfg_b, &dir.path().join("b"), "ingest.log"));
+    // The test's own round-robin; a batch a server does not acknowledge goes to the other.
+    let mut urls = vec![a.url(), b.as_ref().unwrap().url()];
+    let mut acked: HashSet<String> = HashSet::new();
+    let mut twice = 0;
+    let kill_at = batches.len() * 2 / 5;
+    for (n, batch) in batches.iter().enumerate() {
+        if n == kill_at {
+            // Under load: B dies without flushing its spool, and shard 2 loses a replica.
+            b.take().unwrap().proc.kill();
+            cluster.node_mut(2, 2).crash();
+        }
+        let text = body(batch);
+        let first = n % urls.len();
+        let mut ok = false;
+        for k in 0..urls.len() * 3 {
+            let url = &urls[(first + k) % urls.len()];
+            if post(url, &text).is_ok() {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "batch {n} was acknowledged by no server");
+        // Every seventh batch again through the other server: a client retry after a lost
+        // answer, which no server's in-memory dedup sees.
+        if n % 7 == 0 && post(&urls[(first + 1) % urls.len()], &text).is_ok() {
+            twice += 1;
+        }
+        acked.extend(
+            batch
+                .iter()
+                .map(|e| e["messageId"].as_str().unwrap().to_string()),
+        );
+        if n == kill_at {
+            urls.truncate(1); // B's address refuses from now on; keep the loop simple
+        }
+    }
+    phase("events sent");
+    assert!(twice > 5, "only {twice} batches were sent twice");
+
+    // B comes back on its spool and sends what it had acknowledged but not written.
+    let b = start(&cfg_b, &dir.path().join("b"), "ingest-restarted.log");
+    let reader = cluster.node(1, 1);
+    poll(
+        "every acknowledged event in the cluster",
+        Duration::from_secs(120),
+        || {
+            let stored: HashSet<String> = reader
+                .query(&format!(
+                    "SELECT DISTINCT message_id FROM {DB}.events FORMAT TSV"
+                ))
+                .map_err(|e| e.to_string())?
+                .lines()
+                .map(str::to_string)
+                .collect();
+            let missing = acked.iter().filter(|id| !stored.contains(*id)).count();
+            if missing == 0 {
+                Ok(())
+            } else {
+                Err(format!("{missing} of {} missing", acked.len()))
+            }
+        },
+    );
+    phase("every acknowledged event stored");
+    // Nothing counted twice: one row per event once duplicates collapse, on either shard.
+    let unique = count(
+        reader,
+        &format!("SELECT uniqExact(message_id) FROM {DB}.events"),
+    );
+    assert_eq!(unique, all.len() as u64);
+    assert_eq!(
+        count(reader, &format!("SELECT count() FROM {DB}.events FINAL")),
+        unique
+    );
+    // Each visitor's rows on one shard.
+    let per_server: Vec<BTreeSet<String>> = [cluster.node(1, 1), cluster.node(2, 1)]
+        .iter()
+        .map(|n| {
+            n.query(&format!(
+                "SELECT DISTINCT visitor_id FROM {DB}.events_local FORMAT TSV"
+            ))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+        })
+        .collect();
+    assert!(
+        per_server[0].is_disjoint(&per_server[1]),
+        "a visitor on both shards"
+    );
+    assert!(
+        !per_server[0].is_empty() && !per_server[1].is_empty(),
+        "one shard holds everything"
+    );
+
+    // The crashed replica comes back and catches up with its shard.
+    cluster
+        .node_mut(2, 2)
+        .resume()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let want = count(
+        cluster.node(2, 1),
+        &format!("SELECT uniqExact(message_id) FROM {DB}.events_local"),
+    );
+    poll(
+        "the crashed replica to catch up",
+        Duration::from_secs(60),
+        || {
+            let got = cluster
+                .node(2, 2)
+                .query(&format!(
+                    "SELECT uniqExact(message_id) FROM {DB}.events_local"
+                ))
+                .map_err(|e| e.to_string())?;
+            (got.trim() == want.to_string()).then_some(()).ok_or(got)
+        },
+    );
+
+    phase("replica caught up");
+    // A single server given every event once answers the same.
+    let single = ClickHouse::start().unwrap_or_else(|e| panic!("{e}"));
+    let one = start(
+        &config(&single.http_url(), None, &dir.path().join("one/spool")),
+        &dir.path().join("one"),
+        "ingest.log",
+    );
+    for batch in &batches {
+        post(&one.url(), &body(batch)).unwrap();
+    }
+    poll(
+        "every event on the single server",
+        Duration::from_secs(60),
+        || {
+            let n = single
+                .query(&format!("SELECT uniqExact(message_id) FROM {DB}.events"))
+                .map_err(|e| e.to_string())?;
+            (n.trim() == all.len().to_string()).then_some(()).ok_or(n)
+        },
+    );
+    phase("single server filled");
+    let want = answers(&one.url());
+    // Both ingest servers of the cluster answer it (the query tables fill through views).
+    for srv in [&a, &b] {
+        poll(
+            "the cluster's answers to equal one server's",
+            Duration::from_secs(60),
+            || {
+                let got = answers(&srv.url());
+                for ((what, w), (_, g)) in want.iter().zip(&got) {
+                    if w != g {
+                        return Err(format!("{what}: {}", differences(g, w, "").join("; ")));
+                    }
+                }
+                Ok(())
+            },
+        );
+    }
+}
