@@ -52,6 +52,8 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   allowed_origins = ["http://127.0.0.1:8000"]   CORS for browsers sending directly ("*" = any)
   ip = "truncate"                  "truncate" (IPv4 /24, IPv6 /48) or "drop"; the raw IP is never stored
   rate_limit = { events_per_second = 5000, burst = 20000 }
+                                   (servers = N: the limit is the site's across N ingest
+                                   servers; each enforces 1/N of the rate and the burst)
                                    optional token bucket on events (absent = unlimited: the
                                    spool cap is the server's own overload guard); a request
                                    the bucket cannot cover gets 429 + Retry-After and nothing

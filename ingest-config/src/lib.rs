@@ -369,6 +369,17 @@ impl std::fmt::Debug for EmailKey {
 pub struct RateLimitConfig {
     pub events_per_second: f64,
     pub burst: u64,
+    /// The ingest servers the site's traffic is spread over (default 1). The limit is the
+    /// site's across all of them, split evenly: each server's bucket refills at
+    /// `events_per_second / servers` and holds `burst / servers` (at least 1). Servers share no
+    /// state, so this is exact when the load balancer spreads requests evenly, and a site
+    /// whose requests all land on one server gets that server's share.
+    #[serde(default = "one_server")]
+    pub servers: u32,
+}
+
+fn one_server() -> u32 {
+    1
 }
 
 /// Configuration problems; each names the key.
@@ -589,6 +600,12 @@ impl Config {
                     return Err(invalid(
                         format!("sites[{i}].rate_limit.events_per_second"),
                         "must be a positive number (leave rate_limit out for no limit)",
+                    ));
+                }
+                if rl.servers == 0 {
+                    return Err(invalid(
+                        format!("sites[{i}].rate_limit.servers"),
+                        "must be at least 1 (the ingest servers sharing the site's limit)",
                     ));
                 }
                 if rl.burst == 0 {
@@ -845,7 +862,8 @@ sites = ["shop"]
             c.sites[0].rate_limit,
             Some(RateLimitConfig {
                 events_per_second: 5000.0,
-                burst: 20000
+                burst: 20000,
+                servers: 1
             })
         );
         assert_eq!(c.edge_secret(), Some("s3cret"));
@@ -858,6 +876,21 @@ sites = ["shop"]
         );
         assert_eq!(c.privacy.suppress_for.0, Duration::from_secs(7 * 86_400));
         assert_eq!(c.privacy.admin_keys[0].sites, ["shop"]);
+    }
+
+    #[test]
+    fn a_cluster_is_named_like_an_identifier() {
+        let with = |cluster: &str| {
+            Config::from_toml(&format!("[clickhouse]\ncluster = {cluster:?}\n")).unwrap()
+        };
+        let c = with("waymark_2x2");
+        assert_eq!(c.clickhouse.cluster.as_deref(), Some("waymark_2x2"));
+        c.validate().unwrap();
+        assert_eq!(Config::default().clickhouse.cluster, None);
+        for bad in ["", "two words", "2x2", "c); DROP"] {
+            let e = with(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("clickhouse.cluster"), "{bad:?}: {e}");
+        }
     }
 
     #[test]
@@ -884,6 +917,7 @@ sites = ["shop"]
             subscribe: true,
         });
         c.query.cache_ttl = HumanDuration(Duration::ZERO);
+        c.clickhouse.cluster = Some("waymark".into());
         c.validate().unwrap();
         let text = c.to_toml();
         let back = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -983,6 +1017,7 @@ sites = ["shop"]
             ("WAYMARK_LISTEN", "127.0.0.1:9999"),
             ("WAYMARK_SPOOL_MAX_BYTES", "10MiB"),
             ("WAYMARK_CLICKHOUSE_DATABASE", "other"),
+            ("WAYMARK_CLICKHOUSE_CLUSTER", "waymark"),
             ("WAYMARK_EDGE_SECRET", "fromenv"),
         ]
         .into_iter()
@@ -992,6 +1027,7 @@ sites = ["shop"]
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.spool.max_bytes, ByteSize(10 << 20));
         assert_eq!(c.clickhouse.database, "other");
+        assert_eq!(c.clickhouse.cluster.as_deref(), Some("waymark"));
         assert_eq!(c.edge_secret(), Some("fromenv"));
 
         let env: HashMap<String, String> = [(

@@ -28,6 +28,7 @@ async fn over_the_limit_gets_429_with_retry_after_and_stores_nothing() {
         c.sites[0].rate_limit = Some(RateLimitConfig {
             events_per_second: 0.001,
             burst: 5,
+            servers: 1,
         });
     })
     .await;

@@ -27,6 +27,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("chromium-driver", "chromedriver"),
     // promtool checks and unit-tests deploy/prometheus/alerts.yml.
     ("prometheus", "promtool"),
+    // ZooKeeper for the cluster test's replicated tables (`waymark_testkit::cluster` runs its
+    // jars from /usr/share/zookeeper; `zooinspector` is the package's one command on PATH).
+    ("zookeeper", "zooinspector"),
 ];
 
 /// Directories with a package-lock.json that `npm ci` installs.

@@ -10,6 +10,12 @@
 //! leaves the bucket in debt (negative); the next requests wait for the debt to be repaid. The
 //! average rate is therefore still `events_per_second`.
 //!
+//! Several ingest servers share a site's limit by splitting it (`rate_limit.servers`): each
+//! enforces `events_per_second / servers` with `burst / servers`, and they share no state. A
+//! shared counter (in ClickHouse, or a store the servers would need besides it) would put a
+//! round trip or a new dependency on every request; an even split is exact behind a load
+//! balancer that spreads requests evenly, which is what one puts in front of stateless servers.
+//!
 //! Sites without a `rate_limit` are unlimited: the spool cap (503 + Retry-After) is the server's
 //! own overload protection, and a guessed default would refuse a legitimately busy site; a limit
 //! is a per-site policy the operator opts into.
@@ -38,11 +44,14 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// This server's share of the site's limit (`servers`: see [`RateLimitConfig::servers`]).
     fn new(cfg: &RateLimitConfig, now: Instant) -> Self {
+        let servers = f64::from(cfg.servers.max(1));
+        let burst = (cfg.burst as f64 / servers).floor().max(1.0);
         Bucket {
-            rate: cfg.events_per_second,
-            burst: cfg.burst as f64,
-            tokens: cfg.burst as f64,
+            rate: cfg.events_per_second / servers,
+            burst,
+            tokens: burst,
             last: now,
         }
     }
@@ -145,6 +154,10 @@ mod tests {
     use super::*;
 
     fn limiter(rate: f64, burst: u64) -> RateLimiter {
+        limiter_on(rate, burst, 1)
+    }
+
+    fn limiter_on(rate: f64, burst: u64, servers: u32) -> RateLimiter {
         let site = |id: &str, rl: Option<RateLimitConfig>| SiteConfig {
             id: id.into(),
             write_keys: vec![],
@@ -166,10 +179,25 @@ mod tests {
                 Some(RateLimitConfig {
                     events_per_second: rate,
                     burst,
+                    servers,
                 }),
             ),
             site("free", None),
         ])
+    }
+
+    #[test]
+    fn a_limit_shared_by_servers_is_split_between_them() {
+        // 10/s with a burst of 20 across two servers: 5/s and 10 here.
+        let l = limiter_on(10.0, 20, 2);
+        let t0 = Instant::now();
+        assert!(l.take_at(&[("a", 10)], t0).is_ok());
+        assert!(l.take_at(&[("a", 1)], t0).is_err());
+        assert!(l.take_at(&[("a", 5)], t0 + Duration::from_secs(1)).is_ok());
+        assert!(l.take_at(&[("a", 1)], t0 + Duration::from_secs(1)).is_err());
+        // A burst smaller than the servers still lets one event through on each.
+        let l = limiter_on(1.0, 1, 4);
+        assert!(l.take_at(&[("a", 1)], t0).is_ok());
     }
 
     #[test]

@@ -316,9 +316,17 @@ pub async fn delete(
                 "{} AND {marker}",
                 person_filter(table, columns, &site, &ids)
             );
-            // `quarantine` is a plain MergeTree; every table takes both forms.
-            st.execute(&delete_statement(&db, table, &filter, lightweight))
-                .await?;
+            // `quarantine` is a plain MergeTree; every table takes both forms. On a cluster,
+            // a mutation of every shard's local table (`ON CLUSTER`); `status` then follows
+            // this server's replica, which gets each of them.
+            let sql = match q.layout().cluster() {
+                Some(_) => format!(
+                    "ALTER TABLE {} DELETE WHERE {filter}",
+                    q.layout().alter_target(&db, table)
+                ),
+                None => delete_statement(&db, table, &filter, lightweight),
+            };
+            st.execute(&sql).await?;
             tables.push(table.to_string());
         }
         let audit = DeletionRow {

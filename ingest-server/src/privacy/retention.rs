@@ -107,7 +107,7 @@ pub async fn run(
                     "SELECT DISTINCT partition FROM system.parts
 WHERE database = {} AND table = {} AND active",
                     lit(db),
-                    lit(table)
+                    lit(&st.layout().local_name(table))
                 ))
                 .await?;
             for p in parts {
@@ -116,7 +116,10 @@ WHERE database = {} AND table = {} AND active",
                 };
                 if droppable(month, sites.len(), &cuts) {
                     client
-                        .query(&format!("ALTER TABLE {db}.{table} DROP PARTITION {month}"))
+                        .query(&format!(
+                            "ALTER TABLE {} DROP PARTITION {month}",
+                            st.layout().alter_target(db, table)
+                        ))
                         .execute()
                         .await?;
                     out.dropped_partitions.push(format!("{table}:{month}"));
@@ -136,7 +139,10 @@ WHERE database = {} AND table = {} AND active",
                 .await?;
             if n.first().is_some_and(|n| n.n > 0) {
                 client
-                    .query(&format!("ALTER TABLE {db}.{table} DELETE WHERE {filter}"))
+                    .query(&format!(
+                        "ALTER TABLE {} DELETE WHERE {filter}",
+                        st.layout().alter_target(db, table)
+                    ))
                     .execute()
                     .await?;
                 out.mutations.push(format!("{table}:{site}"));

@@ -30,6 +30,8 @@ struct Inner {
     /// Whether ClickHouse's time zone is UTC, asked once (see [`QueryState::utc_days`]).
     utc: tokio::sync::OnceCell<bool>,
     identities: Option<Arc<identity::IdentityIndex>>,
+    /// One server or a cluster (`[clickhouse] cluster`): where data-changing `ALTER`s go.
+    layout: crate::store::Layout,
 }
 
 impl QueryState {
@@ -81,6 +83,7 @@ impl QueryState {
             rfm: profile::RfmCache::default(),
             utc: tokio::sync::OnceCell::new(),
             identities,
+            layout: crate::store::Layout::new(clickhouse.cluster.as_deref()),
             client: crate::store::client(clickhouse),
             db: clickhouse.database.clone(),
             read_keys: crate::keys::Keys::new(
@@ -102,6 +105,11 @@ impl QueryState {
     /// The site's RFM quintile boundaries.
     pub(crate) fn rfm(&self) -> &profile::RfmCache {
         &self.0.rfm
+    }
+
+    /// One server or a cluster: the tables `ALTER ... DELETE` and `DROP PARTITION` name.
+    pub fn layout(&self) -> &crate::store::Layout {
+        &self.0.layout
     }
 
     pub fn config(&self) -> &QueryConfig {
