@@ -91,7 +91,7 @@ fn event(id: &str, visitor: usize, n: usize, at: &str) -> String {
     )
 }
 
-fn batch_body(prefix: &str, size: usize, seq: usize) -> String {
+pub(crate) fn batch_body(prefix: &str, size: usize, seq: usize) -> String {
     let at = iso(now_ms() - 200);
     let events: Vec<String> = (0..size)
         .map(|i| {

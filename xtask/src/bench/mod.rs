@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
+mod cluster;
 mod edge;
 mod ingest;
 mod query;
@@ -27,6 +28,7 @@ enum Bench {
     Edge,
     Query(query::Args),
     Triggers(triggers::Args),
+    Cluster(cluster::Args),
 }
 
 pub fn run(root: &Path, args: &Args) -> Result<()> {
@@ -35,6 +37,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         Bench::Ingest(a) => ingest::run(root, a),
         Bench::Query(a) => query::run(root, a),
         Bench::Triggers(a) => triggers::run(root, a),
+        Bench::Cluster(a) => cluster::run(root, a),
     }
 }
 

@@ -43,6 +43,22 @@
 //! table to every shard (each answers from its primary key, a few granules); current releases
 //! skip the shards the key rules out with `optimize_skip_unused_shards = 1`.
 //!
+//! # Several ingest servers: what they share and what the tables absorb
+//!
+//! - Duplicates: each server's dedup remembers the ids it saw (`intake::dedup`); a client retry
+//!   that reaches another server is written twice. It has the same site and visitor, so both
+//!   copies land on one shard, where `events` collapses them on merge and every read that must
+//!   be exact uses `FINAL` or counts distinct message ids, and the query state is built from
+//!   idempotent aggregate states (see [`super::query`]). Replicated tables also drop a block
+//!   identical to one of the last 100 inserted. That covers every figure the API serves, so no
+//!   shared dedup store (a round trip on every request) is kept.
+//! - Inserts: `insert_distributed_sync = 1` (`store::client`), so the writer's spool lets go of
+//!   rows only once every shard they go to has them.
+//! - Identity links: the in-memory index is off on a cluster (its refresh reads this server's
+//!   parts of `identities`, one shard's); ids resolve in ClickHouse per request, where every
+//!   server's links are.
+//! - Rate limits: split per server (`rate_limit.servers`, `intake::ratelimit`).
+//!
 //! # What cluster mode assumes
 //!
 //! A cluster database is created new by this release, so `events` is created with its final
