@@ -258,15 +258,15 @@ pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
         // 18.16 has no RowBinaryWithNamesAndTypes.
         .with_validation(false);
     match cfg.cluster {
-        // An insert into a `Distributed` table is confirmed once every shard's replica has
-        // written its rows, not when they are queued on this server's disk to be sent later:
-        // the writer removes rows from its spool on that confirmation, and a queue on a server
-        // that is then lost would lose them.
-        // A subquery (`IN (SELECT ...)`) over a Distributed table inside a query over another
-        // is run once, by this server, and its result sent to every shard (`GLOBAL IN`):
-        // right whichever key each table is sharded by (18.16 refuses it by default).
         Some(_) => client
+            // An insert into a `Distributed` table is confirmed once a replica of every shard
+            // has written its rows, not when they are queued on this server's disk to be sent
+            // later: the writer lets rows go from its spool on that confirmation, and a queue
+            // on a server that is then lost would lose them.
             .with_setting("insert_distributed_sync", "1")
+            // A subquery (`IN (SELECT ...)`) over a Distributed table inside a query over
+            // another runs once, here, and its result goes to every shard (`GLOBAL IN`): right
+            // whichever key each table is sharded by (18.16 refuses it by default).
             .with_setting("distributed_product_mode", "global"),
         None => client,
     }
