@@ -145,9 +145,14 @@ fn start(binary: &Path, cfg: &IngestConfig, dir: &Path) -> Result<IngestServer> 
     IngestServer::start(binary, cfg, dir, &[("RUST_LOG", "warn")]).map_err(|e| anyhow!("{e}"))
 }
 
-/// Waits until the server has applied its migrations (one event goes all the way through).
-fn warm(url: &str, reader: &ClickHouse) -> Result<()> {
-    post(&agent(), url, &super::ingest::batch_body("warm", 1, 0))?;
+/// Waits until the server at `base` has applied its migrations (one event goes all the way
+/// through).
+fn warm(base: &str, reader: &ClickHouse) -> Result<()> {
+    post(
+        &agent(),
+        &format!("{base}/v1/batch"),
+        &super::ingest::batch_body("warm", 1, 0),
+    )?;
     let deadline = Instant::now() + Duration::from_secs(300);
     while count(reader, &format!("SELECT count() FROM {DB}.events")) < 1 {
         if Instant::now() > deadline {
