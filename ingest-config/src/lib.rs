@@ -21,6 +21,7 @@ use waymark_protocol::privacy::UrlPolicy;
 
 mod env;
 mod help;
+pub mod identity;
 pub mod plan;
 mod query;
 mod triggers;
@@ -294,6 +295,10 @@ pub struct SiteConfig {
     /// `crate::privacy::retention`.
     #[serde(default)]
     pub retention: Option<HumanDuration>,
+    /// Identifiers and merging (`[sites.identity]`): by default user ids and normalised emails
+    /// merge people.
+    #[serde(default)]
+    pub identity: identity::IdentityConfig,
 }
 
 impl SiteConfig {
@@ -576,6 +581,14 @@ impl Config {
                     return Err(invalid(
                         format!("sites[{i}].rate_limit.burst"),
                         "must be at least 1",
+                    ));
+                }
+            }
+            if let Some(r) = &site.identity.phone_region {
+                if r.len() != 2 || !r.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(invalid(
+                        format!("sites[{i}].identity.phone_region"),
+                        format!("{r:?} is not a two-letter region code such as \"DE\""),
                     ));
                 }
             }

@@ -3,6 +3,7 @@
 //! - [`batch`]: the Segment-compatible intake: `/v1/batch`, `/v1/b`, `/v1/track` ... `/v1/group`,
 //!   analytics.js's `/v1/t` ... `/v1/g`, RudderStack's `/beacon/v1/batch`;
 //! - [`edge`]: `/v1/edge`, signed batches forwarded by the edge worker;
+//! - [`import`]: `/v1/import`, bulk NDJSON imports, streamed;
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod batch;
@@ -10,6 +11,7 @@ pub mod body;
 pub mod conn;
 pub mod edge;
 pub mod email;
+pub mod import;
 pub mod ops;
 
 use std::collections::HashMap;
@@ -98,6 +100,7 @@ pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
         .merge(batch::routes(&state))
         .merge(edge::routes(&state))
         .merge(email::routes())
+        .merge(import::routes())
         .merge(ops::routes())
         .merge(crate::triggers::api::router(
             query.clone(),
@@ -106,9 +109,16 @@ pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
         .merge(crate::query::router(query))
         .merge(crate::privacy::router(privacy))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            conn::request_timeout(limit, req, next)
-        }))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| async move {
+                // An import streams for as long as its body lasts (`import`).
+                if req.uri().path() == import::PATH {
+                    next.run(req).await
+                } else {
+                    conn::request_timeout(limit, req, next).await
+                }
+            },
+        ))
         .with_state(state)
 }
 

@@ -189,10 +189,13 @@ async fn accept_forward(
                     urls: site.url_policy(),
                     gpc: false,
                 };
-                rows.extend(super::segment::with_verdicts(
+                let new = super::segment::with_verdicts(
                     v.events.iter().map(|ev| to_row(ev, &facts, &intake.ua)),
                     verdicts,
-                ));
+                );
+                let links = super::identifiers::links_of(&new, &v.events, &site.identity);
+                rows.extend(new);
+                rows.extend(links);
                 rejected.extend(v.rejections.into_iter().map(|mut r| {
                     r.index = r.index.map(|x| x + offset);
                     r

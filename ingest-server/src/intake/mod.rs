@@ -19,6 +19,8 @@ pub mod edge;
 pub mod email;
 pub mod enrich;
 pub mod error;
+pub mod identifiers;
+pub mod import;
 pub mod quality;
 pub mod ratelimit;
 pub mod segment;

@@ -119,9 +119,12 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
         verdicts,
     );
     let total = rows.len();
+    let links = super::identifiers::links_of(&rows, &events, &site.identity);
+    rows.extend(links);
     if let Some(link) = super::email::marker_link(site, d.cookie, d.gpc, &events, received_at_ms) {
         rows.push(super::email::link_row(&site.id, &link, received_at_ms));
     }
+    // Link rows (identifiers, an email click's stitch) are not events: not counted.
     let suppressed = intake.admit_unsuppressed(rows, "api").await?;
     // A suppressed link row is counted as a suppressed event: close enough for a reply.
     let accepted = total.saturating_sub(suppressed);
