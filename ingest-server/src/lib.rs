@@ -79,6 +79,7 @@ pub mod clock;
 /// configs from the same types; see its top doc).
 pub use waymark_ingest_config as config;
 pub mod http;
+pub mod identity;
 pub mod intake;
 pub mod keys;
 pub mod metrics;
@@ -295,7 +296,9 @@ pub async fn serve(
         identities,
         suppressions,
     );
-    let router = app(state, query);
+    let (router, identity) = http::app_parts(state, query);
+    // Merging user ids that share an identifier (`identity`).
+    let merging = tokio::spawn(identity::run(identity));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");
     }
@@ -310,6 +313,7 @@ pub async fn serve(
     upkeep.abort();
     suppression_refresh.abort();
     retention.abort();
+    merging.abort();
     if let Some(t) = identity_refresh {
         t.abort();
     }

@@ -73,6 +73,7 @@ fn authorize<'a>(
 
 async fn handle(
     State(state): State<AppState>,
+    axum::Extension(identity): axum::Extension<crate::identity::IdentityState>,
     Query(q): Query<SiteParam>,
     req: Request,
 ) -> Response {
@@ -155,6 +156,9 @@ async fn handle(
             .into_response()
         }
     };
+    // Merges of the imported identifiers come sooner than the next regular pass (the
+    // writer inserts the rows first; the pass sees them when they are there).
+    identity.nudge();
     let m = &state.intake().metrics;
     m.request("import", status.as_u16());
     if report.rejected_lines > 0 {

@@ -89,6 +89,14 @@ impl AppState {
 
 /// The whole application: intake and operations over `state`, the query API over `query`.
 pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
+    app_parts(state, query).0
+}
+
+/// [`app`], and the identity state whose merge pass (`crate::identity::run`) the caller runs.
+pub fn app_parts(
+    state: AppState,
+    query: crate::query::QueryState,
+) -> (Router, crate::identity::IdentityState) {
     let limit = state.config().http.request_timeout.0;
     let privacy = crate::privacy::PrivacyState::new(
         &state.config().privacy,
@@ -96,11 +104,17 @@ pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
         state.intake().suppressions.clone(),
         state.0.identities.clone(),
     );
-    Router::new()
+    let identity = crate::identity::IdentityState::new(
+        query.clone(),
+        privacy.clone(),
+        state.config().sites.clone(),
+    );
+    let router = Router::new()
         .merge(batch::routes(&state))
         .merge(edge::routes(&state))
         .merge(email::routes())
-        .merge(import::routes())
+        .merge(import::routes().layer(axum::Extension(identity.clone())))
+        .merge(crate::identity::router(identity.clone()))
         .merge(ops::routes())
         .merge(crate::triggers::api::router(
             query.clone(),
@@ -119,7 +133,8 @@ pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
                 }
             },
         ))
-        .with_state(state)
+        .with_state(state);
+    (router, identity)
 }
 
 /// Turns a handler result into a response, counting it.

@@ -20,16 +20,9 @@ use serde_json::{Map, Value};
 use crate::config::identity::IdentityConfig;
 use crate::store::row::{EventRow, LINK_ROW};
 
-/// The pseudo anonymous id prefixes of identifier links.
-pub const EMAIL_PREFIX: &str = "$email:";
-pub const PHONE_PREFIX: &str = "$phone:";
-/// The `source_type` prefix of identifier links.
-pub const SOURCE_PREFIX: &str = "identifier:";
-
-/// Whether an id in `identities` is an identifier rather than an anonymous id.
-pub fn is_identifier(id: &str) -> bool {
-    id.starts_with(EMAIL_PREFIX) || id.starts_with(PHONE_PREFIX)
-}
+pub use crate::store::row::{
+    is_identifier, EMAIL_PREFIX, IDENTIFIER_SOURCE as SOURCE_PREFIX, PHONE_PREFIX,
+};
 
 /// A normalised email, or `None` when `raw` is not one.
 pub fn normalize_email(raw: &str, cfg: &IdentityConfig) -> Option<String> {

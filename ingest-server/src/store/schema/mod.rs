@@ -314,6 +314,26 @@ ORDER BY (site, requested_at, job_id)"],
             columns: EVENTS_QUALITY,
         }),
     },
+    // 140..: identity merging (`crate::identity`).
+    Migration {
+        version: 140,
+        name: "merges",
+        // The record of merges: one row per (merged user id, person's user id), with the
+        // shared identifier that made it; an unmerge writes the same key again with `undone = 1`
+        // and a greater `version` (read with argMax), and the merged id is never merged
+        // automatically again.
+        statements: &["CREATE TABLE IF NOT EXISTS {db}.merges (
+    site String,
+    merged_id String,
+    into_id String,
+    identifier String,
+    at DateTime,
+    undone UInt8,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version)
+ORDER BY (site, merged_id, into_id)"],
+        code: None,
+    },
     // 120..: audience triggers (SQL and design in [`triggers`]).
     Migration {
         version: 120,
