@@ -335,20 +335,21 @@ GROUP BY merged_id, into_id HAVING argMax(undone, version) = 1"
         .into_iter()
         .map(|r| r.id)
         .collect();
+    // (`uid`, not `user_id`: an alias named like the column it aggregates is cyclic.)
     #[derive(Deserialize)]
     struct Link {
         anonymous_id: String,
-        user_id: String,
+        uid: String,
     }
     let current: HashMap<String, String> = st
         .fetch::<Link>(&format!(
-            "SELECT anonymous_id, argMax(user_id, linked_at) AS user_id FROM {db}.identities
+            "SELECT anonymous_id, argMax(user_id, linked_at) AS uid FROM {db}.identities
 WHERE site = {s} AND source_type = {} GROUP BY anonymous_id",
             lit(MERGE_SOURCE)
         ))
         .await?
         .into_iter()
-        .map(|l| (l.anonymous_id, l.user_id))
+        .map(|l| (l.anonymous_id, l.uid))
         .collect();
     let shared: Vec<(String, Vec<String>)> = shared
         .into_iter()
@@ -387,22 +388,22 @@ WHERE site = {s} AND source_type = {} GROUP BY anonymous_id",
         let list = lit_list(chunk.iter().copied());
         let devices: Vec<Link> = st
             .fetch(&format!(
-                "SELECT anonymous_id, argMax(user_id, linked_at) AS user_id FROM {db}.q_ident_by_anon
+                "SELECT anonymous_id, argMax(user_id, linked_at) AS uid FROM {db}.q_ident_by_anon
 WHERE site = {s} AND anonymous_id IN (SELECT anonymous_id FROM {db}.identities
     WHERE site = {s} AND user_id IN {list})
-GROUP BY anonymous_id HAVING user_id IN {list}"
+GROUP BY anonymous_id HAVING uid IN {list}"
             ))
             .await?;
         for d in devices {
             if is_identifier(&d.anonymous_id) || person_of.contains_key(&d.anonymous_id) {
                 continue;
             }
-            if let Some(p) = person_of.get(&d.user_id) {
+            if let Some(p) = person_of.get(&d.uid) {
                 links.push((
                     d.anonymous_id,
                     p.clone(),
                     MERGE_DEVICE_SOURCE,
-                    format!("merge:{}", d.user_id),
+                    format!("merge:{}", d.uid),
                 ));
             }
         }
@@ -490,11 +491,12 @@ pub async fn unmerge(state: &IdentityState, site: &str, id: &str) -> Result<Valu
     struct Row {
         merged_id: String,
         into_id: String,
+        #[serde(rename = "ident")]
         identifier: String,
     }
     let rows: Vec<Row> = st
         .fetch(&format!(
-            "SELECT merged_id, into_id, argMax(identifier, version) AS identifier FROM {db}.merges
+            "SELECT merged_id, into_id, argMax(identifier, version) AS ident FROM {db}.merges
 WHERE site = {s} AND (merged_id = {x} OR into_id = {x})
 GROUP BY merged_id, into_id HAVING argMax(undone, version) = 0"
         ))
@@ -702,8 +704,9 @@ pub async fn suggestions(st: &QueryState, site: &str) -> Result<Value, QueryErro
             "SELECT u.user_id AS user_id, if(p.person = '', u.user_id, p.person) AS person, u.traits AS traits
 FROM (SELECT user_id, argMax(traits, timestamp_ms) AS traits FROM {db}.events
     WHERE site = {s} AND type = 'identify' AND user_id != '' GROUP BY user_id) AS u
-ANY LEFT JOIN (SELECT anonymous_id AS user_id, argMax(user_id, linked_at) AS person
-    FROM {db}.q_ident_by_anon WHERE site = {s} GROUP BY anonymous_id) AS p USING user_id"
+ANY LEFT JOIN (SELECT anon AS user_id, person FROM (
+    SELECT anonymous_id AS anon, argMax(user_id, linked_at) AS person
+    FROM {db}.q_ident_by_anon WHERE site = {s} GROUP BY anonymous_id)) AS p USING user_id"
         ))
         .await?;
     let cands: Vec<Candidate> = rows

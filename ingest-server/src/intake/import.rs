@@ -225,6 +225,9 @@ pub async fn admit_chunk(intake: &Intake, rows: Vec<EventRow>) -> Result<(u64, u
     }
 }
 
+/// A chunk of numbered lines: `(1-based line number, the line's bytes trimmed)`.
+pub type Chunk = Vec<(u64, Vec<u8>)>;
+
 /// Splits `[(line, bytes)]` off a reader, a chunk at a time: see [`chunk_rows`].
 pub struct Lines<R> {
     reader: R,
@@ -245,7 +248,7 @@ impl<R: std::io::BufRead> Lines<R> {
     /// included) it covers; an empty chunk at the end. A line longer than the event limit is
     /// kept cut at the limit plus one byte (so it is refused as too large) and the rest of it
     /// skipped, so memory stays bounded.
-    pub fn next_chunk(&mut self) -> std::io::Result<(Vec<(u64, Vec<u8>)>, u64)> {
+    pub fn next_chunk(&mut self) -> std::io::Result<(Chunk, u64)> {
         use std::io::{BufRead as _, Read as _};
         let mut out = Vec::new();
         let mut covered = 0;

@@ -1,5 +1,6 @@
-//! `GET /openapi.json`: the OpenAPI 3 description of the query API and the email endpoints
-//! (`crate::http::email`). The test `query_openapi` checks live responses of every query
+//! `GET /openapi.json`: the OpenAPI 3 description of the query API, the email endpoints
+//! (`crate::http::email`), the import (`crate::http::import`) and identity endpoints
+//! (`crate::identity`). The test `query_openapi` checks live responses of every query
 //! endpoint, and the email endpoints' real answer types, against these schemas (objects are
 //! closed with `additionalProperties: false`, so a field added to a response without being
 //! described here fails it).
@@ -108,6 +109,8 @@ pub fn document() -> Value {
             "site",
             "user_id",
             "anonymous_ids",
+            "ids",
+            "identifiers",
             "first_seen",
             "last_seen",
             "last_page",
@@ -129,6 +132,12 @@ pub fn document() -> Value {
             "site": string(),
             "user_id": nullable(string()),
             "anonymous_ids": {"type": "array", "items": string(), "description": "Anonymous ids linked to the user."},
+            "ids": {"type": "array", "description": "Every id of the person and where it came from: the user id (`source: user`), user ids merged into it (`type: user_id`, `source: merge`, `merged_into`), anonymous ids with the call that linked them (`identify`, `track`, `email_click`, `merge_device`...).",
+                "items": obj(&["id", "type", "source"], json!({"id": string(), "type": {"type": "string", "enum": ["user_id", "anonymous_id"]},
+                    "source": string(), "merged_into": string(), "user_id": string(), "linked_at": nullable(time())}))},
+            "identifiers": {"type": "array", "description": "Normalised identifiers from identify traits, with the user id they came with and their source (`api`, `edge`, `import`).",
+                "items": obj(&["type", "value", "user_id", "source", "seen_at"], json!({"type": {"type": "string", "enum": ["email", "phone"]},
+                    "value": string(), "user_id": string(), "source": string(), "seen_at": nullable(time())}))},
             "first_seen": nullable(time()),
             "last_seen": nullable(time()),
             "last_page": nullable(obj(&["url", "title", "time"], json!({"url": string(), "title": string(), "time": nullable(time())}))),
@@ -372,6 +381,65 @@ pub fn document() -> Value {
     let send_site_param = json!({"name": "site", "in": "query", "required": false, "schema": {"type": "string"},
         "description": "The site; optional, the send key names it (when given, it must be that key's site)."});
 
+    let unmerge_path = json!({"post": {
+        "summary": "Undo the merges of a person's id",
+        "description": "A merged user id leaves its person; a person's own user id lets every id merged into it go. The merge links are deleted (the answer waits for ClickHouse), the undo is recorded in `merges`, and an id set apart is never merged automatically again.",
+        "security": admin, "parameters": [person_id.clone(), admin_site.clone()],
+        "responses": admin_errors(json!({"200": {"description": "The merges undone.",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Unmerged"}}}}}), "The id is not merged with anyone on this site."),
+    }});
+    let suggestions_path = json!({"get": {
+        "summary": "Near matches to confirm: different people with the same name and postcode",
+        "description": "Never merged automatically. Pairs are scored by the Jaro-Winkler similarity of their emails (1 when neither has one), best first, at most 500.",
+        "parameters": [site_param()],
+        "responses": with_errors(json!({"200": {"description": "The pairs.",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Suggestions"}}}}}), false),
+    }});
+    let import_path = json!({"post": {
+        "summary": "Bulk import: NDJSON in the Segment shape, streamed, of any size",
+        "description": "Authenticated with the site's write key (HTTP Basic user name, over TLS) or a send key (Bearer). Events keep their own timestamp however old (`source = import`); a line without `messageId` gets one derived from the site and the line, so importing the same lines again stores nothing twice. Bad lines are listed by line and field and never stop the rest. `Content-Encoding: gzip` allowed.",
+        "security": [{"writeKey": []}, {"sendKey": []}],
+        "parameters": [{"name": "site", "in": "query", "required": true, "schema": string(), "description": "The site; must be the key's."}],
+        "requestBody": {"required": true, "content": {"application/x-ndjson": {"schema": free()}}},
+        "responses": {
+            "200": {"description": "Every line was read.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImportReport"}}}},
+            "400": {"description": "A bad parameter (`field` names it), or the body broke off (then the import report, with `error`; resume after `acknowledged_lines`).", "content": {"application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/Error"}, {"$ref": "#/components/schemas/ImportReport"}]}}}},
+            "401": {"description": "No key, or not a key of any site.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            "403": {"description": "The key belongs to another site.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            "415": {"description": "A Content-Encoding other than gzip.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            "503": {"description": "The spool stayed full: the import report, with `error`; resume after `acknowledged_lines`.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImportReport"}}}},
+        },
+    }});
+    let unmerged = obj(
+        &["site", "unmerged"],
+        json!({"site": string(), "unmerged": {"type": "array",
+                    "items": obj(&["id", "from", "identifier"], json!({"id": string(), "from": string(), "identifier": string()}))}}),
+    );
+    let suggestions = obj(
+        &["site", "suggestions"],
+        json!({"site": string(), "suggestions": {"type": "array",
+                    "items": obj(&["score", "reason", "a", "b"], json!({"score": {"type": "number", "minimum": 0, "maximum": 1}, "reason": string(),
+                        "a": {"$ref": "#/components/schemas/SuggestedUser"}, "b": {"$ref": "#/components/schemas/SuggestedUser"}}))}}),
+    );
+    let suggested_user = obj(
+        &["user_id", "person", "email"],
+        json!({"user_id": string(), "person": string(), "email": string()}),
+    );
+    let import_report = obj(
+        &[
+            "lines",
+            "accepted",
+            "rejected_lines",
+            "rejected",
+            "suppressed",
+            "acknowledged_lines",
+        ],
+        json!({
+                    "lines": int(), "accepted": int(), "rejected_lines": int(), "suppressed": int(), "acknowledged_lines": int(),
+                    "rejected": {"type": "array", "items": obj(&["line", "field", "reason"], json!({"line": int(), "field": string(), "reason": string()}))},
+                    "error": string()}),
+    );
+
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -384,6 +452,7 @@ pub fn document() -> Value {
                 "readKey": {"type": "http", "scheme": "bearer"},
                 "sendKey": {"type": "http", "scheme": "bearer", "description": "A send key of the site (`[[sites]] send_keys`), never a write or read key."},
                 "adminKey": {"type": "http", "scheme": "bearer", "description": "An admin key ([[privacy.admin_keys]]): its own scope, for deleting and exporting people."},
+                "writeKey": {"type": "http", "scheme": "basic", "description": "The site's write key as the HTTP Basic user name (no password)."},
             },
             "schemas": {
                 "Profile": profile, "Event": event, "EventsPage": events_page,
@@ -395,6 +464,8 @@ pub fn document() -> Value {
                 "SubscriptionRequest": subscription_request, "Subscription": subscription,
                 "SubscriptionList": subscription_list, "TriggerDelivery": delivery,
                 "DeadLetters": dead_letters,
+                    "Unmerged": unmerged, "Suggestions": suggestions, "SuggestedUser": suggested_user,
+                "ImportReport": import_report,
             }
         },
         "security": [{"readKey": []}],
@@ -473,6 +544,9 @@ pub fn document() -> Value {
                 "responses": admin_errors(json!({"200": {"description": "NDJSON, streamed: every stored event, then every identity link, of the person.",
                     "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/ExportLine"}}}}}), "Nothing stored for this id on this site."),
             }},
+            "/v1/persons/{id}/unmerge": unmerge_path,
+            "/v1/identity/suggestions": suggestions_path,
+            "/v1/import": import_path,
             "/v1/email/links": {"post": {
                 "summary": "Tracked links and the open pixel for one recipient's message",
                 "security": [{"sendKey": []}],

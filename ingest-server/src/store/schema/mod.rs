@@ -314,6 +314,13 @@ ORDER BY (site, requested_at, job_id)"],
             columns: EVENTS_QUALITY,
         }),
     },
+    // 120..: audience triggers (SQL and design in [`triggers`]).
+    Migration {
+        version: 120,
+        name: "triggers",
+        statements: triggers::TRIGGERS,
+        code: None,
+    },
     // 140..: identity merging (`crate::identity`).
     Migration {
         version: 140,
@@ -332,13 +339,6 @@ ORDER BY (site, requested_at, job_id)"],
     version UInt64
 ) ENGINE = ReplacingMergeTree(version)
 ORDER BY (site, merged_id, into_id)"],
-        code: None,
-    },
-    // 120..: audience triggers (SQL and design in [`triggers`]).
-    Migration {
-        version: 120,
-        name: "triggers",
-        statements: triggers::TRIGGERS,
         code: None,
     },
 ];
