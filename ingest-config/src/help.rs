@@ -76,6 +76,13 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   field = "properties.revenue"     a path under properties., traits. or context.
   min = 1.0                        the share of events that must carry it (for alerts)
 
+  [sites.identity]                 identifiers from identify traits, and merging people
+  merge_on = ["user_id", "email"]  identifiers that make user ids one person (also "phone")
+  email_plus = false               fold plus-addressing (ada+news@x.com is ada@x.com)
+  email_gmail_dots = false         fold dots in Gmail addresses (a.d.a@gmail.com is ada@...)
+  phone_region = "DE"              region of phone numbers without +country (absent = such
+                                   numbers are no identifier); numbers are stored as E.164
+
   [sites.email]                    tracked email links and open pixels (absent = off)
   base_url = "https://shop.example.com/wm"   the first-party base /e/o/.. and /e/c/.. are served
                                    under (the edge worker's prefix, or this server's public URL)

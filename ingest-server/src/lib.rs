@@ -37,7 +37,12 @@
 //!    [`store::schema::query`], with every other migration) for profiles, event history and
 //!    audiences, resolving ids with an in-memory identity index that the writer feeds through
 //!    [`store::IdentityFeed`].
-//! 7. **Triggers** ([`triggers`]). Every few seconds the persons whose rows were inserted
+//! 7. **Imports and identity** ([`intake::import`], [`identity`]). `POST /v1/import` (and the
+//!    `ingest-server import` CLI over it) streams NDJSON history through the same admit
+//!    pipeline, a chunk at a time, keeping each event's own time (`source = import`); identify
+//!    traits' emails and phones become identifier links ([`intake::identifiers`]), and a merge
+//!    pass links user ids that share one, so a customer is one person everywhere.
+//! 8. **Triggers** ([`triggers`]). Every few seconds the persons whose rows were inserted
 //!    since the last tick, and those whose audience window just closed, are evaluated against
 //!    each subscription; who entered or left is written to an outbox in ClickHouse and POSTed,
 //!    signed, to the subscription's webhook.
@@ -64,15 +69,19 @@
 //!    list ([`store::suppress`]) that [`intake`] and the writer honour.
 //! 8. [`triggers`]: audience subscriptions, their incremental evaluation and the webhook
 //!    deliveries, over [`query`]'s audience language and state, with [`store`]'s tables.
-//! 9. [`http`]: thin handlers over [`intake`], [`query`], [`privacy`] and [`triggers`], `/readyz` and
-//!    `/metrics`, the accept loop; and this file's [`serve`], which wires them together.
+//! 9. [`identity`]: merging user ids that share an identifier, unmerging (admin keys, through
+//!    [`privacy`]) and near-match suggestions, over [`query`]'s state and [`store`]'s tables.
+//! 10. [`http`]: thin handlers over [`intake`], [`query`], [`privacy`], [`triggers`] and
+//!     [`identity`], `/readyz` and `/metrics`, the accept loop; and this file's [`serve`], which
+//!     wires them together.
 //!
 //! Checked with `grep -rhv '^\s*//' src/<module> | grep -o 'crate::[a-z_]*' | sort -u` (code
 //! lines, not comments) per module: `clock`, `config`, `keys`, `metrics`, `store/row.rs`: none;
 //! `spool`: `store` (its `row` only); `store`: `clock config metrics spool`; `intake`:
 //! `clock config keys metrics spool store`; `query`: `clock config keys metrics store`;
 //! `privacy`: `clock config keys query store`; `triggers`: `clock config metrics query store`;
-//! `http`: `clock config intake metrics privacy query spool store triggers`.
+//! `identity`: `clock config privacy query store`;
+//! `http`: `clock config identity intake metrics privacy query spool store triggers`.
 
 pub mod clock;
 /// The settings: the `waymark-ingest-config` crate (its own crate so the test stack can build

@@ -211,8 +211,17 @@ pub async fn call(
         Arc::default(),
         None,
     );
+    let identity = waymark_ingest::identity::IdentityState::new(
+        st.clone(),
+        privacy.clone(),
+        vec![waymark_ingest::config::SiteConfig {
+            id: "shop".into(),
+            ..Default::default()
+        }],
+    );
     let app: axum::Router = waymark_ingest::query::router(st.clone())
         .merge(waymark_ingest::privacy::router(privacy))
+        .merge(waymark_ingest::identity::router(identity))
         .merge(waymark_ingest::triggers::api::router(
             st.clone(),
             waymark_ingest::config::TriggersConfig::default(),

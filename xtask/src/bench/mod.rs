@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Result;
 
 mod edge;
+mod import;
 mod ingest;
 mod query;
 mod triggers;
@@ -27,6 +28,7 @@ enum Bench {
     Edge,
     Query(query::Args),
     Triggers(triggers::Args),
+    Import(import::Args),
 }
 
 pub fn run(root: &Path, args: &Args) -> Result<()> {
@@ -35,6 +37,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         Bench::Ingest(a) => ingest::run(root, a),
         Bench::Query(a) => query::run(root, a),
         Bench::Triggers(a) => triggers::run(root, a),
+        Bench::Import(a) => import::run(root, a),
     }
 }
 
