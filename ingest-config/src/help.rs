@@ -107,13 +107,15 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   subscribe = false                true: the key may also manage /v1/subscriptions on its sites
 
   [triggers]                       audience subscriptions pushed to webhooks
-  evaluate = false                 true on exactly one server: it evaluates and delivers
+  evaluate = false                 true: this server may evaluate and deliver; of several,
+                                   the holder of a lease in ClickHouse does, the rest stand by
   tick = "10s"                     how often touched persons and closed windows are evaluated
+  lease = "30s"                    how soon a standby takes over from a holder that stopped
   max_attempts = 12                attempts per delivery before it is a dead letter
   backoff = "2s"                   wait after the first failure; doubles up to max_backoff
   max_backoff = "10m"
   timeout = "10s"                  one webhook POST at most
-  concurrency = 16                 webhook POSTs in flight at once
+  concurrency = 128                webhook POSTs in flight at once
   max_subscriptions = 1000         per site
 
   [privacy]                        deleting and exporting a person, retention

@@ -10,10 +10,14 @@ use super::HumanDuration;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TriggersConfig {
-    /// Whether this server evaluates subscriptions and delivers to their webhooks. Every server
-    /// serves the subscription API; exactly one of a fleet should evaluate (see the README's
-    /// "Triggers" section).
+    /// Whether this server may evaluate subscriptions and deliver to their webhooks. Every
+    /// server serves the subscription API; of the servers with `evaluate = true` on one
+    /// database, the holder of a lease in ClickHouse evaluates and delivers, the others stand
+    /// by (see the README's "Triggers" section).
     pub evaluate: bool,
+    /// How long the evaluator's lease lasts without a renewal (renewed every tick): how soon a
+    /// standby server takes over from one that stopped without releasing it.
+    pub lease: HumanDuration,
     /// How often persons touched since the last tick, and windows that just closed, are
     /// evaluated.
     pub tick: HumanDuration,
@@ -35,11 +39,12 @@ impl Default for TriggersConfig {
         TriggersConfig {
             evaluate: false,
             tick: HumanDuration(Duration::from_secs(10)),
+            lease: HumanDuration(Duration::from_secs(30)),
             max_attempts: 12,
             backoff: HumanDuration(Duration::from_secs(2)),
             max_backoff: HumanDuration(Duration::from_secs(600)),
             timeout: HumanDuration(Duration::from_secs(10)),
-            concurrency: 16,
+            concurrency: 128,
             max_subscriptions: 1000,
         }
     }
@@ -60,6 +65,12 @@ impl TriggersConfig {
         if self.tick.0 > Duration::from_secs(50) {
             return Err(
                 "triggers.tick: must be at most 50s (deliveries are due within 60 s)".into(),
+            );
+        }
+        if self.lease.0 < self.tick.0 * 3 || self.lease.0 < Duration::from_secs(6) {
+            return Err(
+                "triggers.lease: must be at least 3 ticks and 6s (the holder renews it every tick)"
+                    .into(),
             );
         }
         if self.max_backoff.0 < self.backoff.0 {

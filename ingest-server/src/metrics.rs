@@ -71,6 +71,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("waymark_trigger_transitions_total", Kind::Counter, "Persons who entered or left a subscription's audience, by type (entered, left)."),
     ("waymark_trigger_deliveries_total", Kind::Counter, "Webhook delivery attempts by outcome: delivered, failed (retried later), dead (given up after triggers.max_attempts: a dead letter, listed by GET /v1/subscriptions/dead_letters), cancelled (the subscription was removed)."),
     ("waymark_trigger_pending", Kind::Gauge, "Deliveries in the outbox waiting to be sent or retried."),
+    ("waymark_trigger_lease_held", Kind::Gauge, "1 while this server holds the trigger evaluator's lease (evaluates and delivers), 0 while it stands by."),
     ("waymark_trigger_delivery_seconds", Kind::Histogram, "Time from the tick that found a transition to its successful delivery."),
 ];
 
@@ -410,6 +411,12 @@ impl Metrics {
             vec![Label::new("outcome", outcome)],
         )
         .increment(1);
+    }
+
+    /// Whether this server holds the trigger evaluator's lease.
+    pub fn trigger_lease(&self, held: bool) {
+        self.gauge("waymark_trigger_lease_held", vec![])
+            .set(f64::from(u8::from(held)));
     }
 
     /// Deliveries waiting in the outbox.

@@ -321,6 +321,12 @@ ORDER BY (site, requested_at, job_id)"],
         statements: triggers::TRIGGERS,
         code: None,
     },
+    Migration {
+        version: 121,
+        name: "trigger_lease",
+        statements: triggers::TRIGGER_LEASE,
+        code: None,
+    },
 ];
 
 /// Migration 113: what the intake's data quality checks found in each event
