@@ -111,6 +111,7 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
                                    the holder of a lease in ClickHouse does, the rest stand by
   tick = "10s"                     how often touched persons and closed windows are evaluated
   lease = "30s"                    how soon a standby takes over from a holder that stopped
+                                   (at least 3 ticks)
   max_attempts = 12                attempts per delivery before it is a dead letter
   backoff = "2s"                   wait after the first failure; doubles up to max_backoff
   max_backoff = "10m"

@@ -252,7 +252,8 @@ pub async fn serve(
     let identity_refresh = identities
         .clone()
         .map(|ix| tokio::spawn(ix.run(query.clone(), config.query.identity_refresh.0)));
-    // Triggers: the evaluator and deliverer, on the one server configured to run them.
+    // Triggers: the evaluator and deliverer, on the server that holds the lease among those
+    // configured to run them (`triggers::lease`).
     let triggers = config.triggers.evaluate.then(|| {
         tokio::spawn(triggers::run(
             query.clone(),

@@ -144,7 +144,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut lease = lease::Lease::new(st.clone(), cfg.lease.0);
+    let mut lease = lease::Lease::new(st.clone(), cfg.lease_duration());
     let mut evaluator = Evaluator::new(st.clone());
     let mut delivering: Option<Delivering> = None;
     let mut stop_eval = stop;
@@ -193,7 +193,18 @@ pub async fn run(
         }
         match evaluator.commit(found).await {
             Ok(report) => {
-                metrics.trigger_tick(started.elapsed().as_secs_f64(), report.candidates);
+                let took = started.elapsed();
+                metrics.trigger_tick(took.as_secs_f64(), report.candidates);
+                if took > cfg.tick.0 {
+                    // Deliveries wait for the tick: say where its time went.
+                    tracing::warn!(
+                        seconds = took.as_secs_f64(),
+                        candidates = report.candidates,
+                        deliveries = report.deliveries.len(),
+                        parts = %report.timings,
+                        "a trigger tick took longer than triggers.tick"
+                    );
+                }
                 for d in &report.deliveries {
                     metrics.trigger_transition(&d.kind);
                 }
