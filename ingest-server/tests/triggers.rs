@@ -756,3 +756,105 @@ async fn two_evaluating_servers_deliver_once_each() {
     assert!(holds_lease(&http, stays.addr).await);
     stays.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baseline_records_who_matches_already_without_deliveries() {
+    let db = Db::new().await;
+    let st = db.state(&[]);
+    let now = now_ms();
+    // Before the subscriptions: `early` added to cart, `buyer` added and ordered.
+    db.insert(&[
+        row(
+            "shop",
+            "early",
+            "",
+            "e1",
+            "track",
+            "Product Added",
+            now - 10 * MINUTE,
+        ),
+        row(
+            "shop",
+            "buyer",
+            "",
+            "b1",
+            "track",
+            "Product Added",
+            now - 10 * MINUTE,
+        ),
+        row(
+            "shop",
+            "buyer",
+            "",
+            "b2",
+            "track",
+            "Order Completed",
+            now - 5 * MINUTE,
+        ),
+    ])
+    .await;
+    let sub = |name: &str, conditions: Value| {
+        let body = json!({"name": name, "url": "http://127.0.0.1:9/hook", "secret": SECRET,
+                          "audience": {"conditions": conditions}});
+        subscription::parse(body.to_string().as_bytes()).unwrap()
+    };
+    let added = subscription::create(
+        &st,
+        "shop",
+        sub(
+            "added",
+            json!([{"type": "did", "event": "Product Added", "within": "1h"}]),
+        ),
+        10,
+        now,
+    )
+    .await
+    .unwrap();
+    let abandoned = subscription::create(
+        &st,
+        "shop",
+        sub(
+            "abandoned",
+            json!([{"type": "did", "event": "Product Added", "within": "1h"},
+                   {"type": "did_not", "event": "Order Completed", "within": "1h"}]),
+        ),
+        10,
+        now,
+    )
+    .await
+    .unwrap();
+    let mut ev = Evaluator::new(st.clone());
+    let first = ev.tick(now).await.unwrap();
+    assert_eq!(first.baselines, 2);
+    assert!(first.deliveries.is_empty());
+    let members = sql(&format!(
+        "SELECT sub_id, person FROM {}.trigger_members WHERE member = 1 ORDER BY sub_id, person FORMAT TSV",
+        db.name
+    ));
+    let mut expected = vec![
+        format!("{}\tbuyer", added.id),
+        format!("{}\tearly", added.id),
+        format!("{}\tearly", abandoned.id),
+    ];
+    expected.sort();
+    let got: Vec<&str> = members.lines().collect();
+    assert_eq!(got, expected);
+
+    // Touched again, they are members already: no `entered`; `buyer` enters `abandoned` only
+    // when their order leaves its hour, which is not now.
+    db.insert(&[
+        row(
+            "shop",
+            "early",
+            "",
+            "e2",
+            "track",
+            "Product Added",
+            now + 1000,
+        ),
+        row("shop", "buyer", "", "b3", "page", "", now + 1000),
+    ])
+    .await;
+    let next = ev.tick(now + 2000).await.unwrap();
+    assert!(next.deliveries.is_empty(), "{:?}", next.deliveries);
+}

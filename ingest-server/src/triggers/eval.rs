@@ -196,6 +196,12 @@ pub fn edge_condition(subs: &[&Subscription], prev: i64, now: i64) -> Option<Str
 pub struct Evaluator {
     st: QueryState,
     last_cleanup_ms: i64,
+    /// This evaluator committed the previous tick completely, and nothing else evaluated
+    /// since (the server keeps it only while it holds the lease without a gap): this tick's
+    /// transitions cannot be in the outbox yet, so `record` skips looking for them. Measured
+    /// on `bench triggers` (about 160,000 transitions a tick), the lookup was 80 statements
+    /// of 2,000 keys per tick.
+    clean: bool,
 }
 
 impl Evaluator {
@@ -203,11 +209,18 @@ impl Evaluator {
         Evaluator {
             st,
             last_cleanup_ms: 0,
+            clean: false,
         }
     }
 
     fn db(&self) -> &str {
         self.st.db()
+    }
+
+    /// Forgets that the previous tick was committed by this evaluator (another server may
+    /// have evaluated since: the lease was not held throughout).
+    pub fn unclean(&mut self) {
+        self.clean = false;
     }
 
     async fn state(&self) -> Result<HashMap<String, i64>, QueryError> {
@@ -376,12 +389,15 @@ WHERE site = {s} AND user_id IN {seeds}"
         let now_ms = report.now_ms;
         // Outbox, then memberships (inside `record`), then the state: see the module notes.
         let t = std::time::Instant::now();
-        self.record(&mut report.deliveries, prev).await?;
+        // Clean again only once this commit is complete.
+        let check = !std::mem::replace(&mut self.clean, false);
+        self.record(&mut report.deliveries, prev, check).await?;
         report.timings.record = t.elapsed().as_secs_f64();
         let mut values = baselined;
         values.push(("tick".into(), now_ms));
         values.push(("watermark".into(), ch_now - OVERLAP_SECS));
         self.save_state(&values, now_ms).await?;
+        self.clean = true;
         if now_ms - self.last_cleanup_ms > 3_600_000 {
             self.last_cleanup_ms = now_ms;
             if let Err(e) = self.drop_old_touched(ch_now).await {
@@ -517,13 +533,18 @@ impl Evaluator {
     /// only outbox rows created since (less [`REPEAT_SLACK_MS`] for servers' clocks) are
     /// looked at, so the check reads the recent rows' keys rather than every key the outbox
     /// ever held (keys are random, so `key IN` alone touches every granule).
-    async fn record(&self, deliveries: &mut Vec<Delivery>, prev: i64) -> Result<(), QueryError> {
+    async fn record(
+        &self,
+        deliveries: &mut Vec<Delivery>,
+        prev: i64,
+        check: bool,
+    ) -> Result<(), QueryError> {
         if deliveries.is_empty() {
             return Ok(());
         }
         let db = self.db();
         let mut existing = HashSet::new();
-        for chunk in deliveries.chunks(2000) {
+        for chunk in deliveries.chunks(2000).take_while(|_| check) {
             let keys: Vec<&str> = chunk.iter().map(|d| d.key.as_str()).collect();
             let rows: Vec<KeyRow> = self
                 .st

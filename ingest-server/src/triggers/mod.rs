@@ -173,6 +173,10 @@ pub async fn run(
             }
             continue;
         }
+        if delivering.is_none() {
+            // Another server may have evaluated while this one did not hold the lease.
+            evaluator.unclean();
+        }
         let d = delivering.get_or_insert_with(|| {
             tracing::info!(holder = %lease.id(), "this server holds the trigger lease: evaluating and delivering");
             Delivering::start(&st, &cfg, &metrics)
@@ -188,6 +192,7 @@ pub async fn run(
         // The lease again before writing: a tick longer than the lease must not write beside
         // a new holder.
         if !matches!(lease.acquire().await, Ok(true)) {
+            evaluator.unclean();
             tracing::warn!("the trigger lease was lost during a tick; its findings are dropped (the next holder finds them again)");
             continue;
         }
