@@ -583,14 +583,14 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         lat.last().copied().unwrap_or(f64::NAN)
     );
     // Evaluation failures are the server's warnings: show them rather than a silent figure.
-    let log = std::fs::read_to_string(dir.join("on.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(dir.join("on").join("ingest.log")).unwrap_or_default();
     let failures: Vec<&str> = log.lines().filter(|l| l.contains("trigger")).collect();
     if !failures.is_empty() {
         println!(
             "server warnings about triggers ({}), the last:",
             failures.len()
         );
-        for l in failures.iter().rev().take(3) {
+        for l in failures.iter().rev().take(6) {
             println!("  {l}");
         }
     }
