@@ -177,6 +177,7 @@ async fn accept_forward(
         match parse_events(&events, env.sent_at.as_deref(), received_at_ms) {
             Ok(mut v) => {
                 let verdicts = intake.check_quality(&site.id, &mut v.events, &mut v.rejections);
+                intake.count_rejections(&site.id, &v.rejections);
                 let facts = RequestFacts {
                     site: &site.id,
                     ip_mode: site.ip,

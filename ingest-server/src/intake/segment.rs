@@ -114,6 +114,7 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
         gpc: d.gpc,
     };
     let verdicts = intake.check_quality(&site.id, &mut events, &mut validated.rejections);
+    intake.count_rejections(&site.id, &validated.rejections);
     let mut rows = with_verdicts(
         events.iter().map(|ev| to_row(ev, &facts, &intake.ua)),
         verdicts,
