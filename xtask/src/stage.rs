@@ -149,6 +149,7 @@ fn stages<'a>(root: &'a Path, tools: &'a Tools) -> Vec<(&'static str, StageFn<'a
                 run(cargo()
                     .args(["test", "-p", "waymark-e2e", "--test", "pipeline"])
                     .args(["--test", "email"])
+                    .args(["--test", "quality_page"])
                     .args(["--", "--test-threads=1"])
                     .env("WAYMARK_CHROMIUM", &tools.chromium))
             }),
