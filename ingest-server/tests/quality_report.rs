@@ -181,6 +181,25 @@ async fn the_report_matches_orders_finds_the_drop_and_counts_the_intake() {
     let since = iso(now_ms() - 2 * DAY);
     let r = report(&srv, &since).await;
 
+    // The answer is what /openapi.json says it is, field for field.
+    let doc: Value = common::http()
+        .get(srv.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut errs = Vec::new();
+    conforms(
+        &doc,
+        &json!({"$ref": "#/components/schemas/QualityReport"}),
+        &r,
+        "",
+        &mut errs,
+    );
+    assert!(errs.is_empty(), "{errs:#?}");
+
     let c = &r["consistency"];
     assert_eq!(
         (
@@ -371,4 +390,56 @@ fn figures(html: &str) -> Vec<(String, Value)> {
             )
         })
         .collect()
+}
+
+/// Checks `v` against an OpenAPI schema: closed objects have exactly their properties (the
+/// required ones present), arrays their items, scalars their type; `$ref`s and `nullable` are
+/// followed.
+fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+    if let Some(r) = schema["$ref"].as_str() {
+        let target = doc.pointer(r.trim_start_matches('#')).unwrap();
+        return conforms(doc, target, v, at, errs);
+    }
+    if v.is_null() {
+        if schema["nullable"] != true {
+            errs.push(format!("{at}: null"));
+        }
+        return;
+    }
+    let ok = match schema["type"].as_str() {
+        Some("object") => {
+            let o = v.as_object();
+            if let (Some(o), Some(props)) = (o, schema["properties"].as_object()) {
+                for req in schema["required"].as_array().into_iter().flatten() {
+                    if !o.contains_key(req.as_str().unwrap()) {
+                        errs.push(format!("{at}/{}: missing", req.as_str().unwrap()));
+                    }
+                }
+                for (k, x) in o {
+                    match props.get(k) {
+                        Some(p) => conforms(doc, p, x, &format!("{at}/{k}"), errs),
+                        None if schema["additionalProperties"] == false => {
+                            errs.push(format!("{at}/{k}: not in the document"))
+                        }
+                        None => {}
+                    }
+                }
+            }
+            o.is_some()
+        }
+        Some("array") => {
+            for (i, x) in v.as_array().into_iter().flatten().enumerate() {
+                conforms(doc, &schema["items"], x, &format!("{at}/{i}"), errs);
+            }
+            v.is_array()
+        }
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_u64() || v.is_i64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        _ => true,
+    };
+    if !ok {
+        errs.push(format!("{at}: {v} is not a {}", schema["type"]));
+    }
 }

@@ -216,6 +216,12 @@ pub async fn call(
         .merge(waymark_ingest::triggers::api::router(
             st.clone(),
             waymark_ingest::config::TriggersConfig::default(),
+        ))
+        .merge(waymark_ingest::query::quality::router(
+            waymark_ingest::query::quality::QualityState::new(
+                st.clone(),
+                &waymark_ingest::Config::default(),
+            ),
         ));
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
