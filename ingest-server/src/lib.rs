@@ -37,6 +37,9 @@
 //!    [`store::schema::query`], with every other migration) for profiles, event history and
 //!    audiences, resolving ids with an in-memory identity index that the writer feeds through
 //!    [`store::IdentityFeed`].
+//!    The data quality report ([`query::quality`]: `GET /v1/quality`, the `/quality` page)
+//!    reads `events`, `quarantine` and `quality_hourly`, where the intake's refusals and dropped
+//!    duplicates are counted per site and hour ([`store::quality`]).
 //! 7. **Triggers** ([`triggers`]). Every few seconds the persons whose rows were inserted
 //!    since the last tick, and those whose audience window just closed, are evaluated against
 //!    each subscription; who entered or left is written to an outbox in ClickHouse and POSTed,

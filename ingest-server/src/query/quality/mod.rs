@@ -222,15 +222,10 @@ struct QuarantineRow {
     example_id: String,
 }
 
-/// The report for `site` from `since_ms` to `now_ms`.
-pub async fn report(
-    st: &QualityState,
-    site: &str,
-    since_ms: i64,
-    now_ms: i64,
-) -> Result<Value, QueryError> {
-    let q = &st.query;
-    let db = q.db();
+/// The report's eight SELECTs for `site` since `since_ms`, in the order [`report`] reads them:
+/// hours, names per hour, violations, missing fields, orders per day, order examples, the
+/// intake's counts, quarantine.
+pub fn statements(db: &str, site: &str, since_ms: i64) -> [String; 8] {
     let s = lit(site);
     let since_s = since_ms.div_euclid(1000);
     let from_hour = since_s - since_s.rem_euclid(3600);
@@ -301,6 +296,28 @@ pub async fn report(
         GROUP BY h, reason ORDER BY h, reason",
         int(since_s)
     );
+    [
+        hours_sql,
+        names_sql,
+        violations_sql,
+        missing_sql,
+        orders_sql,
+        order_examples_sql,
+        counts_sql,
+        quarantine_sql,
+    ]
+}
+
+/// The report for `site` from `since_ms` to `now_ms`.
+pub async fn report(
+    st: &QualityState,
+    site: &str,
+    since_ms: i64,
+    now_ms: i64,
+) -> Result<Value, QueryError> {
+    let q = &st.query;
+    let [hours_sql, names_sql, violations_sql, missing_sql, orders_sql, order_examples_sql, counts_sql, quarantine_sql] =
+        statements(q.db(), site, since_ms);
     let (hours, names, violations, missing, order_days, order_examples, counts, quarantine) = tokio::try_join!(
         q.fetch::<HourRow>(&hours_sql),
         q.fetch::<NameHourRow>(&names_sql),
