@@ -385,15 +385,21 @@ pub const GPC_ID_PREFIX: &str = "gpc-";
 /// left out.
 pub fn apply_gpc(events: &mut Vec<Event>, mode: GpcMode) -> usize {
     let before = events.len();
-    match mode {
-        GpcMode::Keep => {}
-        GpcMode::DropEvents => events.clear(),
-        GpcMode::DropIds => {
-            events.retain(|e| !matches!(e.kind, EventType::Alias | EventType::Identify));
-            events.iter_mut().for_each(drop_persistent_ids);
-        }
+    events.retain(|e| gpc_keeps(e, mode));
+    if mode == GpcMode::DropIds {
+        events.iter_mut().for_each(drop_persistent_ids);
     }
     before - events.len()
+}
+
+/// Whether [`apply_gpc`] keeps `e` under `mode` (so a caller can follow which of a batch's
+/// positions remain).
+pub fn gpc_keeps(e: &Event, mode: GpcMode) -> bool {
+    match mode {
+        GpcMode::Keep => true,
+        GpcMode::DropEvents => false,
+        GpcMode::DropIds => !matches!(e.kind, EventType::Alias | EventType::Identify),
+    }
 }
 
 /// Replaces the persistent ids with a session-scoped pseudonym: every event needs an id (the
