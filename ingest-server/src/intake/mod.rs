@@ -136,18 +136,22 @@ impl Intake {
     /// Checks a request's valid events (in batch order, `rejections` naming the others by
     /// position) against `site`'s tracking plan and critical fields, and returns each kept
     /// event's verdict, in order. Under a rejecting plan, an event with a violation is taken
-    /// out of `events` and listed in `rejections` (sorted by position again). A site without
-    /// checks costs nothing: the answer is empty.
+    /// out of `events` and listed in `rejections` (sorted by position again). `positions` is
+    /// each event's position in the batch when the caller removed events after validation
+    /// (Global Privacy Control); `None` derives them from `rejections`. A site without checks
+    /// costs nothing: the answer is empty.
     pub fn check_quality(
         &self,
         site: &str,
+        positions: Option<Vec<usize>>,
         events: &mut Vec<waymark_protocol::Event>,
         rejections: &mut Vec<Rejection>,
     ) -> Vec<quality::Verdict> {
         let Some(q) = self.quality.site(site) else {
             return Vec::new();
         };
-        let positions = quality::batch_positions(events.len(), rejections);
+        let positions =
+            positions.unwrap_or_else(|| quality::batch_positions(events.len(), rejections));
         let mut tally = quality::Tally::new(site, q);
         let mut verdicts = Vec::with_capacity(events.len());
         let mut refused = Vec::new();
