@@ -291,6 +291,19 @@ impl Side for Chdb {
     }
 }
 
+/// Tables that materialized views fill with values of the ClickHouse clock at the insert
+/// (`quality_hourly`'s ack-to-visible delays, migration 131). Loading the snapshot's `events`
+/// on each side runs those views at that side's moment, a second or more apart, so the sums
+/// differ by the gap alone: after the load, such a table is emptied on both sides and gets the
+/// recording's rows instead. The views themselves still run on both versions.
+const CLOCK_FED: &[&str] = &["quality_hourly"];
+
+fn clock_fed(table: &str) -> bool {
+    CLOCK_FED
+        .iter()
+        .any(|t| table.rsplit('.').next() == Some(*t))
+}
+
 /// Replays `script` on both sides; the differences found, one line each.
 fn replay(
     script: &[Sent],
@@ -312,6 +325,15 @@ fn replay(
     for (i, s) in script.iter().enumerate() {
         if i == snapshot_at {
             for (table, rows) in snapshot {
+                if clock_fed(table) {
+                    let empty = format!("ALTER TABLE {table} DELETE WHERE 1");
+                    old.run(&empty)
+                        .unwrap_or_else(|e| panic!("18.16: emptying {table}: {e}"));
+                    new.run(&empty)
+                        .unwrap_or_else(|e| panic!("26: emptying {table}: {e}"));
+                    old.settle(db);
+                    new.settle(db);
+                }
                 let load = format!("INSERT INTO {table} FORMAT TabSeparated\n{rows}");
                 old.run(&load)
                     .unwrap_or_else(|e| panic!("18.16: loading {table}: {e}"));
@@ -403,6 +425,8 @@ async fn reads(st: &waymark_ingest::query::QueryState, now: i64, deleted: bool) 
             enc(&time(now - HOUR))
         ),
         "/v1/profiles/a1/events?site=shop&limit=5".to_string(),
+        "/v1/quality?site=shop".to_string(),
+        format!("/v1/quality?site=shop&since={}", enc(&time(now - 2 * HOUR))),
     ] {
         let a = get(st, &uri, BOTH_KEY).await;
         assert!(
@@ -473,6 +497,9 @@ async fn every_statement_gives_the_same_rows_on_clickhouse_26() {
         }
     }
     assert!(tables.iter().any(|t| t.ends_with(".events")), "{tables:?}");
+    // Tables that views fill from the insert's own clock are loaded as recorded, last.
+    tables.retain(|t| !clock_fed(t));
+    tables.extend(CLOCK_FED.iter().map(|t| format!("{}.{t}", db.name)));
     let snapshot: Vec<(String, String)> = tables
         .iter()
         .map(|t| {
