@@ -128,6 +128,15 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   key = "ak_..."                   GET /v1/deletions/{job}; at least 16 characters, no other
   sites = ["shop"]                 key's value; the name goes to the audit table
 
+  [quality]                        the data quality report (GET /v1/quality, GET /quality)
+  anomaly_factor = 2.0             an event name's hourly volume over this many times, or under
+                                   1/this of, the same hour's 7-day average is an anomaly
+  anomaly_min_events = 20          hours whose 7-day average is under this are not judged
+  flush = "10s"                    how often rejects and dropped duplicates per site and hour
+                                   are added to ClickHouse (quality_hourly)
+  check_interval = "5m"            how often the report refreshes its Prometheus gauges for
+                                   every site; "0s" = never
+
 Sizes accept B, KB, MB, GB, KiB, MiB, GiB (e.g. "64MiB"); durations accept ms, s, m, h, d
 (e.g. "5s", "30d"; "1h 30m" too).
 "#;

@@ -37,6 +37,9 @@
 //!    [`store::schema::query`], with every other migration) for profiles, event history and
 //!    audiences, resolving ids with an in-memory identity index that the writer feeds through
 //!    [`store::IdentityFeed`].
+//!    The data quality report ([`query::quality`]: `GET /v1/quality`, the `/quality` page)
+//!    reads `events`, `quarantine` and `quality_hourly`, where the intake's refusals and dropped
+//!    duplicates are counted per site and hour ([`store::quality`]).
 //! 7. **Triggers** ([`triggers`]). Every few seconds the persons whose rows were inserted
 //!    since the last tick, and those whose audience window just closed, are evaluated against
 //!    each subscription; who entered or left is written to an outbox in ClickHouse and POSTed,
@@ -221,6 +224,7 @@ pub async fn serve(
             "ClickHouse migrations still running; serving meanwhile (the query API answers 503 until they finish)"
         );
     }
+    let quality_sink = sink.clone();
     let writer = Writer::new(
         spool.clone(),
         sink,
@@ -288,6 +292,7 @@ pub async fn serve(
         config.privacy.retention_check.0,
     ));
     let http_config = config.http.clone();
+    let quality_config = config.quality.clone();
     let state = AppState::with_suppressions(
         config,
         spool.clone(),
@@ -296,6 +301,20 @@ pub async fn serve(
         identities,
         suppressions,
     );
+    // Rejects and dropped duplicates per site and hour, into ClickHouse every `quality.flush`.
+    let quality_flusher = tokio::spawn(store::quality::run_flusher(
+        state.intake().hourly.clone(),
+        quality_sink,
+        quality_config.flush.0,
+        stop_rx.clone(),
+    ));
+    // The quality report's gauges, for every site every `quality.check_interval`.
+    let quality_checks = tokio::spawn(query::quality::run_checks(
+        query::quality::QualityState::new(query.clone(), state.config()),
+        state.intake().metrics.clone(),
+        quality_config.check_interval.0,
+        stop_rx.clone(),
+    ));
     let router = app(state, query);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");
@@ -311,6 +330,7 @@ pub async fn serve(
     upkeep.abort();
     suppression_refresh.abort();
     retention.abort();
+    quality_checks.abort();
     if let Some(t) = identity_refresh {
         t.abort();
     }
@@ -320,6 +340,12 @@ pub async fn serve(
         if tokio::time::timeout(FLUSH_TIMEOUT, t).await.is_err() {
             tracing::warn!("trigger deliveries did not stop in time; unrecorded outcomes are sent again at the next start");
         }
+    }
+    if tokio::time::timeout(FLUSH_TIMEOUT, quality_flusher)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last quality counts were not flushed in time");
     }
     match tokio::time::timeout(FLUSH_TIMEOUT, writer).await {
         Ok(_) => tracing::info!(left_in_spool = spool.pending_bytes(), "writer stopped"),

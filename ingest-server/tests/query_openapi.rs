@@ -418,6 +418,14 @@ async fn live_responses_match_the_openapi_document() {
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
     expect(deletions, "get", &a, "no such job");
 
+    let quality = "/v1/quality";
+    let a = get(&st, "/v1/quality?site=shop&since=30d", SHOP_KEY).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    expect(quality, "get", &a, "quality report");
+    let a = get(&st, "/v1/quality?site=shop&since=soon", SHOP_KEY).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    expect(quality, "get", &a, "quality: bad since");
+
     // Every documented operation of the query API was exercised (the email endpoints are not
     // on the query router: `the_email_endpoints_are_described` checks them).
     for (path, item) in doc["paths"].as_object().unwrap() {
