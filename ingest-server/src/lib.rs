@@ -37,6 +37,9 @@
 //!    [`store::schema::query`], with every other migration) for profiles, event history and
 //!    audiences, resolving ids with an in-memory identity index that the writer feeds through
 //!    [`store::IdentityFeed`].
+//!    The data quality report ([`query::quality`]: `GET /v1/quality`, the `/quality` page)
+//!    reads `events`, `quarantine` and `quality_hourly`, where the intake's refusals and dropped
+//!    duplicates are counted per site and hour ([`store::quality`]).
 //! 7. **Imports and identity** ([`intake::import`], [`identity`]). `POST /v1/import` (and the
 //!    `ingest-server import` CLI over it) streams NDJSON history through the same admit
 //!    pipeline, a chunk at a time, keeping each event's own time (`source = import`); identify
@@ -231,6 +234,7 @@ pub async fn serve(
             "ClickHouse migrations still running; serving meanwhile (the query API answers 503 until they finish)"
         );
     }
+    let quality_sink = sink.clone();
     let writer = Writer::new(
         spool.clone(),
         sink,
@@ -262,7 +266,8 @@ pub async fn serve(
     let identity_refresh = identities
         .clone()
         .map(|ix| tokio::spawn(ix.run(query.clone(), config.query.identity_refresh.0)));
-    // Triggers: the evaluator and deliverer, on the one server configured to run them.
+    // Triggers: the evaluator and deliverer, on the server that holds the lease among those
+    // configured to run them (`triggers::lease`).
     let triggers = config.triggers.evaluate.then(|| {
         tokio::spawn(triggers::run(
             query.clone(),
@@ -297,6 +302,7 @@ pub async fn serve(
         config.privacy.retention_check.0,
     ));
     let http_config = config.http.clone();
+    let quality_config = config.quality.clone();
     let state = AppState::with_suppressions(
         config,
         spool.clone(),
@@ -305,6 +311,20 @@ pub async fn serve(
         identities,
         suppressions,
     );
+    // Rejects and dropped duplicates per site and hour, into ClickHouse every `quality.flush`.
+    let quality_flusher = tokio::spawn(store::quality::run_flusher(
+        state.intake().hourly.clone(),
+        quality_sink,
+        quality_config.flush.0,
+        stop_rx.clone(),
+    ));
+    // The quality report's gauges, for every site every `quality.check_interval`.
+    let quality_checks = tokio::spawn(query::quality::run_checks(
+        query::quality::QualityState::new(query.clone(), state.config()),
+        state.intake().metrics.clone(),
+        quality_config.check_interval.0,
+        stop_rx.clone(),
+    ));
     let (router, identity) = http::app_parts(state, query);
     // Merging user ids that share an identifier (`identity`).
     let merging = tokio::spawn(identity::run(identity));
@@ -323,6 +343,7 @@ pub async fn serve(
     suppression_refresh.abort();
     retention.abort();
     merging.abort();
+    quality_checks.abort();
     if let Some(t) = identity_refresh {
         t.abort();
     }
@@ -332,6 +353,12 @@ pub async fn serve(
         if tokio::time::timeout(FLUSH_TIMEOUT, t).await.is_err() {
             tracing::warn!("trigger deliveries did not stop in time; unrecorded outcomes are sent again at the next start");
         }
+    }
+    if tokio::time::timeout(FLUSH_TIMEOUT, quality_flusher)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last quality counts were not flushed in time");
     }
     match tokio::time::timeout(FLUSH_TIMEOUT, writer).await {
         Ok(_) => tracing::info!(left_in_spool = spool.pending_bytes(), "writer stopped"),

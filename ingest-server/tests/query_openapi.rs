@@ -446,6 +446,13 @@ async fn live_responses_match_the_openapi_document() {
     .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text);
     expect(unmerge, "post", &a, "unmerge with a read key");
+    let quality = "/v1/quality";
+    let a = get(&st, "/v1/quality?site=shop&since=30d", SHOP_KEY).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    expect(quality, "get", &a, "quality report");
+    let a = get(&st, "/v1/quality?site=shop&since=soon", SHOP_KEY).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    expect(quality, "get", &a, "quality: bad since");
 
     // Every documented operation of the query API was exercised (the email endpoints are not
     // on the query router: `the_email_endpoints_are_described` checks them).

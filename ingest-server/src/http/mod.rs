@@ -120,6 +120,9 @@ pub fn app_parts(
             query.clone(),
             state.config().triggers.clone(),
         ))
+        .merge(crate::query::quality::router(
+            crate::query::quality::QualityState::new(query.clone(), state.config()),
+        ))
         .merge(crate::query::router(query))
         .merge(crate::privacy::router(privacy))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))

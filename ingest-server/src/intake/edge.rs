@@ -176,7 +176,9 @@ async fn accept_forward(
         let events: Vec<&RawValue> = env.events.iter().map(|e| &**e).collect();
         match parse_events(&events, env.sent_at.as_deref(), received_at_ms) {
             Ok(mut v) => {
-                let verdicts = intake.check_quality(&site.id, &mut v.events, &mut v.rejections);
+                let verdicts =
+                    intake.check_quality(&site.id, None, &mut v.events, &mut v.rejections);
+                intake.count_rejections(&site.id, &v.rejections);
                 let facts = RequestFacts {
                     site: &site.id,
                     ip_mode: site.ip,

@@ -159,7 +159,8 @@ pub fn chunk_rows(
         }
         check_import_event(pos, value, &mut v);
     }
-    let verdicts = intake.check_quality(&site.id, &mut v.events, &mut v.rejections);
+    let verdicts = intake.check_quality(&site.id, None, &mut v.events, &mut v.rejections);
+    intake.count_rejections(&site.id, &v.rejections);
     for r in &v.rejections {
         let line = r.index.map_or(0, |i| lines[i].0);
         report.reject(line, r.field.clone(), r.reason.clone());

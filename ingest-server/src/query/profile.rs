@@ -356,7 +356,8 @@ async fn compute_rfm_bounds(
     let s = lit(site);
     let since = now - st.config().rfm.lookback.0.as_millis() as i64;
     // Per person (anonymous ids mapped to their user), per order key (an order seen under two
-    // visitor ids counts once), then quintiles over people.
+    // visitor ids counts once), then quintiles over people. Both sides of the join are aliased:
+    // current ClickHouse refuses an unaliased subquery there (code 206; 18.16 takes both).
     let sql = format!(
         "SELECT quantilesExact(0.2, 0.4, 0.6, 0.8)(-toFloat64(recency)) AS r,
     quantilesExact(0.2, 0.4, 0.6, 0.8)(toFloat64(frequency)) AS f,
@@ -369,9 +370,9 @@ FROM (
         FROM (
             SELECT if(uid = '', visitor_id, uid) AS person, order_key, timestamp_ms, revenue
             FROM (SELECT visitor_id, order_key, timestamp_ms, revenue FROM {db}.q_orders FINAL
-                  WHERE site = {s} AND timestamp_ms >= {since})
+                  WHERE site = {s} AND timestamp_ms >= {since}) AS o
             ANY LEFT JOIN (SELECT anonymous_id AS visitor_id, argMax(user_id, linked_at) AS uid
-                  FROM {db}.q_ident_by_anon WHERE site = {s} GROUP BY anonymous_id) USING visitor_id
+                  FROM {db}.q_ident_by_anon WHERE site = {s} GROUP BY anonymous_id) AS i USING visitor_id
         )
         GROUP BY person, order_key
     )

@@ -321,6 +321,25 @@ ORDER BY (site, requested_at, job_id)"],
         statements: triggers::TRIGGERS,
         code: None,
     },
+    Migration {
+        version: 121,
+        name: "trigger_lease",
+        statements: triggers::TRIGGER_LEASE,
+        code: None,
+    },
+    // 130..: data quality counters per site and hour (`crate::store::quality`).
+    Migration {
+        version: 130,
+        name: "quality_hourly",
+        statements: &[crate::store::quality::QUALITY_HOURLY],
+        code: None,
+    },
+    Migration {
+        version: 131,
+        name: "quality_freshness",
+        statements: crate::store::quality::FRESHNESS_VIEWS,
+        code: None,
+    },
     // 140..: identity merging (`crate::identity`).
     Migration {
         version: 140,
