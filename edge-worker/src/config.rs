@@ -16,6 +16,9 @@ pub mod vars {
     pub const PREFIX: &str = "WAYMARK_PREFIX";
     /// Base URL of the ingest server; the worker POSTs to `{INGEST_URL}/v1/edge`.
     pub const INGEST_URL: &str = "INGEST_URL";
+    /// Several ingest servers instead of one: base URLs separated by commas, tried in order
+    /// (see [`crate::failover`]). Set this or `INGEST_URL`, not both.
+    pub const INGEST_URLS: &str = "INGEST_URLS";
     /// `truncate` (IPv4 /24, IPv6 /48; the default) or `drop`.
     pub const IP_MODE: &str = "IP_MODE";
     /// What `Sec-GPC: 1` does: `drop-ids` (default), `drop-events` or `keep`.
@@ -94,8 +97,10 @@ impl AllowedOrigins {
 pub struct Config {
     /// Normalised: empty, or `/segment[/segment...]` without a trailing slash.
     pub prefix: String,
-    /// Without a trailing slash. Only the forwarding path needs it.
-    pub ingest_url: Option<String>,
+    /// The ingest servers' base URLs, without a trailing slash, in the order they are tried
+    /// (`INGEST_URLS`, or the one `INGEST_URL`). Empty when neither is set; only the forwarding
+    /// path needs them.
+    pub ingest_urls: Vec<String>,
     pub ip_mode: IpMode,
     pub gpc: GpcMode,
     pub allowed_origins: AllowedOrigins,
@@ -110,7 +115,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             prefix: "/wm".into(),
-            ingest_url: None,
+            ingest_urls: Vec::new(),
             ip_mode: IpMode::Truncate,
             gpc: GpcMode::DropIds,
             allowed_origins: AllowedOrigins::Any,
@@ -156,15 +161,17 @@ impl Config {
         if let Some(p) = get(vars::PREFIX) {
             c.prefix = normalise_prefix(&p)?;
         }
-        if let Some(u) = get(vars::INGEST_URL) {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
+        c.ingest_urls = match (get(vars::INGEST_URL), get(vars::INGEST_URLS)) {
+            (Some(_), Some(_)) => {
                 return Err(err(
-                    vars::INGEST_URL,
-                    format!("must start with http:// or https://, got {u:?}"),
-                ));
+                    vars::INGEST_URLS,
+                    format!("set either {} or INGEST_URLS, not both", vars::INGEST_URL),
+                ))
             }
-            c.ingest_url = Some(u.trim_end_matches('/').to_string());
-        }
+            (Some(one), None) => vec![ingest_url(vars::INGEST_URL, &one)?],
+            (None, Some(list)) => parse_ingest_urls(&list)?,
+            (None, None) => Vec::new(),
+        };
         if let Some(m) = get(vars::IP_MODE) {
             c.ip_mode = match m.to_ascii_lowercase().as_str() {
                 "truncate" => IpMode::Truncate,
@@ -273,6 +280,31 @@ fn email_settings(
     })
 }
 
+fn ingest_url(var: &'static str, u: &str) -> Result<String, ConfigError> {
+    if !(u.starts_with("http://") || u.starts_with("https://")) {
+        return Err(err(
+            var,
+            format!("must start with http:// or https://, got {u:?}"),
+        ));
+    }
+    Ok(u.trim_end_matches('/').to_string())
+}
+
+fn parse_ingest_urls(list: &str) -> Result<Vec<String>, ConfigError> {
+    let mut urls: Vec<String> = Vec::new();
+    for u in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let u = ingest_url(vars::INGEST_URLS, u)?;
+        if urls.contains(&u) {
+            return Err(err(vars::INGEST_URLS, format!("lists {u:?} twice")));
+        }
+        urls.push(u);
+    }
+    if urls.is_empty() {
+        return Err(err(vars::INGEST_URLS, "lists no URL"));
+    }
+    Ok(urls)
+}
+
 fn normalise_prefix(p: &str) -> Result<String, ConfigError> {
     let trimmed = p.trim_matches('/');
     if trimmed.is_empty() {
@@ -356,7 +388,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.allowed_query_params, ["sku", "cat_*"]);
         assert_eq!(c.prefix, "/collect/v");
-        assert_eq!(c.ingest_url.as_deref(), Some("https://ingest.example.com"));
+        assert_eq!(c.ingest_urls, ["https://ingest.example.com"]);
         assert_eq!(c.ip_mode, IpMode::Drop);
         assert_eq!(c.gpc, GpcMode::Keep);
         assert!(c.allowed_origins.allows("https://a.example"));
@@ -372,6 +404,9 @@ mod tests {
             ("WAYMARK_PREFIX", "/a b"),
             ("WAYMARK_PREFIX", "/../x"),
             ("INGEST_URL", "ftp://x"),
+            ("INGEST_URLS", "https://a.example, ftp://x"),
+            ("INGEST_URLS", "https://a.example,https://a.example/"),
+            ("INGEST_URLS", " , "),
             ("IP_MODE", "keep"),
             ("GPC_MODE", "yes"),
             ("ALLOWED_ORIGINS", "https://a.example/path"),
@@ -384,6 +419,31 @@ mod tests {
             assert_eq!(e.var, k, "{v}");
             assert!(e.to_string().starts_with(&format!("{k}: ")), "{e}");
         }
+    }
+
+    #[test]
+    fn a_list_of_ingest_servers_keeps_its_order() {
+        let c = read(&[(
+            "INGEST_URLS",
+            "https://ingest-b.example/, http://10.0.0.7:8080 ,https://ingest-a.example",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.ingest_urls,
+            [
+                "https://ingest-b.example",
+                "http://10.0.0.7:8080",
+                "https://ingest-a.example"
+            ]
+        );
+        assert!(read(&[]).unwrap().ingest_urls.is_empty());
+        let both = read(&[
+            ("INGEST_URL", "https://a.example"),
+            ("INGEST_URLS", "https://b.example"),
+        ])
+        .unwrap_err();
+        assert_eq!(both.var, "INGEST_URLS");
+        assert!(both.reason.contains("not both"), "{both}");
     }
 
     const EMAIL: [(&str, &str); 4] = [

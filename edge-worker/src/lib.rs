@@ -10,7 +10,8 @@
 //!    ([`bot`]) and stamps the receive time, giving one `EdgeEnvelope`.
 //! 3. With a Queue bound (`WAYMARK_QUEUE`) the envelope is enqueued and the tag is answered at
 //!    once; the queue consumer POSTs every delivered batch to the ingest server as one signed
-//!    request per write key ([`forward`]), acknowledges what was stored and asks Queues to
+//!    request per write key ([`forward`]), to the first of the ingest servers that takes it
+//!    ([`failover`]: the next on no answer or a 5xx), acknowledges what was stored and asks Queues to
 //!    deliver the rest again after a growing delay that outlasts a day-long outage
 //!    ([`consume`]); a batch from the dead-letter queue is replayed the same way. Without a
 //!    queue the fetch handler forwards directly and answers 503 when it cannot, so the tag
@@ -29,6 +30,7 @@ pub mod cf;
 pub mod config;
 pub mod consume;
 pub mod email;
+pub mod failover;
 pub mod forward;
 pub mod http;
 pub mod process;

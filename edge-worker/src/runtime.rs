@@ -18,6 +18,7 @@ use crate::config::{vars, Config};
 use crate::consume::{
     group_by_key, is_dead_letter_queue, judge, parse_retry_after, retry_delay_secs, Answer, Verdict,
 };
+use crate::failover::Failover;
 use crate::forward::{
     forward_body, queue_messages, signature_headers, EDGE_PATH, MAX_QUEUE_MESSAGE_BYTES,
 };
@@ -234,41 +235,47 @@ async fn enqueue(q: &Queue, envelope: &EdgeEnvelope) -> std::result::Result<(), 
     Ok(())
 }
 
-/// Where forwards go and the key they are signed with.
+/// Where forwards go (the ingest servers, in the order they are tried) and the key they are
+/// signed with.
 struct Target {
-    url: String,
+    urls: Vec<String>,
     secret: String,
 }
 
 fn target(env: &Env, cfg: &Config) -> std::result::Result<Target, String> {
-    let base = cfg
-        .ingest_url
-        .as_deref()
-        .ok_or_else(|| format!("{}: not set, nowhere to forward to", vars::INGEST_URL))?;
+    if cfg.ingest_urls.is_empty() {
+        return Err(format!(
+            "{} (or {}): not set, nowhere to forward to",
+            vars::INGEST_URL,
+            vars::INGEST_URLS
+        ));
+    }
     let secret = env
         .secret(vars::EDGE_SECRET)
         .map(|s| s.to_string())
         .map_err(|_| format!("{}: the Worker secret is not set", vars::EDGE_SECRET))?;
     Ok(Target {
-        url: format!("{base}{EDGE_PATH}"),
+        urls: cfg
+            .ingest_urls
+            .iter()
+            .map(|base| format!("{base}{EDGE_PATH}"))
+            .collect(),
         secret,
     })
 }
 
-/// One signed `POST {INGEST_URL}/v1/edge` with `envelopes`, signed afresh: the answer, and a
-/// line for the log saying what came back.
-async fn post(t: &Target, envelopes: Vec<EdgeEnvelope>) -> (Answer, String) {
-    let url = &t.url;
-    let body = forward_body(envelopes);
+/// One signed `POST {url}` of `body` (an `EdgeForward`), signed afresh: the answer, and a line
+/// for the log saying what came back.
+async fn post(url: &str, secret: &str, body: &[u8]) -> (Answer, String) {
     let headers = Headers::new();
     let _ = headers.set("content-type", "application/json");
-    for (name, value) in signature_headers(t.secret.as_bytes(), now_ms() / 1000, &body) {
+    for (name, value) in signature_headers(secret.as_bytes(), now_ms() / 1000, body) {
         let _ = headers.set(name, &value);
     }
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_headers(headers)
-        .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
+        .with_body(Some(js_sys::Uint8Array::from(body).into()));
     let request = match Request::new_with_init(url, &init) {
         Ok(r) => r,
         Err(e) => return (Answer::NoAnswer, format!("{url}: {e}")),
@@ -314,15 +321,44 @@ async fn post(t: &Target, envelopes: Vec<EdgeEnvelope>) -> (Answer, String) {
     (answer, detail)
 }
 
-/// The direct path (no queue bound): one signed request; `Err` names what went wrong.
+/// Sends `envelopes` as one forward to the ingest servers, moving on to the next server while
+/// the answer is the server's failure ([`crate::failover`]): the verdict, and what each server
+/// tried answered, for the log.
+async fn send(
+    t: &Target,
+    failover: &mut Failover,
+    envelopes: Vec<EdgeEnvelope>,
+) -> (Verdict, String) {
+    let body = forward_body(envelopes);
+    let mut details = Vec::new();
+    loop {
+        let url = &t.urls[failover.server()];
+        let (answer, detail) = post(url, &t.secret, &body).await;
+        let verdict = judge(answer);
+        let done = failover.record(verdict);
+        if done.is_none() {
+            console_warn!(
+                "waymark edge: {detail}; failing over to {}",
+                t.urls[failover.server()]
+            );
+        }
+        details.push(detail);
+        if let Some(v) = done {
+            return (v, details.join("; then "));
+        }
+    }
+}
+
+/// The direct path (no queue bound): one forward, failing over between the ingest servers;
+/// `Err` names what went wrong.
 async fn forward(
     env: &Env,
     cfg: &Config,
     envelopes: Vec<EdgeEnvelope>,
 ) -> std::result::Result<(), String> {
     let t = target(env, cfg)?;
-    match post(&t, envelopes).await {
-        (answer, _) if judge(answer) == Verdict::Delivered => Ok(()),
+    match send(&t, &mut Failover::new(t.urls.len()), envelopes).await {
+        (Verdict::Delivered, _) => Ok(()),
         (_, detail) => Err(detail),
     }
 }
@@ -536,7 +572,10 @@ async fn consume(batch: MessageBatchSys, env: Env) {
     };
 
     let groups = group_by_key(envelopes.iter().map(|e| e.write_key.as_str()));
-    // A failure of the whole server, once seen, stands for the groups not yet sent.
+    // Which ingest server the next request goes to; each delivery starts at the first.
+    let mut failover = Failover::new(target.urls.len());
+    // A failure of every server (or one that says the configuration is wrong), once seen,
+    // stands for the groups not yet sent.
     let mut server_down: Option<Verdict> = None;
     // Groups to send; a refused group of several comes back as one group per message.
     let mut pending: std::collections::VecDeque<Vec<usize>> = groups.into();
@@ -546,8 +585,8 @@ async fn consume(batch: MessageBatchSys, env: Env) {
             None => {
                 let batch: Vec<EdgeEnvelope> =
                     group.iter().map(|&i| envelopes[i].clone()).collect();
-                let (answer, detail) = post(&target, batch).await;
-                (judge(answer), Some(detail))
+                let (verdict, detail) = send(&target, &mut failover, batch).await;
+                (verdict, Some(detail))
             }
         };
         match verdict {

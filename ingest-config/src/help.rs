@@ -82,6 +82,13 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   field = "properties.revenue"     a path under properties., traits. or context.
   min = 1.0                        the share of events that must carry it (for alerts)
 
+  [sites.identity]                 identifiers from identify traits, and merging people
+  merge_on = ["user_id", "email"]  identifiers that make user ids one person (also "phone")
+  email_plus = false               fold plus-addressing (ada+news@x.com is ada@x.com)
+  email_gmail_dots = false         fold dots in Gmail addresses (a.d.a@gmail.com is ada@...)
+  phone_region = "DE"              region of phone numbers without +country (absent = such
+                                   numbers are no identifier); numbers are stored as E.164
+
   [sites.email]                    tracked email links and open pixels (absent = off)
   base_url = "https://shop.example.com/wm"   the first-party base /e/o/.. and /e/c/.. are served
                                    under (the edge worker's prefix, or this server's public URL)
@@ -113,13 +120,16 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   subscribe = false                true: the key may also manage /v1/subscriptions on its sites
 
   [triggers]                       audience subscriptions pushed to webhooks
-  evaluate = false                 true on exactly one server: it evaluates and delivers
+  evaluate = false                 true: this server may evaluate and deliver; of several,
+                                   the holder of a lease in ClickHouse does, the rest stand by
   tick = "10s"                     how often touched persons and closed windows are evaluated
+  lease = "30s"                    how soon a standby takes over from a holder that stopped
+                                   (at least 3 ticks)
   max_attempts = 12                attempts per delivery before it is a dead letter
   backoff = "2s"                   wait after the first failure; doubles up to max_backoff
   max_backoff = "10m"
   timeout = "10s"                  one webhook POST at most
-  concurrency = 16                 webhook POSTs in flight at once
+  concurrency = 128                webhook POSTs in flight at once
   max_subscriptions = 1000         per site
 
   [privacy]                        deleting and exporting a person, retention
@@ -130,6 +140,15 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   name = "dpo"                     DELETE /v1/persons/{id}, GET /v1/persons/{id}/export and
   key = "ak_..."                   GET /v1/deletions/{job}; at least 16 characters, no other
   sites = ["shop"]                 key's value; the name goes to the audit table
+
+  [quality]                        the data quality report (GET /v1/quality, GET /quality)
+  anomaly_factor = 2.0             an event name's hourly volume over this many times, or under
+                                   1/this of, the same hour's 7-day average is an anomaly
+  anomaly_min_events = 20          hours whose 7-day average is under this are not judged
+  flush = "10s"                    how often rejects and dropped duplicates per site and hour
+                                   are added to ClickHouse (quality_hourly)
+  check_interval = "5m"            how often the report refreshes its Prometheus gauges for
+                                   every site; "0s" = never
 
 Sizes accept B, KB, MB, GB, KiB, MiB, GiB (e.g. "64MiB"); durations accept ms, s, m, h, d
 (e.g. "5s", "30d"; "1h 30m" too).

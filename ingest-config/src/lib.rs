@@ -21,6 +21,7 @@ use waymark_protocol::privacy::UrlPolicy;
 
 mod env;
 mod help;
+pub mod identity;
 pub mod plan;
 mod query;
 mod triggers;
@@ -52,6 +53,9 @@ pub struct Config {
     /// Deletion, export and retention (`[privacy]`): see `PrivacyConfig`.
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    /// The data quality report and its counters (`[quality]`): see `QualityConfig`.
+    #[serde(default)]
+    pub quality: QualityConfig,
 }
 
 impl Default for Config {
@@ -68,6 +72,37 @@ impl Default for Config {
             query: QueryConfig::default(),
             triggers: TriggersConfig::default(),
             privacy: PrivacyConfig::default(),
+            quality: QualityConfig::default(),
+        }
+    }
+}
+
+/// `[quality]`: the data quality report (`GET /v1/quality`, `GET /quality`) and the per site
+/// and hour counters behind it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualityConfig {
+    /// An event name's volume in an hour is an anomaly when it is more than this many times,
+    /// or less than 1/this of, the same hour's average over the last 7 days.
+    pub anomaly_factor: f64,
+    /// Hours the same-hour average must average at least this many events for the hour to be
+    /// judged (a rare event's 0 or 3 is noise, not an anomaly).
+    pub anomaly_min_events: u64,
+    /// How often this server's per site and hour counters (rejects by reason, duplicates
+    /// dropped) are added to ClickHouse's `quality_hourly`; at most this much is lost on a crash.
+    pub flush: HumanDuration,
+    /// How often the report is computed for every site to refresh its Prometheus gauges
+    /// (`waymark_quality_volume_anomalies` ...); "0s" = never (the gauges stay unset).
+    pub check_interval: HumanDuration,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        QualityConfig {
+            anomaly_factor: 2.0,
+            anomaly_min_events: 20,
+            flush: HumanDuration(Duration::from_secs(10)),
+            check_interval: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
@@ -299,6 +334,10 @@ pub struct SiteConfig {
     /// `crate::privacy::retention`.
     #[serde(default)]
     pub retention: Option<HumanDuration>,
+    /// Identifiers and merging (`[sites.identity]`): by default user ids and normalised emails
+    /// merge people.
+    #[serde(default)]
+    pub identity: identity::IdentityConfig,
 }
 
 impl SiteConfig {
@@ -615,6 +654,14 @@ impl Config {
                     ));
                 }
             }
+            if let Some(r) = &site.identity.phone_region {
+                if r.len() != 2 || !r.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(invalid(
+                        format!("sites[{i}].identity.phone_region"),
+                        format!("{r:?} is not a two-letter region code such as \"DE\""),
+                    ));
+                }
+            }
             for (j, p) in site.allowed_query_params.iter().enumerate() {
                 waymark_protocol::privacy::check_param_pattern(p).map_err(|why| {
                     invalid(
@@ -774,6 +821,15 @@ impl Config {
         if self.privacy.suppress_for.0.is_zero() {
             return Err(invalid("privacy.suppress_for", "must be positive"));
         }
+        if !(self.quality.anomaly_factor > 1.0 && self.quality.anomaly_factor.is_finite()) {
+            return Err(invalid(
+                "quality.anomaly_factor",
+                "must be a number above 1 (2 = half or twice the usual volume)",
+            ));
+        }
+        if self.quality.flush.0 < Duration::from_millis(100) {
+            return Err(invalid("quality.flush", "must be at least 100ms"));
+        }
         if self.privacy.retention_check.0 < Duration::from_secs(1) {
             return Err(invalid("privacy.retention_check", "must be at least 1s"));
         }
@@ -844,6 +900,9 @@ suppress_for = "7d"
 name = "dpo"
 key = "ak_shop_0123456789"
 sites = ["shop"]
+[quality]
+anomaly_factor = 3.0
+flush = "2s"
 "#;
 
     #[test]
@@ -876,6 +935,13 @@ sites = ["shop"]
         );
         assert_eq!(c.privacy.suppress_for.0, Duration::from_secs(7 * 86_400));
         assert_eq!(c.privacy.admin_keys[0].sites, ["shop"]);
+        assert_eq!(c.quality.anomaly_factor, 3.0);
+        assert_eq!(c.quality.flush.0, Duration::from_secs(2));
+        assert_eq!(c.quality.check_interval.0, Duration::from_secs(300));
+        let mut bad = c.clone();
+        bad.quality.anomaly_factor = 1.0;
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("quality.anomaly_factor"), "{e}");
     }
 
     #[test]

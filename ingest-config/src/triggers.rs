@@ -10,10 +10,15 @@ use super::HumanDuration;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TriggersConfig {
-    /// Whether this server evaluates subscriptions and delivers to their webhooks. Every server
-    /// serves the subscription API; exactly one of a fleet should evaluate (see the README's
-    /// "Triggers" section).
+    /// Whether this server may evaluate subscriptions and deliver to their webhooks. Every
+    /// server serves the subscription API; of the servers with `evaluate = true` on one
+    /// database, the holder of a lease in ClickHouse evaluates and delivers, the others stand
+    /// by (see the README's "Triggers" section).
     pub evaluate: bool,
+    /// How long the evaluator's lease lasts without a renewal (renewed every tick): how soon a
+    /// standby server takes over from one that stopped without releasing it. At least three
+    /// ticks: a shorter value is raised to that ([`TriggersConfig::lease_duration`]).
+    pub lease: HumanDuration,
     /// How often persons touched since the last tick, and windows that just closed, are
     /// evaluated.
     pub tick: HumanDuration,
@@ -35,17 +40,23 @@ impl Default for TriggersConfig {
         TriggersConfig {
             evaluate: false,
             tick: HumanDuration(Duration::from_secs(10)),
+            lease: HumanDuration(Duration::from_secs(30)),
             max_attempts: 12,
             backoff: HumanDuration(Duration::from_secs(2)),
             max_backoff: HumanDuration(Duration::from_secs(600)),
             timeout: HumanDuration(Duration::from_secs(10)),
-            concurrency: 16,
+            concurrency: 128,
             max_subscriptions: 1000,
         }
     }
 }
 
 impl TriggersConfig {
+    /// The lease in effect: `lease`, and at least three ticks (the holder renews it every tick).
+    pub fn lease_duration(&self) -> Duration {
+        self.lease.0.max(self.tick.0 * 3)
+    }
+
     /// Checks values that parse but make no sense; errors name the key.
     pub fn validate(&self) -> Result<(), String> {
         for (key, d) in [
@@ -60,6 +71,12 @@ impl TriggersConfig {
         if self.tick.0 > Duration::from_secs(50) {
             return Err(
                 "triggers.tick: must be at most 50s (deliveries are due within 60 s)".into(),
+            );
+        }
+        if self.lease.0 < Duration::from_secs(6) {
+            return Err(
+                "triggers.lease: must be at least 6s (the lease is taken with a 2 s wait and renewed with 2 s to spare)"
+                    .into(),
             );
         }
         if self.max_backoff.0 < self.backoff.0 {

@@ -37,7 +37,15 @@
 //!    [`store::schema::query`], with every other migration) for profiles, event history and
 //!    audiences, resolving ids with an in-memory identity index that the writer feeds through
 //!    [`store::IdentityFeed`].
-//! 7. **Triggers** ([`triggers`]). Every few seconds the persons whose rows were inserted
+//!    The data quality report ([`query::quality`]: `GET /v1/quality`, the `/quality` page)
+//!    reads `events`, `quarantine` and `quality_hourly`, where the intake's refusals and dropped
+//!    duplicates are counted per site and hour ([`store::quality`]).
+//! 7. **Imports and identity** ([`intake::import`], [`identity`]). `POST /v1/import` (and the
+//!    `ingest-server import` CLI over it) streams NDJSON history through the same admit
+//!    pipeline, a chunk at a time, keeping each event's own time (`source = import`); identify
+//!    traits' emails and phones become identifier links ([`intake::identifiers`]), and a merge
+//!    pass links user ids that share one, so a customer is one person everywhere.
+//! 8. **Triggers** ([`triggers`]). Every few seconds the persons whose rows were inserted
 //!    since the last tick, and those whose audience window just closed, are evaluated against
 //!    each subscription; who entered or left is written to an outbox in ClickHouse and POSTed,
 //!    signed, to the subscription's webhook.
@@ -64,21 +72,26 @@
 //!    list ([`store::suppress`]) that [`intake`] and the writer honour.
 //! 8. [`triggers`]: audience subscriptions, their incremental evaluation and the webhook
 //!    deliveries, over [`query`]'s audience language and state, with [`store`]'s tables.
-//! 9. [`http`]: thin handlers over [`intake`], [`query`], [`privacy`] and [`triggers`], `/readyz` and
-//!    `/metrics`, the accept loop; and this file's [`serve`], which wires them together.
+//! 9. [`identity`]: merging user ids that share an identifier, unmerging (admin keys, through
+//!    [`privacy`]) and near-match suggestions, over [`query`]'s state and [`store`]'s tables.
+//! 10. [`http`]: thin handlers over [`intake`], [`query`], [`privacy`], [`triggers`] and
+//!     [`identity`], `/readyz` and `/metrics`, the accept loop; and this file's [`serve`], which
+//!     wires them together.
 //!
 //! Checked with `grep -rhv '^\s*//' src/<module> | grep -o 'crate::[a-z_]*' | sort -u` (code
 //! lines, not comments) per module: `clock`, `config`, `keys`, `metrics`, `store/row.rs`: none;
 //! `spool`: `store` (its `row` only); `store`: `clock config metrics spool`; `intake`:
 //! `clock config keys metrics spool store`; `query`: `clock config keys metrics store`;
 //! `privacy`: `clock config keys query store`; `triggers`: `clock config metrics query store`;
-//! `http`: `clock config intake metrics privacy query spool store triggers`.
+//! `identity`: `clock config privacy query store`;
+//! `http`: `clock config identity intake metrics privacy query spool store triggers`.
 
 pub mod clock;
 /// The settings: the `waymark-ingest-config` crate (its own crate so the test stack can build
 /// configs from the same types; see its top doc).
 pub use waymark_ingest_config as config;
 pub mod http;
+pub mod identity;
 pub mod intake;
 pub mod keys;
 pub mod metrics;
@@ -225,6 +238,7 @@ pub async fn serve(
             "ClickHouse migrations still running; serving meanwhile (the query API answers 503 until they finish)"
         );
     }
+    let quality_sink = sink.clone();
     let writer = Writer::new(
         spool.clone(),
         sink,
@@ -256,7 +270,8 @@ pub async fn serve(
     let identity_refresh = identities
         .clone()
         .map(|ix| tokio::spawn(ix.run(query.clone(), config.query.identity_refresh.0)));
-    // Triggers: the evaluator and deliverer, on the one server configured to run them.
+    // Triggers: the evaluator and deliverer, on the server that holds the lease among those
+    // configured to run them (`triggers::lease`).
     let triggers = config.triggers.evaluate.then(|| {
         tokio::spawn(triggers::run(
             query.clone(),
@@ -291,6 +306,7 @@ pub async fn serve(
         config.privacy.retention_check.0,
     ));
     let http_config = config.http.clone();
+    let quality_config = config.quality.clone();
     let state = AppState::with_suppressions(
         config,
         spool.clone(),
@@ -299,7 +315,23 @@ pub async fn serve(
         identities,
         suppressions,
     );
-    let router = app(state, query);
+    // Rejects and dropped duplicates per site and hour, into ClickHouse every `quality.flush`.
+    let quality_flusher = tokio::spawn(store::quality::run_flusher(
+        state.intake().hourly.clone(),
+        quality_sink,
+        quality_config.flush.0,
+        stop_rx.clone(),
+    ));
+    // The quality report's gauges, for every site every `quality.check_interval`.
+    let quality_checks = tokio::spawn(query::quality::run_checks(
+        query::quality::QualityState::new(query.clone(), state.config()),
+        state.intake().metrics.clone(),
+        quality_config.check_interval.0,
+        stop_rx.clone(),
+    ));
+    let (router, identity) = http::app_parts(state, query);
+    // Merging user ids that share an identifier (`identity`).
+    let merging = tokio::spawn(identity::run(identity));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");
     }
@@ -314,6 +346,8 @@ pub async fn serve(
     upkeep.abort();
     suppression_refresh.abort();
     retention.abort();
+    merging.abort();
+    quality_checks.abort();
     if let Some(t) = identity_refresh {
         t.abort();
     }
@@ -323,6 +357,12 @@ pub async fn serve(
         if tokio::time::timeout(FLUSH_TIMEOUT, t).await.is_err() {
             tracing::warn!("trigger deliveries did not stop in time; unrecorded outcomes are sent again at the next start");
         }
+    }
+    if tokio::time::timeout(FLUSH_TIMEOUT, quality_flusher)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last quality counts were not flushed in time");
     }
     match tokio::time::timeout(FLUSH_TIMEOUT, writer).await {
         Ok(_) => tracing::info!(left_in_spool = spool.pending_bytes(), "writer stopped"),

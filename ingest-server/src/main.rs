@@ -1,5 +1,8 @@
 //! `ingest-server --config FILE`: see `--help` for every setting;
-//! `ingest-server quarantine replay`: see `ingest-server quarantine replay --help`.
+//! `ingest-server quarantine replay`: see `ingest-server quarantine replay --help`;
+//! `ingest-server import`: see `ingest-server import --help` and `import_cli.rs`.
+
+mod import_cli;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -28,6 +31,11 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Import a CRM or shop export (CSV or NDJSON) into a running server through
+    /// `POST /v1/import`: customers, orders or events, with a column mapping, a progress bar
+    /// and a summary. Idempotent (message ids from each row's key) and resumable (a
+    /// `FILE.import-state` file records the last acknowledged line).
+    Import(import_cli::ImportArgs),
     /// Rows ClickHouse refused (kept in the `quarantine` table).
     Quarantine {
         #[command(subcommand)]
@@ -94,6 +102,29 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match args.command {
         None => runtime.block_on(serve(config)),
+        Some(Cmd::Import(import)) => {
+            let default_url = format!("http://{}", config.listen);
+            let started = std::time::Instant::now();
+            let s = runtime.block_on(import_cli::run(import, default_url))?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "import done: {} lines read{}, {} sent, {} stored, {} rejected, {} of deleted people skipped; {:.1} s ({:.0} rows/s)",
+                s.lines,
+                if s.resumed_after > 0 {
+                    format!(" (resumed after line {})", s.resumed_after)
+                } else {
+                    String::new()
+                },
+                s.sent,
+                s.accepted,
+                s.rejected,
+                s.suppressed,
+                secs,
+                s.sent as f64 / secs.max(1e-3)
+            );
+            std::io::stdout().flush()?;
+            Ok(())
+        }
         Some(Cmd::Quarantine {
             action: QuarantineCmd::Replay { site, since, wait },
         }) => {

@@ -64,6 +64,14 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("waymark_quality_field_checked_total", Kind::Counter, "Events that should carry a critical field ([[sites.completeness]]), by site, event and field."),
     ("waymark_quality_field_missing_total", Kind::Counter, "Of those, the events that lacked it (absent, null or empty)."),
     ("waymark_quality_field_min", Kind::Gauge, "The share of events that must carry a critical field (its completeness threshold), by site, event and field."),
+    ("waymark_quality_volume_anomalies", Kind::Gauge, "Event names whose volume in the last complete hour was beyond quality.anomaly_factor of the same hour's 7-day average, by site (the quality report, every quality.check_interval)."),
+    ("waymark_quality_freshness_mean_seconds", Kind::Gauge, "Mean time from acknowledgement to visible in ClickHouse over the last 2 hours, by site."),
+    ("waymark_quality_freshness_late_share", Kind::Gauge, "Share of the last 2 hours' events that took over a minute to become visible, by site."),
+    ("waymark_quality_orders_one_side_share", Kind::Gauge, "Share of the last 2 hours' orders (Order Completed by order_id) seen by the browser or the backend only, by site."),
+    ("waymark_quality_orders_revenue_mismatch_share", Kind::Gauge, "Share of the last 2 hours' orders seen by both sides with a different revenue, by site."),
+    ("waymark_quality_rejected_share", Kind::Gauge, "Share of the last 2 hours' received events refused, by site (from quality_hourly, all servers)."),
+    ("waymark_quality_bot_share", Kind::Gauge, "Share of the last 2 hours' events flagged as bots, by site."),
+    ("waymark_quality_clock_corrected_share", Kind::Gauge, "Share of the last 2 hours' events whose timestamp the clock-skew rule moved, by site."),
     ("waymark_query_cache_misses_total", Kind::Counter, "Query answers the cache did not hold (read from ClickHouse), by endpoint."),
     ("waymark_trigger_ticks_total", Kind::Counter, "Trigger evaluation ticks completed."),
     ("waymark_trigger_tick_seconds", Kind::Histogram, "Time one trigger evaluation tick took (all subscriptions)."),
@@ -71,6 +79,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("waymark_trigger_transitions_total", Kind::Counter, "Persons who entered or left a subscription's audience, by type (entered, left)."),
     ("waymark_trigger_deliveries_total", Kind::Counter, "Webhook delivery attempts by outcome: delivered, failed (retried later), dead (given up after triggers.max_attempts: a dead letter, listed by GET /v1/subscriptions/dead_letters), cancelled (the subscription was removed)."),
     ("waymark_trigger_pending", Kind::Gauge, "Deliveries in the outbox waiting to be sent or retried."),
+    ("waymark_trigger_lease_held", Kind::Gauge, "1 while this server holds the trigger evaluator's lease (evaluates and delivers), 0 while it stands by."),
     ("waymark_trigger_delivery_seconds", Kind::Histogram, "Time from the tick that found a transition to its successful delivery."),
 ];
 
@@ -343,6 +352,21 @@ impl Metrics {
         self.quality_field(site, event, field, 0, 0);
     }
 
+    /// A site's quality report figures (`crate::query::quality::gauges`): each becomes
+    /// `waymark_quality_<name>{site}`.
+    pub fn quality_report(&self, site: &str, figures: &[(&'static str, f64)]) {
+        for (name, v) in figures {
+            let Some((full, _, _)) = DESCRIPTIONS
+                .iter()
+                .find(|(n, _, _)| n.strip_prefix("waymark_quality_") == Some(name))
+            else {
+                continue;
+            };
+            self.gauge(full, vec![Label::new("site", site.to_string())])
+                .set(*v);
+        }
+    }
+
     /// Events accepted so far, all sources.
     pub fn accepted_total(&self) -> u64 {
         self.accepted_total.load(Ordering::Relaxed)
@@ -410,6 +434,12 @@ impl Metrics {
             vec![Label::new("outcome", outcome)],
         )
         .increment(1);
+    }
+
+    /// Whether this server holds the trigger evaluator's lease.
+    pub fn trigger_lease(&self, held: bool) {
+        self.gauge("waymark_trigger_lease_held", vec![])
+            .set(f64::from(u8::from(held)));
     }
 
     /// Deliveries waiting in the outbox.

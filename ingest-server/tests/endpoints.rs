@@ -122,14 +122,18 @@ async fn batch_with_basic_auth_lands_with_enriched_fields() {
         .as_str()
         .unwrap()
         .contains("ada@example.com"));
+    // The identify's email is an identifier link too (`intake::identifiers`), normalised.
     let links = wait_for(
         ch,
-        &format!("SELECT user_id, anonymous_id FROM {db}.identities FINAL FORMAT TSV"),
-        "user-1\tanon-1",
+        &format!("SELECT user_id, anonymous_id, source_type FROM {db}.identities FINAL ORDER BY anonymous_id FORMAT TSV"),
+        "user-1\t$email:ada@example.com\tidentifier:api\nuser-1\tanon-1\tidentify",
         WAIT,
     )
     .await;
-    assert_eq!(links, "user-1\tanon-1");
+    assert_eq!(
+        links,
+        "user-1\t$email:ada@example.com\tidentifier:api\nuser-1\tanon-1\tidentify"
+    );
     srv.stop().await;
 }
 

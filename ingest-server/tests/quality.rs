@@ -224,6 +224,37 @@ async fn a_rejecting_plan_refuses_what_breaks_it_and_keeps_the_rest() {
     )
     .await;
     assert_eq!(ids, "r-1-good,r-4-noemail,r-6-engagement");
+
+    // Under Sec-GPC the identify leaves before the plan sees the batch; the rejections still
+    // name the events' places in the batch as sent.
+    let at = iso(now_ms());
+    let gpc_batch = json!({"batch": [
+        {"type": "identify", "messageId": "g-0", "anonymousId": "a2", "userId": "u3", "traits": {"email": "bad"}, "timestamp": at},
+        {"type": "track", "event": "Order Completed", "messageId": "g-1", "anonymousId": "a2", "properties": {"order_id": "o4"}, "timestamp": at},
+        {"type": "track", "event": "Order Complete", "messageId": "g-2", "anonymousId": "a2", "timestamp": at},
+    ]});
+    let resp = common::http()
+        .post(srv.url("/v1/batch"))
+        .basic_auth(WRITE_KEY, Some(""))
+        .header("content-type", "application/json")
+        .header("sec-gpc", "1")
+        .body(gpc_batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    let got: Vec<(u64, &str)> = answer["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [(1, "properties.revenue"), (2, "event")],
+        "positions in the batch as sent: {answer}"
+    );
     srv.stop().await;
 }
 

@@ -418,11 +418,51 @@ async fn live_responses_match_the_openapi_document() {
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
     expect(deletions, "get", &a, "no such job");
 
+    // Identity: near-match suggestions (a read key), unmerge (an admin key).
+    let suggestions = "/v1/identity/suggestions";
+    let a = get(&st, "/v1/identity/suggestions?site=shop", SHOP_KEY).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    expect(suggestions, "get", &a, "suggestions");
+    let unmerge = "/v1/persons/{id}/unmerge";
+    let a = call(
+        &st,
+        "POST",
+        "/v1/persons/alice/unmerge?site=shop",
+        Some(ADMIN_KEY),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.text);
+    expect(unmerge, "post", &a, "unmerge of someone not merged");
+    let a = call(
+        &st,
+        "POST",
+        "/v1/persons/alice/unmerge?site=shop",
+        Some(SHOP_KEY),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text);
+    expect(unmerge, "post", &a, "unmerge with a read key");
+    let quality = "/v1/quality";
+    let a = get(&st, "/v1/quality?site=shop&since=30d", SHOP_KEY).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    expect(quality, "get", &a, "quality report");
+    let a = get(&st, "/v1/quality?site=shop&since=soon", SHOP_KEY).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    expect(quality, "get", &a, "quality: bad since");
+
     // Every documented operation of the query API was exercised (the email endpoints are not
     // on the query router: `the_email_endpoints_are_described` checks them).
     for (path, item) in doc["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
-            if path == "/openapi.json" || EMAIL_PATHS.contains(&path.as_str()) {
+            // `/v1/import` is on the intake's router: `the_import_report_is_described`.
+            if path == "/openapi.json"
+                || path == "/v1/import"
+                || EMAIL_PATHS.contains(&path.as_str())
+            {
                 continue;
             }
             assert!(
@@ -432,6 +472,38 @@ async fn live_responses_match_the_openapi_document() {
         }
     }
     assert!(checked >= 20);
+}
+
+/// `POST /v1/import`'s answer (its live answers are checked in `tests/import.rs`): a real
+/// report matches the documented schema, and the endpoint takes write or send keys.
+#[test]
+fn the_import_report_is_described() {
+    let doc = waymark_ingest::query::openapi::document();
+    let op = &doc["paths"]["/v1/import"]["post"];
+    assert_eq!(op["security"], json!([{"writeKey": []}, {"sendKey": []}]));
+    let report = waymark_ingest::intake::import::ImportReport {
+        lines: 3,
+        accepted: 1,
+        rejected_lines: 1,
+        rejected: vec![waymark_ingest::intake::import::LineRejection {
+            line: 3,
+            field: "type".into(),
+            reason: "missing".into(),
+        }],
+        suppressed: 0,
+        acknowledged_lines: 3,
+        error: Some("stopped".into()),
+    };
+    let mut errs = Vec::new();
+    let schema = json!({"$ref": "#/components/schemas/ImportReport"});
+    check(
+        &doc,
+        &schema,
+        &serde_json::to_value(&report).unwrap(),
+        "report",
+        &mut errs,
+    );
+    assert!(errs.is_empty(), "{errs:?}");
 }
 
 /// The email endpoints' paths in the document.

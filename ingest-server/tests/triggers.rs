@@ -605,3 +605,256 @@ async fn a_restart_loses_no_delivery_and_sends_none_twice() {
     assert_eq!(del(id).await.unwrap().status(), 404);
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lease_holder_at_a_time() {
+    let db = Db::new().await;
+    let st = db.state(&[]);
+    let mut a = waymark_ingest::triggers::Lease::new(st.clone(), Duration::from_secs(6));
+    let mut b = waymark_ingest::triggers::Lease::new(st.clone(), Duration::from_secs(6));
+
+    // Both take the free lease at once: one wins, and both agree which.
+    let (ha, hb) = tokio::join!(a.acquire(), b.acquire());
+    let (ha, hb) = (ha.unwrap(), hb.unwrap());
+    assert!(
+        ha ^ hb,
+        "exactly one server holds the lease: a {ha}, b {hb}"
+    );
+    let (mut holder, mut other) = if ha { (a, b) } else { (b, a) };
+    assert!(!other.acquire().await.unwrap(), "a held lease is not taken");
+    assert!(holder.acquire().await.unwrap(), "the holder renews");
+    assert!(holder.held());
+
+    // The holder stops renewing: the other takes it once it expires, and the old holder, back,
+    // finds it taken.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !other.acquire().await.unwrap() {
+        assert!(Instant::now() < deadline, "the expired lease was not taken");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        !holder.acquire().await.unwrap(),
+        "a lease taken over stays with the new holder"
+    );
+    assert!(!holder.held());
+
+    // A released lease is taken at once, without waiting for its expiry.
+    other.release().await.unwrap();
+    let t = Instant::now();
+    assert!(holder.acquire().await.unwrap(), "a released lease is free");
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert!(!other.acquire().await.unwrap());
+}
+
+/// Whether the server at `addr` says it holds the trigger lease.
+async fn holds_lease(http: &reqwest::Client, addr: SocketAddr) -> bool {
+    http.get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .any(|l| l == "waymark_trigger_lease_held 1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_evaluating_servers_deliver_once_each() {
+    let ch = clickhouse();
+    let db = tokio::task::block_in_place(|| ch.fresh_database()).unwrap();
+    let (spool_a, spool_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rx = Receiver::start().await;
+    let http = reqwest::Client::new();
+    let a = start(&db, spool_a.path()).await;
+    let b = start(&db, spool_b.path()).await;
+    for s in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = http
+                .get(format!("http://{}/readyz", s.addr))
+                .send()
+                .await
+                .unwrap();
+            let body = r.text().await.unwrap();
+            if body.contains("\"schema\":\"ok\"") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not ready: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let r = http
+        .post(format!("http://{}/v1/subscriptions?site=shop", a.addr))
+        .bearer_auth("rk_platform")
+        .body(
+            json!({"name": "added", "url": rx.url("/hook"), "secret": SECRET,
+                   "audience": {"conditions": [{"type": "did", "event": "Product Added", "within": "1h"}]}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let tick = format!("SELECT argMax(value, version) FROM {db}.trigger_state WHERE name = 'tick'");
+    let last_tick = || -> i64 {
+        tokio::task::block_in_place(|| ch.query(&tick))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let baseline = format!("SELECT count() FROM {db}.trigger_state WHERE name LIKE 'baseline/%'");
+    wait_until("the baseline", Duration::from_secs(60), || {
+        tokio::task::block_in_place(|| ch.query(&baseline)).is_ok_and(|n| n.trim() != "0")
+    })
+    .await;
+
+    // Events through both servers; each person is delivered once, and still once after several
+    // more ticks (of whichever server evaluates).
+    let first: Vec<String> = (1..=10).map(|i| format!("p{i}")).collect();
+    send_adds(a.addr, &first[..5]).await;
+    send_adds(b.addr, &first[5..]).await;
+    wait_until("ten deliveries", Duration::from_secs(60), || {
+        rx.delivered().len() == 10
+    })
+    .await;
+    let after = last_tick() + 3_000;
+    wait_until("three more ticks", Duration::from_secs(60), || {
+        last_tick() >= after
+    })
+    .await;
+    let delivered = rx.delivered();
+    assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
+    let (ha, hb) = (
+        holds_lease(&http, a.addr).await,
+        holds_lease(&http, b.addr).await,
+    );
+    assert!(ha ^ hb, "one server holds the lease: a {ha}, b {hb}");
+
+    // The holder stops; the other takes over and delivers the next ones, once each.
+    let (gone, stays) = if ha { (a, b) } else { (b, a) };
+    gone.shutdown().await;
+    let second: Vec<String> = (11..=20).map(|i| format!("p{i}")).collect();
+    send_adds(stays.addr, &second).await;
+    wait_until("twenty deliveries", Duration::from_secs(60), || {
+        rx.delivered().len() == 20
+    })
+    .await;
+    let after = last_tick() + 3_000;
+    wait_until("three more ticks", Duration::from_secs(60), || {
+        last_tick() >= after
+    })
+    .await;
+    let delivered = rx.delivered();
+    assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
+    assert_eq!(
+        rx.seen.lock().unwrap().requests.len(),
+        20,
+        "no request was sent twice"
+    );
+    assert!(holds_lease(&http, stays.addr).await);
+    stays.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baseline_records_who_matches_already_without_deliveries() {
+    let db = Db::new().await;
+    let st = db.state(&[]);
+    let now = now_ms();
+    // Before the subscriptions: `early` added to cart, `buyer` added and ordered.
+    db.insert(&[
+        row(
+            "shop",
+            "early",
+            "",
+            "e1",
+            "track",
+            "Product Added",
+            now - 10 * MINUTE,
+        ),
+        row(
+            "shop",
+            "buyer",
+            "",
+            "b1",
+            "track",
+            "Product Added",
+            now - 10 * MINUTE,
+        ),
+        row(
+            "shop",
+            "buyer",
+            "",
+            "b2",
+            "track",
+            "Order Completed",
+            now - 5 * MINUTE,
+        ),
+    ])
+    .await;
+    let sub = |name: &str, conditions: Value| {
+        let body = json!({"name": name, "url": "http://127.0.0.1:9/hook", "secret": SECRET,
+                          "audience": {"conditions": conditions}});
+        subscription::parse(body.to_string().as_bytes()).unwrap()
+    };
+    let added = subscription::create(
+        &st,
+        "shop",
+        sub(
+            "added",
+            json!([{"type": "did", "event": "Product Added", "within": "1h"}]),
+        ),
+        10,
+        now,
+    )
+    .await
+    .unwrap();
+    let abandoned = subscription::create(
+        &st,
+        "shop",
+        sub(
+            "abandoned",
+            json!([{"type": "did", "event": "Product Added", "within": "1h"},
+                   {"type": "did_not", "event": "Order Completed", "within": "1h"}]),
+        ),
+        10,
+        now,
+    )
+    .await
+    .unwrap();
+    let mut ev = Evaluator::new(st.clone());
+    let first = ev.tick(now).await.unwrap();
+    assert_eq!(first.baselines, 2);
+    assert!(first.deliveries.is_empty());
+    let members = sql(&format!(
+        "SELECT sub_id, person FROM {}.trigger_members WHERE member = 1 ORDER BY sub_id, person FORMAT TSV",
+        db.name
+    ));
+    let mut expected = vec![
+        format!("{}\tbuyer", added.id),
+        format!("{}\tearly", added.id),
+        format!("{}\tearly", abandoned.id),
+    ];
+    expected.sort();
+    let got: Vec<&str> = members.lines().collect();
+    assert_eq!(got, expected);
+
+    // Touched again, they are members already: no `entered`; `buyer` enters `abandoned` only
+    // when their order leaves its hour, which is not now.
+    db.insert(&[
+        row(
+            "shop",
+            "early",
+            "",
+            "e2",
+            "track",
+            "Product Added",
+            now + 1000,
+        ),
+        row("shop", "buyer", "", "b3", "page", "", now + 1000),
+    ])
+    .await;
+    let next = ev.tick(now + 2000).await.unwrap();
+    assert!(next.deliveries.is_empty(), "{:?}", next.deliveries);
+}

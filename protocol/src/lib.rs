@@ -43,4 +43,6 @@ pub mod validate;
 #[cfg(feature = "std")]
 pub use event::{Batch, Event, EventType};
 #[cfg(feature = "validate")]
-pub use validate::{parse_batch, parse_events, parse_single, BatchError, Rejection, Validated};
+pub use validate::{
+    check_import_event, parse_batch, parse_events, parse_single, BatchError, Rejection, Validated,
+};

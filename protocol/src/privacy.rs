@@ -5,7 +5,7 @@
 //! # URLs ([`redact_url`], [`redact_event`])
 //!
 //! `context.page.url`, `.search` and `.referrer`, the same three in a `page` event's
-//! properties, and `$click`'s `href` are rewritten:
+//! properties, `$click`'s `href` and `$email_click`'s `url` (the link's target) are rewritten:
 //!
 //! - every query parameter whose name is not on the site's allow-list ([`UrlPolicy`]: `utm_*`,
 //!   `gclid`, `fbclid` and the names the site adds, `*` at the end matching a prefix, ASCII case
@@ -303,13 +303,18 @@ pub fn needs_redaction(ev: &Event, p: &UrlPolicy<'_>) -> bool {
         .iter()
         .any(|k| dirty(page.and_then(|o| o.get(*k))))
         || (ev.kind == EventType::Page && PAGE_FIELDS.iter().any(|k| dirty(ev.properties.get(*k))))
-        || (is_click(ev) && dirty(ev.properties.get("href")))
+        || link_field(ev).is_some_and(|k| dirty(ev.properties.get(k)))
 }
 
 const PAGE_FIELDS: &[&str] = &["url", "search", "referrer"];
 
-fn is_click(ev: &Event) -> bool {
-    ev.event.as_deref() == Some(names::CLICK)
+/// The property holding a followed link's target: `$click`'s `href`, `$email_click`'s `url`.
+fn link_field(ev: &Event) -> Option<&'static str> {
+    match ev.event.as_deref()? {
+        names::CLICK => Some("href"),
+        crate::email::CLICK_EVENT => Some("url"),
+        _ => None,
+    }
 }
 
 /// Applies [`redact_url`] to the URL fields of an event (see the module doc); whether
@@ -326,8 +331,8 @@ pub fn redact_event_in_place(ev: &mut Event, p: &UrlPolicy<'_>) -> bool {
             changed |= redact_field(&mut ev.properties, k, p);
         }
     }
-    if is_click(ev) {
-        changed |= redact_field(&mut ev.properties, "href", p);
+    if let Some(k) = link_field(ev) {
+        changed |= redact_field(&mut ev.properties, k, p);
     }
     changed
 }
@@ -380,15 +385,21 @@ pub const GPC_ID_PREFIX: &str = "gpc-";
 /// left out.
 pub fn apply_gpc(events: &mut Vec<Event>, mode: GpcMode) -> usize {
     let before = events.len();
-    match mode {
-        GpcMode::Keep => {}
-        GpcMode::DropEvents => events.clear(),
-        GpcMode::DropIds => {
-            events.retain(|e| !matches!(e.kind, EventType::Alias | EventType::Identify));
-            events.iter_mut().for_each(drop_persistent_ids);
-        }
+    events.retain(|e| gpc_keeps(e, mode));
+    if mode == GpcMode::DropIds {
+        events.iter_mut().for_each(drop_persistent_ids);
     }
     before - events.len()
+}
+
+/// Whether [`apply_gpc`] keeps `e` under `mode` (so a caller can follow which of a batch's
+/// positions remain).
+pub fn gpc_keeps(e: &Event, mode: GpcMode) -> bool {
+    match mode {
+        GpcMode::Keep => true,
+        GpcMode::DropEvents => false,
+        GpcMode::DropIds => !matches!(e.kind, EventType::Alias | EventType::Identify),
+    }
 }
 
 /// Replaces the persistent ids with a session-scoped pseudonym: every event needs an id (the
@@ -550,6 +561,24 @@ mod tests {
         assert_eq!(
             ev.properties["href"], "?k=v",
             "href is only a $click property"
+        );
+
+        // An email click's target is a URL the site wrote, and may carry the reader's address.
+        ev.kind = EventType::Track;
+        ev.event = Some(crate::email::CLICK_EVENT.to_string());
+        ev.properties = json!({"url": "https://s.example/cart?u=a@b.co&utm_source=mail",
+            "email": "a@b.co", "campaign": "c"})
+        .as_object()
+        .unwrap()
+        .clone();
+        let e = redact_event(&ev, &p).expect("changed");
+        assert_eq!(
+            e.properties["url"],
+            "https://s.example/cart?u=REDACTED&utm_source=mail"
+        );
+        assert_eq!(
+            e.properties["email"], "a@b.co",
+            "the recipient property is not a URL"
         );
     }
 

@@ -307,9 +307,15 @@ fn check_one(
     received_at_ms: i64,
     out: &mut Validated,
 ) {
+    let Validated {
+        events,
+        rejections,
+        sent_at,
+        ..
+    } = out;
     let mut p = Problems {
         index,
-        out: &mut out.rejections,
+        out: rejections,
         found: false,
     };
     let bytes = raw.get().len();
@@ -327,6 +333,37 @@ fn check_one(
             return;
         }
     };
+    check_event_value(
+        p,
+        value,
+        implied,
+        Some(received_at_ms),
+        sent_at.as_deref(),
+        events,
+    );
+}
+
+/// Validates one event of a bulk import (`POST /v1/import`), already parsed: the same checks
+/// as [`parse_batch`] makes of each event, except the window in the past (imports carry years
+/// of history; their time is taken as it is). Its rejections carry `index`.
+pub fn check_import_event(index: usize, value: Value, out: &mut Validated) {
+    let p = Problems {
+        index,
+        out: &mut out.rejections,
+        found: false,
+    };
+    check_event_value(p, value, None, None, None, &mut out.events);
+}
+
+/// The checks of one event; `received_at_ms` is `None` for imports (no window in the past).
+fn check_event_value(
+    mut p: Problems<'_>,
+    value: Value,
+    implied: Option<EventType>,
+    received_at_ms: Option<i64>,
+    batch_sent_at: Option<&str>,
+    events: &mut Vec<Event>,
+) {
     let Value::Object(mut obj) = value else {
         p.add("", "must be a JSON object");
         return;
@@ -427,17 +464,19 @@ fn check_one(
         properties,
         traits,
     };
-    if let Err(old) = skew::correct(received_at_ms, &ev, out.sent_at.as_deref()) {
-        p.add(
-            old.field,
-            format!(
-                "more than {} days before the event was received",
-                MAX_PAST_MS / 86_400_000
-            ),
-        );
-        return;
+    if let Some(received_at_ms) = received_at_ms {
+        if let Err(old) = skew::correct(received_at_ms, &ev, batch_sent_at) {
+            p.add(
+                old.field,
+                format!(
+                    "more than {} days before the event was received",
+                    MAX_PAST_MS / 86_400_000
+                ),
+            );
+            return;
+        }
     }
-    out.events.push(ev);
+    events.push(ev);
 }
 
 fn take_id(

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+/// Tracking plans and critical fields (`[[sites.completeness]]`).
+pub use waymark_ingest_config::plan;
 pub use waymark_ingest_config::{
     ByteSize, Config, EdgeConfig, EmailConfig, EmailKey, HumanDuration, IpMode, QueryConfig,
     ReadKey, SiteConfig,

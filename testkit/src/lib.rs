@@ -22,6 +22,7 @@
 //! Dependencies point one way: this crate uses `waymark-ingest-config`, never the ingest server
 //! itself, so the server's tests can use it.
 
+pub mod chdb;
 pub mod cluster;
 pub mod config;
 pub mod ingest;
@@ -351,6 +352,24 @@ exit 0
             .build()
             .send(sql)
             .map_err(|e| Error::Other(format!("sending {sql:?} as {user}: {e}")))?;
+        let status = r.status().as_u16();
+        let body = r
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| Error::Other(format!("reading the answer to {sql:?}: {e}")))?;
+        Ok((status, body))
+    }
+
+    /// Runs one SQL statement over HTTP with `db` as the default database (as a client with a
+    /// `database` setting sends it); the HTTP status and the body.
+    pub fn query_in(&self, db: &str, sql: &str) -> Result<(u16, String), Error> {
+        let mut r = ureq::post(format!("{}/", self.http_url()))
+            .query("database", db)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(sql)
+            .map_err(|e| Error::Other(format!("sending {sql:?} in {db}: {e}")))?;
         let status = r.status().as_u16();
         let body = r
             .body_mut()

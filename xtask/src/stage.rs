@@ -82,15 +82,18 @@ fn stages<'a>(root: &'a Path, tools: &'a Tools) -> Vec<(&'static str, StageFn<'a
         ),
         (
             "rust tests",
-            // The end-to-end crate needs the built tag and worker: it runs last, below.
+            // The end-to-end crate needs the built tag and worker: it runs last, below. The
+            // ClickHouse parity test replays on chdb-core from the tool cache.
             Box::new(|| {
-                run(cargo().args([
-                    "test",
-                    "--workspace",
-                    "--exclude",
-                    "waymark-e2e",
-                    "--no-fail-fast",
-                ]))
+                run(cargo()
+                    .args([
+                        "test",
+                        "--workspace",
+                        "--exclude",
+                        "waymark-e2e",
+                        "--no-fail-fast",
+                    ])
+                    .env("WAYMARK_CHDB_PYTHON", &tools.chdb_python))
             }),
         ),
         (
@@ -149,6 +152,7 @@ fn stages<'a>(root: &'a Path, tools: &'a Tools) -> Vec<(&'static str, StageFn<'a
                 run(cargo()
                     .args(["test", "-p", "waymark-e2e", "--test", "pipeline"])
                     .args(["--test", "email"])
+                    .args(["--test", "quality_page"])
                     .args(["--", "--test-threads=1"])
                     .env("WAYMARK_CHROMIUM", &tools.chromium))
             }),
@@ -249,6 +253,7 @@ mod tests {
             node: p("node"),
             python_clients: p("python"),
             promtool: p("promtool"),
+            chdb_python: p("chdb-python"),
         };
         let names: Vec<&str> = stages(Path::new("."), &tools)
             .iter()

@@ -19,6 +19,10 @@ pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
 /// Must equal the `worker = "=..."` pin in the root Cargo.toml.
 pub const WORKER_BUILD_VERSION: &str = "0.8.7";
 
+/// chdb-core from PyPI: current ClickHouse in-process, for the parity test
+/// (`ingest-server/tests/clickhouse_parity.rs`). The README names this version.
+pub const CHDB_CORE_VERSION: &str = "26.9.0";
+
 /// Debian packages and the binary each one provides.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("clickhouse-server", "clickhouse-server"),
@@ -52,6 +56,9 @@ pub struct Tools {
     pub python_clients: PathBuf,
     /// Prometheus's rule checker, from Debian's `prometheus`.
     pub promtool: PathBuf,
+    /// The python of a virtualenv holding chdb-core [`CHDB_CORE_VERSION`] (passed to the tests
+    /// as `WAYMARK_CHDB_PYTHON`).
+    pub chdb_python: PathBuf,
 }
 
 pub fn cache_dir() -> Result<PathBuf> {
@@ -103,6 +110,7 @@ pub fn ensure_all(root: &Path) -> Result<Tools> {
         ensure_npm(&root.join(dir))?;
     }
     let python_clients = ensure_python_clients(root, &cache)?;
+    let chdb_python = ensure_chdb(&cache)?;
     let bin = root.join("xtask/npm/node_modules/.bin");
     let tools = Tools {
         cache,
@@ -116,6 +124,7 @@ pub fn ensure_all(root: &Path) -> Result<Tools> {
         python_clients,
         promtool: which("promtool")
             .context("promtool missing after install (Debian `prometheus`)")?,
+        chdb_python,
     };
     for p in [&tools.wasm_opt, &tools.esbuild] {
         if !p.exists() {
@@ -238,6 +247,44 @@ fn ensure_python_clients(root: &Path, cache: &Path) -> Result<PathBuf> {
                 ])
                 .arg(&wanted))?;
             std::fs::write(&stamp, &reqs).with_context(|| format!("writing {}", stamp.display()))
+        },
+    )?;
+    Ok(python)
+}
+
+/// A virtualenv under the cache with chdb-core [`CHDB_CORE_VERSION`] pip-installed (about
+/// 555 MB), made once per version; returns its python.
+fn ensure_chdb(cache: &Path) -> Result<PathBuf> {
+    let venv = cache.join(format!("chdb-core-{CHDB_CORE_VERSION}"));
+    let python = venv.join("bin/python");
+    let stamp = venv.join("installed");
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(CHDB_CORE_VERSION)
+    {
+        return Ok(python);
+    }
+    let system = which("python3").context(
+        "python3 is not installed: `apt-get install -y python3 python3-venv` (for chdb-core, current ClickHouse in-process)",
+    )?;
+    step(
+        &format!("chdb-core {CHDB_CORE_VERSION} from PyPI (about 555 MB, once)"),
+        || {
+            if venv.exists() {
+                std::fs::remove_dir_all(&venv)
+                    .with_context(|| format!("removing {}", venv.display()))?;
+            }
+            run(Command::new(&system).arg("-m").arg("venv").arg(&venv)).context(
+                "python3 -m venv failed: install the venv module with `apt-get install -y python3-venv`",
+            )?;
+            run(Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &format!("chdb-core=={CHDB_CORE_VERSION}"),
+            ]))?;
+            std::fs::write(&stamp, CHDB_CORE_VERSION)
+                .with_context(|| format!("writing {}", stamp.display()))
         },
     )?;
     Ok(python)

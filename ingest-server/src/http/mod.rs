@@ -3,6 +3,7 @@
 //! - [`batch`]: the Segment-compatible intake: `/v1/batch`, `/v1/b`, `/v1/track` ... `/v1/group`,
 //!   analytics.js's `/v1/t` ... `/v1/g`, RudderStack's `/beacon/v1/batch`;
 //! - [`edge`]: `/v1/edge`, signed batches forwarded by the edge worker;
+//! - [`import`]: `/v1/import`, bulk NDJSON imports, streamed;
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod batch;
@@ -10,6 +11,7 @@ pub mod body;
 pub mod conn;
 pub mod edge;
 pub mod email;
+pub mod import;
 pub mod ops;
 
 use std::collections::HashMap;
@@ -87,6 +89,14 @@ impl AppState {
 
 /// The whole application: intake and operations over `state`, the query API over `query`.
 pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
+    app_parts(state, query).0
+}
+
+/// [`app`], and the identity state whose merge pass (`crate::identity::run`) the caller runs.
+pub fn app_parts(
+    state: AppState,
+    query: crate::query::QueryState,
+) -> (Router, crate::identity::IdentityState) {
     let limit = state.config().http.request_timeout.0;
     let privacy = crate::privacy::PrivacyState::new(
         &state.config().privacy,
@@ -94,22 +104,40 @@ pub fn app(state: AppState, query: crate::query::QueryState) -> Router {
         state.intake().suppressions.clone(),
         state.0.identities.clone(),
     );
-    Router::new()
+    let identity = crate::identity::IdentityState::new(
+        query.clone(),
+        privacy.clone(),
+        state.config().sites.clone(),
+    );
+    let router = Router::new()
         .merge(batch::routes(&state))
         .merge(edge::routes(&state))
         .merge(email::routes())
+        .merge(import::routes().layer(axum::Extension(identity.clone())))
+        .merge(crate::identity::router(identity.clone()))
         .merge(ops::routes())
         .merge(crate::triggers::api::router(
             query.clone(),
             state.config().triggers.clone(),
         ))
+        .merge(crate::query::quality::router(
+            crate::query::quality::QualityState::new(query.clone(), state.config()),
+        ))
         .merge(crate::query::router(query))
         .merge(crate::privacy::router(privacy))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            conn::request_timeout(limit, req, next)
-        }))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| async move {
+                // An import streams for as long as its body lasts (`import`).
+                if req.uri().path() == import::PATH {
+                    next.run(req).await
+                } else {
+                    conn::request_timeout(limit, req, next).await
+                }
+            },
+        ))
+        .with_state(state);
+    (router, identity)
 }
 
 /// Turns a handler result into a response, counting it.

@@ -176,7 +176,9 @@ async fn accept_forward(
         let events: Vec<&RawValue> = env.events.iter().map(|e| &**e).collect();
         match parse_events(&events, env.sent_at.as_deref(), received_at_ms) {
             Ok(mut v) => {
-                let verdicts = intake.check_quality(&site.id, &mut v.events, &mut v.rejections);
+                let verdicts =
+                    intake.check_quality(&site.id, None, &mut v.events, &mut v.rejections);
+                intake.count_rejections(&site.id, &v.rejections);
                 let facts = RequestFacts {
                     site: &site.id,
                     ip_mode: site.ip,
@@ -189,10 +191,13 @@ async fn accept_forward(
                     urls: site.url_policy(),
                     gpc: false,
                 };
-                rows.extend(super::segment::with_verdicts(
+                let new = super::segment::with_verdicts(
                     v.events.iter().map(|ev| to_row(ev, &facts, &intake.ua)),
                     verdicts,
-                ));
+                );
+                let links = super::identifiers::links_of(&new, &v.events, &site.identity);
+                rows.extend(new);
+                rows.extend(links);
                 rejected.extend(v.rejections.into_iter().map(|mut r| {
                     r.index = r.index.map(|x| x + offset);
                     r

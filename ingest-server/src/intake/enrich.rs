@@ -209,7 +209,7 @@ fn json_text(m: &Map<String, Value>) -> String {
 const MAX_DATETIME_SECS: i64 = 4_291_747_199;
 
 /// A `DateTime` column's value for `ms`: clamped to what the column can show, never wrapped.
-fn datetime(ms: i64) -> u32 {
+pub(crate) fn datetime(ms: i64) -> u32 {
     ms.div_euclid(1000).clamp(0, MAX_DATETIME_SECS) as u32
 }
 

@@ -19,6 +19,8 @@ pub mod edge;
 pub mod email;
 pub mod enrich;
 pub mod error;
+pub mod identifiers;
+pub mod import;
 pub mod quality;
 pub mod ratelimit;
 pub mod segment;
@@ -34,6 +36,7 @@ use crate::config::{Config, SiteConfig};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::spool::{Spool, SpoolError};
+use crate::store::quality::{metric, HourlyCounts};
 use crate::store::row::EventRow;
 use crate::store::suppress::Suppressions;
 use dedup::Dedup;
@@ -79,6 +82,9 @@ pub struct Intake {
     pub suppressions: Arc<Suppressions>,
     /// Tracking plans and critical fields, by site.
     pub quality: quality::Quality,
+    /// Rejects, dropped duplicates and rate-limited events per site and hour, until the
+    /// flusher adds them to ClickHouse (`crate::store::quality`).
+    pub hourly: Arc<HourlyCounts>,
 }
 
 impl Intake {
@@ -113,6 +119,7 @@ impl Intake {
             email_bursts: email::ClickBursts::default(),
             suppressions,
             quality: quality::Quality::new(&config),
+            hourly: Arc::default(),
             config,
         }
         .with_quality_thresholds()
@@ -131,18 +138,22 @@ impl Intake {
     /// Checks a request's valid events (in batch order, `rejections` naming the others by
     /// position) against `site`'s tracking plan and critical fields, and returns each kept
     /// event's verdict, in order. Under a rejecting plan, an event with a violation is taken
-    /// out of `events` and listed in `rejections` (sorted by position again). A site without
-    /// checks costs nothing: the answer is empty.
+    /// out of `events` and listed in `rejections` (sorted by position again). `positions` is
+    /// each event's position in the batch when the caller removed events after validation
+    /// (Global Privacy Control); `None` derives them from `rejections`. A site without checks
+    /// costs nothing: the answer is empty.
     pub fn check_quality(
         &self,
         site: &str,
+        positions: Option<Vec<usize>>,
         events: &mut Vec<waymark_protocol::Event>,
         rejections: &mut Vec<Rejection>,
     ) -> Vec<quality::Verdict> {
         let Some(q) = self.quality.site(site) else {
             return Vec::new();
         };
-        let positions = quality::batch_positions(events.len(), rejections);
+        let positions =
+            positions.unwrap_or_else(|| quality::batch_positions(events.len(), rejections));
         let mut tally = quality::Tally::new(site, q);
         let mut verdicts = Vec::with_capacity(events.len());
         let mut refused = Vec::new();
@@ -168,6 +179,28 @@ impl Intake {
             rejections.sort_by_key(|r| r.index);
         }
         verdicts
+    }
+
+    /// Counts a site's refused events by reason in `quality_hourly` (one lock per request).
+    pub fn count_rejections(&self, site: &str, rejections: &[Rejection]) {
+        if rejections.is_empty() {
+            return;
+        }
+        let mut reasons: Vec<(String, u64)> = Vec::new();
+        for r in rejections {
+            let label = rejection_label(r);
+            match reasons.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, n)) => *n += 1,
+                None => reasons.push((label, 1)),
+            }
+        }
+        self.hourly.add_all(
+            site,
+            crate::clock::now_ms(),
+            reasons
+                .iter()
+                .map(|(l, n)| (metric::REJECTED, l.as_str(), *n)),
+        );
     }
 
     /// The site that owns an email send key.
@@ -206,12 +239,16 @@ impl Intake {
     pub async fn admit(&self, rows: Vec<EventRow>, source: &str) -> Result<(), ApiError> {
         // The limit counts what the client sent (duplicates included) and is checked before
         // anything is written; tokens go back if the spool then refuses.
-        let counts: Vec<(String, u64)> = count_by_site(&rows)
+        let counts: Vec<(String, u64)> = count_by_site(rows.iter())
             .into_iter()
             .map(|(s, n)| (s.to_string(), n))
             .collect();
         let counts: Vec<(&str, u64)> = counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
         if let Err(l) = self.limiter.take(&counts) {
+            let now = crate::clock::now_ms();
+            for (site, n) in &counts {
+                self.hourly.add(site, now, metric::RATE_LIMITED, "", *n);
+            }
             return Err(ApiError::RateLimited {
                 retry_after_secs: l.retry_after_secs,
                 message: format!(
@@ -239,6 +276,18 @@ impl Intake {
                 .map(|r| (r.site.as_str(), r.message_id.as_str())),
         );
         let before = rows.len();
+        if seen.iter().any(|s| *s) {
+            let dropped: Vec<&EventRow> = rows
+                .iter()
+                .zip(&seen)
+                .filter(|(_, s)| **s)
+                .map(|(r, _)| r)
+                .collect();
+            let now = crate::clock::now_ms();
+            for (site, n) in count_by_site(dropped.into_iter()) {
+                self.hourly.add(site, now, metric::DUPLICATE, "", n);
+            }
+        }
         let rows: Vec<EventRow> = rows
             .into_iter()
             .zip(&seen)
@@ -248,6 +297,7 @@ impl Intake {
         self.metrics
             .duplicates_dropped
             .increment((before - rows.len()) as u64);
+
         if rows.is_empty() {
             return Ok(());
         }
@@ -280,8 +330,23 @@ impl Intake {
     }
 }
 
+/// The `quality_hourly` reason of a refused event: `plan:<kind>` for a tracking plan's
+/// refusal, else `invalid_field:<top-level field>` (as in `waymark_rejected_total`: paths can
+/// hold client-chosen property names, and reasons must stay few).
+fn rejection_label(r: &Rejection) -> String {
+    if let Some(rest) = r.reason.strip_prefix("tracking plan: ") {
+        let kind: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        return format!("plan:{kind}");
+    }
+    let top = r.field.split(['.', '[']).next().unwrap_or("");
+    format!("invalid_field:{top}")
+}
+
 /// Events per site in `rows` (rows of one site are usually adjacent).
-fn count_by_site(rows: &[EventRow]) -> Vec<(&str, u64)> {
+fn count_by_site<'a>(rows: impl Iterator<Item = &'a EventRow>) -> Vec<(&'a str, u64)> {
     let mut counts: Vec<(&str, u64)> = Vec::new();
     for r in rows {
         match counts.iter_mut().find(|(s, _)| *s == r.site) {

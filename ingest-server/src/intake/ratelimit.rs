@@ -172,6 +172,7 @@ mod tests {
             tracking_plan: None,
             plan: None,
             completeness: vec![],
+            identity: Default::default(),
         };
         RateLimiter::new(&[
             site(

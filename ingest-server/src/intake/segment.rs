@@ -3,7 +3,7 @@
 //! enrichment, admission.
 
 use waymark_protocol::intake::IntakePath;
-use waymark_protocol::privacy::apply_gpc;
+use waymark_protocol::privacy::{apply_gpc, gpc_keeps};
 use waymark_protocol::{parse_batch, parse_single, BatchError};
 
 use super::auth::{origin_allowed, unknown_key};
@@ -96,7 +96,17 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
         }
     }
     let mut events = validated.events;
+    // Under GPC some events leave before the plan sees them: follow the batch positions of those
+    // that stay, so a plan's rejections still name the right events.
+    let mut positions = None;
     let gpc_dropped = if d.gpc {
+        let mut kept = super::quality::batch_positions(events.len(), &validated.rejections);
+        let mut i = 0;
+        kept.retain(|_| {
+            i += 1;
+            gpc_keeps(&events[i - 1], site.gpc)
+        });
+        positions = Some(kept);
         apply_gpc(&mut events, site.gpc)
     } else {
         0
@@ -113,15 +123,20 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
         urls: site.url_policy(),
         gpc: d.gpc,
     };
-    let verdicts = intake.check_quality(&site.id, &mut events, &mut validated.rejections);
+    let verdicts =
+        intake.check_quality(&site.id, positions, &mut events, &mut validated.rejections);
+    intake.count_rejections(&site.id, &validated.rejections);
     let mut rows = with_verdicts(
         events.iter().map(|ev| to_row(ev, &facts, &intake.ua)),
         verdicts,
     );
     let total = rows.len();
+    let links = super::identifiers::links_of(&rows, &events, &site.identity);
+    rows.extend(links);
     if let Some(link) = super::email::marker_link(site, d.cookie, d.gpc, &events, received_at_ms) {
         rows.push(super::email::link_row(&site.id, &link, received_at_ms));
     }
+    // Link rows (identifiers, an email click's stitch) are not events: not counted.
     let suppressed = intake.admit_unsuppressed(rows, "api").await?;
     // A suppressed link row is counted as a suppressed event: close enough for a reply.
     let accepted = total.saturating_sub(suppressed);

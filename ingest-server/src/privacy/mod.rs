@@ -58,6 +58,7 @@ pub const TARGETS: &[(&str, &[&str])] = &[
     ("q_history", &["visitor_id"]),
     ("q_ident_by_anon", &["anonymous_id", "user_id"]),
     ("q_user_visitors", &["user_id"]),
+    ("merges", &["merged_id", "into_id"]),
     ("quarantine", &[]),
 ];
 
@@ -105,7 +106,7 @@ impl PrivacyState {
     }
 
     /// Checks the admin key and that it covers `site`; returns the key's entry and the site.
-    fn authorize(
+    pub(crate) fn authorize(
         &self,
         headers: &HeaderMap,
         site: Option<&str>,
@@ -198,10 +199,14 @@ WHERE site = {} AND (user_id IN {list} OR anonymous_id IN {list})",
                 lit(site)
             ))
             .await?;
+        // An identifier (`$email:`...) is deleted with the person but not followed: another
+        // user sharing it on a site that does not merge on it is another person (merged users
+        // are linked directly, `crate::identity`).
         frontier = links
             .into_iter()
             .flat_map(|l| [l.user_id, l.anonymous_id])
             .filter(|x| !x.is_empty() && ids.insert(x.clone()))
+            .filter(|x| !crate::store::row::is_identifier(x))
             .collect();
     }
     Ok(ids)

@@ -533,65 +533,99 @@ fn event_cond(event: &str, within_ms: Option<i64>, filters: &[Filter], now: i64)
 
 /// Compiles a query to one SELECT over the site's data. `page`: apply the cursor and limit.
 pub fn compile(db: &str, site: &str, q: &AudienceQuery, now: i64, page: bool) -> String {
-    compile_in(db, site, q, now, page, None)
+    compile_in(db, site, &[q], now, Mode::Filter { page })
 }
 
-/// [`compile`] for the persons of the visitors `scope` lists (a subquery yielding visitor ids,
-/// which must hold every visitor of each person it touches): every such person is returned,
-/// with `matches` (1 or 0) instead of a filter. The triggers' evaluation reads only these
-/// visitors' rows (`crate::triggers`).
-pub fn compile_scoped(db: &str, site: &str, q: &AudienceQuery, now: i64, scope: &str) -> String {
-    compile_in(db, site, q, now, false, Some(scope))
-}
-
-fn compile_in(
+/// Several audiences of one site at once, for the triggers (`crate::triggers`): every person
+/// with `matches`, an array of 0/1 flags, one per query in order. With a `scope` (a subquery
+/// yielding visitor ids, which must hold every visitor of each person it touches), every person
+/// of those visitors is returned, matching or not, and only their rows are read; without one,
+/// the persons who match at least one query.
+///
+/// One statement for all of a site's subscriptions reads each candidate's rows once, where a
+/// statement per subscription read them once per subscription (100 subscriptions: 100 reads).
+/// A `did` needing at most one occurrence and every `did_not` are counted with `countIf`
+/// (duplicates of a message id cannot turn a zero into a one), the others with
+/// `uniqExactIf(message_id)` as in [`compile`].
+pub fn compile_flags(
     db: &str,
     site: &str,
-    q: &AudienceQuery,
+    qs: &[&AudienceQuery],
     now: i64,
-    page: bool,
     scope: Option<&str>,
 ) -> String {
+    compile_in(db, site, qs, now, Mode::Flags { scope })
+}
+
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// One query; the matching persons (`page`: the cursor and limit applied).
+    Filter { page: bool },
+    /// Several queries; `matches` flags.
+    Flags { scope: Option<&'a str> },
+}
+
+fn compile_in(db: &str, site: &str, qs: &[&AudienceQuery], now: i64, mode: Mode<'_>) -> String {
     let s = lit(site);
-    let mut counts = Vec::new(); // (condition sql, min or 0 for "did not")
-    let mut where_ = Vec::new();
-    for c in &q.conditions {
-        match c {
-            Condition::Did {
-                event,
-                within_ms,
-                min_count,
-                filters,
-            } => {
-                counts.push((
-                    event_cond(event, *within_ms, filters, now),
-                    Some(*min_count),
-                ));
-            }
-            Condition::DidNot {
-                event,
-                within_ms,
-                filters,
-            } => {
-                counts.push((event_cond(event, *within_ms, filters, now), None));
-            }
-            Condition::LastSeenWithin { within_ms } => {
-                where_.push(format!("last_seen >= {}", int(now - within_ms)));
-            }
-            Condition::Geo { field, op, value } => where_.push(geo_cmp(*field, *op, value)),
-            Condition::Trait(f) => where_.push(json_cmp("traits.1", f)),
+    let scope = match mode {
+        Mode::Flags { scope } => scope,
+        Mode::Filter { .. } => None,
+    };
+    let flags = matches!(mode, Mode::Flags { .. });
+    // Distinct event conditions over all queries: (sql, largest min count, a positive did).
+    let mut counts: Vec<(String, u64, bool)> = Vec::new();
+    let mut count_of = |sql: String, min: u64, did: bool| -> usize {
+        if let Some(i) = counts.iter().position(|(c, _, _)| *c == sql) {
+            counts[i].1 = counts[i].1.max(min);
+            counts[i].2 |= did;
+            i
+        } else {
+            counts.push((sql, min, did));
+            counts.len() - 1
         }
-    }
-    for (i, (_, min)) in counts.iter().enumerate() {
-        where_.push(match min {
-            Some(m) => format!("c{i} >= {m}"),
-            None => format!("c{i} = 0"),
-        });
-    }
-    if page {
-        if let Some(after) = &q.after {
-            where_.push(format!("person > {}", lit(after)));
+    };
+    // Per query, its conditions on the per-person columns.
+    let mut wheres: Vec<Vec<String>> = Vec::new();
+    for q in qs {
+        let mut where_ = Vec::new();
+        let mut tail = Vec::new();
+        for c in &q.conditions {
+            match c {
+                Condition::Did {
+                    event,
+                    within_ms,
+                    min_count,
+                    filters,
+                } => {
+                    let i = count_of(
+                        event_cond(event, *within_ms, filters, now),
+                        *min_count,
+                        true,
+                    );
+                    tail.push(format!("c{i} >= {min_count}"));
+                }
+                Condition::DidNot {
+                    event,
+                    within_ms,
+                    filters,
+                } => {
+                    let i = count_of(event_cond(event, *within_ms, filters, now), 0, false);
+                    tail.push(format!("c{i} = 0"));
+                }
+                Condition::LastSeenWithin { within_ms } => {
+                    where_.push(format!("last_seen >= {}", int(now - within_ms)));
+                }
+                Condition::Geo { field, op, value } => where_.push(geo_cmp(*field, *op, value)),
+                Condition::Trait(f) => where_.push(json_cmp("traits.1", f)),
+            }
         }
+        where_.extend(tail);
+        if let Mode::Filter { page: true } = mode {
+            if let Some(after) = &q.after {
+                where_.push(format!("person > {}", lit(after)));
+            }
+        }
+        wheres.push(where_);
     }
 
     // Both sides of the join are aliased: current releases refuse a joined subquery without
@@ -630,9 +664,15 @@ fn compile_in(
         let cols: String = counts
             .iter()
             .enumerate()
-            .map(|(i, (c, _))| format!("uniqExactIf(message_id, {c}) AS x_c{i}, "))
+            .map(|(i, (c, min, _))| {
+                if flags && *min <= 1 {
+                    format!("toUInt64(countIf({c})) AS x_c{i}, ")
+                } else {
+                    format!("uniqExactIf(message_id, {c}) AS x_c{i}, ")
+                }
+            })
             .collect();
-        let any: Vec<&str> = counts.iter().map(|(c, _)| c.as_str()).collect();
+        let any: Vec<&str> = counts.iter().map(|(c, _, _)| c.as_str()).collect();
         format!(
             "SELECT visitor_id, {cols}toInt64(0) AS x_ls, ('', '', '', '', toInt64(0)) AS x_geo,
     ('', toInt64(0)) AS x_traits, '' AS x_uid
@@ -647,11 +687,13 @@ UNION ALL
     // In a scope, its visitors only (every one of them is returned, matching or not).
     let candidates = if scope.is_some() {
         in_scope.clone()
+    } else if flags {
+        String::new()
     } else {
         counts
         .iter()
-        .find(|(_, min)| min.is_some())
-        .map(|(c, _)| {
+        .find(|(_, _, did)| *did)
+        .map(|(c, _, _)| {
             let did = format!("(SELECT visitor_id FROM {db}.q_events_by_name WHERE site = {s} AND {c})");
             let users = format!("(SELECT user_id FROM {db}.q_ident_by_anon WHERE site = {s} AND anonymous_id IN {did})");
             format!(
@@ -661,23 +703,35 @@ UNION ALL
         })
         .unwrap_or_default()
     };
-    let conds = if where_.is_empty() {
-        "1".to_string()
-    } else {
-        where_.join("\n  AND ")
+    let all = |w: &Vec<String>| {
+        if w.is_empty() {
+            "1".to_string()
+        } else {
+            w.join("\n  AND ")
+        }
     };
-    let (matches, where_sql) = match scope {
-        Some(_) => (format!(", toUInt8({conds}) AS matches"), String::new()),
-        None if where_.is_empty() => (String::new(), String::new()),
-        None => (String::new(), format!("WHERE {conds}")),
+    let (matches, where_sql) = match mode {
+        Mode::Flags { scope } => {
+            let each: Vec<String> = wheres
+                .iter()
+                .map(|w| format!("toUInt8({})", all(w)))
+                .collect();
+            let filter = if scope.is_none() {
+                "WHERE has(matches, 1)".to_string()
+            } else {
+                String::new()
+            };
+            (format!(", [{}] AS matches", each.join(",\n  ")), filter)
+        }
+        Mode::Filter { .. } if wheres[0].is_empty() => (String::new(), String::new()),
+        Mode::Filter { .. } => (String::new(), format!("WHERE {}", all(&wheres[0]))),
     };
     let ident_scope = scope
         .map(|sc| format!(" AND anonymous_id IN {sc}"))
         .unwrap_or_default();
-    let limit = if page {
-        format!("LIMIT {}", q.limit + 1)
-    } else {
-        String::new()
+    let limit = match mode {
+        Mode::Filter { page: true } => format!("LIMIT {}", qs[0].limit + 1),
+        _ => String::new(),
     };
     format!(
         "SELECT person, user_id, last_seen, geo, traits{matches} FROM (

@@ -210,7 +210,12 @@ impl IdentityIndex {
         let user = s.latest.get(id).map_or(id, |(_, u)| u.as_str());
         Some(match s.anons.get(user) {
             Some(list) => {
-                let mut anons = list.clone();
+                // Identifier links (`$email:`...) are not devices: no events to read.
+                let mut anons: Vec<String> = list
+                    .iter()
+                    .filter(|a| !crate::store::row::is_identifier(a))
+                    .cloned()
+                    .collect();
                 anons.sort();
                 let mut visitors = Vec::with_capacity(anons.len() + 1);
                 if s.own.contains(user) {
@@ -225,6 +230,24 @@ impl IdentityIndex {
             }
             None => alone(),
         })
+    }
+
+    /// Forgets everything and reads both tables again (an unmerge deleted links: parts
+    /// rewritten by a mutation keep their block ranges, so a refresh would not read them).
+    /// Until the read is done, resolution goes to ClickHouse.
+    pub async fn reload(&self, st: &QueryState) -> Result<usize, QueryError> {
+        if self.state.load(Ordering::Acquire) == OFF {
+            return Ok(0);
+        }
+        {
+            let mut all = self.links.write().expect("identity index lock");
+            all.clear();
+            for r in &self.read {
+                r.lock().expect("identity index lock").clear();
+            }
+            self.state.store(LOADING, Ordering::Release);
+        }
+        self.refresh(st).await
     }
 
     /// Reads the parts of `identities` and `q_user_visitors` not read yet; the first success

@@ -8,6 +8,8 @@
 //! - [`audience`]: `POST /v1/audiences/query?site=`, a JSON query compiled to SQL in which every
 //!   value is an escaped literal ([`sql`]) and every identifier comes from an allow-list; pages
 //!   with a cursor, or the whole audience as NDJSON;
+//! - [`quality`]: `GET /v1/quality?site=&since=`, the data quality report, and `GET /quality`,
+//!   the same as a page with plots;
 //! - [`openapi`]: `GET /openapi.json`.
 //!
 //! Every `/v1/` request carries `Authorization: Bearer <read key>` and a `site`; a key only ever
@@ -20,6 +22,7 @@ pub mod events;
 pub mod identity;
 pub mod openapi;
 pub mod profile;
+pub mod quality;
 pub mod sql;
 mod state;
 

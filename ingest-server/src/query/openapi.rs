@@ -1,5 +1,6 @@
-//! `GET /openapi.json`: the OpenAPI 3 description of the query API and the email endpoints
-//! (`crate::http::email`). The test `query_openapi` checks live responses of every query
+//! `GET /openapi.json`: the OpenAPI 3 description of the query API, the email endpoints
+//! (`crate::http::email`), the import (`crate::http::import`) and identity endpoints
+//! (`crate::identity`). The test `query_openapi` checks live responses of every query
 //! endpoint, and the email endpoints' real answer types, against these schemas (objects are
 //! closed with `additionalProperties: false`, so a field added to a response without being
 //! described here fails it).
@@ -108,6 +109,8 @@ pub fn document() -> Value {
             "site",
             "user_id",
             "anonymous_ids",
+            "ids",
+            "identifiers",
             "first_seen",
             "last_seen",
             "last_page",
@@ -129,6 +132,12 @@ pub fn document() -> Value {
             "site": string(),
             "user_id": nullable(string()),
             "anonymous_ids": {"type": "array", "items": string(), "description": "Anonymous ids linked to the user."},
+            "ids": {"type": "array", "description": "Every id of the person and where it came from: the user id (`source: user`), user ids merged into it (`type: user_id`, `source: merge`, `merged_into`), anonymous ids with the call that linked them (`identify`, `track`, `email_click`, `merge_device`...).",
+                "items": obj(&["id", "type", "source"], json!({"id": string(), "type": {"type": "string", "enum": ["user_id", "anonymous_id"]},
+                    "source": string(), "merged_into": string(), "user_id": string(), "linked_at": nullable(time())}))},
+            "identifiers": {"type": "array", "description": "Normalised identifiers from identify traits, with the user id they came with and their source (`api`, `edge`, `import`).",
+                "items": obj(&["type", "value", "user_id", "source", "seen_at"], json!({"type": {"type": "string", "enum": ["email", "phone"]},
+                    "value": string(), "user_id": string(), "source": string(), "seen_at": nullable(time())}))},
             "first_seen": nullable(time()),
             "last_seen": nullable(time()),
             "last_page": nullable(obj(&["url", "title", "time"], json!({"url": string(), "title": string(), "time": nullable(time())}))),
@@ -274,6 +283,89 @@ pub fn document() -> Value {
                    "last_error": string(), "failed_at": time(),
                    "payload": {"$ref": "#/components/schemas/TriggerDelivery"}}))}}),
     );
+    let hour_series = |fields: Value| {
+        let mut props = fields;
+        props["hour"] = time();
+        let keys: Vec<String> = props.as_object().unwrap().keys().cloned().collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        json!({"type": "array", "items": obj(&keys, props)})
+    };
+    let share = json!({"type": "number", "minimum": 0, "maximum": 1});
+    let example = nullable(json!({"type": "object", "additionalProperties": true,
+        "description": "An event with the problem: `message_id`, `timestamp` and `data` (its properties, or traits for identify, cut at 300 bytes); for an order `order_id`, `seen_by`, both revenues and a `message_id`."}));
+    let quality = obj(
+        &[
+            "site",
+            "since",
+            "until",
+            "events",
+            "problems",
+            "volume",
+            "violations",
+            "completeness",
+            "consistency",
+            "intake",
+            "bots",
+            "clock",
+            "freshness",
+        ],
+        json!({
+            "site": string(), "since": time(), "until": time(),
+            "events": {"type": "integer", "minimum": 0, "description": "Events stored in the window (by their skew-corrected time)."},
+            "problems": {"type": "array", "description": "What is wrong, worst first: by `score`, the share of the events concerned (for a volume anomaly, how far the hour is from its 7-day average).",
+                "items": obj(&["check", "title", "score", "count", "example"], json!({
+                    "check": {"type": "string", "enum": ["volume", "violations", "completeness", "consistency", "rejects", "quarantine", "freshness"]},
+                    "title": string(), "score": share.clone(), "count": int(), "example": example.clone()}))},
+            "volume": obj(&["factor", "min_events", "hours", "by_event", "anomalies", "last_complete_hour_anomalies"], json!({
+                "factor": number(), "min_events": int(),
+                "hours": hour_series(json!({"events": int(), "violating": int(), "bots": int()})),
+                "by_event": {"type": "array", "items": obj(&["event", "events"], json!({"event": string(), "events": int()}))},
+                "anomalies": {"type": "array", "description": "Event names whose count in a complete hour is over `factor` times, or under 1/`factor` of, the same hour's average over the 7 days before (hours whose average is under `min_events` are not judged); furthest first.",
+                    "items": obj(&["event", "hour", "events", "baseline", "ratio", "kind"], json!({
+                        "event": string(), "hour": time(), "events": int(), "baseline": number(), "ratio": number(),
+                        "kind": {"type": "string", "enum": ["drop", "spike"]}}))},
+                "last_complete_hour_anomalies": int()})),
+            "violations": obj(&["events", "share", "by_kind", "by_event"], json!({
+                "events": int(), "share": share.clone(),
+                "by_kind": {"type": "array", "items": obj(&["kind", "count"], json!({"kind": string(), "count": int()}))},
+                "by_event": {"type": "array", "items": obj(&["event", "kind", "field", "count", "share", "example"], json!({
+                    "event": string(), "kind": string(), "field": string(), "count": int(), "share": share.clone(), "example": example.clone()}))}})),
+            "completeness": {"type": "array", "description": "Each `[[sites.completeness]]` field against its threshold.",
+                "items": obj(&["event", "field", "min", "events", "missing", "present", "below", "example"], json!({
+                    "event": string(), "field": string(), "min": share.clone(), "events": int(), "missing": int(),
+                    "present": share.clone(), "below": {"type": "boolean"}, "example": example.clone()}))},
+            "consistency": obj(&["orders", "both", "browser_only", "backend_only", "one_side_share", "revenue_mismatches", "revenue_mismatch_share", "days", "examples"], json!({
+                "orders": {"type": "integer", "minimum": 0, "description": "Distinct `order_id`s of `Order Completed`. The browser's side came through the edge worker or from the Waymark tag (`context.library.name = waymark.js`); the backend's is every other direct call."},
+                "both": int(), "browser_only": int(), "backend_only": int(), "one_side_share": share.clone(),
+                "revenue_mismatches": int(), "revenue_mismatch_share": share.clone(),
+                "days": {"type": "array", "items": obj(&["day", "orders", "both", "browser_only", "backend_only", "revenue_mismatches", "browser_revenue", "backend_revenue", "revenue_difference"], json!({
+                    "day": {"type": "string", "format": "date"}, "orders": int(), "both": int(), "browser_only": int(), "backend_only": int(),
+                    "revenue_mismatches": int(), "browser_revenue": number(), "backend_revenue": number(),
+                    "revenue_difference": {"type": "number", "description": "Backend revenue minus browser revenue."}}))},
+                "examples": {"type": "array", "items": obj(&["order_id", "day", "seen_by", "browser_revenue", "backend_revenue", "message_id"], json!({
+                    "order_id": string(), "day": string(), "seen_by": {"type": "string", "enum": ["browser", "backend", "both"]},
+                    "browser_revenue": number(), "backend_revenue": number(), "message_id": string()}))}})),
+            "intake": obj(&["received", "rejected", "rejected_share", "rejected_by_reason", "duplicates_dropped", "duplicates_stored", "rate_limited", "quarantined", "quarantine_by_reason", "hours", "quarantine_hours"], json!({
+                "received": int(), "rejected": int(), "rejected_share": share.clone(),
+                "rejected_by_reason": {"type": "array", "items": obj(&["reason", "count"], json!({"reason": {"type": "string", "description": "`invalid_field:<top-level field>` or `plan:<violation kind>`."}, "count": int()}))},
+                "duplicates_dropped": {"type": "integer", "minimum": 0, "description": "Events dropped at intake as a recent duplicate of the same message id."},
+                "duplicates_stored": {"type": "integer", "minimum": 0, "description": "Rows stored twice and not yet merged by ClickHouse."},
+                "rate_limited": int(), "quarantined": int(),
+                "quarantine_by_reason": {"type": "array", "items": obj(&["reason", "count", "example_message_id"], json!({"reason": string(), "count": int(), "example_message_id": string()}))},
+                "hours": hour_series(json!({"rejected": int(), "duplicates_dropped": int(), "rate_limited": int()})),
+                "quarantine_hours": hour_series(json!({"reason": string(), "count": int()}))})),
+            "bots": obj(&["events", "bots", "share"], json!({"events": int(), "bots": int(), "share": share.clone()})),
+            "clock": obj(&["events", "corrected", "corrected_share", "mean_correction_ms", "max_correction_ms", "hours"], json!({
+                "events": int(), "corrected": {"type": "integer", "minimum": 0, "description": "Events whose time the clock-skew rule moved by a second or more."},
+                "corrected_share": share.clone(), "mean_correction_ms": int(), "max_correction_ms": int(),
+                "hours": hour_series(json!({"corrected": int(), "mean_correction_ms": int()}))})),
+            "freshness": obj(&["visible", "mean_delay_ms", "late_60s", "late_share", "hours"], json!({
+                "visible": {"type": "integer", "minimum": 0, "description": "Rows inserted into ClickHouse in the window."},
+                "mean_delay_ms": {"type": "integer", "minimum": 0, "description": "Mean time from the intake's receipt (answered right after) to the ClickHouse insert (whole seconds of the server's clock)."},
+                "late_60s": int(), "late_share": share.clone(),
+                "hours": hour_series(json!({"visible": int(), "mean_delay_ms": int(), "late_60s": int()}))})),
+        }),
+    );
     let error = obj(
         &["error", "message", "field"],
         json!({"error": {"type": "string", "description": "Machine-readable reason."},
@@ -372,6 +464,65 @@ pub fn document() -> Value {
     let send_site_param = json!({"name": "site", "in": "query", "required": false, "schema": {"type": "string"},
         "description": "The site; optional, the send key names it (when given, it must be that key's site)."});
 
+    let unmerge_path = json!({"post": {
+        "summary": "Undo the merges of a person's id",
+        "description": "A merged user id leaves its person; a person's own user id lets every id merged into it go. The merge links are deleted (the answer waits for ClickHouse), the undo is recorded in `merges`, and an id set apart is never merged automatically again.",
+        "security": admin, "parameters": [person_id.clone(), admin_site.clone()],
+        "responses": admin_errors(json!({"200": {"description": "The merges undone.",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Unmerged"}}}}}), "The id is not merged with anyone on this site."),
+    }});
+    let suggestions_path = json!({"get": {
+        "summary": "Near matches to confirm: different people with the same name and postcode",
+        "description": "Never merged automatically. Pairs are scored by the Jaro-Winkler similarity of their emails (1 when neither has one), best first, at most 500.",
+        "parameters": [site_param()],
+        "responses": with_errors(json!({"200": {"description": "The pairs.",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Suggestions"}}}}}), false),
+    }});
+    let import_path = json!({"post": {
+        "summary": "Bulk import: NDJSON in the Segment shape, streamed, of any size",
+        "description": "Authenticated with the site's write key (HTTP Basic user name, over TLS) or a send key (Bearer). Events keep their own timestamp however old (`source = import`); a line without `messageId` gets one derived from the site and the line, so importing the same lines again stores nothing twice. Bad lines are listed by line and field and never stop the rest. `Content-Encoding: gzip` allowed.",
+        "security": [{"writeKey": []}, {"sendKey": []}],
+        "parameters": [{"name": "site", "in": "query", "required": true, "schema": string(), "description": "The site; must be the key's."}],
+        "requestBody": {"required": true, "content": {"application/x-ndjson": {"schema": free()}}},
+        "responses": {
+            "200": {"description": "Every line was read.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImportReport"}}}},
+            "400": {"description": "A bad parameter (`field` names it), or the body broke off (then the import report, with `error`; resume after `acknowledged_lines`).", "content": {"application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/Error"}, {"$ref": "#/components/schemas/ImportReport"}]}}}},
+            "401": {"description": "No key, or not a key of any site.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            "403": {"description": "The key belongs to another site.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            "415": {"description": "A Content-Encoding other than gzip.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            "503": {"description": "The spool stayed full: the import report, with `error`; resume after `acknowledged_lines`.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImportReport"}}}},
+        },
+    }});
+    let unmerged = obj(
+        &["site", "unmerged"],
+        json!({"site": string(), "unmerged": {"type": "array",
+                    "items": obj(&["id", "from", "identifier"], json!({"id": string(), "from": string(), "identifier": string()}))}}),
+    );
+    let suggestions = obj(
+        &["site", "suggestions"],
+        json!({"site": string(), "suggestions": {"type": "array",
+                    "items": obj(&["score", "reason", "a", "b"], json!({"score": {"type": "number", "minimum": 0, "maximum": 1}, "reason": string(),
+                        "a": {"$ref": "#/components/schemas/SuggestedUser"}, "b": {"$ref": "#/components/schemas/SuggestedUser"}}))}}),
+    );
+    let suggested_user = obj(
+        &["user_id", "person", "email"],
+        json!({"user_id": string(), "person": string(), "email": string()}),
+    );
+    let import_report = obj(
+        &[
+            "lines",
+            "accepted",
+            "rejected_lines",
+            "rejected",
+            "suppressed",
+            "acknowledged_lines",
+        ],
+        json!({
+                    "lines": int(), "accepted": int(), "rejected_lines": int(), "suppressed": int(), "acknowledged_lines": int(),
+                    "rejected": {"type": "array", "items": obj(&["line", "field", "reason"], json!({"line": int(), "field": string(), "reason": string()}))},
+                    "error": string()}),
+    );
+
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -384,6 +535,7 @@ pub fn document() -> Value {
                 "readKey": {"type": "http", "scheme": "bearer"},
                 "sendKey": {"type": "http", "scheme": "bearer", "description": "A send key of the site (`[[sites]] send_keys`), never a write or read key."},
                 "adminKey": {"type": "http", "scheme": "bearer", "description": "An admin key ([[privacy.admin_keys]]): its own scope, for deleting and exporting people."},
+                "writeKey": {"type": "http", "scheme": "basic", "description": "The site's write key as the HTTP Basic user name (no password)."},
             },
             "schemas": {
                 "Profile": profile, "Event": event, "EventsPage": events_page,
@@ -394,7 +546,9 @@ pub fn document() -> Value {
                 "ExportLine": export_line,
                 "SubscriptionRequest": subscription_request, "Subscription": subscription,
                 "SubscriptionList": subscription_list, "TriggerDelivery": delivery,
-                "DeadLetters": dead_letters,
+                "DeadLetters": dead_letters, "QualityReport": quality,
+                    "Unmerged": unmerged, "Suggestions": suggestions, "SuggestedUser": suggested_user,
+                "ImportReport": import_report,
             }
         },
         "security": [{"readKey": []}],
@@ -473,6 +627,9 @@ pub fn document() -> Value {
                 "responses": admin_errors(json!({"200": {"description": "NDJSON, streamed: every stored event, then every identity link, of the person.",
                     "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/ExportLine"}}}}}), "Nothing stored for this id on this site."),
             }},
+            "/v1/persons/{id}/unmerge": unmerge_path,
+            "/v1/identity/suggestions": suggestions_path,
+            "/v1/import": import_path,
             "/v1/email/links": {"post": {
                 "summary": "Tracked links and the open pixel for one recipient's message",
                 "security": [{"sendKey": []}],
@@ -518,6 +675,15 @@ pub fn document() -> Value {
                     },
                 },
             },
+            "/v1/quality": {"get": {
+                "summary": "The site's data quality report",
+                "description": "Tracking plan violations, critical fields against their thresholds, browser and backend orders matched by order id, volume per event name against the same hour of the last 7 days, refused and duplicate events, quarantine, bots, clock skew and ack-to-visible freshness, with the worst problems first. `GET /quality?site=` shows the same as a page (the read key in a form, never in the URL).",
+                "parameters": [site_param(),
+                    {"name": "since", "in": "query", "schema": {"type": "string", "default": "24h"},
+                     "description": "The window's start: an RFC 3339 time or a duration before now (`6h`, `7d`); at most 31 days."}],
+                "responses": with_errors(json!({"200": {"description": "The report.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/QualityReport"}}}}}), false),
+            }},
             "/openapi.json": {"get": {
                 "summary": "This document", "security": [],
                 "responses": {"200": {"description": "OpenAPI 3 document.", "content": {"application/json": {"schema": {"type": "object"}}}}},

@@ -139,6 +139,8 @@ GROUP BY user_id"
     Ok(match rows.into_iter().next() {
         Some(r) => {
             let mut anons = r.anons;
+            // Identifier links (`$email:`...) are not devices: no events to read.
+            anons.retain(|a| !crate::store::row::is_identifier(a));
             anons.sort();
             let mut visitors = vec![r.user_id.clone()];
             visitors.extend(anons.iter().cloned());
@@ -354,7 +356,8 @@ async fn compute_rfm_bounds(
     let s = lit(site);
     let since = now - st.config().rfm.lookback.0.as_millis() as i64;
     // Per person (anonymous ids mapped to their user), per order key (an order seen under two
-    // visitor ids counts once), then quintiles over people.
+    // visitor ids counts once), then quintiles over people. Both sides of the join are aliased:
+    // current ClickHouse refuses an unaliased subquery there (code 206; 18.16 takes both).
     let sql = format!(
         "SELECT quantilesExact(0.2, 0.4, 0.6, 0.8)(-toFloat64(recency)) AS r,
     quantilesExact(0.2, 0.4, 0.6, 0.8)(toFloat64(frequency)) AS f,
@@ -367,9 +370,9 @@ FROM (
         FROM (
             SELECT if(uid = '', visitor_id, uid) AS person, order_key, timestamp_ms, revenue
             FROM (SELECT visitor_id, order_key, timestamp_ms, revenue FROM {db}.q_orders FINAL
-                  WHERE site = {s} AND timestamp_ms >= {since})
+                  WHERE site = {s} AND timestamp_ms >= {since}) AS o
             ANY LEFT JOIN (SELECT anonymous_id AS visitor_id, argMax(user_id, linked_at) AS uid
-                  FROM {db}.q_ident_by_anon WHERE site = {s} GROUP BY anonymous_id) USING visitor_id
+                  FROM {db}.q_ident_by_anon WHERE site = {s} GROUP BY anonymous_id) AS i USING visitor_id
         )
         GROUP BY person, order_key
     )
@@ -440,13 +443,15 @@ FROM {db}.q_visitor_products WHERE {filter} GROUP BY product_id"
 FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
     );
     let email_sql = email_sql(db, &filter);
-    let (visitor, counts, products, orders, email, bounds) = tokio::try_join!(
+    let ids_sql = ids_sql(db, site, ident, id);
+    let (visitor, counts, products, orders, email, bounds, links) = tokio::try_join!(
         st.lookup::<VisitorRow>(&visitor_sql),
         st.lookup::<Counts>(&daily_sql),
         st.lookup::<ProductRow>(&products_sql),
         st.lookup::<OrderRow>(&orders_sql),
         st.lookup::<EmailRow>(&email_sql),
         rfm_bounds(st, site, now),
+        st.lookup::<LinkRow>(&ids_sql),
     )?;
     let visitor = visitor
         .into_iter()
@@ -592,6 +597,8 @@ FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
         "site": site,
         "user_id": user_id,
         "anonymous_ids": anonymous_ids,
+        "ids": ids_json(user_id.as_deref().unwrap_or(id), &links),
+        "identifiers": identifiers_json(&links),
         "first_seen": time_or_null(visitor.first_seen),
         "last_seen": time_or_null(visitor.last_seen),
         "last_page": if visitor.last_page.2 > 0 {
@@ -629,6 +636,89 @@ FROM {db}.q_orders FINAL WHERE {filter} GROUP BY order_key"
         "traits_at": time_or_null(visitor.traits.1),
         "email": email_json(email),
     }))
+}
+
+/// One identity link of a person, for the profile's `ids` and `identifiers`.
+#[derive(Debug, Deserialize)]
+struct LinkRow {
+    anonymous_id: String,
+    user_id: String,
+    source_type: String,
+    at: i64,
+}
+
+/// The person's links: every link to one of its ids (user ids, merged user ids). `FINAL`:
+/// the row a merge keeps of a link sent several times (its source and time), before the merge
+/// as after it, so the answer does not change when parts merge.
+fn ids_sql(db: &str, site: &str, ident: &Identity, id: &str) -> String {
+    let mut users: Vec<&str> = ident.visitors.iter().map(String::as_str).collect();
+    users.extend(ident.user_id.as_deref());
+    users.push(id);
+    users.sort_unstable();
+    users.dedup();
+    format!(
+        "SELECT anonymous_id, user_id, source_type, toInt64(linked_at) * 1000 AS at
+FROM {db}.identities FINAL WHERE site = {} AND user_id IN {}
+ORDER BY at, anonymous_id",
+        lit(site),
+        lit_list(users)
+    )
+}
+
+/// Every id of the person with where it came from: the user id, user ids merged into it
+/// (`source: merge`), and anonymous ids with the call that linked them (`identify`, `track`,
+/// `email_click`, `merge_device` for a merged user's device).
+fn ids_json(person: &str, links: &[LinkRow]) -> Value {
+    use crate::store::row::{is_identifier, MERGE_SOURCE};
+    let mut out = vec![json!({"id": person, "type": "user_id", "source": "user"})];
+    let mut seen: std::collections::HashSet<&str> = [person].into();
+    // Merged user ids first, so a merged user is listed as a user and not as a device.
+    let (merged, other): (Vec<&LinkRow>, Vec<&LinkRow>) = links
+        .iter()
+        .filter(|l| !is_identifier(&l.anonymous_id))
+        .partition(|l| l.source_type == MERGE_SOURCE);
+    for l in merged {
+        if seen.insert(&l.anonymous_id) {
+            out.push(
+                json!({"id": l.anonymous_id, "type": "user_id", "source": "merge",
+                "merged_into": l.user_id, "linked_at": time_or_null(l.at)}),
+            );
+        }
+    }
+    for l in other {
+        if seen.insert(&l.anonymous_id) {
+            out.push(
+                json!({"id": l.anonymous_id, "type": "anonymous_id", "source": l.source_type,
+                "user_id": l.user_id, "linked_at": time_or_null(l.at)}),
+            );
+        }
+    }
+    Value::Array(out)
+}
+
+/// The person's identifiers (normalised email, E.164 phone), each with the user id it came
+/// with and its source (`api`, `edge`, `import`).
+fn identifiers_json(links: &[LinkRow]) -> Value {
+    use crate::store::row::{EMAIL_PREFIX, IDENTIFIER_SOURCE, PHONE_PREFIX};
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for l in links {
+        let Some(source) = l.source_type.strip_prefix(IDENTIFIER_SOURCE) else {
+            continue;
+        };
+        let (kind, value) = if let Some(v) = l.anonymous_id.strip_prefix(EMAIL_PREFIX) {
+            ("email", v)
+        } else if let Some(v) = l.anonymous_id.strip_prefix(PHONE_PREFIX) {
+            ("phone", v)
+        } else {
+            continue;
+        };
+        if seen.insert((value, l.user_id.as_str(), source)) {
+            out.push(json!({"type": kind, "value": value, "user_id": l.user_id,
+                "source": source, "seen_at": time_or_null(l.at)}));
+        }
+    }
+    Value::Array(out)
 }
 
 /// Money and averages to cents (binary floats would otherwise print 59.980000000000004).

@@ -176,6 +176,16 @@ impl QueryState {
             .ok_or_else(|| {
                 QueryError::Unauthorized("authorization: expected `Bearer <read key>`".into())
             })?;
+        self.authorize_read_key(key, site)
+    }
+
+    /// Checks a read key given as such (the quality page's form) and that it may read `site`;
+    /// returns the site and whether the key may subscribe.
+    pub fn authorize_read_key(
+        &self,
+        key: &str,
+        site: Option<&str>,
+    ) -> Result<(String, bool), QueryError> {
         let entry = self
             .0
             .read_keys

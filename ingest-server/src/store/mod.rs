@@ -5,6 +5,7 @@
 pub mod delivery;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod quality;
 pub mod repartition;
 pub mod replay;
 pub mod row;

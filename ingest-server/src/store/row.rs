@@ -110,6 +110,23 @@ pub struct QuarantineRow {
 /// `identities`, with its `source` as the link's `source_type`, and never in `events`.
 pub const LINK_ROW: &str = "$link";
 
+/// The pseudo anonymous id prefixes of identifier links (`crate::intake::identifiers`): an
+/// email or phone number linked to a user id, never a device.
+pub const EMAIL_PREFIX: &str = "$email:";
+pub const PHONE_PREFIX: &str = "$phone:";
+/// The `source_type` prefix of identifier links (`identifier:import`...).
+pub const IDENTIFIER_SOURCE: &str = "identifier:";
+/// The `source_type` of a link made by merging two user ids (`crate::identity`): the merged user
+/// id as `anonymous_id`, the person's user id as `user_id`.
+pub const MERGE_SOURCE: &str = "merge";
+/// The `source_type` of a link that moves a merged user's device to the person.
+pub const MERGE_DEVICE_SOURCE: &str = "merge_device";
+
+/// Whether an id in `identities` is an identifier rather than an anonymous id.
+pub fn is_identifier(id: &str) -> bool {
+    id.starts_with(EMAIL_PREFIX) || id.starts_with(PHONE_PREFIX)
+}
+
 /// The identity links an event carries: anonymous id <-> user id, and alias previousId -> userId.
 pub fn identity_links(row: &EventRow) -> Vec<IdentityRow> {
     let mut out = Vec::new();

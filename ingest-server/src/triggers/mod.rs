@@ -15,12 +15,16 @@
 //!   `GET /v1/subscriptions/dead_letters` and counted in `/metrics`.
 //! - [`api`]: the handlers.
 //!
-//! One server of a fleet evaluates and delivers (`triggers.evaluate = true`); all serve the
-//! API. The tables are described in `crate::store::schema::triggers`.
+//! - [`lease`]: of the servers with `triggers.evaluate = true` on one database, the holder of
+//!   a lease row in ClickHouse evaluates and delivers; the others stand by and take over when
+//!   it is released or expires. All serve the API.
+//!
+//! The tables are described in `crate::store::schema::triggers`.
 
 pub mod api;
 pub mod deliver;
 pub mod eval;
+pub mod lease;
 pub mod subscription;
 
 use std::sync::Arc;
@@ -28,7 +32,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 pub use deliver::Deliverer;
-pub use eval::{Evaluator, TickReport};
+pub use eval::{Evaluator, Found, TickReport};
+pub use lease::Lease;
 pub use subscription::Subscription;
 
 use crate::config::TriggersConfig;
@@ -106,19 +111,42 @@ impl Delivery {
     }
 }
 
-/// Runs the evaluator every `tick` and the deliverer until `stop`; the deliverer writes the
-/// outcomes of deliveries in flight before it returns.
+/// The deliverer of a lease holder: its channel, its stop and its task.
+struct Delivering {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<Delivery>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Delivering {
+    fn start(st: &QueryState, cfg: &TriggersConfig, metrics: &Arc<Metrics>) -> Delivering {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task =
+            tokio::spawn(Deliverer::new(st.clone(), cfg.clone(), metrics.clone()).run(rx, stop_rx));
+        Delivering { tx, stop, task }
+    }
+
+    /// Stops sending; deliveries in flight finish and their outcomes are written.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+/// Runs until `stop`: every `tick`, takes or renews the evaluator's lease ([`lease`]); while
+/// this server holds it, evaluates and delivers, otherwise stands by. At stop, deliveries in
+/// flight finish, their outcomes are written and the lease is released.
 pub async fn run(
     st: QueryState,
     cfg: TriggersConfig,
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let deliverer = tokio::spawn(
-        Deliverer::new(st.clone(), cfg.clone(), metrics.clone()).run(rx, stop.clone()),
-    );
+    let mut lease = lease::Lease::new(st.clone(), cfg.lease_duration());
     let mut evaluator = Evaluator::new(st.clone());
+    let mut delivering: Option<Delivering> = None;
     let mut stop_eval = stop;
     let mut every = tokio::time::interval(cfg.tick.0);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -130,14 +158,62 @@ pub async fn run(
         if !st.schema_ready() {
             continue;
         }
+        let holding = match lease.acquire().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "the trigger lease could not be read or renewed");
+                lease.held()
+            }
+        };
+        metrics.trigger_lease(holding);
+        if !holding {
+            if let Some(d) = delivering.take() {
+                tracing::info!("the trigger lease is held elsewhere; this server stands by");
+                d.stop().await;
+            }
+            continue;
+        }
+        if delivering.is_none() {
+            // Another server may have evaluated while this one did not hold the lease.
+            evaluator.unclean();
+        }
+        let d = delivering.get_or_insert_with(|| {
+            tracing::info!(holder = %lease.id(), "this server holds the trigger lease: evaluating and delivering");
+            Delivering::start(&st, &cfg, &metrics)
+        });
         let started = std::time::Instant::now();
-        match evaluator.tick(crate::clock::now_ms()).await {
+        let found = match evaluator.find(crate::clock::now_ms()).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "trigger evaluation failed; the next tick covers the same persons");
+                continue;
+            }
+        };
+        // The lease again before writing: a tick longer than the lease must not write beside
+        // a new holder.
+        if !matches!(lease.acquire().await, Ok(true)) {
+            evaluator.unclean();
+            tracing::warn!("the trigger lease was lost during a tick; its findings are dropped (the next holder finds them again)");
+            continue;
+        }
+        match evaluator.commit(found).await {
             Ok(report) => {
-                metrics.trigger_tick(started.elapsed().as_secs_f64(), report.candidates);
+                let took = started.elapsed();
+                metrics.trigger_tick(took.as_secs_f64(), report.candidates);
+                if took > cfg.tick.0 {
+                    // Deliveries wait for the tick: say where its time went.
+                    tracing::warn!(
+                        seconds = took.as_secs_f64(),
+                        candidates = report.candidates,
+                        deliveries = report.deliveries.len(),
+                        parts = %report.timings,
+                        "a trigger tick took longer than triggers.tick"
+                    );
+                }
                 for d in &report.deliveries {
                     metrics.trigger_transition(&d.kind);
                 }
-                if !report.deliveries.is_empty() && tx.send(report.deliveries).is_err() {
+                if !report.deliveries.is_empty() && d.tx.send(report.deliveries).is_err() {
                     break;
                 }
             }
@@ -146,6 +222,10 @@ pub async fn run(
             }
         }
     }
-    drop(tx);
-    let _ = deliverer.await;
+    if let Some(d) = delivering.take() {
+        d.stop().await;
+    }
+    if let Err(e) = lease.release().await {
+        tracing::warn!(error = %e, "the trigger lease was not released; another server takes over when it expires");
+    }
 }

@@ -52,10 +52,16 @@ pub struct Db {
 
 impl Db {
     pub async fn new() -> Db {
+        Db::new_at(&clickhouse().http_url()).await
+    }
+
+    /// The same, with the server's clients talking to ClickHouse at `url` (a recording proxy
+    /// in front of it, in `clickhouse_parity.rs`); the database is made directly.
+    pub async fn new_at(url: &str) -> Db {
         let ch = clickhouse();
         let name = tokio::task::block_in_place(|| ch.fresh_database()).unwrap();
         let cfg = IngestConfig::new()
-            .clickhouse(&ch.http_url(), &name)
+            .clickhouse(url, &name)
             .config()
             .clickhouse
             .clone();
@@ -211,11 +217,26 @@ pub async fn call(
         Arc::default(),
         None,
     );
+    let identity = waymark_ingest::identity::IdentityState::new(
+        st.clone(),
+        privacy.clone(),
+        vec![waymark_ingest::config::SiteConfig {
+            id: "shop".into(),
+            ..Default::default()
+        }],
+    );
     let app: axum::Router = waymark_ingest::query::router(st.clone())
         .merge(waymark_ingest::privacy::router(privacy))
+        .merge(waymark_ingest::identity::router(identity))
         .merge(waymark_ingest::triggers::api::router(
             st.clone(),
             waymark_ingest::config::TriggersConfig::default(),
+        ))
+        .merge(waymark_ingest::query::quality::router(
+            waymark_ingest::query::quality::QualityState::new(
+                st.clone(),
+                &waymark_ingest::Config::default(),
+            ),
         ));
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();

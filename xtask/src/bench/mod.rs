@@ -7,6 +7,7 @@ use anyhow::Result;
 
 mod cluster;
 mod edge;
+mod import;
 mod ingest;
 mod query;
 mod triggers;
@@ -29,6 +30,7 @@ enum Bench {
     Query(query::Args),
     Triggers(triggers::Args),
     Cluster(cluster::Args),
+    Import(import::Args),
 }
 
 pub fn run(root: &Path, args: &Args) -> Result<()> {
@@ -38,6 +40,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         Bench::Query(a) => query::run(root, a),
         Bench::Triggers(a) => triggers::run(root, a),
         Bench::Cluster(a) => cluster::run(root, a),
+        Bench::Import(a) => import::run(root, a),
     }
 }
 

@@ -6,9 +6,10 @@
 //! webhook receiver in this process, and a live stream of R events/s (default 2,000) sent to
 //! `/v1/batch` by new visitors who view, add to cart and sometimes order. It prints:
 //!
-//! - evaluation CPU per tick: the CPU that ClickHouse and the ingest server use over a phase
-//!   with `triggers.evaluate = true`, less what they use over an equal phase of the same stream
-//!   without it, divided by the ticks of the phase; and that per second, as a share of a core;
+//! - evaluation CPU per tick: the CPU that ClickHouse's and the ingest server's processes use
+//!   over a phase with `triggers.evaluate = true`, less what the same number of events cost
+//!   them in an equal phase without it, per tick (`TICK_SECS`) and as a share of a core, split
+//!   between ClickHouse and the server; and per delivery received;
 //! - delivery latency p50 / p99: from sending the event that makes a person enter a
 //!   `did <event>` audience to the webhook receiving `entered`.
 //!
@@ -281,7 +282,22 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// One phase of the live stream; returns (CPU seconds of ClickHouse + server, seconds).
+/// What one phase of the live stream used.
+struct Phase {
+    /// CPU seconds of ClickHouse's process and of the ingest server's.
+    ch_cpu: f64,
+    server_cpu: f64,
+    secs: f64,
+    events: u64,
+}
+
+impl Phase {
+    fn cores(&self) -> (f64, f64) {
+        (self.ch_cpu / self.secs, self.server_cpu / self.secs)
+    }
+}
+
+/// One phase of the live stream.
 fn phase(
     base: &str,
     rate: u64,
@@ -290,8 +306,13 @@ fn phase(
     server_pid: u32,
     sent: &Sent,
     seed: u64,
-) -> Result<(f64, f64, u64)> {
-    let cpu = || cpu_secs(ch_pid).unwrap_or(0.0) + cpu_secs(server_pid).unwrap_or(0.0);
+) -> Result<Phase> {
+    let cpu = || {
+        (
+            cpu_secs(ch_pid).unwrap_or(0.0),
+            cpu_secs(server_pid).unwrap_or(0.0),
+        )
+    };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let c0 = cpu();
     let t0 = Instant::now();
@@ -303,7 +324,13 @@ fn phase(
     let n = h
         .join()
         .map_err(|_| anyhow::anyhow!("the stream panicked"))??;
-    Ok((cpu() - c0, t0.elapsed().as_secs_f64(), n))
+    let c1 = cpu();
+    Ok(Phase {
+        ch_cpu: c1.0 - c0.0,
+        server_cpu: c1.1 - c0.1,
+        secs: t0.elapsed().as_secs_f64(),
+        events: n,
+    })
 }
 
 pub fn run(root: &Path, o: &Args) -> Result<()> {
@@ -343,7 +370,19 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     } else {
         ch.fresh_database().map_err(|e| anyhow::anyhow!("{e}"))?
     };
-    if o.keep.is_some() && !kept {
+    if let (Some(dir), false) = (&o.keep, kept) {
+        // Kept data of other sizes is not dropped silently: it may be hours of loading.
+        if let Ok(meta) = ch.query("SELECT events, visitors FROM bench.bench_meta FORMAT TSV") {
+            if !meta.trim().is_empty() {
+                bail!(
+                    "{} holds a history of (events, visitors) {}, not {} {}: pass those with --events and --visitors, or another --keep directory",
+                    dir.display(),
+                    meta.trim().replace('\t', ", "),
+                    o.events,
+                    o.visitors
+                );
+            }
+        }
         for sql in ["DROP DATABASE IF EXISTS bench", "CREATE DATABASE bench"] {
             ch.query(sql).map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
         }
@@ -391,8 +430,18 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         }
     }
     let (hook, arrivals) = start_receiver()?;
-    ch.query(&format!("TRUNCATE TABLE {db}.trigger_subscriptions"))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A kept history may hold an earlier run's triggers: start from none.
+    for t in [
+        "trigger_subscriptions",
+        "trigger_members",
+        "trigger_deliveries",
+        "trigger_state",
+        "trigger_lease",
+        "trigger_touched",
+    ] {
+        ch.query(&format!("TRUNCATE TABLE {db}.{t}"))
+            .map_err(|e| anyhow::anyhow!("{t}: {e}"))?;
+    }
     let mut sub_event: HashMap<String, &'static str> = HashMap::new();
     for i in 0..o.subscriptions {
         let (name, event, audience) = subscription(i);
@@ -417,8 +466,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         "phase 1: {} events/s for {} s without evaluation...",
         o.rate, o.seconds
     );
-    let (cpu_off, secs_off, n_off) =
-        phase(&base, o.rate, o.seconds, ch_pid, server.proc.id(), &sent, 1)?;
+    let off = phase(&base, o.rate, o.seconds, ch_pid, server.proc.id(), &sent, 1)?;
     drop(server);
 
     // With evaluation: the baselines first (each reads its whole audience once), then the
@@ -426,6 +474,10 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     let server = start(true)?;
     let base = server.url();
     let t = Instant::now();
+    let first_cpu = (
+        cpu_secs(ch_pid).unwrap_or(0.0),
+        cpu_secs(server.proc.id()).unwrap_or(0.0),
+    );
     while metric(&base, "waymark_trigger_ticks_total") < 1.0 {
         if t.elapsed() > Duration::from_secs(3600) {
             bail!("the first tick (baselines) did not finish within an hour");
@@ -433,9 +485,11 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     println!(
-        "baselines of {} subscriptions taken in {:.1} s (the first tick)",
+        "baselines of {} subscriptions taken in {:.1} s (the first tick: one read of the history); CPU s ClickHouse {:.1}, server {:.1}",
         o.subscriptions,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        cpu_secs(ch_pid).unwrap_or(0.0) - first_cpu.0,
+        cpu_secs(server.proc.id()).unwrap_or(0.0) - first_cpu.1,
     );
     let ticks0 = metric(&base, "waymark_trigger_ticks_total");
     let tick_s0 = metric(&base, "waymark_trigger_tick_seconds_sum");
@@ -444,8 +498,8 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         "phase 2: {} events/s for {} s with evaluation every {TICK_SECS} s...",
         o.rate, o.seconds
     );
-    let (cpu_on, secs_on, n_on) =
-        phase(&base, o.rate, o.seconds, ch_pid, server.proc.id(), &sent, 2)?;
+    let on = phase(&base, o.rate, o.seconds, ch_pid, server.proc.id(), &sent, 2)?;
+    let measure_to = Instant::now();
     let ticks = metric(&base, "waymark_trigger_ticks_total") - ticks0;
     let tick_wall = metric(&base, "waymark_trigger_tick_seconds_sum") - tick_s0;
     // The phase's last events are delivered by the tick after the one running now: wait for
@@ -476,36 +530,67 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         })
         .collect();
     lat.sort_by(f64::total_cmp);
-    let extra = (cpu_on / secs_on - cpu_off / secs_off).max(0.0);
+    // Deliveries that arrived during phase 2 (every subscription, entered and left): what the
+    // server's extra CPU was spent on besides evaluating.
+    let delivered = arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, _, at)| *at >= measure_from && *at < measure_to)
+        .count();
+    let (ch_off, server_off) = off.cores();
+    let (ch_on, server_on) = on.cores();
+    // What phase 2's events would have cost without evaluation, at phase 1's CPU per event:
+    // on a loaded machine the stream does not always reach its rate, and less CPU for fewer
+    // events is not evaluation saving any.
+    let scale = on.events as f64 / off.events.max(1) as f64;
+    let (ch_extra, server_extra) = (
+        ((on.ch_cpu - off.ch_cpu * scale) / on.secs).max(0.0),
+        ((on.server_cpu - off.server_cpu * scale) / on.secs).max(0.0),
+    );
+    let extra = ch_extra + server_extra;
     println!();
     println!(
         "history: {} events, {} visitors; {} subscriptions; live {} events/s",
         o.events, o.visitors, o.subscriptions, o.rate
     );
-    println!("phase 1 (no evaluation): {n_off} events in {secs_off:.0} s; ClickHouse + server CPU {:.2} cores", cpu_off / secs_off);
-    println!("phase 2 (evaluation):    {n_on} events in {secs_on:.0} s; ClickHouse + server CPU {:.2} cores", cpu_on / secs_on);
     println!(
-        "evaluation: {ticks:.0} ticks, {:.2} s wall per tick, {:.2} CPU s per tick ({:.3} cores); last tick's candidates {candidates:.0}",
-        tick_wall / ticks.max(1.0),
-        extra * TICK_SECS as f64,
-        extra
+        "phase 1 (no evaluation): {} events in {:.0} s; CPU cores: ClickHouse {ch_off:.2}, server {server_off:.2}",
+        off.events, off.secs
     );
     println!(
-        "delivery latency (event sent -> webhook got `entered`), {} deliveries: p50 {:.1} s, p99 {:.1} s, max {:.1} s",
+        "phase 2 (evaluation):    {} events in {:.0} s; CPU cores: ClickHouse {ch_on:.2}, server {server_on:.2}",
+        on.events, on.secs
+    );
+    println!(
+        "evaluation and delivery: {ticks:.0} ticks, {:.2} s wall per tick, {:.2} CPU s per tick ({extra:.3} cores: ClickHouse {ch_extra:.3}, server {server_extra:.3}); last tick's candidates {candidates:.0} (target: under 0.25 cores)",
+        tick_wall / ticks.max(1.0),
+        extra * TICK_SECS as f64,
+    );
+    let per_delivery = |cores: f64| cores * on.secs / (delivered.max(1) as f64) * 1000.0;
+    println!(
+        "deliveries received during phase 2: {delivered} ({:.0}/s); extra CPU per delivery {:.2} ms (server {:.2} ms){}",
+        delivered as f64 / on.secs,
+        per_delivery(extra),
+        per_delivery(server_extra),
+        if o.debug_server { " (debug server: its share overstated)" } else { "" }
+    );
+    println!(
+        "delivery latency (event sent -> webhook got `entered`), {} deliveries: p50 {:.1} s, p99 {:.1} s, max {:.1} s (target: p99 under 60 s)",
         lat.len(),
         pct(&lat, 0.5),
         pct(&lat, 0.99),
         lat.last().copied().unwrap_or(f64::NAN)
     );
     // Evaluation failures are the server's warnings: show them rather than a silent figure.
-    let log = std::fs::read_to_string(dir.join("on.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(dir.join("on").join("ingest.log")).unwrap_or_default();
     let failures: Vec<&str> = log.lines().filter(|l| l.contains("trigger")).collect();
     if !failures.is_empty() {
         println!(
             "server warnings about triggers ({}), the last:",
             failures.len()
         );
-        for l in failures.iter().rev().take(3) {
+        for l in failures.iter().rev().take(6) {
             println!("  {l}");
         }
     }

@@ -322,6 +322,45 @@ ORDER BY (site, requested_at, job_id)"],
         statements: triggers::TRIGGERS,
         code: None,
     },
+    Migration {
+        version: 121,
+        name: "trigger_lease",
+        statements: triggers::TRIGGER_LEASE,
+        code: None,
+    },
+    // 130..: data quality counters per site and hour (`crate::store::quality`).
+    Migration {
+        version: 130,
+        name: "quality_hourly",
+        statements: &[crate::store::quality::QUALITY_HOURLY],
+        code: None,
+    },
+    Migration {
+        version: 131,
+        name: "quality_freshness",
+        statements: crate::store::quality::FRESHNESS_VIEWS,
+        code: None,
+    },
+    // 140..: identity merging (`crate::identity`).
+    Migration {
+        version: 140,
+        name: "merges",
+        // The record of merges: one row per (merged user id, person's user id), with the
+        // shared identifier that made it; an unmerge writes the same key again with `undone = 1`
+        // and a greater `version` (read with argMax), and the merged id is never merged
+        // automatically again.
+        statements: &["CREATE TABLE IF NOT EXISTS {db}.merges (
+    site String,
+    merged_id String,
+    into_id String,
+    identifier String,
+    at DateTime,
+    undone UInt8,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version)
+ORDER BY (site, merged_id, into_id)"],
+        code: None,
+    },
 ];
 
 /// Migration 113: what the intake's data quality checks found in each event

@@ -1,4 +1,4 @@
-//! The tables of audience triggers (`crate::triggers`), migration 120.
+//! The tables of audience triggers (`crate::triggers`), migrations 120 and 121.
 //!
 //! - `trigger_subscriptions` (ReplacingMergeTree by `version`, one row per `(site, id)` once
 //!   merged, read with `argMax(..., version)`): the subscriptions every ingest server lists; a
@@ -17,6 +17,9 @@
 //! - `trigger_state` (ReplacingMergeTree by `version`): the evaluator's last tick and watermark.
 //! - `trigger_candidates` (Memory): the visitors one tick evaluates, filled and emptied by the
 //!   evaluator per site; lost on a ClickHouse restart, which costs nothing.
+//!
+//! - `trigger_lease` (ReplacingMergeTree by `version`, migration 121): which server evaluates
+//!   and delivers, until when (`crate::triggers::lease`).
 //!
 //! 18.16 has no TTL: old `trigger_touched` partitions are dropped by the evaluator.
 
@@ -78,3 +81,11 @@ FROM {db}.events",
     visitor_id String
 ) ENGINE = Memory",
 ];
+
+/// Migration 121's statements: the evaluator's lease (`crate::triggers::lease`).
+pub const TRIGGER_LEASE: &[&str] = &["CREATE TABLE IF NOT EXISTS {db}.trigger_lease (
+    name String,
+    holder String,
+    expires_at Int64,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version) ORDER BY name"];

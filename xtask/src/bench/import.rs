@@ -1,0 +1,331 @@
+//! `cargo xtask bench import [--people N] [--samples S] [--server PATH]`
+//!
+//! Generates a CRM export (customers with one to three records each, their email written with
+//! another case, spaces or a `+shop` tag; orders over three years), imports it with
+//! `ingest-server import` into a server on a private ClickHouse, and prints:
+//!
+//! - import rows/s: from the CLI's start until every row is in ClickHouse's `events` (the
+//!   server's validation, enrichment, spool, writer and materialized views included), and the
+//!   CPU seconds per 1,000 rows of the CLI and of the server;
+//! - raw rows/s: the same rows (`SELECT * FROM events`, as TSV) inserted by `clickhouse-client`
+//!   into a copy of `events` without views: the floor the issue compares against (target: the
+//!   import at least half of it);
+//! - the people the audience API counts against the generator's truth, and the profile's p50 /
+//!   p99 over sampled customer ids on the merged data.
+//!
+//! It measures and prints; it asserts nothing. The CLI's CPU is sampled from `/proc` every
+//! 20 ms while it runs (the last few milliseconds before it exits are not seen).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use waymark_ingest::clock::now_ms;
+use waymark_testkit::config::{site, HumanDuration, IngestConfig};
+use waymark_testkit::ingest::IngestServer;
+use waymark_testkit::ClickHouse;
+
+const SITE: &str = "shop";
+const WRITE_KEY: &str = "wk_bench";
+const READ_KEY: &str = "rk_bench";
+const DAY_MS: i64 = 86_400_000;
+
+/// Import rows/s against a raw clickhouse-client insert, and profile latency on merged people.
+///
+/// Generates a CRM export, imports it with `ingest-server import`, inserts the same rows with
+/// clickhouse-client, and times profiles. Measures and prints; asserts nothing.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// People in the export (each with one to three customer records).
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    people: usize,
+    /// Customer ids whose profile is timed.
+    #[arg(long, value_name = "S", default_value_t = 1_000)]
+    samples: usize,
+    /// Run this server binary instead of building the release one.
+    #[arg(long, value_name = "PATH")]
+    server: Option<std::path::PathBuf>,
+}
+
+/// xorshift: the same export every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+struct Export {
+    customers: String,
+    orders: String,
+    customer_rows: usize,
+    order_rows: usize,
+    ids: Vec<String>,
+}
+
+fn generate(people: usize, now: i64) -> Export {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut customers = String::from("customer_id,email,name,postcode,created_at\n");
+    let mut orders = String::from("order_id,customer_id,total,currency,ordered_at\n");
+    let (mut customer_rows, mut order_rows) = (0, 0);
+    let mut ids = Vec::new();
+    let day = |ms: i64| waymark_protocol::time::format_rfc3339(ms);
+    for i in 0..people {
+        for k in 0..(1 + rng.next() % 3) {
+            let email = match k {
+                0 => format!("user{i}@example.com"),
+                1 => format!("  User{i}@Example.COM "),
+                _ => format!("user{i}+shop@example.com"),
+            };
+            let id = format!("c{i}-{k}");
+            let created = day(now - (rng.next() % 1000) as i64 * DAY_MS);
+            let _ = writeln!(
+                customers,
+                "{id},\"{email}\",Person {i},{:05},{}",
+                10000 + i % 90000,
+                &created[..10]
+            );
+            customer_rows += 1;
+            for _ in 0..(rng.next() % 5) {
+                let at = day(now - (rng.next() % 1095) as i64 * DAY_MS - 3_600_000);
+                let _ = writeln!(
+                    orders,
+                    "o{order_rows},{id},{}.{:02},EUR,{} {}",
+                    10 + rng.next() % 200,
+                    rng.next() % 100,
+                    &at[..10],
+                    &at[11..19]
+                );
+                order_rows += 1;
+            }
+            ids.push(id);
+        }
+    }
+    Export {
+        customers,
+        orders,
+        customer_rows,
+        order_rows,
+        ids,
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn count(ch: &ClickHouse, sql: &str) -> u64 {
+    ch.query(sql)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs the CLI on one file; (wall seconds, CPU seconds seen).
+fn import(binary: &Path, url: &str, kind: &str, file: &Path) -> Result<(f64, f64)> {
+    let started = Instant::now();
+    let mut child = Command::new(binary)
+        .args(["import", "--site", SITE, "--kind", kind])
+        .arg(file)
+        .args(["--url", url, "--key", WRITE_KEY])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("running ingest-server import")?;
+    let mut cpu = 0.0;
+    loop {
+        if let Some(c) = super::cpu_secs(child.id()) {
+            cpu = c;
+        }
+        if let Some(status) = child.try_wait()? {
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut child.stdout.take().expect("piped"), &mut out)?;
+            print!("  {kind}: {out}");
+            if !status.success() {
+                bail!("ingest-server import --kind {kind} failed");
+            }
+            return Ok((started.elapsed().as_secs_f64(), cpu));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn run(root: &Path, o: &Args) -> Result<()> {
+    let binary = match &o.server {
+        Some(p) => p.clone(),
+        None => crate::server::build_release(root)?,
+    };
+    println!("starting a private ClickHouse...");
+    let ch = ClickHouse::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = ch.fresh_database().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = std::env::temp_dir().join(format!("waymark-bench-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = IngestConfig::new()
+        .clickhouse(&ch.http_url(), &db)
+        .spool(&dir.join("spool"))
+        .site(site(SITE, WRITE_KEY, &[]))
+        .read_key(READ_KEY, &[SITE])
+        .with(|c| {
+            c.query.cache_ttl = HumanDuration(Duration::ZERO);
+            for s in &mut c.sites {
+                s.identity.email_plus = true;
+            }
+        });
+    let server = IngestServer::start(
+        &binary,
+        &config,
+        &dir.join("ingest"),
+        &[("RUST_LOG", "warn")],
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let url = server.url();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !agent()
+        .get(format!("{url}/readyz"))
+        .call()
+        .map(|r| r.status().as_u16() == 200)
+        .unwrap_or(false)
+    {
+        if Instant::now() > deadline {
+            bail!("the ingest server was not ready within 5 min");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let now = now_ms();
+    let ex = generate(o.people, now);
+    let (customers, orders) = (dir.join("customers.csv"), dir.join("orders.csv"));
+    std::fs::write(&customers, &ex.customers)?;
+    std::fs::write(&orders, &ex.orders)?;
+    let rows = (ex.customer_rows + ex.order_rows) as u64;
+    println!(
+        "export: {} people, {} customer rows, {} orders over three years ({:.1} MB of CSV)",
+        o.people,
+        ex.customer_rows,
+        ex.order_rows,
+        (ex.customers.len() + ex.orders.len()) as f64 / 1e6
+    );
+
+    let server_cpu0 = super::cpu_secs(server.proc.id()).unwrap_or(0.0);
+    let started = Instant::now();
+    let (w1, c1) = import(&binary, &url, "customers", &customers)?;
+    let (w2, c2) = import(&binary, &url, "orders", &orders)?;
+    let in_ch = format!("SELECT count() FROM {db}.events WHERE source = 'import'");
+    while count(&ch, &in_ch) < rows {
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("the rows did not reach ClickHouse within 30 min");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let import_s = started.elapsed().as_secs_f64();
+    let server_cpu = super::cpu_secs(server.proc.id()).unwrap_or(0.0) - server_cpu0;
+    let import_rate = rows as f64 / import_s;
+    println!(
+        "import: {rows} rows in {import_s:.2} s until in ClickHouse ({import_rate:.0} rows/s; the CLI took {:.2} s to have them acknowledged)",
+        w1 + w2
+    );
+    println!(
+        "  CPU per 1,000 rows: CLI {:.3} s, ingest server {:.3} s",
+        (c1 + c2) * 1000.0 / rows as f64,
+        server_cpu * 1000.0 / rows as f64
+    );
+
+    // The same rows, raw, into a copy of `events` without views.
+    let tsv = ch
+        .query(&format!(
+            "SELECT * FROM {db}.events WHERE source = 'import' FORMAT TabSeparated"
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tsv_path = dir.join("rows.tsv");
+    std::fs::write(&tsv_path, &tsv)?;
+    ch.query(&format!("CREATE TABLE {db}.raw_events AS {db}.events"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let client = waymark_testkit::client_command();
+    let t = Instant::now();
+    let status = Command::new(&client[0])
+        .args(&client[1..])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &ch.tcp_port().to_string(),
+            "--query",
+            &format!("INSERT INTO {db}.raw_events FORMAT TabSeparated"),
+        ])
+        .stdin(std::fs::File::open(&tsv_path)?)
+        .status()
+        .context("running clickhouse-client (apt-get install -y clickhouse-client)")?;
+    let raw_s = t.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("clickhouse-client failed inserting the raw rows");
+    }
+    let raw_rate = count(&ch, &format!("SELECT count() FROM {db}.raw_events")) as f64 / raw_s;
+    println!(
+        "raw clickhouse-client insert of the same rows: {raw_s:.2} s ({raw_rate:.0} rows/s); import / raw = {:.2} (target: at least 0.5)",
+        import_rate / raw_rate
+    );
+
+    // People, once merged.
+    let people = |a: &ureq::Agent| -> Result<u64> {
+        let mut r = a
+            .post(format!("{url}/v1/audiences/query?site={SITE}"))
+            .header("authorization", format!("Bearer {READ_KEY}"))
+            .header("content-type", "application/json")
+            .send(r#"{"conditions":[{"type":"did","event":"$identify","within":"3650d"}],"limit":10000}"#)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().with_config().limit(1 << 30).read_to_string()?)?;
+        Ok(v["count"].as_u64().unwrap_or(0))
+    };
+    let a = agent();
+    let t = Instant::now();
+    let mut n = people(&a)?;
+    while n != o.people as u64 && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(500));
+        n = people(&a)?;
+    }
+    println!(
+        "people counted by the audience API: {n} (the generator's truth: {}; {} customer records; the audience page holds at most 10,000)",
+        o.people, ex.customer_rows
+    );
+
+    let step = (ex.ids.len() / o.samples.max(1)).max(1);
+    let mut ms = Vec::new();
+    for id in ex.ids.iter().step_by(step).take(o.samples) {
+        let t = Instant::now();
+        let r = a
+            .get(format!("{url}/v1/profiles/{id}?site={SITE}"))
+            .header("authorization", format!("Bearer {READ_KEY}"))
+            .call()?;
+        if r.status().as_u16() == 200 {
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "profile on merged data: {} requests, p50 {:.1} ms, p99 {:.1} ms",
+        ms.len(),
+        pct(&ms, 0.5),
+        pct(&ms, 0.99)
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
