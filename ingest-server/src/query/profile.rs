@@ -647,11 +647,9 @@ struct LinkRow {
     at: i64,
 }
 
-/// The person's links: every link to one of its ids (user ids, merged user ids). A link sent
-/// several times is listed once, as first made: its earliest time and the source of that
-/// (ties broken by the source's name). Not `FINAL`, which keeps the row inserted last, so the
-/// answer would depend on the order of inserts (two ingest servers, a retry, a replay); a
-/// minimum does not, and does not change when parts merge either.
+/// The person's links: every link to one of its ids (user ids, merged user ids). `FINAL`:
+/// the row a merge keeps of a link sent several times (its source and time), before the merge
+/// as after it, so the answer does not change when parts merge.
 fn ids_sql(db: &str, site: &str, ident: &Identity, id: &str) -> String {
     let mut users: Vec<&str> = ident.visitors.iter().map(String::as_str).collect();
     users.extend(ident.user_id.as_deref());
@@ -659,10 +657,8 @@ fn ids_sql(db: &str, site: &str, ident: &Identity, id: &str) -> String {
     users.sort_unstable();
     users.dedup();
     format!(
-        "SELECT anonymous_id, user_id, argMin(source_type, (linked_at, source_type)) AS source_type,
-    toInt64(min(linked_at)) * 1000 AS at
-FROM {db}.identities WHERE site = {} AND user_id IN {}
-GROUP BY anonymous_id, user_id
+        "SELECT anonymous_id, user_id, source_type, toInt64(linked_at) * 1000 AS at
+FROM {db}.identities FINAL WHERE site = {} AND user_id IN {}
 ORDER BY at, anonymous_id",
         lit(site),
         lit_list(users)
