@@ -86,7 +86,14 @@ fn config(ch_url: &str, cluster: Option<&str>, spool: &Path) -> IngestConfig {
         .writer_max_age(Duration::from_millis(100))
         .site(site("shop", WRITE_KEY, &[]))
         .read_key(READ_KEY, &["shop"])
-        .with(|c| c.clickhouse.cluster = cluster.map(str::to_string))
+        .with(|c| {
+            c.clickhouse.cluster = cluster.map(str::to_string);
+            // The RFM quintiles are cached per site for `rfm.refresh` (5 min): computed between
+            // a restarted server's events and its identity links (two inserts), they would keep
+            // counting an identified visitor apart from its user until then. The test compares
+            // answers once everything is in, so it refreshes them every second.
+            c.query.rfm.refresh = waymark_ingest::config::HumanDuration(Duration::from_secs(1));
+        })
 }
 
 fn start(cfg: &IngestConfig, dir: &Path, log: &str) -> IngestServer {
