@@ -659,6 +659,24 @@ async fn holds_lease(http: &reqwest::Client, addr: SocketAddr) -> bool {
         .any(|l| l == "waymark_trigger_lease_held 1")
 }
 
+/// Waits (60 s at most) until `s` says its schema is migrated.
+async fn wait_ready(http: &reqwest::Client, s: &Running) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = http
+            .get(format!("http://{}/readyz", s.addr))
+            .send()
+            .await
+            .unwrap();
+        let body = r.text().await.unwrap();
+        if body.contains("\"schema\":\"ok\"") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not ready: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_evaluating_servers_deliver_once_each() {
     let ch = clickhouse();
@@ -666,24 +684,14 @@ async fn two_evaluating_servers_deliver_once_each() {
     let (spool_a, spool_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let rx = Receiver::start().await;
     let http = reqwest::Client::new();
+    // One after the other: two servers migrating a fresh database at the same moment once left
+    // 18.16 answering code 390 ("no metadata file for table events") to the migrations for a
+    // whole minute in CI (likely migration 110's copy-and-swap run twice at once); that is a
+    // known gap of its own, not what this test is about.
     let a = start(&db, spool_a.path()).await;
+    wait_ready(&http, &a).await;
     let b = start(&db, spool_b.path()).await;
-    for s in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let r = http
-                .get(format!("http://{}/readyz", s.addr))
-                .send()
-                .await
-                .unwrap();
-            let body = r.text().await.unwrap();
-            if body.contains("\"schema\":\"ok\"") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "not ready: {body}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_ready(&http, &b).await;
     let r = http
         .post(format!("http://{}/v1/subscriptions?site=shop", a.addr))
         .bearer_auth("rk_platform")
