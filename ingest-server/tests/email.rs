@@ -399,6 +399,27 @@ async fn a_persons_click_stitches_the_browser_to_the_reader() {
         s.db
     );
     wait_for(ch, &events, "4", Duration::from_secs(30)).await;
+    // A batch's links go to `identities` beside its events, in a second insert: the rows are
+    // all there once the writer has confirmed everything spooled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = c
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.lines().any(|l| l == "waymark_spool_pending_bytes 0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer confirmed everything spooled within 30 s:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let links = format!(
         "SELECT user_id, anonymous_id, source_type FROM {}.identities FORMAT TSV",
         s.db
