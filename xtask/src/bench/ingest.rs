@@ -1,12 +1,14 @@
 //! `cargo xtask bench ingest [--events N] [--clients C] [--batch B] [--rate R] [--paced-secs S]
-//! [--server PATH]`
+//! [--outage-secs S] [--server PATH] [--perf DIR]`
 //!
 //! Measures and prints (asserts nothing):
 //! 1. throughput: N realistic events sent over HTTP by C concurrent clients in batches of B;
 //!    events/s until every one is visible in ClickHouse; ack latency p50/p99; freshness (ack to
 //!    visible, p99, from probe requests polled every 25 ms);
 //! 2. ack latency at a paced R requests/s of 20 events for S seconds (p50/p99/max);
-//! 3. the server's peak RSS (VmHWM);
+//! 3. the server's peak RSS (VmHWM), after steps 1 and 2 and again after a ClickHouse outage of
+//!    `--outage-secs` under the paced load of step 2 (the spool takes the load; once ClickHouse
+//!    is back, how long until every acknowledged event is visible);
 //! 4. a raw `clickhouse-client` insert (TabSeparated) of the same rows, and the ratio: into
 //!    `events` with its materialized views (what the writer's inserts cost ClickHouse), and
 //!    into a bare copy of `events` without views;
@@ -18,7 +20,12 @@
 //! The server is the release binary with default writer settings, against a private
 //! ClickHouse from the testkit. `--server PATH` runs a given binary instead of building one
 //! (to compare two builds, e.g. a copy of an earlier `target/release/ingest-server`, in runs
-//! taken close together). `--paced-secs 0` skips step 2.
+//! taken close together). `--paced-secs 0` skips step 2, `--outage-secs 0` the outage.
+//!
+//! Beside the server's CPU per event, the private ClickHouse's CPU in the same throughput run
+//! is printed (its process found by its config path), to split the cost between the two.
+//! `--perf DIR` records both processes with `perf record -g` during the throughput run
+//! (`DIR/server.data`, `DIR/clickhouse.data`; read them with `perf report -i FILE --no-children`).
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -51,11 +58,18 @@ pub struct Args {
     #[arg(long, value_name = "B", default_value_t = 100)]
     batch: usize,
     /// Requests per second of 20 events in the paced run (step 2; at least 1).
-    #[arg(long, value_name = "R", default_value_t = 2_000)]
+    #[arg(long, value_name = "R", default_value_t = 500)]
     rate: usize,
     /// Seconds the paced run lasts; 0 skips it.
     #[arg(long, value_name = "S", default_value_t = 10)]
     paced_secs: u64,
+    /// Seconds ClickHouse is stopped while the paced load goes on (step 3); 0 skips it.
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    outage_secs: u64,
+    /// Record the server and ClickHouse with `perf record -g` during the throughput run, into
+    /// this directory.
+    #[arg(long, value_name = "DIR")]
+    perf: Option<std::path::PathBuf>,
     /// Run this server binary instead of building the release one (to compare two builds).
     #[arg(long, value_name = "PATH")]
     server: Option<std::path::PathBuf>,
@@ -178,6 +192,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         batch: args.batch.clamp(1, 500),
         rate: args.rate.max(1),
         server: args.server.clone(),
+        perf: args.perf.clone(),
         ..*args
     };
     let binary = match &o.server {
@@ -253,7 +268,22 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
             .map(|seq| batch_body(if seq % 20 == 0 { "probe" } else { "ev" }, o.batch, seq))
             .collect(),
     );
+    let ch_pid = clickhouse_pid(ch.home());
+    let perf = match &o.perf {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            let mut p = vec![start_perf(pid, &d.join("server.data"))?];
+            if let Some(c) = ch_pid {
+                p.push(start_perf(c, &d.join("clickhouse.data"))?);
+            }
+            // perf attaches within a moment; its first samples are what it shows it did.
+            std::thread::sleep(Duration::from_millis(500));
+            p
+        }
+        None => Vec::new(),
+    };
     let load_before = loadavg();
+    let ch_cpu_before = ch_pid.and_then(super::cpu_secs);
     let cpu_before = super::cpu_secs(pid);
     let self_cpu_before = super::cpu_secs(std::process::id());
     let start = Instant::now();
@@ -297,6 +327,13 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     }
     let visible_at = start.elapsed();
     let server_cpu = super::cpu_secs(pid).zip(cpu_before).map(|(a, b)| a - b);
+    let ch_cpu = ch_pid
+        .and_then(super::cpu_secs)
+        .zip(ch_cpu_before)
+        .map(|(a, b)| a - b);
+    for p in perf {
+        stop_perf(p)?;
+    }
     let client_cpu = super::cpu_secs(std::process::id())
         .zip(self_cpu_before)
         .map(|(a, b)| a - b);
@@ -322,54 +359,31 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     let rate = (total - 1) as f64 / visible_at.as_secs_f64();
 
     // 2. Paced ack latency.
-    let paced_total = o.rate as u64 * o.paced_secs;
     println!(
         "paced: {} requests/s of 20 events for {} s...",
         o.rate, o.paced_secs
     );
-    let paced_lat: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let paced_threads = 16usize;
-    let interval = Duration::from_secs_f64(paced_threads as f64 / o.rate as f64);
-    let per = paced_total as usize / paced_threads;
-    let paced_bodies: Vec<Vec<String>> = (0..paced_threads)
-        .map(|t| {
-            (0..per)
-                .map(|i| batch_body(&format!("paced{t}"), 20, i))
-                .collect()
-        })
-        .collect();
-    let pstart = Instant::now() + Duration::from_millis(100);
-    let late = Arc::new(AtomicUsize::new(0));
-    let pw: Vec<_> = paced_bodies
-        .into_iter()
-        .enumerate()
-        .map(|(t, bodies)| {
-            let (lat, url, late) = (paced_lat.clone(), url.clone(), late.clone());
-            std::thread::spawn(move || -> Result<()> {
-                let a = agent();
-                let offset = interval.mul_f64(t as f64 / paced_threads as f64);
-                for (i, body) in bodies.iter().enumerate() {
-                    let when = pstart + offset + interval * i as u32;
-                    let now = Instant::now();
-                    if when > now {
-                        std::thread::sleep(when - now);
-                    } else if now - when > interval {
-                        late.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let took = post(&a, &url, body)?;
-                    lat.lock().unwrap().push(took.as_secs_f64() * 1000.0);
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for w in pw {
-        w.join()
-            .map_err(|_| anyhow::anyhow!("a paced client panicked"))??;
-    }
-    let paced_elapsed = pstart.elapsed();
-    let paced = sorted(paced_lat.lock().unwrap().clone());
+    let paced = paced_load(&url, o.rate, o.paced_secs, "paced")?;
     let rss = peak_rss_kib(pid);
+
+    // 3. A ClickHouse outage under the paced load.
+    let mut ch = ch;
+    let outage = if o.outage_secs > 0 {
+        println!(
+            "outage: ClickHouse stopped for {} s under {} requests/s of 20 events...",
+            o.outage_secs, o.rate
+        );
+        ch.stop();
+        let load = paced_load(&url, o.rate, o.outage_secs, "outage")?;
+        ch.resume().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let back = Instant::now();
+        let want = count_acked(&ch, &db, "outage", load.acked_events);
+        let drained = want.then(|| back.elapsed());
+        Some((load, drained))
+    } else {
+        None
+    };
+    let rss_outage = peak_rss_kib(pid);
 
     // 3. Raw clickhouse-client insert of the same rows.
     println!("raw clickhouse-client insert of the same rows...");
@@ -381,7 +395,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         .args(&client[1..])
         .args(["--host", "127.0.0.1", "--port", &port, "--query"])
         .arg(format!(
-            "SELECT * FROM {db}.events WHERE message_id NOT LIKE 'paced%' FORMAT TabSeparated"
+            "SELECT * FROM {db}.events WHERE message_id NOT LIKE 'paced%' AND message_id NOT LIKE 'outage%' FORMAT TabSeparated"
         ))
         .stdout(out)
         .status()
@@ -448,6 +462,25 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
             (total - 1) as f64 / cpu
         )?;
     }
+    match ch_cpu {
+        Some(cpu) => writeln!(
+            out,
+            "ClickHouse CPU (same run): {cpu:.1} s = {:.0} us/event; server share {:.0} %",
+            cpu * 1e6 / (total - 1) as f64,
+            server_cpu.map_or(f64::NAN, |s| 100.0 * s / (s + cpu))
+        )?,
+        None => writeln!(
+            out,
+            "ClickHouse CPU (same run): unavailable (its process was not found)"
+        )?,
+    }
+    if let Some(d) = &o.perf {
+        writeln!(
+            out,
+            "perf profiles:             {0}/server.data, {0}/clickhouse.data",
+            d.display()
+        )?;
+    }
     if let Some(cpu) = client_cpu {
         writeln!(
             out,
@@ -471,26 +504,54 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         percentile(&fresh, 0.99),
         fresh.len()
     )?;
-    if paced.is_empty() {
+    if paced.lat.is_empty() {
         writeln!(
             out,
             "paced: {} req/s x 20 ev:  skipped (--paced-secs {})",
             o.rate, o.paced_secs
         )?;
     } else {
-        writeln!(out, "paced: {} req/s x 20 ev:  achieved {:.0} req/s; ack p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} sends late",
-            o.rate, paced.len() as f64 / paced_elapsed.as_secs_f64(), percentile(&paced, 0.5), percentile(&paced, 0.99), paced.last().copied().unwrap_or(f64::NAN), late.load(Ordering::Relaxed))?;
+        writeln!(out, "paced: {} req/s x 20 ev:  {}", o.rate, paced.summary())?;
     }
-    match rss {
-        Some(k) => writeln!(
-            out,
-            "server peak RSS:           {:.1} MiB",
-            k as f64 / 1024.0
-        )?,
-        None => writeln!(
-            out,
-            "server peak RSS:           unavailable (/proc/{pid}/status unreadable)"
-        )?,
+    let mib = |k: Option<u64>| match k {
+        Some(k) => format!("{:.1} MiB", k as f64 / 1024.0),
+        None => format!("unavailable (/proc/{pid}/status unreadable)"),
+    };
+    writeln!(
+        out,
+        "server peak RSS:           {} (throughput and paced runs)",
+        mib(rss)
+    )?;
+    match &outage {
+        Some((load, drained)) => {
+            writeln!(
+                out,
+                "outage: ClickHouse {} s down under {} req/s x 20 ev:  {}",
+                o.outage_secs,
+                o.rate,
+                load.summary()
+            )?;
+            match drained {
+                Some(d) => writeln!(
+                    out,
+                    "  all {} acknowledged events visible {:.1} s after ClickHouse was back",
+                    load.acked_events,
+                    d.as_secs_f64()
+                )?,
+                None => writeln!(
+                    out,
+                    "  NOT all {} acknowledged events visible {} s after ClickHouse was back",
+                    load.acked_events,
+                    DRAIN_TIMEOUT.as_secs()
+                )?,
+            }
+            writeln!(
+                out,
+                "server peak RSS:           {} (incl. the outage)",
+                mib(rss_outage)
+            )?;
+        }
+        None => writeln!(out, "outage: skipped (--outage-secs 0)")?,
     }
     writeln!(
         out,
@@ -540,6 +601,157 @@ fn plan_cost(root: &Path, dir: &Path) -> Result<()> {
             .arg(&batches)
             .current_dir(root),
     )
+}
+
+/// How long the bench waits for the outage's events to become visible once ClickHouse is back.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Waits (bounded) until ClickHouse shows `n` distinct events whose message id starts with
+/// `prefix`; whether it did.
+fn count_acked(ch: &ClickHouse, db: &str, prefix: &str, n: u64) -> bool {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let sql =
+        format!("SELECT uniqExact(message_id) FROM {db}.events WHERE message_id LIKE '{prefix}%'");
+    loop {
+        if count(ch, &sql) >= n {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The outcome of a paced load.
+struct Paced {
+    /// Ack latencies (ms) of the requests answered 200, sorted.
+    lat: Vec<f64>,
+    elapsed: Duration,
+    /// Sends more than one interval behind their schedule.
+    late: usize,
+    /// Requests answered 503 (spool full: the client would retry later).
+    refused: usize,
+    acked_events: u64,
+}
+
+impl Paced {
+    fn summary(&self) -> String {
+        let sent = self.lat.len() + self.refused;
+        format!(
+            "achieved {:.0} req/s; ack p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} sends late; {} refused (503)",
+            sent as f64 / self.elapsed.as_secs_f64(),
+            percentile(&self.lat, 0.5),
+            percentile(&self.lat, 0.99),
+            self.lat.last().copied().unwrap_or(f64::NAN),
+            self.late,
+            self.refused
+        )
+    }
+}
+
+/// Sends `rate` requests/s of 20 events for `secs` seconds from 16 threads, each on its own
+/// schedule; message ids start with `prefix`. A 503 is counted, anything else but 200 fails.
+fn paced_load(url: &str, rate: usize, secs: u64, prefix: &str) -> Result<Paced> {
+    const EVENTS: usize = 20;
+    let threads = 16usize;
+    let interval = Duration::from_secs_f64(threads as f64 / rate as f64);
+    let per = (rate as u64 * secs) as usize / threads;
+    let bodies: Vec<Vec<String>> = (0..threads)
+        .map(|t| {
+            (0..per)
+                .map(|i| batch_body(&format!("{prefix}{t}"), EVENTS, i))
+                .collect()
+        })
+        .collect();
+    let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let late = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now() + Duration::from_millis(100);
+    let workers: Vec<_> = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(t, bodies)| {
+            let (lat, url, late, refused) =
+                (lat.clone(), url.to_string(), late.clone(), refused.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let a = agent();
+                let offset = interval.mul_f64(t as f64 / threads as f64);
+                for (i, body) in bodies.iter().enumerate() {
+                    let when = start + offset + interval * i as u32;
+                    let now = Instant::now();
+                    if when > now {
+                        std::thread::sleep(when - now);
+                    } else if now - when > interval {
+                        late.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match post(&a, &url, body) {
+                        Ok(took) => lat.lock().unwrap().push(took.as_secs_f64() * 1000.0),
+                        Err(e) if e.to_string().starts_with("ingest answered 503") => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a paced client panicked"))??;
+    }
+    let elapsed = start.elapsed();
+    let lat = sorted(lat.lock().unwrap().clone());
+    let acked_events = (lat.len() * EVENTS) as u64;
+    Ok(Paced {
+        lat,
+        elapsed,
+        late: late.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
+        acked_events,
+    })
+}
+
+/// The pid of the ClickHouse server (not its wrapper shell) whose home is `home`.
+fn clickhouse_pid(home: &Path) -> Option<u32> {
+    let needle = format!("--config-file={}", home.join("config.xml").display());
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let first = String::from_utf8_lossy(args.first()?);
+        (!first.ends_with("sh") && args.iter().any(|a| *a == needle.as_bytes())).then_some(pid)
+    })
+}
+
+/// `perf record -g` of a process into `out`, until [`stop_perf`].
+fn start_perf(pid: u32, out: &Path) -> Result<std::process::Child> {
+    Command::new("perf")
+        .args([
+            "record",
+            "-q",
+            "-g",
+            "-F",
+            "499",
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("running perf (apt-get install linux-perf)")
+}
+
+/// Stops a `perf record` with SIGINT (so it writes its file) and waits for it.
+fn stop_perf(mut child: std::process::Child) -> Result<()> {
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    child.wait()?;
+    Ok(())
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
