@@ -582,7 +582,21 @@ impl ClickHouseSink {
     where
         T: clickhouse::RowOwned + clickhouse::RowWrite,
     {
-        if rows.is_empty() {
+        self.insert_each(table, rows.iter()).await
+    }
+
+    /// Inserts the rows `rows` yields into `table` (no query when it yields none): a filtered
+    /// view of a batch goes in without copying its rows.
+    async fn insert_each<'r, T>(
+        &self,
+        table: &str,
+        rows: impl Iterator<Item = &'r T>,
+    ) -> Result<(), StoreError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite + 'r,
+    {
+        let mut rows = rows.peekable();
+        if rows.peek().is_none() {
             return Ok(());
         }
         let mut insert = self
@@ -596,6 +610,12 @@ impl ClickHouseSink {
         }
         insert.end().await.map_err(|e| classify(&e))
     }
+}
+
+/// Whether a row belongs in `events` (not a link-only row). A function, not a closure: the
+/// insert future holding the filter must be `Send` for every lifetime.
+fn is_event(r: &&EventRow) -> bool {
+    r.kind != LINK_ROW
 }
 
 impl Sink for ClickHouseSink {
@@ -635,18 +655,11 @@ impl Sink for ClickHouseSink {
                         .map(|r| (r.site.as_str(), r.user_id.as_str())),
                 );
             }
-            // Link-only rows (an email click's stitch) go to `identities` alone.
-            let events: std::borrow::Cow<'_, [EventRow]> =
-                if rows.iter().any(|r| r.kind == LINK_ROW) {
-                    rows.iter()
-                        .filter(|r| r.kind != LINK_ROW)
-                        .cloned()
-                        .collect()
-                } else {
-                    rows.into()
-                };
+            // Link-only rows (an email click's stitch, identifier links) go to `identities`
+            // alone: the others are inserted in place, never copied.
+            let events = rows.iter().filter(is_event);
             futures::future::try_join(
-                self.insert_rows("events", &events),
+                self.insert_each("events", events),
                 self.insert_rows("identities", &links),
             )
             .await
