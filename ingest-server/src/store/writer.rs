@@ -78,6 +78,11 @@ impl<S: Sink> Writer<S> {
         // adding rows to it (up to the row and byte limits): no batch waits, closed, behind an
         // insert while newer rows wait behind it. At most two batches are in memory.
         let (tx, mut rx) = mpsc::channel::<Gathered>(1);
+        // Each batch's row buffer goes back to the gatherer once inserted, so the next batch
+        // fills it in place: measured (issue 20's profile), growing a fresh `Vec` of up to
+        // `max_rows` rows by doubling, into freshly faulted pages, took a fifth of the
+        // server's CPU under load.
+        let (recycle, recycled) = mpsc::channel::<Vec<EventRow>>(2);
         let idle = Arc::new(Semaphore::new(0));
         let gatherer = tokio::spawn(gather(
             self.spool.clone(),
@@ -85,6 +90,7 @@ impl<S: Sink> Writer<S> {
             self.shutdown.clone(),
             idle.clone(),
             tx,
+            recycled,
         ));
         loop {
             idle.add_permits(1);
@@ -99,6 +105,9 @@ impl<S: Sink> Writer<S> {
                 );
                 break;
             }
+            let mut rows = batch.rows;
+            rows.clear();
+            let _ = recycle.try_send(rows);
             if let Err(e) = self.spool.commit(batch.end) {
                 // The rows are in ClickHouse; a stale checkpoint only means a replay later,
                 // which the table collapses.
@@ -150,11 +159,12 @@ async fn gather(
     mut shutdown: watch::Receiver<bool>,
     idle: Arc<Semaphore>,
     tx: mpsc::Sender<Gathered>,
+    mut recycled: mpsc::Receiver<Vec<EventRow>>,
 ) {
     let mut reader = spool.reader();
     let mut committed = spool.subscribe();
     loop {
-        let mut rows: Vec<EventRow> = Vec::new();
+        let mut rows: Vec<EventRow> = recycled.try_recv().unwrap_or_default();
         let mut undecodable: Vec<QuarantineRow> = Vec::new();
         let mut bytes = 0usize;
         let mut end: Option<u64> = None;
