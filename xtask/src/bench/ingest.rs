@@ -722,7 +722,7 @@ fn clickhouse_pid(home: &Path) -> Option<u32> {
         let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         let first = String::from_utf8_lossy(args.first()?);
-        (!first.ends_with("sh") && args.iter().any(|a| *a == needle.as_bytes())).then_some(pid)
+        (!first.ends_with("sh") && args.contains(&needle.as_bytes())).then_some(pid)
     })
 }
 
