@@ -79,9 +79,9 @@ impl<S: Sink> Writer<S> {
         // insert while newer rows wait behind it. At most two batches are in memory.
         let (tx, mut rx) = mpsc::channel::<Gathered>(1);
         // Each batch's row buffer goes back to the gatherer once inserted, so the next batch
-        // fills it in place: measured (issue 20's profile), growing a fresh `Vec` of up to
-        // `max_rows` rows by doubling, into freshly faulted pages, took a fifth of the
-        // server's CPU under load.
+        // fills it in place instead of growing a fresh `Vec` of up to `max_rows` rows by
+        // doubling into freshly faulted pages (issue 20's profile: `Vec` growth and page
+        // zeroing were its top cost; other buffers still grow the same way).
         let (recycle, recycled) = mpsc::channel::<Vec<EventRow>>(2);
         let idle = Arc::new(Semaphore::new(0));
         let gatherer = tokio::spawn(gather(
