@@ -16,7 +16,6 @@
 //! It measures and prints; it asserts nothing. The CLI's CPU is sampled from `/proc` every
 //! 20 ms while it runs (the last few milliseconds before it exits are not seen).
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,13 +23,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use waymark_ingest::clock::now_ms;
 use waymark_testkit::config::{site, HumanDuration, IngestConfig};
+use waymark_testkit::crm::Crm;
 use waymark_testkit::ingest::IngestServer;
 use waymark_testkit::ClickHouse;
 
 const SITE: &str = "shop";
 const WRITE_KEY: &str = "wk_bench";
 const READ_KEY: &str = "rk_bench";
-const DAY_MS: i64 = 86_400_000;
 
 /// Import rows/s against a raw clickhouse-client insert, and profile latency on merged people.
 ///
@@ -47,73 +46,6 @@ pub struct Args {
     /// Run this server binary instead of building the release one.
     #[arg(long, value_name = "PATH")]
     server: Option<std::path::PathBuf>,
-}
-
-/// xorshift: the same export every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-struct Export {
-    customers: String,
-    orders: String,
-    customer_rows: usize,
-    order_rows: usize,
-    ids: Vec<String>,
-}
-
-fn generate(people: usize, now: i64) -> Export {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let mut customers = String::from("customer_id,email,name,postcode,created_at\n");
-    let mut orders = String::from("order_id,customer_id,total,currency,ordered_at\n");
-    let (mut customer_rows, mut order_rows) = (0, 0);
-    let mut ids = Vec::new();
-    let day = |ms: i64| waymark_protocol::time::format_rfc3339(ms);
-    for i in 0..people {
-        for k in 0..(1 + rng.next() % 3) {
-            let email = match k {
-                0 => format!("user{i}@example.com"),
-                1 => format!("  User{i}@Example.COM "),
-                _ => format!("user{i}+shop@example.com"),
-            };
-            let id = format!("c{i}-{k}");
-            let created = day(now - (rng.next() % 1000) as i64 * DAY_MS);
-            let _ = writeln!(
-                customers,
-                "{id},\"{email}\",Person {i},{:05},{}",
-                10000 + i % 90000,
-                &created[..10]
-            );
-            customer_rows += 1;
-            for _ in 0..(rng.next() % 5) {
-                let at = day(now - (rng.next() % 1095) as i64 * DAY_MS - 3_600_000);
-                let _ = writeln!(
-                    orders,
-                    "o{order_rows},{id},{}.{:02},EUR,{} {}",
-                    10 + rng.next() % 200,
-                    rng.next() % 100,
-                    &at[..10],
-                    &at[11..19]
-                );
-                order_rows += 1;
-            }
-            ids.push(id);
-        }
-    }
-    Export {
-        customers,
-        orders,
-        customer_rows,
-        order_rows,
-        ids,
-    }
 }
 
 fn agent() -> ureq::Agent {
@@ -211,17 +143,21 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     }
 
     let now = now_ms();
-    let ex = generate(o.people, now);
+    let ex = Crm {
+        people: o.people,
+        ..Crm::default()
+    }
+    .generate(now);
     let (customers, orders) = (dir.join("customers.csv"), dir.join("orders.csv"));
-    std::fs::write(&customers, &ex.customers)?;
-    std::fs::write(&orders, &ex.orders)?;
+    std::fs::write(&customers, &ex.customers_csv)?;
+    std::fs::write(&orders, &ex.orders_csv)?;
     let rows = (ex.customer_rows + ex.order_rows) as u64;
     println!(
         "export: {} people, {} customer rows, {} orders over three years ({:.1} MB of CSV)",
         o.people,
         ex.customer_rows,
         ex.order_rows,
-        (ex.customers.len() + ex.orders.len()) as f64 / 1e6
+        (ex.customers_csv.len() + ex.orders_csv.len()) as f64 / 1e6
     );
 
     let server_cpu0 = super::cpu_secs(server.proc.id()).unwrap_or(0.0);
@@ -306,9 +242,9 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         o.people, ex.customer_rows
     );
 
-    let step = (ex.ids.len() / o.samples.max(1)).max(1);
+    let step = (ex.customer_rows / o.samples.max(1)).max(1);
     let mut ms = Vec::new();
-    for id in ex.ids.iter().step_by(step).take(o.samples) {
+    for id in ex.customer_ids().step_by(step).take(o.samples) {
         let t = Instant::now();
         let r = a
             .get(format!("{url}/v1/profiles/{id}?site={SITE}"))
