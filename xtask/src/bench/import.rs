@@ -51,6 +51,11 @@ pub struct Args {
     /// Run this server binary instead of building the release one.
     #[arg(long, value_name = "PATH")]
     server: Option<std::path::PathBuf>,
+    /// The server's `[writer] max_age` (default: the server's default), to see what larger
+    /// writer batches save ClickHouse: each batch of imported rows spans up to 36 monthly
+    /// partitions of `events` and of the views' tables.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    writer_max_age: Option<Duration>,
 }
 
 fn agent() -> ureq::Agent {
@@ -121,6 +126,41 @@ fn import(binary: &Path, url: &str, kind: &str, file: &Path) -> Result<(f64, f64
     Ok((wall, cpu))
 }
 
+/// ClickHouse's own counters (`system.events`, server-wide: the private server runs only this
+/// benchmark): the queries and merges behind its CPU time.
+const COUNTERS: [&str; 5] = [
+    "InsertQuery",
+    "SelectQuery",
+    "InsertedRows",
+    "Merge",
+    "MergedRows",
+];
+
+fn counters(ch: &ClickHouse) -> [u64; 5] {
+    let list = COUNTERS.map(|c| format!("'{c}'")).join(",");
+    let text = ch
+        .query(&format!(
+            "SELECT event, value FROM system.events WHERE event IN ({list}) FORMAT TabSeparated"
+        ))
+        .unwrap_or_default();
+    COUNTERS.map(|c| {
+        text.lines()
+            .filter_map(|l| l.split_once('\t'))
+            .find(|(e, _)| *e == c)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+fn counter_line(before: [u64; 5], after: [u64; 5]) -> String {
+    COUNTERS
+        .iter()
+        .zip(before.iter().zip(after))
+        .map(|(c, (b, a))| format!("{c} {}", a.saturating_sub(*b)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The pid of the `clickhouse-server` process whose files are under `home` (not its shell
 /// wrapper), to read its CPU time.
 fn clickhouse_pid(home: &Path) -> Option<u32> {
@@ -150,6 +190,9 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         .read_key(READ_KEY, &[SITE])
         .with(|c| {
             c.query.cache_ttl = HumanDuration(Duration::ZERO);
+            if let Some(age) = o.writer_max_age {
+                c.writer.max_age = HumanDuration(age);
+            }
             for s in &mut c.sites {
                 s.identity.email_plus = true;
             }
@@ -185,6 +228,9 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     std::fs::write(&customers, &ex.customers_csv)?;
     std::fs::write(&orders, &ex.orders_csv)?;
     let rows = (ex.customer_rows + ex.order_rows) as u64;
+    if let Some(age) = o.writer_max_age {
+        println!("writer max_age: {age:?} (not the default)");
+    }
     println!(
         "export: {} people, {} customer rows, {} orders over three years ({:.1} MB of CSV)",
         o.people,
@@ -197,6 +243,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     let ch_cpu = || ch_pid.and_then(super::cpu_secs).unwrap_or(f64::NAN);
     let server_cpu0 = super::cpu_secs(server.proc.id()).unwrap_or(0.0);
     let ch_cpu0 = ch_cpu();
+    let counted0 = counters(&ch);
     let started = Instant::now();
     let (w1, c1) = import(&binary, &url, "customers", &customers)?;
     let (w2, c2) = import(&binary, &url, "orders", &orders)?;
@@ -210,6 +257,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     let import_s = started.elapsed().as_secs_f64();
     let server_cpu = super::cpu_secs(server.proc.id()).unwrap_or(0.0) - server_cpu0;
     let import_ch_cpu = ch_cpu() - ch_cpu0;
+    let import_counted = counter_line(counted0, counters(&ch));
     let import_rate = rows as f64 / import_s;
     let per_k = |cpu: f64| cpu * 1000.0 / rows as f64;
     println!(
@@ -222,6 +270,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         per_k(server_cpu),
         per_k(import_ch_cpu)
     );
+    println!("  ClickHouse meanwhile (this benchmark's own count polls, every 100 ms, included): {import_counted}");
 
     // People, once merged.
     let people = |a: &ureq::Agent| -> Result<u64> {
@@ -272,10 +321,21 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     // the tables collapse, but the aggregating views count it).
     let client = waymark_testkit::client_command();
     let port = ch.tcp_port().to_string();
+    // Exported with clickhouse-client too: the rows are more than an HTTP answer may hold.
     let export = |sql: String, file: &Path| -> Result<u64> {
-        let tsv = ch.query(&sql).map_err(|e| anyhow::anyhow!("{e}"))?;
-        std::fs::write(file, &tsv)?;
-        Ok(tsv.lines().count() as u64)
+        let st = Command::new(&client[0])
+            .args(&client[1..])
+            .args(["--host", "127.0.0.1", "--port", &port, "--query", &sql])
+            .stdout(std::fs::File::create(file)?)
+            .status()
+            .context("running clickhouse-client (apt-get install -y clickhouse-client)")?;
+        if !st.success() {
+            bail!("exporting rows with clickhouse-client failed: {sql}");
+        }
+        Ok(
+            std::io::BufRead::lines(std::io::BufReader::new(std::fs::File::open(file)?)).count()
+                as u64,
+        )
     };
     let events_tsv = dir.join("events.tsv");
     export(
@@ -304,10 +364,24 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         &ch,
         &format!("SELECT count() FROM system.tables WHERE database = '{db}' AND engine = 'MaterializedView'"),
     );
+    // ClickHouse first finishes the merges the import's parts started (up to two minutes), so
+    // the raw insert is not timed against the import's leftovers.
+    let settle = Instant::now();
+    while count(&ch, "SELECT count() FROM system.merges") > 0
+        && settle.elapsed() < Duration::from_secs(120)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "  (ClickHouse's merges settled {:.1} s after the profile figures)",
+        settle.elapsed().as_secs_f64()
+    );
     let ch_cpu0 = ch_cpu();
+    let counted0 = counters(&ch);
     let (ev_s, ev_cpu) = raw_insert("events", &events_tsv)?;
     let (id_s, id_cpu) = raw_insert("identities", &links_tsv)?;
     let raw_ch_cpu = ch_cpu() - ch_cpu0;
+    let raw_counted = counter_line(counted0, counters(&ch));
     let raw_s = ev_s + id_s;
     let raw_rate = rows as f64 / raw_s;
     ch.query(&format!("CREATE TABLE {db}.raw_events AS {db}.events"))
@@ -325,6 +399,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         per_k(ev_cpu + id_cpu),
         per_k(raw_ch_cpu)
     );
+    println!("    ClickHouse meanwhile: {raw_counted}");
     println!(
         "  into a bare copy of events (no views, no links): {bare_s:.2} s = {bare_rate:.0} rows/s"
     );
