@@ -463,6 +463,7 @@ fn lose_nothing_and_answer_like_one_server(
 
 const SECRET: &str = "receiver-secret-0123456789";
 const PLATFORM_KEY: &str = "rk_platform_cluster";
+const ADMIN_KEY: &str = "ak_shop_cluster_0123456789";
 
 /// What the receiver recorded per request: its key and body, or why it was refused.
 type Seen = Arc<Mutex<Vec<Result<(String, Value), String>>>>;
@@ -611,6 +612,11 @@ fn triggers_are_delivered_once_with_two_evaluating_servers(
                 sites: vec!["shop".into()],
                 subscribe: true,
             });
+            c.privacy.admin_keys.push(waymark_ingest::config::AdminKey {
+                name: "dpo".into(),
+                key: ADMIN_KEY.into(),
+                sites: vec!["shop".into()],
+            });
             c.triggers.evaluate = true;
             c.triggers.tick = waymark_ingest::config::HumanDuration(Duration::from_secs(1));
         });
@@ -688,6 +694,40 @@ fn triggers_are_delivered_once_with_two_evaluating_servers(
             .map_err(|e| e.to_string())?;
         (n.trim() == "2").then_some(()).ok_or(n)
     });
+    // Each server's in-memory identity index has the link the other wrote, within its
+    // refresh (1 s, by insert time from every shard): the person's profile lists both ids.
+    let linked = Instant::now();
+    for (k, s) in [&c, &d].iter().enumerate() {
+        let other = ["t-b", "t-a"][k];
+        poll(
+            "the other server's link in the identity index",
+            Duration::from_secs(10),
+            || {
+                let metrics = get(&format!("{}/metrics", s.url()))?;
+                if !metrics
+                    .lines()
+                    .any(|l| l == "waymark_identity_index_ready 1")
+                {
+                    return Err("the identity index is not ready".into());
+                }
+                let mut r = ureq::get(format!("{}/v1/profiles/tu-1?site=shop", s.url()))
+                    .header("authorization", format!("Bearer {READ_KEY}"))
+                    .call()
+                    .map_err(|e| e.to_string())?;
+                let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap())
+                    .map_err(|e| e.to_string())?;
+                let ids = &v["anonymous_ids"];
+                ids.as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == other))
+                    .then_some(())
+                    .ok_or(format!("anonymous_ids {ids}"))
+            },
+        );
+    }
+    eprintln!(
+        "         both servers resolve the other's link {:.1} s after both were in ClickHouse",
+        linked.elapsed().as_secs_f64()
+    );
     let anons = ["t-1", "t-2", "t-3", "t-4", "t-5", "t-6", "t-a", "t-b"];
     for (k, anon) in anons.iter().enumerate() {
         let mut add = event(
@@ -753,4 +793,39 @@ fn triggers_are_delivered_once_with_two_evaluating_servers(
         }
     }
     phase("triggers: once each, one lease holder");
+
+    // A person's deletion runs on every shard (ALTER ... ON CLUSTER), and its status, read
+    // from a replica of each shard's `system.mutations`, says done once every shard is.
+    let mut r = ureq::delete(format!("{}/v1/persons/tu-1?site=shop", c.url()))
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .call()
+        .unwrap_or_else(|e| panic!("deleting tu-1: {e}"));
+    let answer: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let job = answer["job"].as_str().unwrap_or_else(|| panic!("{answer}"));
+    poll("the deletion to be done", Duration::from_secs(60), || {
+        let mut r = ureq::get(format!("{}/v1/deletions/{job}?site=shop", d.url()))
+            .header("authorization", format!("Bearer {ADMIN_KEY}"))
+            .call()
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        (v["status"] == "done").then_some(()).ok_or(v.to_string())
+    });
+    // Every replica follows (the one not asked fetches the mutated parts or mutates itself).
+    for n in cluster.nodes() {
+        poll(
+            "tu-1's events gone on every replica",
+            Duration::from_secs(30),
+            || {
+                let left = n
+                .query(&format!(
+                    "SELECT count() FROM {DB}.events_local WHERE anonymous_id IN ('t-a', 't-b') OR user_id = 'tu-1'"
+                ))
+                .map_err(|e| e.to_string())?;
+                (left.trim() == "0")
+                    .then_some(())
+                    .ok_or(format!("{left} on {}", n.http_url()))
+            },
+        );
+    }
+    phase("deletion: done on every shard");
 }

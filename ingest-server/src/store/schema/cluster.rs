@@ -63,9 +63,9 @@
 //!   shared dedup store (a round trip on every request) is kept.
 //! - Inserts: `insert_distributed_sync = 1` (`store::client`), so the writer's spool lets go of
 //!   rows only once every shard they go to has them.
-//! - Identity links: the in-memory index is off on a cluster (its refresh reads this server's
-//!   parts of `identities`, one shard's); ids resolve in ClickHouse per request, where every
-//!   server's links are.
+//! - Identity links: the in-memory index refreshes by insert time on a cluster (`inserted_at`,
+//!   migration 145; `crate::query::identity`), since this server's `system.parts`
+//!   lists one shard's parts of `identities`.
 //! - Rate limits: split per server (`rate_limit.servers`, `intake::ratelimit`).
 //!
 //! # What cluster mode assumes
@@ -145,8 +145,10 @@ impl Layout {
 
     /// The system table `system.<table>` (`parts`, `mutations`) as seen from one replica of
     /// every shard: `system.<table>` on one server, the `cluster` table function on a cluster
-    /// (18.16 has no `clusterAllReplicas`). Enough where replicas hold the same data, as they
-    /// do for partitions.
+    /// (18.16 has no `clusterAllReplicas`; `remote()` over every host would need the
+    /// credentials written into the SQL). Enough where a shard's replicas hold the same data:
+    /// its partitions, and a mutation one replica has applied, which the other fetches (the
+    /// mutated parts) or applies itself.
     pub fn every_shard(&self, table: &str) -> String {
         match self {
             Layout::Single => format!("system.{table}"),
