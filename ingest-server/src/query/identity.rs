@@ -609,6 +609,23 @@ mod tests {
     }
 
     #[test]
+    fn on_a_cluster_a_linked_user_is_read_under_its_own_id_too() {
+        // `q_user_visitors` is not read there: every linked user's own id is a visitor, as in
+        // the SQL lookup.
+        let ix = ready(100);
+        ix.users_unknown.store(true, Ordering::Release);
+        ix.add("s", "a1", "u1", 10);
+        let u1 = ix.resolve("s", "a1").unwrap();
+        assert_eq!(u1.visitors, vec!["u1".to_string(), "a1".to_string()]);
+        assert_eq!(u1.anonymous_ids, vec!["a1".to_string()]);
+        // An id without links is still a visitor on its own.
+        assert_eq!(
+            ix.resolve("s", "a2").unwrap().visitors,
+            vec!["a2".to_string()]
+        );
+    }
+
+    #[test]
     fn an_anonymous_id_follows_its_latest_link() {
         let ix = ready(100);
         ix.add("s", "a1", "u1", 10);
