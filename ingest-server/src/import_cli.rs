@@ -16,8 +16,11 @@
 //! - **Idempotent.** Each event's `messageId` is derived from the site, the kind and the row's
 //!   key (`key` in the map; by default the customer or order id), so running the same file
 //!   again stores nothing twice (the server drops and collapses the duplicates).
-//! - **Resumable.** After each chunk the server acknowledged, the last line is written to
-//!   `FILE.import-state` with the file's SHA-256; a new run of the same file, site and kind
+//! - **Pipelined.** `--in-flight` requests (default 2) are under way at once, so the CLI reads
+//!   and converts the next chunk while the server validates and spools the one before.
+//! - **Resumable.** After each chunk the server acknowledged (answers are taken in the order
+//!   the chunks were sent), the last line is written to `FILE.import-state` with the file's
+//!   SHA-256; a new run of the same file, site and kind
 //!   starts after it (`--restart` ignores it). The state file is removed when the import
 //!   completes.
 //! - **Bad rows** (the CLI's own checks and the server's) are printed by line and field, never
@@ -88,6 +91,11 @@ pub struct ImportArgs {
     /// Rows per request.
     #[arg(long, default_value_t = 5000)]
     pub chunk: usize,
+    /// Requests under way at once: the next chunk is read, converted and sent while the
+    /// server works on the one before (the resume point still only moves past chunks
+    /// acknowledged in order).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub in_flight: usize,
     /// Start from the first line even if an earlier run of this file was interrupted.
     #[arg(long)]
     pub restart: bool,
@@ -561,6 +569,15 @@ pub async fn run(args: ImportArgs, default_url: String) -> anyhow::Result<Summar
         }
     };
     let started = Instant::now();
+    let in_flight = args.in_flight.max(1);
+    let client = std::sync::Arc::new((client, url, key));
+    // Chunks sent and not yet answered, oldest first: (their line numbers, the request). The
+    // answers are taken in order, so the state file only ever names a line up to which every
+    // chunk was acknowledged, whatever order the server finishes them in.
+    let mut pending: std::collections::VecDeque<(
+        Vec<u64>,
+        tokio::task::JoinHandle<anyhow::Result<Report>>,
+    )> = std::collections::VecDeque::new();
     let mut chunk: Vec<(u64, String)> = Vec::with_capacity(args.chunk);
     loop {
         let next = rows.next();
@@ -583,30 +600,40 @@ pub async fn run(args: ImportArgs, default_url: String) -> anyhow::Result<Summar
             }
         }
         if chunk.len() >= args.chunk || (end && !chunk.is_empty()) {
-            let report = send(&client, &url, &key, &chunk).await?;
-            summary.sent += chunk.len() as u64;
+            let lines: Vec<u64> = chunk.iter().map(|c| c.0).collect();
+            let texts: Vec<String> = chunk.drain(..).map(|c| c.1).collect();
+            let c = client.clone();
+            pending.push_back((
+                lines,
+                tokio::spawn(async move { send(&c.0, &c.1, &c.2, &texts).await }),
+            ));
+        }
+        // Wait for the oldest answer once `in_flight` chunks are out, and for all at the end.
+        while pending.len() >= in_flight || (end && !pending.is_empty()) {
+            let (lines, request) = pending.pop_front().expect("a chunk in flight");
+            let report = request.await.context("sending a chunk")??;
+            summary.sent += lines.len() as u64;
             summary.accepted += report.accepted;
             summary.suppressed += report.suppressed;
             for r in &report.rejected {
-                let line = chunk
+                let line = lines
                     .get((r.line as usize).saturating_sub(1))
-                    .map_or(0, |c| c.0);
+                    .copied()
+                    .unwrap_or(0);
                 report_bad(line, &r.field, &r.reason, &mut summary);
             }
             // Counted but not listed by the server (beyond its list).
             summary.rejected += report
                 .rejected_lines
                 .saturating_sub(report.rejected.len() as u64);
-            let last = chunk.last().map_or(0, |c| c.0);
             let state = State {
                 sha256: sha.clone(),
                 site: args.site.clone(),
                 kind: args.kind,
-                line: last,
+                line: lines.last().copied().unwrap_or(0),
             };
             std::fs::write(&state_file, serde_json::to_vec(&state)?)
                 .with_context(|| format!("writing {}", state_file.display()))?;
-            chunk.clear();
             bar.set_message(format!(
                 "{} rows/s",
                 (summary.sent as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64
@@ -628,14 +655,14 @@ async fn send(
     client: &reqwest::Client,
     url: &str,
     key: &str,
-    chunk: &[(u64, String)],
+    chunk: &[String],
 ) -> anyhow::Result<Report> {
     let mut done = 0usize;
     let mut total = Report::default();
     let mut delay = Duration::from_millis(500);
     for attempt in 1.. {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        for (_, line) in &chunk[done..] {
+        for line in &chunk[done..] {
             gz.write_all(line.as_bytes())?;
             gz.write_all(b"\n")?;
         }

@@ -199,12 +199,9 @@ pub async fn serve(
     let metrics = Arc::new(metrics::Metrics::default());
     let schema = Arc::new(store::SchemaStatus::default());
     // The identity index: filled by the writer as it inserts links and by a background
-    // refresh from ClickHouse (links from other servers); the query API resolves ids with it.
-    // On a cluster it is off: its refresh reads this server's own parts of `identities`, which
-    // hold one shard's links; every lookup goes to ClickHouse instead (`query::identity`).
-    let identities = (!config.query.identity_refresh.0.is_zero()
-        && config.clickhouse.cluster.is_none())
-    .then(|| {
+    // refresh from ClickHouse (links from other servers; on a cluster by insert time, from
+    // every shard); the query API resolves ids with it (`query::identity`).
+    let identities = (!config.query.identity_refresh.0.is_zero()).then(|| {
         Arc::new(query::identity::IdentityIndex::new(
             config.query.identity_max_links,
         ))

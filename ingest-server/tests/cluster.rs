@@ -5,12 +5,21 @@
 //! retry after a lost answer). Then: no acknowledged event is missing, nothing counts twice, the
 //! crashed replica catches up, and the profiles, histories and audiences the query API answers
 //! are those of a single server that received every event once.
+//!
+//! Then, on the same cluster and database, triggers: two more ingest servers, both with
+//! `[triggers] evaluate = true`, take events for a subscription's audience through both; each
+//! person who enters is delivered once to a webhook receiver on 127.0.0.1, signed, whichever
+//! server holds the lease.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
+use waymark_protocol::edge::{verify, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use waymark_testkit::cluster::{Cluster, CLUSTER};
 use waymark_testkit::config::{site, IngestConfig};
 use waymark_testkit::ingest::IngestServer;
@@ -229,13 +238,23 @@ fn answers(url: &str) -> Vec<(String, Value)> {
     out
 }
 
+/// One cluster for both parts: starting it and migrating a database is most of the time.
 #[test]
-fn two_ingest_servers_on_a_two_by_two_cluster_lose_nothing_and_answer_like_one_server() {
+fn two_ingest_servers_on_a_two_by_two_cluster() {
     let t0 = Instant::now();
     let phase = |what: &str| eprintln!("{:>6.1} s  {what}", t0.elapsed().as_secs_f64());
     let mut cluster = Cluster::start(2, 2).unwrap_or_else(|e| panic!("{e}"));
     phase("cluster up");
     let dir = tempfile::tempdir().unwrap();
+    lose_nothing_and_answer_like_one_server(&mut cluster, dir.path(), &phase);
+    triggers_are_delivered_once_with_two_evaluating_servers(&cluster, dir.path(), &phase);
+}
+
+fn lose_nothing_and_answer_like_one_server(
+    cluster: &mut Cluster,
+    dir: &Path,
+    phase: &dyn Fn(&str),
+) {
     let now = now_ms();
     let all = events(now);
     let batches: Vec<Vec<Value>> = all.chunks(BATCH).map(<[Value]>::to_vec).collect();
@@ -244,14 +263,14 @@ fn two_ingest_servers_on_a_two_by_two_cluster_lose_nothing_and_answer_like_one_s
     let cfg_a = config(
         &cluster.node(1, 1).http_url(),
         Some(CLUSTER),
-        &dir.path().join("a/spool"),
+        &dir.join("a/spool"),
     );
     let cfg_b = config(
         &cluster.node(2, 1).http_url(),
         Some(CLUSTER),
-        &dir.path().join("b/spool"),
+        &dir.join("b/spool"),
     );
-    let a = start(&cfg_a, &dir.path().join("a"), "ingest.log");
+    let a = start(&cfg_a, &dir.join("a"), "ingest.log");
     let last = waymark_ingest::store::schema::MIGRATIONS
         .iter()
         .map(|m| m.version)
@@ -279,7 +298,7 @@ fn two_ingest_servers_on_a_two_by_two_cluster_lose_nothing_and_answer_like_one_s
             n.http_url()
         );
     }
-    let mut b = Some(start(&cfg_b, &dir.path().join("b"), "ingest.log"));
+    let mut b = Some(start(&cfg_b, &dir.join("b"), "ingest.log"));
     // The test's own round-robin; a batch a server does not acknowledge goes to the other.
     let mut urls = vec![a.url(), b.as_ref().unwrap().url()];
     let mut acked: HashSet<String> = HashSet::new();
@@ -320,7 +339,7 @@ fn two_ingest_servers_on_a_two_by_two_cluster_lose_nothing_and_answer_like_one_s
     assert!(twice > 5, "only {twice} batches were sent twice");
 
     // B comes back on its spool and sends what it had acknowledged but not written.
-    let b = start(&cfg_b, &dir.path().join("b"), "ingest-restarted.log");
+    let b = start(&cfg_b, &dir.join("b"), "ingest-restarted.log");
     let reader = cluster.node(1, 1);
     poll(
         "every acknowledged event in the cluster",
@@ -402,8 +421,8 @@ fn two_ingest_servers_on_a_two_by_two_cluster_lose_nothing_and_answer_like_one_s
     // A single server given every event once answers the same.
     let single = ClickHouse::start().unwrap_or_else(|e| panic!("{e}"));
     let one = start(
-        &config(&single.http_url(), None, &dir.path().join("one/spool")),
-        &dir.path().join("one"),
+        &config(&single.http_url(), None, &dir.join("one/spool")),
+        &dir.join("one"),
         "ingest.log",
     );
     for batch in &batches {
@@ -420,13 +439,15 @@ fn two_ingest_servers_on_a_two_by_two_cluster_lose_nothing_and_answer_like_one_s
         },
     );
     phase("single server filled");
-    let want = answers(&one.url());
-    // Both ingest servers of the cluster answer it (the query tables fill through views).
+    // Both ingest servers of the cluster answer it (the query tables fill through views, on
+    // the single server too: its answers are asked again each time, since its views may still
+    // be running after `events` shows every row, and its RFM quintiles are cached for a second).
     for srv in [&a, &b] {
         poll(
             "the cluster's answers to equal one server's",
             Duration::from_secs(60),
             || {
+                let want = answers(&one.url());
                 let got = answers(&srv.url());
                 for ((what, w), (_, g)) in want.iter().zip(&got) {
                     let (w, g) = (&without_link_provenance(w), &without_link_provenance(g));
@@ -438,4 +459,373 @@ fn two_ingest_servers_on_a_two_by_two_cluster_lose_nothing_and_answer_like_one_s
             },
         );
     }
+}
+
+const SECRET: &str = "receiver-secret-0123456789";
+const PLATFORM_KEY: &str = "rk_platform_cluster";
+const ADMIN_KEY: &str = "ak_shop_cluster_0123456789";
+
+/// What the receiver recorded per request: its key and body, or why it was refused.
+type Seen = Arc<Mutex<Vec<Result<(String, Value), String>>>>;
+
+/// A webhook receiver on 127.0.0.1 (its own runtime: the test is synchronous): each request's
+/// idempotency key and body once its signature verified, or why it did not.
+struct Receiver {
+    url: String,
+    seen: Seen,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let seen: Seen = Arc::default();
+        let record = seen.clone();
+        let hook = move |headers: HeaderMap, body: Bytes| {
+            let record = record.clone();
+            async move {
+                let h = |n: &str| {
+                    headers
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let checked = verify(
+                    SECRET.as_bytes(),
+                    &h(HEADER_TIMESTAMP),
+                    &h(HEADER_SIGNATURE),
+                    &body,
+                    now_ms() / 1000,
+                    300,
+                )
+                .map_err(|e| format!("the signature does not verify: {e}"))
+                .and_then(|()| {
+                    serde_json::from_slice::<Value>(&body).map_err(|e| format!("the body: {e}"))
+                })
+                .and_then(|v| {
+                    let key = h("idempotency-key");
+                    if v["id"] == key.as_str() {
+                        Ok((key, v))
+                    } else {
+                        Err(format!("idempotency-key {key:?} is not the body's id: {v}"))
+                    }
+                });
+                let status = if checked.is_ok() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                record.lock().unwrap().push(checked);
+                status
+            }
+        };
+        let app = axum::Router::new().route("/hook", axum::routing::post(hook));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver {
+            url,
+            seen,
+            _runtime: runtime,
+        }
+    }
+
+    /// Every request so far: `(key, kind, person)`, or the first that was refused.
+    fn requests(&self) -> Result<Vec<(String, String, String)>, String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let (key, v) = r.as_ref().map_err(Clone::clone)?;
+                let s = |x: &Value| x.as_str().unwrap_or_default().to_string();
+                Ok((key.clone(), s(&v["type"]), s(&v["person"]["id"])))
+            })
+            .collect()
+    }
+}
+
+fn get(url: &str) -> Result<String, String> {
+    ureq::get(url)
+        .call()
+        .map_err(|e| e.to_string())?
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())
+}
+
+/// The tick the evaluators last committed (ClickHouse's copy on `node`).
+fn last_tick(node: &ClickHouse) -> i64 {
+    node.query(&format!(
+        "SELECT argMax(value, version) FROM {DB}.trigger_state WHERE name = 'tick'"
+    ))
+    .ok()
+    .and_then(|v| v.trim().parse().ok())
+    .unwrap_or(0)
+}
+
+fn triggers_are_delivered_once_with_two_evaluating_servers(
+    cluster: &Cluster,
+    dir: &Path,
+    phase: &dyn Fn(&str),
+) {
+    // The evaluator's bookkeeping is one table replicated whole on every server, not sharded.
+    for n in cluster.nodes() {
+        let t = n
+            .query(&format!(
+                "SELECT name, engine FROM system.tables WHERE database = '{DB}' AND name LIKE 'trigger_%' ORDER BY name FORMAT TSV"
+            ))
+            .unwrap();
+        for (table, engine) in [
+            ("trigger_candidates", "Memory"),
+            ("trigger_lease", "ReplicatedReplacingMergeTree"),
+            ("trigger_members", "ReplicatedReplacingMergeTree"),
+            ("trigger_touched", "Distributed"),
+            ("trigger_touched_local", "ReplicatedMergeTree"),
+        ] {
+            assert!(
+                t.contains(&format!("{table}\t{engine}\n")),
+                "{table} on {}: {t}",
+                n.http_url()
+            );
+        }
+        assert!(!t.contains("trigger_lease_local"), "{t}");
+    }
+    let rx = Receiver::start();
+    // Two more servers, both evaluating, on the other replica of each shard.
+    let evaluating = |node: &ClickHouse, name: &str| {
+        let cfg = config(
+            &node.http_url(),
+            Some(CLUSTER),
+            &dir.join(format!("{name}/spool")),
+        )
+        .with(|c| {
+            c.query.read_keys.push(waymark_ingest::config::ReadKey {
+                key: PLATFORM_KEY.into(),
+                sites: vec!["shop".into()],
+                subscribe: true,
+            });
+            c.privacy.admin_keys.push(waymark_ingest::config::AdminKey {
+                name: "dpo".into(),
+                key: ADMIN_KEY.into(),
+                sites: vec!["shop".into()],
+            });
+            c.triggers.evaluate = true;
+            c.triggers.tick = waymark_ingest::config::HumanDuration(Duration::from_secs(1));
+        });
+        let s = start(&cfg, &dir.join(name), "ingest.log");
+        poll(
+            "the evaluating server's schema",
+            Duration::from_secs(60),
+            || {
+                let body = get(&format!("{}/readyz", s.url()))?;
+                body.contains("\"schema\":\"ok\"").then_some(()).ok_or(body)
+            },
+        );
+        s
+    };
+    let c = evaluating(cluster.node(1, 2), "c");
+    let d = evaluating(cluster.node(2, 2), "d");
+    let r = ureq::post(format!("{}/v1/subscriptions?site=shop", c.url()))
+        .header("authorization", format!("Bearer {PLATFORM_KEY}"))
+        .header("content-type", "application/json")
+        .send(
+            json!({"name": "added", "url": rx.url, "secret": SECRET,
+                   "audience": {"conditions": [{"type": "did", "event": "Product Added", "within": "1h"}]}})
+            .to_string(),
+        )
+        .unwrap_or_else(|e| panic!("registering the subscription: {e}"));
+    assert_eq!(r.status(), 201);
+    // Listed through the other server too (its copy of the table syncs before it is read).
+    let listed = ureq::get(format!("{}/v1/subscriptions?site=shop", d.url()))
+        .header("authorization", format!("Bearer {PLATFORM_KEY}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(listed.contains("\"name\":\"added\""), "{listed}");
+    let reader = cluster.node(2, 1);
+    poll(
+        "the subscription's baseline",
+        Duration::from_secs(60),
+        || {
+            let n = reader
+                .query(&format!(
+                    "SELECT count() FROM {DB}.trigger_state WHERE name LIKE 'baseline/%'"
+                ))
+                .map_err(|e| e.to_string())?;
+            (n.trim() != "0").then_some(()).ok_or(n)
+        },
+    );
+    phase("triggers: subscription baselined");
+
+    // A person known by two visitor ids (on either shard, most likely) whose links came through
+    // different servers, linked before the carts so the person is the user from the start; and
+    // six visitors, their carts sent through one server or the other.
+    let event = |id: &str, anon: &str, e: Value| {
+        let mut e = e;
+        e["messageId"] = json!(id);
+        e["anonymousId"] = json!(anon);
+        e["timestamp"] = json!(iso(now_ms()));
+        e
+    };
+    let servers = [c.url(), d.url()];
+    for (k, anon) in ["t-a", "t-b"].iter().enumerate() {
+        let identify = event(
+            &format!("tid-{anon}"),
+            anon,
+            json!({"type": "identify", "userId": "tu-1"}),
+        );
+        post(&servers[k], &body(&[identify])).unwrap();
+    }
+    poll("both links of tu-1", Duration::from_secs(30), || {
+        let n = reader
+            .query(&format!(
+                "SELECT uniqExact(anonymous_id) FROM {DB}.q_ident_by_anon WHERE site = 'shop' AND user_id = 'tu-1'"
+            ))
+            .map_err(|e| e.to_string())?;
+        (n.trim() == "2").then_some(()).ok_or(n)
+    });
+    // Each server's in-memory identity index has the link the other wrote, within its
+    // refresh (1 s, by insert time from every shard): the person's profile lists both ids.
+    let linked = Instant::now();
+    for (k, s) in [&c, &d].iter().enumerate() {
+        let other = ["t-b", "t-a"][k];
+        poll(
+            "the other server's link in the identity index",
+            Duration::from_secs(10),
+            || {
+                let metrics = get(&format!("{}/metrics", s.url()))?;
+                if !metrics
+                    .lines()
+                    .any(|l| l == "waymark_identity_index_ready 1")
+                {
+                    return Err("the identity index is not ready".into());
+                }
+                let mut r = ureq::get(format!("{}/v1/profiles/tu-1?site=shop", s.url()))
+                    .header("authorization", format!("Bearer {READ_KEY}"))
+                    .call()
+                    .map_err(|e| e.to_string())?;
+                let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap())
+                    .map_err(|e| e.to_string())?;
+                let ids = &v["anonymous_ids"];
+                ids.as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == other))
+                    .then_some(())
+                    .ok_or(format!("anonymous_ids {ids}"))
+            },
+        );
+    }
+    eprintln!(
+        "         both servers resolve the other's link {:.1} s after both were in ClickHouse",
+        linked.elapsed().as_secs_f64()
+    );
+    let anons = ["t-1", "t-2", "t-3", "t-4", "t-5", "t-6", "t-a", "t-b"];
+    for (k, anon) in anons.iter().enumerate() {
+        let mut add = event(
+            &format!("tadd-{anon}"),
+            anon,
+            json!({"type": "track", "event": "Product Added", "properties": {"product_id": "p-1"}}),
+        );
+        if anon.starts_with("t-a") || anon.starts_with("t-b") {
+            add["userId"] = json!("tu-1");
+        }
+        post(&servers[k % 2], &body(&[add])).unwrap();
+    }
+    let mut want: Vec<(String, String)> = ["t-1", "t-2", "t-3", "t-4", "t-5", "t-6", "tu-1"]
+        .iter()
+        .map(|p| ("entered".to_string(), p.to_string()))
+        .collect();
+    want.sort();
+    let entered = |rx: &Receiver| -> Result<Vec<(String, String)>, String> {
+        let mut got: Vec<(String, String)> = rx
+            .requests()?
+            .into_iter()
+            .map(|(_, kind, person)| (kind, person))
+            .collect();
+        got.sort();
+        Ok(got)
+    };
+    poll("seven persons delivered", Duration::from_secs(60), || {
+        let got = entered(&rx)?;
+        (got.len() >= want.len())
+            .then_some(())
+            .ok_or(format!("{got:?}"))
+    });
+    phase("triggers: delivered");
+    // Still once each after three more ticks, of whichever server evaluates.
+    let after = last_tick(reader) + 3_000;
+    poll("three more ticks", Duration::from_secs(60), || {
+        let t = last_tick(reader);
+        (t >= after).then_some(()).ok_or(t.to_string())
+    });
+    assert_eq!(entered(&rx).unwrap(), want, "one delivery per person");
+    let keys: HashSet<String> = rx.requests().unwrap().into_iter().map(|r| r.0).collect();
+    assert_eq!(keys.len(), want.len(), "no key sent twice");
+    // One server evaluates and delivers, the other stands by.
+    let holds = |s: &IngestServer| {
+        get(&format!("{}/metrics", s.url()))
+            .unwrap()
+            .lines()
+            .any(|l| l == "waymark_trigger_lease_held 1")
+    };
+    let (hc, hd) = (holds(&c), holds(&d));
+    assert!(hc ^ hd, "one server holds the lease: c {hc}, d {hd}");
+    // Nothing the cluster refused along the way: the replica syncs before each read of the
+    // bookkeeping, and the first tick's clean-up of old `trigger_touched` partitions (which
+    // lists every shard's parts and drops partitions on the local tables ON CLUSTER).
+    for name in ["c", "d"] {
+        let log = std::fs::read_to_string(dir.join(name).join("ingest.log")).unwrap();
+        for bad in [
+            "could not catch up",
+            "could not drop old trigger_touched partitions",
+            "trigger evaluation failed",
+        ] {
+            assert!(!log.contains(bad), "{name}'s log: {log}");
+        }
+    }
+    phase("triggers: once each, one lease holder");
+
+    // A person's deletion runs on every shard (ALTER ... ON CLUSTER), and its status, read
+    // from a replica of each shard's `system.mutations`, says done once every shard is.
+    let mut r = ureq::delete(format!("{}/v1/persons/tu-1?site=shop", c.url()))
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .call()
+        .unwrap_or_else(|e| panic!("deleting tu-1: {e}"));
+    let answer: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let job = answer["job"].as_str().unwrap_or_else(|| panic!("{answer}"));
+    poll("the deletion to be done", Duration::from_secs(60), || {
+        let mut r = ureq::get(format!("{}/v1/deletions/{job}?site=shop", d.url()))
+            .header("authorization", format!("Bearer {ADMIN_KEY}"))
+            .call()
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        (v["status"] == "done").then_some(()).ok_or(v.to_string())
+    });
+    // Every replica follows (the one not asked fetches the mutated parts or mutates itself).
+    for n in cluster.nodes() {
+        poll(
+            "tu-1's events gone on every replica",
+            Duration::from_secs(30),
+            || {
+                let left = n
+                .query(&format!(
+                    "SELECT count() FROM {DB}.events_local WHERE anonymous_id IN ('t-a', 't-b') OR user_id = 'tu-1'"
+                ))
+                .map_err(|e| e.to_string())?;
+                (left.trim() == "0")
+                    .then_some(())
+                    .ok_or(format!("{left} on {}", n.http_url()))
+            },
+        );
+    }
+    phase("deletion: done on every shard");
 }

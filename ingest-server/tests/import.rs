@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
+use waymark_testkit::crm::Crm;
 
 const WAIT: Duration = Duration::from_secs(90);
 const READ_KEY: &str = "rk_shop_0123456789";
@@ -34,117 +34,6 @@ fn extra(c: &mut waymark_ingest::Config) {
     // Plus-addressing is folded on this site (the generator writes `+shop` variants).
     for s in &mut c.sites {
         s.identity.email_plus = true;
-    }
-}
-
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// The generated export and what is true about it.
-struct Export {
-    customers_csv: String,
-    orders_csv: String,
-    /// Distinct people.
-    people: usize,
-    /// Valid customer and order rows.
-    customer_rows: usize,
-    order_rows: usize,
-    /// Orders per person (by the person's first customer id).
-    orders_of: BTreeMap<String, usize>,
-    /// The line of the customer row without an id, and of the order with a bad total.
-    bad_customer_line: u64,
-    bad_order_line: u64,
-}
-
-fn iso_day(ms: i64) -> String {
-    waymark_protocol::time::format_rfc3339(ms)[..10].to_string()
-}
-
-/// `people` persons with one to three customer records each, their email written with
-/// different case, surrounding spaces or a `+shop` tag; ten more people sharing a name and
-/// postcode with one of them but not an email (near matches, never merged); orders spread
-/// over three years.
-fn generate(people: usize, now: i64) -> Export {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut customers = String::from("customer_id,email,name,postcode,created_at\n");
-    let mut orders = String::from("order_id,customer_id,total,currency,ordered_at\n");
-    let mut customer_line = 1u64;
-    let mut order_line = 1u64;
-    let mut customer_rows = 0;
-    let mut order_rows = 0;
-    let mut orders_of = BTreeMap::new();
-    let mut records: Vec<(String, String)> = Vec::new(); // (customer id, person)
-    for i in 0..people {
-        let n = 1 + (rng.next() % 3) as usize;
-        for k in 0..n {
-            let email = match k {
-                0 => format!("user{i}@example.com"),
-                1 => format!("  User{i}@Example.COM "),
-                _ => format!("user{i}+shop@example.com"),
-            };
-            let created = now - (rng.next() % 1000) as i64 * DAY_MS;
-            let id = format!("c{i}-{k}");
-            customers.push_str(&format!(
-                "{id},\"{email}\",Person {i},{:05},{}\n",
-                10000 + i,
-                iso_day(created)
-            ));
-            customer_line += 1;
-            customer_rows += 1;
-            records.push((id, format!("c{i}-0")));
-        }
-    }
-    for j in 0..10 {
-        let id = format!("x{j}");
-        customers.push_str(&format!(
-            "{id},user{j}x@example.com,Person {j},{:05},2024-01-01\n",
-            10000 + j
-        ));
-        customer_line += 1;
-        customer_rows += 1;
-        records.push((id.clone(), id));
-    }
-    customers.push_str(",nobody@example.com,No Id,99999,2024-01-01\n");
-    customer_line += 1;
-    let bad_customer_line = customer_line;
-    let mut o = 0;
-    for (id, person) in &records {
-        for _ in 0..(rng.next() % 4) {
-            let at = now - (rng.next() % 1095) as i64 * DAY_MS - 3_600_000;
-            let ts = waymark_protocol::time::format_rfc3339(at);
-            orders.push_str(&format!(
-                "o{o},{id},{}.{:02},EUR,{} {}\n",
-                10 + rng.next() % 200,
-                rng.next() % 100,
-                &ts[..10],
-                &ts[11..19]
-            ));
-            o += 1;
-            order_line += 1;
-            order_rows += 1;
-            *orders_of.entry(person.clone()).or_insert(0) += 1;
-        }
-    }
-    orders.push_str("o-bad,c0-0,abc,EUR,2024-01-01\n");
-    order_line += 1;
-    Export {
-        customers_csv: customers,
-        orders_csv: orders,
-        people: people + 10,
-        customer_rows,
-        order_rows,
-        orders_of,
-        bad_customer_line,
-        bad_order_line: order_line,
     }
 }
 
@@ -228,7 +117,15 @@ async fn a_crm_export_imports_into_one_person_per_customer() {
     let db = server.db.clone();
     let dir = tempfile::tempdir().unwrap();
     let now = now_ms();
-    let ex = generate(150, now);
+    // 150 people, ten near matches of them, a bad row in each file (testkit/src/crm.rs).
+    let ex = Crm {
+        people: 150,
+        near_matches: 10,
+        bad_rows: true,
+        ..Crm::default()
+    }
+    .generate(now);
+    let people = ex.persons.len();
     let customers = dir.path().join("customers.csv");
     let orders = dir.path().join("orders.csv");
     std::fs::write(&customers, &ex.customers_csv).unwrap();
@@ -243,14 +140,14 @@ async fn a_crm_export_imports_into_one_person_per_customer() {
     assert!(
         err.contains(&format!(
             "line {}: customer_id: missing",
-            ex.bad_customer_line
+            ex.bad_customer_line.unwrap()
         )),
         "{err}"
     );
     let (out, err) = import(&server, "orders", &orders, &[]);
     assert!(out.contains(&format!("{} stored", ex.order_rows)), "{out}");
     assert!(
-        err.contains(&format!("line {}: total: ", ex.bad_order_line)),
+        err.contains(&format!("line {}: total: ", ex.bad_order_line.unwrap())),
         "{err}"
     );
 
@@ -271,22 +168,17 @@ async fn a_crm_export_imports_into_one_person_per_customer() {
     );
 
     // One person per customer, however their email was written.
-    assert_eq!(wait_people(&server, ex.people).await, ex.people);
+    assert_eq!(wait_people(&server, people).await, people);
 
     // A merged person's profile: every customer id, the email with its source, all orders.
-    let (person, n_orders) = ex
-        .orders_of
+    let merged_person = ex
+        .persons
         .iter()
-        .find(|(p, n)| {
-            p.starts_with('c')
-                && **n > 0
-                && ex
-                    .customers_csv
-                    .contains(&format!("{}-2,", &p[..p.len() - 2]))
-        })
-        .map(|(p, n)| (p.clone(), *n))
+        .find(|p| p.records.len() == 3 && p.orders > 0)
         .expect("a person with three records and orders");
-    let third = format!("{}-2", &person[..person.len() - 2]);
+    let person = merged_person.records[0].clone();
+    let n_orders = merged_person.orders;
+    let third = merged_person.records[2].clone();
     // ClickHouse fills the query tables after the insert into `events` is visible: wait for
     // the orders to arrive in the profile, then check it.
     let deadline = Instant::now() + WAIT;
@@ -304,8 +196,7 @@ async fn a_crm_export_imports_into_one_person_per_customer() {
         .map(|i| i["id"].as_str().unwrap())
         .collect();
     assert!(
-        ids.contains(&third.as_str())
-            && ids.contains(&format!("{}-1", &person[..person.len() - 2]).as_str()),
+        ids.contains(&third.as_str()) && ids.contains(&merged_person.records[1].as_str()),
         "{p}"
     );
     let merged = p["ids"]
@@ -322,11 +213,10 @@ async fn a_crm_export_imports_into_one_person_per_customer() {
             .all(|i| i["type"] == "email" && i["source"] == "import"),
         "{p}"
     );
-    let n = &person[1..person.len() - 2];
     assert!(
         idents
             .iter()
-            .all(|i| i["value"] == json!(format!("user{n}@example.com"))),
+            .all(|i| i["value"] == json!(merged_person.email)),
         "{p}"
     );
 
@@ -344,7 +234,7 @@ async fn a_crm_export_imports_into_one_person_per_customer() {
     assert_eq!(wait_for(ch, &sentinel, "1", WAIT).await, "1");
     let sql = format!("SELECT count() FROM {db}.events FINAL WHERE site = 'shop' AND source = 'import' AND event != 'Sentinel'");
     assert_eq!(query(ch, &sql).trim(), rows.to_string());
-    assert_eq!(wait_people(&server, ex.people).await, ex.people);
+    assert_eq!(wait_people(&server, people).await, people);
 
     // Near matches are suggested, never merged.
     let s: Value = reqwest::Client::new()
@@ -378,7 +268,7 @@ async fn a_crm_export_imports_into_one_person_per_customer() {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["unmerged"][0]["from"], json!(person), "{body}");
-    assert_eq!(wait_people(&server, ex.people + 1).await, ex.people + 1);
+    assert_eq!(wait_people(&server, people + 1).await, people + 1);
     let p = profile(&server, &third).await;
     assert_eq!(p["user_id"], json!(third), "{p}");
     // A merge pass has run once a new record with the same email joins the person: the
@@ -387,7 +277,7 @@ async fn a_crm_export_imports_into_one_person_per_customer() {
     post_line(
         &server,
         &json!({"type": "identify", "userId": nine, "messageId": format!("m-{nine}"),
-        "traits": {"email": format!("USER{n}@example.com")}})
+        "traits": {"email": merged_person.email.to_uppercase()}})
         .to_string(),
     )
     .await;
@@ -396,11 +286,7 @@ async fn a_crm_export_imports_into_one_person_per_customer() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(profile(&server, &nine).await["user_id"], json!(person));
-    assert_eq!(
-        people_count(&server).await,
-        ex.people + 1,
-        "not merged again"
-    );
+    assert_eq!(people_count(&server).await, people + 1, "not merged again");
     assert_eq!(profile(&server, &third).await["user_id"], json!(third));
     // A read key cannot unmerge.
     let r = reqwest::Client::new()

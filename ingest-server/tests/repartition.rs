@@ -243,3 +243,103 @@ async fn an_attempt_stopped_after_the_swap_is_finished() {
         "1"
     );
 }
+
+/// Two servers starting at once on one fresh database (a deploy of several ingest servers):
+/// one applies the migrations while the other waits for it, so every migration runs once, and
+/// both end up ready on a schema that works (migration 110's copy-and-swap run twice at once
+/// used to drop the other's tables).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_migrating_one_fresh_database_take_turns() {
+    let ch = clickhouse();
+    let db = tokio::task::block_in_place(|| ch.fresh_database()).unwrap();
+    let (c1, c2) = (client(), client());
+    let (s1, s2) = (SchemaStatus::default(), SchemaStatus::default());
+    let (r1, r2) = tokio::join!(store::migrate(&c1, &db, &s1), store::migrate(&c2, &db, &s2));
+    let (n1, n2) = (r1.unwrap(), r2.unwrap());
+    assert!(s1.is_ready() && s2.is_ready());
+    let all: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    let mut both: Vec<u32> = n1.iter().chain(&n2).copied().collect();
+    both.sort_unstable();
+    assert_eq!(
+        both, all,
+        "each migration applied by one server: {n1:?} {n2:?}"
+    );
+    assert_eq!(
+        one(
+            &db,
+            "SELECT count(), uniqExact(version) FROM {db}.schema_migrations FORMAT TSV"
+        ),
+        format!("{}\t{}", all.len(), all.len())
+    );
+    // The schema works: a row reaches `events` and the views behind it.
+    insert_events(&db, "after", 1, 0);
+    assert_eq!(one(&db, "SELECT count() FROM {db}.events FORMAT TSV"), "1");
+    assert_eq!(
+        one(
+            &db,
+            "SELECT uniqExact(visitor_id) FROM {db}.q_visitor WHERE visitor_id = 'after' FORMAT TSV"
+        ),
+        "1"
+    );
+    assert!(
+        !tables(&db).contains("schema_migrating"),
+        "the lock is gone: {}",
+        tables(&db)
+    );
+}
+
+/// A lock left by a server that died is taken over once its claim is past; a live one is waited
+/// for, and `/readyz`'s description says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_servers_migration_lock_is_taken_over_and_a_live_one_waited_for() {
+    let ch = clickhouse();
+    let c = client();
+    let lock = store::migration_lock::TABLE;
+    let claim = |db: &str, holder: &str, until_ms: i64| {
+        query(
+            ch,
+            &format!(
+                "CREATE TABLE {db}.{lock} ENGINE = Memory AS SELECT '{holder}' AS holder, toInt64({until_ms}) AS until_ms"
+            ),
+        );
+    };
+
+    let db = tokio::task::block_in_place(|| ch.fresh_database()).unwrap();
+    query(ch, &format!("CREATE DATABASE IF NOT EXISTS {db}"));
+    claim(&db, "dead-server", common::now_ms() - 1_000);
+    let status = SchemaStatus::default();
+    let newly = store::migrate(&c, &db, &status).await.unwrap();
+    assert_eq!(newly.len(), MIGRATIONS.len());
+    assert!(!tables(&db).contains(lock), "{}", tables(&db));
+
+    let db = tokio::task::block_in_place(|| ch.fresh_database()).unwrap();
+    query(ch, &format!("CREATE DATABASE IF NOT EXISTS {db}"));
+    claim(&db, "live-server", common::now_ms() + 3_600_000);
+    let status = std::sync::Arc::new(SchemaStatus::default());
+    let run = {
+        let (c, db, status) = (c.clone(), db.clone(), status.clone());
+        tokio::spawn(async move { store::migrate(&c, &db, &status).await })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !status.describe().contains("live-server") {
+        assert!(
+            std::time::Instant::now() < deadline && !run.is_finished(),
+            "waits for the live lock: {}",
+            status.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status.describe(),
+        "pending: waiting for another ingest server (live-server) to finish migrating this database"
+    );
+    assert_eq!(one(&db, "SELECT count() FROM system.tables WHERE database = '{db}' AND name = 'schema_migrations' FORMAT TSV"), "0");
+    query(ch, &format!("DROP TABLE {db}.{lock}"));
+    let newly = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("migrates once the lock is released")
+        .unwrap()
+        .unwrap();
+    assert_eq!(newly.len(), MIGRATIONS.len());
+    assert!(status.is_ready());
+}

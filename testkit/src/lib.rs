@@ -15,16 +15,19 @@
 //! - [`ingest::IngestServer`]: the `ingest-server` binary started on such a config.
 //! - [`stack::Stack`]: ClickHouse, the ingest server and, if asked, the demo shop with the edge
 //!   worker in workerd: the end-to-end tests and `cargo xtask demo`.
+//! - [`crm`]: a generated CRM export (customers and orders as CSV) and the truth about it, for
+//!   the import test and the import benchmark.
 //! - [`process`]: how the others are run: log to a file, wait for a ready line, stop on drop.
 //! - `waymark-stack` (`src/bin/`): [`ClickHouse`] and [`ingest::IngestServer`] as a command, for
 //!   the edge worker's JS tests.
 //!
-//! Dependencies point one way: this crate uses `waymark-ingest-config`, never the ingest server
-//! itself, so the server's tests can use it.
+//! Dependencies point one way: this crate uses `waymark-ingest-config` (and the protocol's time
+//! formatting), never the ingest server itself, so the server's tests can use it.
 
 pub mod chdb;
 pub mod cluster;
 pub mod config;
+pub mod crm;
 pub mod ingest;
 pub mod process;
 pub mod stack;

@@ -276,6 +276,8 @@ pub fn run(root: &Path, opts: &Args) -> Result<()> {
         "  curl -s 'http://127.0.0.1:{ch_http}/' --data-binary \"SELECT arrayJoin(violations) AS v, count() FROM waymark.events GROUP BY v ORDER BY 2 DESC\""
     );
     println!("  curl -s '{api}/metrics' | grep '^waymark_quality_'");
+    println!("  # the quality page, in a browser (it asks for the read key above)");
+    println!("  {api}/quality?site={SITE}");
     println!();
     println!("Press Ctrl-C to stop everything.");
     let _ = rx.recv();

@@ -150,11 +150,15 @@ pub async fn merge_all(state: &IdentityState) -> Result<usize, QueryError> {
         rows: u64,
         block: i64,
     }
+    // On a cluster, every shard's parts (block numbers are per shard, so a new part on one
+    // shard changes the rows if not the greatest block).
     let parts: Vec<Parts> = st
         .fetch(&format!(
-            "SELECT sum(rows) AS rows, max(max_block_number) AS block FROM system.parts
-WHERE database = {} AND table = 'identities' AND active",
-            lit(st.db())
+            "SELECT sum(rows) AS rows, max(max_block_number) AS block FROM {}
+WHERE database = {} AND table = {} AND active",
+            st.layout().every_shard("parts"),
+            lit(st.db()),
+            lit(&st.layout().local_name("identities"))
         ))
         .await?;
     let now = parts.first().map(|p| (p.rows, p.block));
@@ -597,8 +601,9 @@ async fn wait_for_mutations(st: &QueryState, job: &str) -> Result<(), QueryError
     loop {
         let n: Vec<N> = st
             .fetch(&format!(
-                "SELECT count() AS pending FROM system.mutations
+                "SELECT count() AS pending FROM {}
 WHERE database = {} AND is_done = 0 AND position(command, {}) > 0",
+                st.layout().every_shard("mutations"),
                 lit(st.db()),
                 lit(&format!("waymark unmerge {job}"))
             ))

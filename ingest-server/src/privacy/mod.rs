@@ -422,10 +422,16 @@ WHERE site = {} AND job_id = {}",
             parts_to_do: i64,
         }
         let marker = format!("waymark deletion {job}");
+        // One row per statement: on a cluster, `every_shard` lists each statement's mutation
+        // once per shard (a replica of each; 18.16 has no `clusterAllReplicas`), done when done
+        // on every shard.
         let ms: Vec<M> = q
             .fetch(&format!(
-                "SELECT table, is_done, toInt64(parts_to_do) AS parts_to_do FROM system.mutations
-WHERE database = {} AND position(command, {}) > 0",
+                "SELECT table, min(is_done) AS is_done, toInt64(sum(parts_to_do)) AS parts_to_do
+FROM {}
+WHERE database = {} AND position(command, {}) > 0
+GROUP BY table, command",
+                q.layout().every_shard("mutations"),
                 lit(db),
                 lit(&marker)
             ))

@@ -104,8 +104,9 @@ pub async fn run(
             }
             let parts: Vec<P> = st
                 .fetch(&format!(
-                    "SELECT DISTINCT partition FROM system.parts
+                    "SELECT DISTINCT partition FROM {}
 WHERE database = {} AND table = {} AND active",
+                    st.layout().every_shard("parts"),
                     lit(db),
                     lit(&st.layout().local_name(table))
                 ))

@@ -537,10 +537,12 @@ pub fn compile(db: &str, site: &str, q: &AudienceQuery, now: i64, page: bool) ->
 }
 
 /// Several audiences of one site at once, for the triggers (`crate::triggers`): every person
-/// with `matches`, an array of 0/1 flags, one per query in order. With a `scope` (a subquery
-/// yielding visitor ids, which must hold every visitor of each person it touches), every person
-/// of those visitors is returned, matching or not, and only their rows are read; without one,
-/// the persons who match at least one query.
+/// with `matches`, an array of 0/1 flags, one per query in order. With a `scope` (a membership
+/// test written after a visitor id column: `IN (SELECT ...)`, or on a cluster `GLOBAL IN
+/// (SELECT ...)` when the subquery reads a table of this server only; its visitor ids must hold
+/// every visitor of each person it touches), every person of those visitors is returned,
+/// matching or not, and only their rows are read; without one, the persons who match at least
+/// one query.
 ///
 /// One statement for all of a site's subscriptions reads each candidate's rows once, where a
 /// statement per subscription read them once per subscription (100 subscriptions: 100 reads).
@@ -642,7 +644,7 @@ fn compile_in(db: &str, site: &str, qs: &[&AudienceQuery], now: i64, mode: Mode<
         .map(|i| format!("sum(v_c{i}) AS c{i}, "))
         .collect();
     let in_scope = scope
-        .map(|sc| format!(" AND visitor_id IN {sc}"))
+        .map(|sc| format!(" AND visitor_id {sc}"))
         .unwrap_or_default();
     // The events counted: by name and time from `q_events_by_name`; in a scope, the scope's
     // visitors' rows from `q_history` (sorted by visitor), so a few candidates read a few
@@ -655,7 +657,7 @@ fn compile_in(db: &str, site: &str, qs: &[&AudienceQuery], now: i64, mode: Mode<
     if(type = 'track', name_or_event, concat('$', type)) AS event
   FROM (SELECT visitor_id, message_id, timestamp, timestamp_ms, properties, type,
       event AS name_or_event
-    FROM {db}.q_history WHERE site = {s} AND visitor_id IN {sc})) WHERE 1"
+    FROM {db}.q_history WHERE site = {s} AND visitor_id {sc})) WHERE 1"
         ),
     };
     let events_part = if counts.is_empty() {
@@ -727,7 +729,7 @@ UNION ALL
         Mode::Filter { .. } => (String::new(), format!("WHERE {}", all(&wheres[0]))),
     };
     let ident_scope = scope
-        .map(|sc| format!(" AND anonymous_id IN {sc}"))
+        .map(|sc| format!(" AND anonymous_id {sc}"))
         .unwrap_or_default();
     let limit = match mode {
         Mode::Filter { page: true } => format!("LIMIT {}", qs[0].limit + 1),

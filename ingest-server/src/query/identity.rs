@@ -16,6 +16,18 @@
 //!   holds (a part merged away between listing and reading is read again in its merged form).
 //!   This is how links written by other ingest servers on the same database arrive, within one
 //!   refresh.
+//! - On a cluster (`[clickhouse] cluster`) a server's `system.parts` lists one shard's parts,
+//!   so the refresh goes by insert time instead: `identities` has `inserted_at` (migration 145,
+//!   ClickHouse's `now()` at the insert), and every `identity_refresh` the links inserted since
+//!   the previous refresh's ClickHouse time less [`OVERLAP_SECS`] are read through the
+//!   `Distributed` table, from every shard. The overlap covers an insert still running when the
+//!   previous refresh read, and clocks of ClickHouse servers a little apart; replicas further
+//!   behind than it are not read (`max_replica_delay_for_distributed_queries`), so a lagging
+//!   replica cannot hide a link for good. The cost: every refresh reads the `inserted_at`
+//!   column (4 bytes a link) and the links of the last overlap. `q_user_visitors` is not read
+//!   on a cluster (a view fills it, and 18.16 cannot give a view's rows an insert time): a
+//!   user with links is taken to have events of their own, so a lookup reads the user id's
+//!   key range as the SQL lookup does (same answers; a little slower for identified people).
 //! - This server's writer adds its links and users before it inserts their events
 //!   ([`IdentityIndex::add_all`]), so neither shows up later than the events it came with.
 //!
@@ -43,6 +55,10 @@ use super::profile::Identity;
 use super::sql::lit;
 use super::{QueryError, QueryState};
 
+/// On a cluster, how far before the previous refresh's ClickHouse time rows are read again
+/// (see the module documentation).
+pub const OVERLAP_SECS: i64 = 10;
+
 /// Which table's read ranges.
 const LINKS: usize = 0;
 const USERS: usize = 1;
@@ -58,6 +74,12 @@ pub struct IdentityIndex {
     read: [Mutex<Vec<(i64, i64)>>; 2],
     state: AtomicU8,
     max_links: usize,
+    /// On a cluster: ClickHouse's time at the start of the last successful refresh (`None`:
+    /// everything is still to be read).
+    since: Mutex<Option<i64>>,
+    /// On a cluster, where `q_user_visitors` is not read: every user with links is taken to
+    /// have events of their own.
+    users_unknown: std::sync::atomic::AtomicBool,
 }
 
 /// A part's block range and row count.
@@ -87,6 +109,8 @@ impl IdentityIndex {
             read: Default::default(),
             state: AtomicU8::new(LOADING),
             max_links,
+            since: Mutex::new(None),
+            users_unknown: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -218,7 +242,7 @@ impl IdentityIndex {
                     .collect();
                 anons.sort();
                 let mut visitors = Vec::with_capacity(anons.len() + 1);
-                if s.own.contains(user) {
+                if s.own.contains(user) || self.users_unknown.load(Ordering::Acquire) {
                     visitors.push(user.to_string());
                 }
                 visitors.extend(anons.iter().cloned());
@@ -245,6 +269,7 @@ impl IdentityIndex {
             for r in &self.read {
                 r.lock().expect("identity index lock").clear();
             }
+            *self.since.lock().expect("identity index lock") = None;
             self.state.store(LOADING, Ordering::Release);
         }
         self.refresh(st).await
@@ -267,6 +292,9 @@ impl IdentityIndex {
         struct User {
             site: String,
             user_id: String,
+        }
+        if st.layout().cluster().is_some() {
+            return self.refresh_by_insert_time(st).await;
         }
         let mut read = 0;
         let [links_parts, users_parts] = self.unread(st).await?;
@@ -310,6 +338,80 @@ FROM {}.identities WHERE _part = {}",
             .state
             .compare_exchange(LOADING, READY, Ordering::AcqRel, Ordering::Acquire);
         Ok(read)
+    }
+
+    /// [`refresh`](Self::refresh) on a cluster: the links inserted since the previous refresh
+    /// (less [`OVERLAP_SECS`]), from every shard.
+    async fn refresh_by_insert_time(&self, st: &QueryState) -> Result<usize, QueryError> {
+        #[derive(Deserialize)]
+        struct Now {
+            now: i64,
+        }
+        #[derive(Deserialize)]
+        struct Count {
+            n: u64,
+        }
+        #[derive(Deserialize)]
+        struct Row {
+            site: String,
+            anonymous_id: String,
+            user_id: String,
+            at: u32,
+        }
+        let db = st.db();
+        let now = st
+            .fetch::<Now>("SELECT toInt64(now()) AS now")
+            .await?
+            .first()
+            .map(|r| r.now)
+            .ok_or_else(|| QueryError::Unavailable("SELECT now() answered nothing".into()))?;
+        let since = *self.since.lock().expect("identity index lock");
+        let filter = match since {
+            Some(t) => format!("WHERE inserted_at >= toDateTime({})", t - OVERLAP_SECS),
+            None => {
+                // The first load: off before reading, as in `unread`, above twice the cap.
+                let n = st
+                    .fetch::<Count>(&format!("SELECT count() AS n FROM {db}.identities"))
+                    .await?
+                    .first()
+                    .map_or(0, |c| c.n);
+                if n > 2 * self.max_links as u64 {
+                    self.turn_off(&mut self.links.write().expect("identity index lock"));
+                    return Ok(0);
+                }
+                String::new()
+            }
+        };
+        self.users_unknown.store(true, Ordering::Release);
+        // Replicas further behind than the overlap are not asked.
+        let rows: Vec<Row> = st
+            .fetch_with(
+                &format!(
+                    "SELECT site, anonymous_id, user_id, toUInt32(linked_at) AS at
+FROM {db}.identities {filter}"
+                ),
+                &[(
+                    "max_replica_delay_for_distributed_queries",
+                    &OVERLAP_SECS.to_string(),
+                )],
+            )
+            .await?;
+        self.add_all(
+            rows.iter().map(|r| {
+                (
+                    r.site.as_str(),
+                    r.anonymous_id.as_str(),
+                    r.user_id.as_str(),
+                    r.at,
+                )
+            }),
+            [],
+        );
+        *self.since.lock().expect("identity index lock") = Some(now);
+        let _ = self
+            .state
+            .compare_exchange(LOADING, READY, Ordering::AcqRel, Ordering::Acquire);
+        Ok(rows.len())
     }
 
     /// The active parts of `identities` and of `q_user_visitors` (indexed by `LINKS` and
@@ -503,6 +605,23 @@ mod tests {
         assert_eq!(
             ix.resolve("other", "u1").unwrap().anonymous_ids,
             vec!["a9".to_string()]
+        );
+    }
+
+    #[test]
+    fn on_a_cluster_a_linked_user_is_read_under_its_own_id_too() {
+        // `q_user_visitors` is not read there: every linked user's own id is a visitor, as in
+        // the SQL lookup.
+        let ix = ready(100);
+        ix.users_unknown.store(true, Ordering::Release);
+        ix.add("s", "a1", "u1", 10);
+        let u1 = ix.resolve("s", "a1").unwrap();
+        assert_eq!(u1.visitors, vec!["u1".to_string(), "a1".to_string()]);
+        assert_eq!(u1.anonymous_ids, vec!["a1".to_string()]);
+        // An id without links is still a visitor on its own.
+        assert_eq!(
+            ix.resolve("s", "a2").unwrap().visitors,
+            vec!["a2".to_string()]
         );
     }
 

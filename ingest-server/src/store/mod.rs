@@ -5,6 +5,7 @@
 pub mod delivery;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod migration_lock;
 pub mod quality;
 pub mod repartition;
 pub mod replay;
@@ -406,25 +407,62 @@ async fn apply(
     status: &SchemaStatus,
     up_to: u32,
 ) -> Result<Vec<u32>, StoreError> {
-    let run =
-        |sql: String| async move { client.query(&sql).execute().await.map_err(|e| classify(&e)) };
-    if layout.cluster().is_some() {
-        // `ON CLUSTER` waits for every server: a server restarting while a replica is down
-        // must not need it when nothing is left to apply.
-        let applied = client
+    // Nothing left to apply: no lock, and no statement (on a cluster, `ON CLUSTER` waits for
+    // every server: a server restarting while a replica is down must not need it). Asked of
+    // `system.tables` first, so a fresh database costs no refused statement.
+    let recorded = client
+        .query(
+            "SELECT count() FROM system.tables WHERE database = ? AND name = 'schema_migrations'",
+        )
+        .bind(db)
+        .fetch_one::<u64>()
+        .await
+        .is_ok_and(|n| n > 0);
+    let applied = match recorded {
+        true => client
             .query(&format!("SELECT version FROM {db}.schema_migrations"))
             .fetch_all::<u32>()
-            .await;
-        if let Ok(applied) = applied {
-            if schema::MIGRATIONS
-                .iter()
-                .all(|m| applied.contains(&m.version) || m.version > up_to)
-            {
-                return Ok(Vec::new());
-            }
+            .await
+            .ok(),
+        false => None,
+    };
+    if let Some(applied) = applied {
+        if schema::MIGRATIONS
+            .iter()
+            .all(|m| applied.contains(&m.version) || m.version > up_to)
+        {
+            return Ok(Vec::new());
         }
     }
-    run(layout.create_database(db)).await?;
+    client
+        .query(&layout.create_database(db))
+        .execute()
+        .await
+        .map_err(|e| classify(&e))?;
+    let waiting = |holder: Option<&str>| {
+        *status.last_error.lock().expect("schema status") = holder.map(|h| {
+            format!("waiting for another ingest server ({h}) to finish migrating this database")
+        });
+    };
+    migration_lock::with_lock(
+        client,
+        db,
+        waiting,
+        apply_locked(client, db, layout, status, up_to),
+    )
+    .await
+}
+
+/// [`apply`] once this server holds the database's migration lock.
+async fn apply_locked(
+    client: &clickhouse::Client,
+    db: &str,
+    layout: &Layout,
+    status: &SchemaStatus,
+    up_to: u32,
+) -> Result<Vec<u32>, StoreError> {
+    let run =
+        |sql: String| async move { client.query(&sql).execute().await.map_err(|e| classify(&e)) };
     for sql in layout
         .rewrite(schema::MIGRATIONS_TABLE)
         .map_err(unsupported)?

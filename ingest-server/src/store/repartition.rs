@@ -17,8 +17,9 @@
 //! `events` has the new key, steps 1 to 3 are skipped and 4 and 5 are harmless to repeat.
 //!
 //! The server's own writer waits for every migration before inserting, so nothing is written
-//! between the copy and the swap. Other ingest servers on the same database must be stopped (or
-//! start this version) before it runs: a row they insert into `events` after the copy began is
+//! between the copy and the swap, and servers of this version take turns (the migration lock,
+//! [`super::migration_lock`]). Ingest servers of an earlier version on the same database must be
+//! stopped before it runs: a row they insert into `events` after the copy began is
 //! left in `events_client_time`, and the counts compared in step 1 catch only rows that arrive
 //! during the copy itself.
 

@@ -29,8 +29,16 @@ pub struct WriterSettings {
     pub max_rows: usize,
     pub max_bytes: usize,
     pub max_age: Duration,
+    /// `max_age` for a batch holding imported rows only (`[writer] import_max_age`).
+    pub import_max_age: Duration,
+    /// [`IMPORT_QUIET`] (a field so tests can widen it).
+    pub import_quiet: Duration,
     pub policy: Policy,
 }
+
+/// A batch of imported rows only also goes once no record was appended for this long: the
+/// import has ended (or paused), and its last rows need not wait for `import_max_age`.
+pub const IMPORT_QUIET: Duration = Duration::from_millis(500);
 
 impl From<&WriterConfig> for WriterSettings {
     fn from(c: &WriterConfig) -> Self {
@@ -38,6 +46,8 @@ impl From<&WriterConfig> for WriterSettings {
             max_rows: c.max_rows,
             max_bytes: c.max_bytes.0 as usize,
             max_age: c.max_age.0,
+            import_max_age: c.import_max_age.0,
+            import_quiet: IMPORT_QUIET,
             policy: Policy {
                 max_attempts: c.max_attempts,
                 backoff_min: Duration::from_millis(100).min(c.max_backoff.0),
@@ -169,6 +179,9 @@ async fn gather(
         let mut bytes = 0usize;
         let mut end: Option<u64> = None;
         let mut oldest: Option<u64> = None;
+        // Whether every row so far is imported, and when the newest record was appended.
+        let mut import_only = true;
+        let mut newest: u64 = 0;
         loop {
             match reader.read(settings.max_bytes.saturating_sub(bytes).max(1)) {
                 Ok(records) => {
@@ -176,8 +189,12 @@ async fn gather(
                         bytes += r.payload.len();
                         end = Some(r.end);
                         oldest.get_or_insert(r.appended_ms);
+                        newest = newest.max(r.appended_ms);
                         match crate::spool::rows::decode(&r.payload) {
-                            Ok(mut v) => rows.append(&mut v),
+                            Ok(mut v) => {
+                                import_only &= v.iter().all(|row| row.source == "import");
+                                rows.append(&mut v)
+                            }
                             Err(e) => undecodable.push(QuarantineRow {
                                 quarantined_at: (now_ms() / 1000) as u32,
                                 site: String::new(),
@@ -202,8 +219,22 @@ async fn gather(
             if stopping && end.is_none() {
                 return;
             }
-            let age = oldest.map(|o| Duration::from_millis(now_ms().saturating_sub(o)));
-            if end.is_some() && (full || stopping || age >= Some(settings.max_age)) {
+            let now = now_ms();
+            let age = oldest.map(|o| Duration::from_millis(now.saturating_sub(o)));
+            // How long until the batch is due by time: its age against `max_age`, or for
+            // imported rows only, against `import_max_age` or the spool's quiet.
+            let due_in = age.map(|a| {
+                if import_only && undecodable.is_empty() {
+                    let quiet = Duration::from_millis(now.saturating_sub(newest));
+                    settings
+                        .import_max_age
+                        .saturating_sub(a)
+                        .min(settings.import_quiet.saturating_sub(quiet))
+                } else {
+                    settings.max_age.saturating_sub(a)
+                }
+            });
+            if end.is_some() && (full || stopping || due_in == Some(Duration::ZERO)) {
                 // Due: hand it over as soon as the inserter is free. A full batch (or one at
                 // shutdown) waits for that; one that is not full keeps taking rows meanwhile.
                 match idle.try_acquire() {
@@ -236,10 +267,7 @@ async fn gather(
                 }
                 continue;
             }
-            let wait = match age {
-                Some(a) => settings.max_age.saturating_sub(a),
-                None => Duration::from_secs(3600),
-            };
+            let wait = due_in.unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 r = committed.changed() => { if r.is_err() { return; } }
                 _ = tokio::time::sleep(wait) => {}
@@ -403,6 +431,40 @@ mod tests {
         tx.send(true).unwrap();
         run.await.unwrap();
         assert_eq!(sink.batches(), [1, 10]);
+        assert_eq!(spool.pending_bytes(), 0);
+    }
+
+    /// Imported rows wait past `max_age` while the import goes on, and go as one batch once
+    /// the spool is quiet; live rows still go at `max_age`.
+    #[tokio::test]
+    async fn an_import_goes_in_one_insert_once_the_spool_is_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(FakeSink::default());
+        let (mut w, tx) = writer(sink.clone(), dir.path());
+        w.settings.max_age = Duration::from_millis(10);
+        w.settings.import_quiet = Duration::from_secs(2);
+        let spool = w.spool.clone();
+        let run = tokio::spawn(w.run());
+        let imported = |i: usize| {
+            let mut r = row(i, "ok");
+            r.source = "import".into();
+            r
+        };
+        for i in 0..5 {
+            append(&spool, &[imported(i)]).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let until = Instant::now() + Duration::from_secs(10);
+        while sink.stored().len() < 5 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        append(&spool, &[row(5, "ok")]).await;
+        while sink.stored().len() < 6 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tx.send(true).unwrap();
+        run.await.unwrap();
+        assert_eq!(sink.batches(), [5, 1]);
         assert_eq!(spool.pending_bytes(), 0);
     }
 

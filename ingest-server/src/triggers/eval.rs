@@ -338,17 +338,24 @@ WHERE site = {s} AND ({edges})"
                     ))
                     .await?;
             }
-            let seeds = format!("(SELECT visitor_id FROM {cand} WHERE site = {s})");
+            // The candidates are in this ClickHouse server's own memory table; on a cluster,
+            // `GLOBAL IN` sends them to the shards that read the `Distributed` tables.
+            let global = if self.st.layout().cluster().is_some() {
+                "GLOBAL "
+            } else {
+                ""
+            };
+            let seeds = format!("{global}IN (SELECT visitor_id FROM {cand} WHERE site = {s})");
             self.st
                 .execute(&format!(
                     "INSERT INTO {cand} SELECT {s}, user_id FROM {db}.q_ident_by_anon
-WHERE site = {s} AND anonymous_id IN {seeds}"
+WHERE site = {s} AND anonymous_id {seeds}"
                 ))
                 .await?;
             self.st
                 .execute(&format!(
                     "INSERT INTO {cand} SELECT {s}, anonymous_id FROM {db}.identities
-WHERE site = {s} AND user_id IN {seeds}"
+WHERE site = {s} AND user_id {seeds}"
                 ))
                 .await?;
             let n = self
@@ -436,7 +443,8 @@ ARRAY JOIN arrayFilter((id, m) -> m = 1, {ids}, matches) AS sub_id",
     }
 }
 
-/// The transitions of `subs` (all of `site`) among the candidates `scope`: one statement for
+/// The transitions of `subs` (all of `site`) among the candidates `scope` (a membership test,
+/// `IN (SELECT ...)` or `GLOBAL IN (SELECT ...)`): one statement for
 /// whether each candidate person matches each audience, one for their memberships.
 async fn evaluate(
     st: &QueryState,
@@ -455,7 +463,7 @@ async fn evaluate(
         .fetch(&format!(
             "SELECT sub_id, person, argMax(member, version) AS member, argMax(entry, version) AS entry
 FROM {db}.trigger_members
-WHERE site = {} AND sub_id IN {} AND person IN {scope}
+WHERE site = {} AND sub_id IN {} AND person {scope}
 GROUP BY sub_id, person",
             lit(site),
             lit_list(ids)
@@ -597,12 +605,15 @@ PREWHERE created_at_ms >= {} WHERE key IN {}",
             .take(10)
             .filter(char::is_ascii_digit)
             .collect();
+        let layout = self.st.layout();
         let parts: Vec<PartitionRow> = self
             .st
             .fetch(&format!(
-                "SELECT DISTINCT partition FROM system.parts
-WHERE database = {} AND table = 'trigger_touched' AND active",
-                lit(db)
+                "SELECT DISTINCT partition FROM {}
+WHERE database = {} AND table = {} AND active",
+                layout.every_shard("parts"),
+                lit(db),
+                lit(&layout.local_name("trigger_touched"))
             ))
             .await?;
         for p in parts {
@@ -612,7 +623,8 @@ WHERE database = {} AND table = 'trigger_touched' AND active",
             {
                 self.st
                     .execute(&format!(
-                        "ALTER TABLE {db}.trigger_touched DROP PARTITION {}",
+                        "ALTER TABLE {} DROP PARTITION {}",
+                        layout.alter_target(db, "trigger_touched"),
                         p.partition
                     ))
                     .await?;

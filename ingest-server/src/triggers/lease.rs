@@ -14,8 +14,18 @@
 //!   writes its row with a version above every one it read plus a random part, waits
 //!   `SETTLE`, and reads back. Two servers that took it at once both see both rows after the
 //!   wait, and `argMax(holder, version)` names the same winner for both; the other stays idle.
-//!   The wait must cover an insert's time to become visible (milliseconds on one server; on a
-//!   replicated cluster it is the replication delay, which is why it is generous).
+//!   The wait must cover the time between a server's read of a free lease and its write
+//!   becoming visible (milliseconds on one server).
+//!
+//! On a cluster, `trigger_lease` is replicated whole on every server and each server reads
+//! its own ClickHouse server's copy after `SYSTEM SYNC REPLICA` ([`super::sync`]): an insert
+//! confirmed to any server is in the table's replication log in ZooKeeper, and the sync fetches
+//! everything the log lists before the read. So a read sees every lease write confirmed
+//! before it started, as on one server, and the argument above holds unchanged: two servers
+//! that both saw a free lease both wrote within `SETTLE` of their reads, and after the wait
+//! each one's read follows both writes. Reading a sharded table through `Distributed` instead
+//! could answer from a replica that had not yet fetched the last write, and a standby would
+//! take a lease still held.
 //!
 //! The holder evaluates only with a lease it renewed at the start of the tick and renews again
 //! before it writes the tick's transitions (a tick longer than the lease could otherwise write
@@ -91,6 +101,8 @@ impl Lease {
     }
 
     async fn read(&self) -> Result<LeaseRow, QueryError> {
+        // On a cluster, this server's copy first fetches every other server's writes.
+        super::sync(&self.st, &["trigger_lease"]).await;
         // An empty table answers one row of defaults: holder '' (free).
         let rows: Vec<LeaseRow> = self
             .st

@@ -20,6 +20,13 @@
 //!   it is released or expires. All serve the API.
 //!
 //! The tables are described in `crate::store::schema::triggers`.
+//!
+//! On a cluster (`[clickhouse] cluster`) the same code runs: the evaluator's bookkeeping
+//! (subscriptions, memberships, outbox, state, lease) is one table replicated whole on every
+//! ClickHouse server (`store::schema::triggers::WHOLE`), read from the server's own copy after
+//! [`sync`]; a server taking the lease syncs them all before it evaluates or loads the outbox,
+//! so it continues from everything the previous holder wrote. The events and the query state
+//! stay sharded, and the candidates of a tick go to every shard with `GLOBAL IN`.
 
 pub mod api;
 pub mod deliver;
@@ -111,6 +118,36 @@ impl Delivery {
     }
 }
 
+/// How long [`sync`] waits for a table's replica to catch up.
+const SYNC_TIMEOUT_SECS: u64 = 5;
+
+/// On a cluster, makes this ClickHouse server's copies of `tables` (of
+/// `store::schema::triggers::WHOLE`) hold every row any server had inserted when it is called:
+/// `SYSTEM SYNC REPLICA` fetches what the table's replication log in ZooKeeper lists, so the
+/// read that follows sees it. Nothing on one server.
+///
+/// Bounded by [`SYNC_TIMEOUT_SECS`]: a part only a stopped server holds cannot be fetched until
+/// it is back. Then this is logged and the read goes on with this copy; what may be missing is
+/// an insert of the last moments before that server stopped, and the outbox's idempotency keys
+/// remain the guard against a transition sent twice.
+pub(crate) async fn sync(st: &QueryState, tables: &[&str]) {
+    if st.layout().cluster().is_none() {
+        return;
+    }
+    for table in tables {
+        let sql = format!("SYSTEM SYNC REPLICA {}.{table}", st.db());
+        let done = st
+            .clickhouse()
+            .query_raw(&sql)
+            .with_setting("receive_timeout", SYNC_TIMEOUT_SECS.to_string())
+            .execute()
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(table, error = %e, "this server's copy of a trigger table could not catch up; reading it as it is");
+        }
+    }
+}
+
 /// The deliverer of a lease holder: its channel, its stop and its task.
 struct Delivering {
     tx: tokio::sync::mpsc::UnboundedSender<Vec<Delivery>>,
@@ -174,8 +211,10 @@ pub async fn run(
             continue;
         }
         if delivering.is_none() {
-            // Another server may have evaluated while this one did not hold the lease.
+            // Another server may have evaluated while this one did not hold the lease: on a
+            // cluster, its last writes are fetched before they are read.
             evaluator.unclean();
+            sync(&st, crate::store::schema::triggers::WHOLE).await;
         }
         let d = delivering.get_or_insert_with(|| {
             tracing::info!(holder = %lease.id(), "this server holds the trigger lease: evaluating and delivering");

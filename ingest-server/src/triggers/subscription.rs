@@ -151,6 +151,8 @@ struct Row {
 
 /// The live subscriptions of `site`, or of every site; oldest first.
 pub async fn list(st: &QueryState, site: Option<&str>) -> Result<Vec<Subscription>, QueryError> {
+    // On a cluster: the ones registered through other servers too.
+    super::sync(st, &["trigger_subscriptions"]).await;
     let filter = site
         .map(|s| format!("WHERE site = {}", lit(s)))
         .unwrap_or_default();

@@ -593,18 +593,23 @@ fn draw(
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..n as f64, 0f64..top)
         .map_err(|e| err(&e))?;
+    // Category labels sit under the middle of their category (every `step`-th one when there
+    // are many), drawn here rather than as the mesh's tick labels: those sit on the category's
+    // left edge, and the first was cut in half by the plot's edge.
     let step = n.div_ceil(12).max(1);
+    let label_style =
+        TextStyle::from(("sans-serif", 12)).pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Top,
+        ));
+    for (i, label) in labels.iter().enumerate().step_by(step) {
+        let (x, y) = c.backend_coord(&(i as f64 + 0.5, 0.0));
+        root.draw(&Text::new(label.clone(), (x, y + 6), label_style.clone()))
+            .map_err(|e| err(&e))?;
+    }
     c.configure_mesh()
         .disable_x_mesh()
-        .x_labels(n.min(12) + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - x.floor()).abs() < 1e-9 && i < n && i.is_multiple_of(step) {
-                labels[i].clone()
-            } else {
-                String::new()
-            }
-        })
+        .x_labels(0)
         .y_label_formatter(&|y| {
             if *y >= 10.0 {
                 format!("{y:.0}")

@@ -21,6 +21,15 @@
 //!   per shard for replicated tables); when it changes columns, the `Distributed` table, which
 //!   holds no rows, is dropped and created again so it sees them.
 //! - `DROP TABLE {db}.X` drops `X` and `X_local` `ON CLUSTER`.
+//! - The trigger evaluator's bookkeeping ([`super::triggers::WHOLE`]: subscriptions,
+//!   memberships, outbox, state, lease) is not sharded: `{db}.T` itself is a
+//!   `ReplicatedXMergeTree('/clickhouse/tables/whole/<db>/T', '{shard}-{replica}', args)` on
+//!   every server, all replicas of one table, with no `Distributed` table. Each server reads
+//!   its own whole copy, and `SYSTEM SYNC REPLICA` before a read makes it see every insert any
+//!   server had confirmed by then (`crate::triggers` explains why that matters to the lease and
+//!   the outbox). One server evaluates at a time, so sharding these tables would spread nothing.
+//!   An `ALTER` of one is refused for now (`ON CLUSTER` runs a replicated table's `ALTER` once
+//!   per shard, which for these is once per replica set too many); no migration has one.
 //!
 //! # The sharding key: (site, visitor id)
 //!
@@ -54,9 +63,9 @@
 //!   shared dedup store (a round trip on every request) is kept.
 //! - Inserts: `insert_distributed_sync = 1` (`store::client`), so the writer's spool lets go of
 //!   rows only once every shard they go to has them.
-//! - Identity links: the in-memory index is off on a cluster (its refresh reads this server's
-//!   parts of `identities`, one shard's); ids resolve in ClickHouse per request, where every
-//!   server's links are.
+//! - Identity links: the in-memory index refreshes by insert time on a cluster (`inserted_at`,
+//!   migration 145; `crate::query::identity`), since this server's `system.parts`
+//!   lists one shard's parts of `identities`.
 //! - Rate limits: split per server (`rate_limit.servers`, `intake::ratelimit`).
 //!
 //! # What cluster mode assumes
@@ -134,6 +143,19 @@ impl Layout {
         }
     }
 
+    /// The system table `system.<table>` (`parts`, `mutations`) as seen from one replica of
+    /// every shard: `system.<table>` on one server, the `cluster` table function on a cluster
+    /// (18.16 has no `clusterAllReplicas`; `remote()` over every host would need the
+    /// credentials written into the SQL). Enough where a shard's replicas hold the same data:
+    /// its partitions, and a mutation one replica has applied, which the other fetches (the
+    /// mutated parts) or applies itself.
+    pub fn every_shard(&self, table: &str) -> String {
+        match self {
+            Layout::Single => format!("system.{table}"),
+            Layout::Cluster(c) => format!("cluster('{c}', system, {table})"),
+        }
+    }
+
     /// Drops and creates again the `Distributed` table over `table_local` (it holds no rows),
     /// so it has the local table's columns. Nothing on one server.
     pub fn distributed_again(&self, table: &str) -> Vec<String> {
@@ -194,6 +216,11 @@ fn rewrite(cluster: &str, sql: &str) -> Result<Vec<String>, Unsupported> {
     }
     if let Some(rest) = sql.strip_prefix(ALTER_TABLE) {
         let (name, command) = split_name(rest);
+        if is_whole(name) {
+            return Err(unsupported(
+                "an ALTER of a table replicated whole on every server (it would run once per shard)",
+            ));
+        }
         let mut out = vec![format!(
             "{ALTER_TABLE}{name}{LOCAL} ON CLUSTER {cluster}{command}"
         )];
@@ -252,11 +279,22 @@ fn create_table(cluster: &str, name: &str, definition: &str) -> Option<Vec<Strin
         }
         None => (None, after_engine),
     };
-    let path = format!("'/clickhouse/tables/{{shard}}/{{db}}/{name}{LOCAL}', '{{replica}}'");
+    let whole = is_whole(name);
+    let path = if whole {
+        // One table for the whole cluster: a replica name unique across shards.
+        format!("'/clickhouse/tables/whole/{{db}}/{name}', '{{shard}}-{{replica}}'")
+    } else {
+        format!("'/clickhouse/tables/{{shard}}/{{db}}/{name}{LOCAL}', '{{replica}}'")
+    };
     let args = match args {
         Some(a) if !a.trim().is_empty() => format!("{path}, {a}"),
         _ => path,
     };
+    if whole {
+        return Some(vec![format!(
+            "{CREATE_TABLE}{name} ON CLUSTER {cluster}{columns}ENGINE = Replicated{engine}({args}){tail}"
+        )]);
+    }
     // Migration 1's events: a cluster database is new, so it gets its final partition key.
     let tail = if name == "events" {
         tail.replacen(EVENTS_V1_PARTITION, EVENTS_PARTITION, 1)
@@ -273,6 +311,11 @@ fn create_table(cluster: &str, name: &str, definition: &str) -> Option<Vec<Strin
         false,
     ));
     Some(out)
+}
+
+/// Whether `name` is replicated whole on every server rather than sharded (see the module doc).
+fn is_whole(name: &str) -> bool {
+    super::triggers::WHOLE.contains(&name)
 }
 
 /// The `Distributed` table over `name_local`, dropped first when `recreate`.
@@ -338,6 +381,7 @@ fn sharding_key(columns: &str, tail: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::triggers::WHOLE;
     use super::super::{render, MIGRATIONS, MIGRATIONS_TABLE};
     use super::*;
 
@@ -359,6 +403,11 @@ mod tests {
         );
         assert_eq!(single.alter_target("w", "events"), "w.events");
         assert_eq!(single.local_name("events"), "events");
+        assert_eq!(single.every_shard("parts"), "system.parts");
+        assert_eq!(
+            Layout::new(Some("c2")).every_shard("parts"),
+            "cluster('c2', system, parts)"
+        );
     }
 
     #[test]
@@ -442,7 +491,29 @@ mod tests {
         }
         assert!(dist("q_user_visitors").ends_with("cityHash64(site, user_id))"));
         // No visitor column: the sorting key, so a row's versions meet on one shard.
-        assert!(dist("trigger_members").ends_with("cityHash64(site, sub_id, person))"));
+        assert!(
+            dist("quarantine_replays").ends_with("cityHash64(site, message_id, quarantined_at))")
+        );
+        // The triggers' bookkeeping: one table replicated whole on every server, no Distributed.
+        for t in WHOLE {
+            let create = all
+                .iter()
+                .filter(|s| s.starts_with(&format!("{CREATE_TABLE}{t} ")))
+                .collect::<Vec<_>>();
+            assert_eq!(create.len(), 1, "{t}: {create:?}");
+            assert!(
+                create[0].contains(&format!(
+                    "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/whole/{{db}}/{t}', '{{shard}}-{{replica}}', version)"
+                )),
+                "{}",
+                create[0]
+            );
+            assert!(!all.iter().any(|s| s.contains(&format!("{t}{LOCAL}"))));
+        }
+        let e = Layout::new(Some("c2"))
+            .rewrite("ALTER TABLE {db}.trigger_lease ADD COLUMN x UInt8")
+            .unwrap_err();
+        assert!(e.why.contains("whole"), "{e}");
         // events keeps its columns and gets its final partition key.
         let events = all
             .iter()

@@ -361,6 +361,21 @@ ORDER BY (site, requested_at, job_id)"],
 ORDER BY (site, merged_id, into_id)"],
         code: None,
     },
+    // 145..: the insert time of identity links, by which the identity index refreshes on a
+    // cluster (`crate::query::identity`). ClickHouse's `now()` at the insert; rows from before
+    // the column read as the time they are read (18.16 evaluates a missing column's default
+    // then), which only makes a cluster's refresh read them again. Only `identities`: the
+    // writer inserts it, so the default fills in; 18.16 does not fill a default into a view's
+    // target (`q_user_visitors`: "Expected column inserted_at" while pushing to the view).
+    Migration {
+        version: 145,
+        name: "identities_inserted_at",
+        statements: &[],
+        code: Some(Code::AddColumns {
+            table: "identities",
+            columns: INSERTED_AT,
+        }),
+    },
 ];
 
 /// Migration 113: what the intake's data quality checks found in each event
@@ -370,6 +385,9 @@ pub const EVENTS_QUALITY: &[(&str, &str)] = &[
     ("violations", "Array(String)"),
     ("missing", "Array(String)"),
 ];
+
+/// Migration 145's column.
+pub const INSERTED_AT: &[(&str, &str)] = &[("inserted_at", "DateTime DEFAULT now()")];
 
 /// Renders a statement for a database.
 pub fn render(sql: &str, db: &str) -> String {

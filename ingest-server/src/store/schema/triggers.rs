@@ -16,12 +16,33 @@
 //!   again (an evaluation repeated after a crash) never hides an outcome.
 //! - `trigger_state` (ReplacingMergeTree by `version`): the evaluator's last tick and watermark.
 //! - `trigger_candidates` (Memory): the visitors one tick evaluates, filled and emptied by the
-//!   evaluator per site; lost on a ClickHouse restart, which costs nothing.
+//!   evaluator per site; lost on a ClickHouse restart, which costs nothing. On a cluster each
+//!   ClickHouse server has its own (the evaluator fills the one of the server it talks to), and
+//!   queries over `Distributed` tables name it with `GLOBAL IN`, so its visitors are sent to
+//!   every shard.
 //!
 //! - `trigger_lease` (ReplacingMergeTree by `version`, migration 121): which server evaluates
 //!   and delivers, until when (`crate::triggers::lease`).
 //!
 //! 18.16 has no TTL: old `trigger_touched` partitions are dropped by the evaluator.
+//!
+//! On a cluster (`[clickhouse] cluster`), `trigger_touched` is sharded like `events` and the
+//! tables in [`WHOLE`] are replicated whole on every server (`super::cluster`).
+
+/// The tables a cluster holds whole on every server instead of sharding them
+/// (`super::cluster`): what the one evaluating server reads and writes besides the events. Read
+/// after `SYSTEM SYNC REPLICA` (`crate::triggers::sync`), a server's own copy holds every row
+/// any server had written by then, which the lease and the outbox's "already written" checks
+/// rely on; a sharded table read through `Distributed` may answer from a replica that has not
+/// fetched the last insert yet. Their size follows subscriptions, members and deliveries, not
+/// events.
+pub const WHOLE: &[&str] = &[
+    "trigger_subscriptions",
+    "trigger_members",
+    "trigger_deliveries",
+    "trigger_state",
+    "trigger_lease",
+];
 
 /// The version of a delivery's final row (`delivered` or `dead`), above any attempt count.
 pub const TERMINAL: u64 = 1_000_000;
