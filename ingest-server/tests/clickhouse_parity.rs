@@ -26,6 +26,12 @@
 //! would send it (`privacy::delete_statement`).
 //!
 //! Both sides replay the same script, so any difference is the versions', not the recording's.
+//!
+//! 4. **One shard per person (26 only).** Every lookup of the script (`QueryState::lookup`:
+//!    profiles, histories, identity reads) runs again on chdb over `Distributed` tables of two
+//!    shards, one of them unreachable, sharded as cluster mode shards them, with the settings
+//!    the server sends on a cluster ([`one_shard_lookups`]): a lookup of one visitor id must
+//!    answer from one shard, with the rows it gives unsharded.
 
 mod query_support;
 
@@ -479,7 +485,7 @@ async fn reads(st: &waymark_ingest::query::QueryState, now: i64, deleted: bool) 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_statement_gives_the_same_rows_on_clickhouse_26() {
     // Fail early, with the install hint, when chdb is missing.
-    let mut chdb = Chdb::start().unwrap_or_else(|e| panic!("{e}"));
+    let mut chdb = Chdb::start_with_config(Some(TWO_SHARDS)).unwrap_or_else(|e| panic!("{e}"));
     let recorder = Recorder::start(clickhouse().http_url()).await;
     let db = Db::new_at(&recorder.url).await;
     let now = now_ms();
@@ -617,6 +623,136 @@ async fn every_statement_gives_the_same_rows_on_clickhouse_26() {
             path.display()
         );
     }
+    tokio::task::block_in_place(|| one_shard_lookups(&script, &db.name, &mut chdb));
+}
+
+/// The chdb session's config: two clusters of two shards, for [`one_shard_lookups`]. Shard
+/// `127.0.0.1:9000` is chdb itself (the config's `tcp_port`, so ClickHouse runs it in process);
+/// `127.0.0.2:1` refuses every connection. A query over a `Distributed` table of
+/// `live_first` succeeds only if it went to shard 1 alone, of `live_second` only if it went to
+/// shard 2 alone.
+const TWO_SHARDS: &str = "<clickhouse>
+  <tcp_port>9000</tcp_port>
+  <remote_servers>
+    <live_first>
+      <shard><replica><host>127.0.0.1</host><port>9000</port></replica></shard>
+      <shard><replica><host>127.0.0.2</host><port>1</port></replica></shard>
+    </live_first>
+    <live_second>
+      <shard><replica><host>127.0.0.2</host><port>1</port></replica></shard>
+      <shard><replica><host>127.0.0.1</host><port>9000</port></replica></shard>
+    </live_second>
+  </remote_servers>
+</clickhouse>";
+
+/// `sql` with every table of `db` in `tables` renamed `<table>_<suffix>`.
+fn renamed(sql: &str, db: &str, tables: &[String], suffix: &str) -> String {
+    let head = format!("{db}.");
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut out = String::new();
+    let mut rest = sql;
+    while let Some(i) = rest.find(&head) {
+        let after = &rest[i + head.len()..];
+        let n = after.bytes().take_while(|b| ident(*b)).count();
+        let table = &after[..n];
+        let whole = i == 0 || !ident(rest.as_bytes()[i - 1]);
+        out.push_str(&rest[..i + head.len() + n]);
+        if whole && tables.iter().any(|t| t == table) {
+            out.push('_');
+            out.push_str(suffix);
+        }
+        rest = &after[n..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// #19's "per-person queries touch one shard", on ClickHouse 26: every lookup the API sent
+/// (profiles, histories, the identity reads; `QueryState::lookup`) is run over two shards of
+/// which one cannot be reached, once with each as the live one, with the settings the server
+/// adds on a cluster (`SKIP_UNUSED_SHARDS`, and `distributed_product_mode` from
+/// `store::client`). Runs on chdb's final state, compared with the same lookup unsharded.
+fn one_shard_lookups(script: &[Sent], db: &str, chdb: &mut Chdb) {
+    let lookup = |s: &&Sent| {
+        waymark_ingest::query::LOOKUP_SETTINGS
+            .iter()
+            .all(|(k, v)| s.settings.iter().any(|(a, b)| a == k && b == v))
+    };
+    // Each table of the database, twice over the two shards (`TWO_SHARDS`), sharded by the key
+    // cluster mode gives it. The live shard is this database itself.
+    let list = format!(
+        "SELECT name FROM system.tables WHERE database = '{db}' AND engine LIKE '%MergeTree'"
+    );
+    let tables: Vec<String> = chdb
+        .run(&list)
+        .unwrap_or_else(|e| panic!("{list}: {e}"))
+        .lines()
+        .map(str::to_string)
+        .filter(|t| waymark_ingest::store::schema::cluster::table_sharding_key(t).is_some())
+        .collect();
+    for t in &tables {
+        let key = waymark_ingest::store::schema::cluster::table_sharding_key(t).unwrap();
+        for cluster in ["live_first", "live_second"] {
+            let create = format!(
+                "CREATE TABLE {db}.{t}_{cluster} AS {db}.{t} ENGINE = Distributed({cluster}, {db}, {t}, {key})"
+            );
+            chdb.run(&create)
+                .unwrap_or_else(|e| panic!("{create}: {e}"));
+        }
+    }
+    let (skip, on) = waymark_ingest::query::SKIP_UNUSED_SHARDS;
+    for set in [
+        format!("SET {skip} = {on}"),
+        "SET distributed_product_mode = 'global'".to_string(),
+    ] {
+        chdb.run(&set).unwrap_or_else(|e| panic!("{set}: {e}"));
+    }
+    let (mut one, mut all, mut single_visitor) = (0, 0, 0);
+    let mut problems = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for s in script.iter().filter(lookup) {
+        let sql = without_format(&s.sql);
+        if !seen.insert(sql.clone()) {
+            continue;
+        }
+        let plain = chdb.run(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let answers =
+            ["live_first", "live_second"].map(|c| chdb.run(&renamed(&sql, db, &tables, c)));
+        let short = sql.chars().take(300).collect::<String>();
+        let pinned = sql.contains("visitor_id = '") && !sql.contains("identities");
+        single_visitor += usize::from(pinned);
+        match answers {
+            [Ok(x), Err(_)] | [Err(_), Ok(x)] => {
+                one += 1;
+                if !same_rows(&plain, &x, ordered(&sql)) {
+                    problems.push(format!(
+                        "one shard answered differently: {short}\n  unsharded: {plain:?}\n  one shard: {x:?}"
+                    ));
+                }
+            }
+            [Err(x), Err(_)] => {
+                all += 1;
+                if pinned {
+                    problems.push(format!(
+                        "a one-visitor lookup did not go to one shard: {short}\n  {x}"
+                    ));
+                }
+            }
+            [Ok(_), Ok(_)] => problems.push(format!(
+                "a lookup answered with a shard unreachable on either side (not sharded?): {short}"
+            )),
+        }
+    }
+    chdb.run(&format!("SET {skip} = 0")).unwrap();
+    println!(
+        "lookups over two shards on {}: {one} went to one shard ({single_visitor} for a single visitor id), {all} to both",
+        chdb.version()
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+    assert!(
+        single_visitor >= 10 && one >= single_visitor,
+        "one {one}, single visitor {single_visitor}, both {all}"
+    );
 }
 
 #[test]

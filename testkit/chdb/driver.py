@@ -3,7 +3,8 @@
 One JSON object per line on stdin: {"sql": "..."}; one per line on stdout:
 {"ok": true, "out": "<TabSeparated text>"} or {"ok": false, "error": "..."}.
 The first line out is {"ok": true, "version": "<ClickHouse version>"}. The session's data lives
-in the directory given as the only argument; stdin closing ends the process.
+in the directory given as the first argument; a second argument names a server config file (for
+`remote_servers`); stdin closing ends the process.
 """
 import json
 import sys
@@ -12,7 +13,10 @@ from chdb import session
 
 
 def main() -> None:
-    s = session.Session(sys.argv[1])
+    path = sys.argv[1]
+    if len(sys.argv) > 2:
+        path += "?config-file=" + sys.argv[2]
+    s = session.Session(path)
     # An ALTER ... DELETE returns once the rows are gone, as the server's deletes wait for.
     s.query("SET mutations_sync = 2")
     version = str(s.query("SELECT version()", "TSV")).strip()

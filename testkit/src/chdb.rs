@@ -36,6 +36,12 @@ pub struct Chdb {
 impl Chdb {
     /// Starts the driver with the python in `WAYMARK_CHDB_PYTHON`.
     pub fn start() -> Result<Self, Error> {
+        Self::start_with_config(None)
+    }
+
+    /// [`start`](Self::start) with a server config file of this text (`<clickhouse>...`), for
+    /// what only a config can set, such as `remote_servers`.
+    pub fn start_with_config(config: Option<&str>) -> Result<Self, Error> {
         let python = std::env::var(PYTHON_VAR)
             .map_err(|_| Error::Other(format!("{PYTHON_VAR} is not set. {CHDB_HINT}")))?;
         let home = tempfile::Builder::new()
@@ -45,9 +51,15 @@ impl Chdb {
         let driver = home.path().join("driver.py");
         std::fs::write(&driver, DRIVER)
             .map_err(|e| Error::Other(format!("writing {}: {e}", driver.display())))?;
-        let mut child = Command::new(&python)
-            .arg(&driver)
-            .arg(home.path().join("session"))
+        let mut command = Command::new(&python);
+        command.arg(&driver).arg(home.path().join("session"));
+        if let Some(text) = config {
+            let path = home.path().join("config.xml");
+            std::fs::write(&path, text)
+                .map_err(|e| Error::Other(format!("writing {}: {e}", path.display())))?;
+            command.arg(&path);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

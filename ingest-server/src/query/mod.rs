@@ -27,7 +27,7 @@ pub mod sql;
 mod state;
 
 pub use error::QueryError;
-pub use state::QueryState;
+pub use state::{QueryState, LOOKUP_SETTINGS, SKIP_UNUSED_SHARDS};
 
 use std::sync::Arc;
 

@@ -17,6 +17,20 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct QueryState(Arc<Inner>);
 
+/// The settings of every [`QueryState::lookup`].
+pub const LOOKUP_SETTINGS: &[(&str, &str)] = &[
+    ("max_threads", "1"),
+    ("optimize_move_to_prewhere", "0"),
+    ("use_uncompressed_cache", "1"),
+];
+
+/// What a lookup adds on a cluster whose ClickHouse knows it: the per-person tables are sharded
+/// by `cityHash64(site, visitor_id)` (`store::schema::cluster`), and a lookup names the site and
+/// the person's visitor ids as literals, so ClickHouse sends it only to those ids' shards (one,
+/// for a person with one visitor id). `ingest-server/tests/clickhouse_parity.rs` checks every
+/// lookup the API sends on ClickHouse 26 against two shards of which one cannot be reached.
+pub const SKIP_UNUSED_SHARDS: (&str, &str) = ("optimize_skip_unused_shards", "1");
+
 struct Inner {
     metrics: Arc<Metrics>,
     config: QueryConfig,
@@ -29,6 +43,9 @@ struct Inner {
     schema: Arc<crate::store::SchemaStatus>,
     /// Whether ClickHouse's time zone is UTC, asked once (see [`QueryState::utc_days`]).
     utc: tokio::sync::OnceCell<bool>,
+    /// Whether lookups ask ClickHouse to skip the shards their key rules out, asked once (see
+    /// [`QueryState::skips_shards`]).
+    skip_shards: tokio::sync::OnceCell<bool>,
     identities: Option<Arc<identity::IdentityIndex>>,
     /// One server or a cluster (`[clickhouse] cluster`): where data-changing `ALTER`s go.
     layout: crate::store::Layout,
@@ -82,6 +99,7 @@ impl QueryState {
             ),
             rfm: profile::RfmCache::default(),
             utc: tokio::sync::OnceCell::new(),
+            skip_shards: tokio::sync::OnceCell::new(),
             identities,
             layout: crate::store::Layout::new(clickhouse.cluster.as_deref()),
             client: crate::store::client(clickhouse),
@@ -225,17 +243,52 @@ impl QueryState {
     /// part: one thread and no PREWHERE analysis. Measured on the query bench (CH 18.16, the
     /// 30-day figures of one visitor): 3.9 ms of server CPU with the defaults, 1.9 ms with
     /// these settings, literal dates and `=` for a single id (see `profile::visitor_filter`).
+    ///
+    /// On a cluster whose ClickHouse has it, a lookup also goes only to the shards its
+    /// `site = .. AND visitor_id IN (..)` filter leaves ([`SKIP_UNUSED_SHARDS`]).
     pub(crate) async fn lookup<T: DeserializeOwned>(
         &self,
         sql: &str,
     ) -> Result<Vec<T>, QueryError> {
-        let mut cursor = self
-            .query(sql)?
-            .with_setting("max_threads", "1")
-            .with_setting("optimize_move_to_prewhere", "0")
-            .with_setting("use_uncompressed_cache", "1")
-            .fetch_bytes("JSONEachRow")?;
-        parse_rows(&cursor.collect().await?)
+        let mut query = self.query(sql)?;
+        for (name, value) in LOOKUP_SETTINGS {
+            query = query.with_setting(*name, *value);
+        }
+        if self.skips_shards().await? {
+            query = query.with_setting(SKIP_UNUSED_SHARDS.0, SKIP_UNUSED_SHARDS.1);
+        }
+        parse_rows(&query.fetch_bytes("JSONEachRow")?.collect().await?)
+    }
+
+    /// Whether lookups carry [`SKIP_UNUSED_SHARDS`]: in cluster mode, when ClickHouse knows the
+    /// setting (current releases; 18.16 does not, and sends every `Distributed` query to every
+    /// shard). Asked once, from `system.settings` rather than the version number.
+    async fn skips_shards(&self) -> Result<bool, QueryError> {
+        if self.0.layout.cluster().is_none() {
+            return Ok(false);
+        }
+        self.0
+            .skip_shards
+            .get_or_try_init(|| async {
+                #[derive(Deserialize)]
+                struct Known {
+                    n: u64,
+                }
+                let sql = format!(
+                    "SELECT count() AS n FROM system.settings WHERE name = '{}'",
+                    SKIP_UNUSED_SHARDS.0
+                );
+                let rows: Vec<Known> = self.fetch(&sql).await?;
+                let known = rows.first().is_some_and(|r| r.n > 0);
+                if known {
+                    tracing::info!("cluster lookups go to the shards of the person's visitor ids only ({}=1)", SKIP_UNUSED_SHARDS.0);
+                } else {
+                    tracing::info!("this ClickHouse has no {}: every shard answers every lookup (from its primary key)", SKIP_UNUSED_SHARDS.0);
+                }
+                Ok(known)
+            })
+            .await
+            .copied()
     }
 
     /// Runs a statement that answers nothing (an `INSERT ... FORMAT JSONEachRow` with its rows,

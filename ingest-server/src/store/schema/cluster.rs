@@ -48,9 +48,18 @@
 //! arrives; and per-visitor aggregate state would be split between shards. The cost: a person
 //! known under several visitor ids (two devices, then logging in) has rows on the shards of each
 //! id, so a profile of an identified person reads up to that many shards; an anonymous visitor's
-//! profile, the common case, lives on one. ClickHouse 18.16 sends a query on a `Distributed`
-//! table to every shard (each answers from its primary key, a few granules); current releases
-//! skip the shards the key rules out with `optimize_skip_unused_shards = 1`.
+//! profile, the common case, lives on one. Current releases send a lookup only to the shards
+//! of its ids: the query API's lookups name the site and the visitor ids as literals and carry
+//! `optimize_skip_unused_shards = 1` where ClickHouse has the setting
+//! (`query::SKIP_UNUSED_SHARDS`; checked on ClickHouse 26 by `tests/clickhouse_parity.rs`).
+//! ClickHouse 18.16 has no such setting and sends a query on a `Distributed` table to every
+//! shard (each answers from its primary key, a few granules).
+//!
+//! Only tables whose rows sit where their key says may be read that way: a view writes its rows
+//! on the shard of the `events` row it came from, so a view's target is keyed by the same
+//! visitor column (`q_user_visitors` lists events that have no anonymous id, whose visitor id
+//! is the user id it is keyed by). `quality_hourly`, filled by views on `events` but keyed by
+//! its sorting key, is never read by a lookup.
 //!
 //! # Several ingest servers: what they share and what the tables absorb
 //!
@@ -336,8 +345,8 @@ fn distributed_with_key(cluster: &str, name: &str, key: &str, recreate: bool) ->
 }
 
 /// The sharding key of a table created by some migration (for re-creating its `Distributed`
-/// table after an `ALTER`).
-fn table_sharding_key(name: &str) -> Option<String> {
+/// table after an `ALTER`, and for tests that shard a table as a cluster would).
+pub fn table_sharding_key(name: &str) -> Option<String> {
     let head = format!("{CREATE_TABLE}{name}");
     super::MIGRATIONS
         .iter()
