@@ -130,6 +130,8 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
   max_backoff = "10m"
   timeout = "10s"                  one webhook POST at most
   concurrency = 128                webhook POSTs in flight at once
+  batch = 1                        deliveries per POST: 1 = the body is one delivery; up to
+                                   1000 = {"deliveries": [...]} of one subscription
   max_subscriptions = 1000         per site
 
   [privacy]                        deleting and exporting a person, retention

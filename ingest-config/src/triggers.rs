@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use super::HumanDuration;
 
+/// The most deliveries one POST may carry (`triggers.batch`).
+pub const MAX_BATCH: usize = 1000;
+
 /// `[triggers]` settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +34,10 @@ pub struct TriggersConfig {
     pub timeout: HumanDuration,
     /// Webhook POSTs in flight at once.
     pub concurrency: usize,
+    /// Deliveries per POST: 1 sends each alone (the body is the delivery); above 1, up to this
+    /// many deliveries of one subscription due at once go in one POST as
+    /// `{"deliveries": [...]}` (see the README's "Triggers").
+    pub batch: usize,
     /// Subscriptions per site at most.
     pub max_subscriptions: usize,
 }
@@ -46,6 +53,7 @@ impl Default for TriggersConfig {
             max_backoff: HumanDuration(Duration::from_secs(600)),
             timeout: HumanDuration(Duration::from_secs(10)),
             concurrency: 128,
+            batch: 1,
             max_subscriptions: 1000,
         }
     }
@@ -87,6 +95,9 @@ impl TriggersConfig {
         }
         if self.concurrency == 0 {
             return Err("triggers.concurrency: must be at least 1".into());
+        }
+        if self.batch == 0 || self.batch > MAX_BATCH {
+            return Err(format!("triggers.batch: must be 1 to {MAX_BATCH}"));
         }
         if self.max_subscriptions == 0 {
             return Err("triggers.max_subscriptions: must be at least 1".into());

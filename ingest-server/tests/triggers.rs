@@ -24,6 +24,8 @@ const SECRET: &str = "receiver-secret-0123456789";
 #[derive(Default)]
 struct Seen {
     requests: Vec<(String, u16, Value)>,
+    /// POSTs received (a batch is one).
+    posts: usize,
     /// Answer 500 while set.
     failing: bool,
 }
@@ -60,19 +62,29 @@ impl Receiver {
                     )
                     .unwrap_or_else(|e| panic!("a delivery's signature does not verify: {e}"));
                     let v: Value = serde_json::from_slice(&body).unwrap();
-                    let key = h("idempotency-key");
-                    assert_eq!(
-                        v["id"],
-                        key.as_str(),
-                        "the body's id is the idempotency key"
-                    );
                     let mut s = seen.lock().unwrap();
                     let status = if s.failing || path == "dead" {
                         500
                     } else {
                         200
                     };
-                    s.requests.push((key, status, v));
+                    s.posts += 1;
+                    if let Some(batch) = v["deliveries"].as_array() {
+                        // `[triggers] batch`: each delivery carries its key as its `id`.
+                        assert!(h("idempotency-key").is_empty(), "a batch has no one key");
+                        for d in batch {
+                            let key = d["id"].as_str().unwrap().to_string();
+                            s.requests.push((key, status, d.clone()));
+                        }
+                    } else {
+                        let key = h("idempotency-key");
+                        assert_eq!(
+                            v["id"],
+                            key.as_str(),
+                            "the body's id is the idempotency key"
+                        );
+                        s.requests.push((key, status, v));
+                    }
                     StatusCode::from_u16(status).unwrap()
                 }
             }
@@ -379,9 +391,14 @@ struct Running {
 }
 
 async fn start(db: &str, spool: &std::path::Path) -> Running {
-    let cfg =
-        waymark_ingest::Config::from_toml(&server_config(&clickhouse().http_url(), db, spool, 3))
-            .unwrap();
+    start_with(db, spool, "").await
+}
+
+/// [`start`] with more `[triggers]` settings.
+async fn start_with(db: &str, spool: &std::path::Path, triggers: &str) -> Running {
+    let toml = server_config(&clickhouse().http_url(), db, spool, 3)
+        .replace("[triggers]\n", &format!("[triggers]\n{triggers}\n"));
+    let cfg = waymark_ingest::Config::from_toml(&toml).unwrap();
     cfg.validate().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -865,4 +882,65 @@ async fn a_baseline_records_who_matches_already_without_deliveries() {
     .await;
     let next = ev.tick(now + 2000).await.unwrap();
     assert!(next.deliveries.is_empty(), "{:?}", next.deliveries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_carries_many_deliveries_in_one_signed_post() {
+    let ch = clickhouse();
+    let db = tokio::task::block_in_place(|| ch.fresh_database()).unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let rx = Receiver::start().await;
+    let http = reqwest::Client::new();
+    let a = start_with(&db, spool.path(), "batch = 8").await;
+    let base = format!("http://{}", a.addr);
+    let r = http
+        .post(format!("{base}/v1/subscriptions?site=shop"))
+        .bearer_auth("rk_platform")
+        .body(
+            json!({"name": "added", "url": rx.url("/hook"), "secret": SECRET,
+                   "audience": {"conditions": [{"type": "did", "event": "Product Added", "within": "1h"}]}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let baseline = format!("SELECT count() FROM {db}.trigger_state WHERE name LIKE 'baseline/%'");
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ch.query(&baseline).unwrap_or_default().trim() == "0" {
+            assert!(Instant::now() < deadline, "no baseline within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+
+    // Twenty people add to their carts in one request: one tick finds them all, and they go
+    // out eight at a time, each delivery once, each batch signed as a whole (the receiver
+    // checks the signature of every POST).
+    let persons: Vec<String> = (1..=20).map(|i| format!("b{i}")).collect();
+    send_adds(a.addr, &persons).await;
+    wait_until("twenty deliveries", Duration::from_secs(60), || {
+        rx.delivered().len() == 20
+    })
+    .await;
+    let delivered = rx.delivered();
+    assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
+    let (posts, requests) = {
+        let seen = rx.seen.lock().unwrap();
+        (seen.posts, seen.requests.clone())
+    };
+    let people: BTreeSet<&str> = requests
+        .iter()
+        .map(|(_, _, d)| d["person"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(people.len(), 20, "{people:?}");
+    assert!(
+        requests.iter().all(|(_, _, d)| d["type"] == "entered"),
+        "{requests:?}"
+    );
+    assert!(
+        (3..20).contains(&posts),
+        "20 deliveries of one subscription, at most 8 per POST, came in {posts} POSTs"
+    );
+    a.shutdown().await;
 }

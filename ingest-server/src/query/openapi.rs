@@ -581,7 +581,7 @@ pub fn document() -> Value {
             "/v1/subscriptions": {
                 "post": {
                     "summary": "Register a webhook told when a person enters or leaves an audience",
-                    "description": "Needs a read key with `subscribe = true`. Within 60 s of the event that makes a person match (or stop matching, windows included), a signed `TriggerDelivery` is POSTed to `url`; retried with backoff, then kept as a dead letter. The audience as it is when the subscription is first evaluated is its starting point: people who already match are not notified.",
+                    "description": "Needs a read key with `subscribe = true`. Within 60 s of the event that makes a person match (or stop matching, windows included), a signed `TriggerDelivery` is POSTed to `url` (or, with the server's `[triggers] batch` above 1, up to that many of one subscription as `{\"deliveries\": [TriggerDelivery, ...]}`, signed as a whole: deduplicate by each `id`); retried with backoff, then kept as a dead letter. The audience as it is when the subscription is first evaluated is its starting point: people who already match are not notified.",
                     "parameters": [site_param()],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SubscriptionRequest"}}}},
                     "responses": with_errors(json!({"201": {"description": "Registered (the secret is not returned).",

@@ -180,17 +180,21 @@ HAVING argMax(state, version) = 'pending'",
         let sent = due.len();
         let http = &self.http;
         let subs = &self.subs;
-        let results: Vec<(Delivery, Outcome)> = futures::stream::iter(due)
-            .map(|d| async move {
-                let outcome = match subs.get(&(d.site.clone(), d.sub_id.clone())) {
+        let batch = self.cfg.batch;
+        let results: Vec<(Vec<Delivery>, Outcome)> = futures::stream::iter(posts(due, batch))
+            .map(|ds| async move {
+                let outcome = match subs.get(&(ds[0].site.clone(), ds[0].sub_id.clone())) {
                     None => Outcome::Cancelled,
-                    Some(sub) => send(http, sub, &d).await,
+                    Some(sub) => send(http, sub, &ds, batch).await,
                 };
-                (d, outcome)
+                (ds, outcome)
             })
             .buffer_unordered(self.cfg.concurrency)
             .collect()
             .await;
+        let results = results
+            .into_iter()
+            .flat_map(|(ds, outcome)| ds.into_iter().map(move |d| (d, outcome.clone())));
         let now = now_ms();
         for (mut d, outcome) in results {
             d.attempts += 1;
@@ -288,27 +292,76 @@ HAVING argMax(state, version) = 'pending'",
     }
 }
 
+#[derive(Clone)]
 enum Outcome {
     Delivered,
     Failed(String),
     Cancelled,
 }
 
-/// One signed POST.
-async fn send(http: &reqwest::Client, sub: &Subscription, d: &Delivery) -> Outcome {
+/// The POSTs that carry `due`: one per delivery when `batch` is 1, else up to `batch`
+/// deliveries of one subscription each, in the order they came.
+fn posts(due: Vec<Delivery>, batch: usize) -> Vec<Vec<Delivery>> {
+    if batch <= 1 {
+        return due.into_iter().map(|d| vec![d]).collect();
+    }
+    let mut open: HashMap<(String, String), usize> = HashMap::new();
+    let mut out: Vec<Vec<Delivery>> = Vec::new();
+    for d in due {
+        let sub = (d.site.clone(), d.sub_id.clone());
+        match open.get(&sub) {
+            Some(&i) if out[i].len() < batch => out[i].push(d),
+            _ => {
+                open.insert(sub, out.len());
+                out.push(vec![d]);
+            }
+        }
+    }
+    out
+}
+
+/// The body of one POST: the delivery itself, or `{"deliveries": [...]}` for a batch (built
+/// from the stored payloads, which are JSON already).
+fn body(ds: &[Delivery], batch: usize) -> String {
+    if batch <= 1 {
+        return ds.first().map(|d| d.payload.clone()).unwrap_or_default();
+    }
+    let mut b = String::with_capacity(ds.iter().map(|d| d.payload.len() + 1).sum::<usize>() + 20);
+    b.push_str("{\"deliveries\":[");
+    for (i, d) in ds.iter().enumerate() {
+        if i > 0 {
+            b.push(',');
+        }
+        b.push_str(&d.payload);
+    }
+    b.push_str("]}");
+    b
+}
+
+/// One signed POST of `ds` (one delivery, or a batch of one subscription's). The
+/// `Idempotency-Key` header is the delivery's key; a batch carries each key as its delivery's
+/// `id` instead (a retried batch may be grouped differently).
+async fn send(
+    http: &reqwest::Client,
+    sub: &Subscription,
+    ds: &[Delivery],
+    batch: usize,
+) -> Outcome {
     let ts = now_ms() / 1000;
-    let signature = sign(sub.secret.as_bytes(), ts, d.payload.as_bytes());
-    let result = http
+    let payload = body(ds, batch);
+    let signature = sign(sub.secret.as_bytes(), ts, payload.as_bytes());
+    let mut request = http
         .post(&sub.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(HEADER_TIMESTAMP, ts.to_string())
         .header(HEADER_SIGNATURE, signature)
-        .header(HEADER_IDEMPOTENCY_KEY, &d.key)
-        .header(reqwest::header::USER_AGENT, "waymark-triggers/1")
-        .body(d.payload.clone())
-        .send()
-        .await;
-    match result {
+        .header(reqwest::header::USER_AGENT, "waymark-triggers/1");
+    if batch <= 1 {
+        if let Some(d) = ds.first() {
+            request = request.header(HEADER_IDEMPOTENCY_KEY, &d.key);
+        }
+    }
+    match request.body(payload).send().await {
         Ok(r) if r.status().is_success() => Outcome::Delivered,
         Ok(r) => Outcome::Failed(format!("the webhook answered {}", r.status())),
         Err(e) => Outcome::Failed(format!("the webhook could not be reached: {e}")),
@@ -319,6 +372,48 @@ async fn send(http: &reqwest::Client, sub: &Subscription, d: &Delivery) -> Outco
 mod tests {
     use super::*;
     use crate::config::HumanDuration;
+
+    fn delivery(sub: &str, n: u32) -> Delivery {
+        Delivery {
+            key: format!("k{sub}{n}"),
+            site: "shop".into(),
+            sub_id: sub.into(),
+            person: format!("p{n}"),
+            entry: 1,
+            kind: "entered".into(),
+            payload: format!("{{\"id\":\"k{sub}{n}\"}}"),
+            created_at_ms: 0,
+            attempts: 0,
+            next_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_batch_holds_one_subscriptions_deliveries_in_order_up_to_its_size() {
+        let due = vec![
+            delivery("a", 1),
+            delivery("b", 1),
+            delivery("a", 2),
+            delivery("a", 3),
+            delivery("b", 2),
+        ];
+        let keys = |ps: Vec<Vec<Delivery>>| -> Vec<Vec<String>> {
+            ps.into_iter()
+                .map(|p| p.into_iter().map(|d| d.key).collect())
+                .collect()
+        };
+        assert_eq!(
+            keys(posts(due.clone(), 2)),
+            [vec!["ka1", "ka2"], vec!["kb1", "kb2"], vec!["ka3"]]
+        );
+        assert_eq!(keys(posts(due.clone(), 1)).len(), 5);
+        assert_eq!(body(&due[..1], 1), r#"{"id":"ka1"}"#);
+        let b: serde_json::Value = serde_json::from_str(&body(&due[..2], 10)).unwrap();
+        assert_eq!(
+            b,
+            serde_json::json!({"deliveries": [{"id": "ka1"}, {"id": "kb1"}]})
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

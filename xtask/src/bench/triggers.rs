@@ -1,5 +1,5 @@
 //! `cargo xtask bench triggers [--events N] [--visitors V] [--subscriptions S] [--rate R]
-//! [--seconds T] [--keep DIR]`
+//! [--seconds T] [--batch N] [--keep DIR]`
 //!
 //! Audience triggers at scale: the query bench's synthetic history (default 10 million events,
 //! loaded the same way, `--keep` shared with it), S subscriptions (default 100) pointing at a
@@ -65,6 +65,11 @@ pub struct Args {
     /// Keep ClickHouse's data in DIR (shared with `bench query --keep`).
     #[arg(long, value_name = "DIR")]
     keep: Option<std::path::PathBuf>,
+    /// Deliveries per webhook POST (`[triggers] batch`): the new visitors of the stream enter
+    /// dozens of audiences each, tens of thousands of transitions a tick, so one POST each is
+    /// measured with `--batch 1`.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    batch: usize,
     /// Run the debug ingest server instead of building a release one (saves the release
     /// build's disk and time; the server's own CPU is then overstated, ClickHouse's is not).
     #[arg(long)]
@@ -142,12 +147,18 @@ fn start_receiver() -> Result<(String, Arrivals)> {
                     async move {
                         let at = Instant::now();
                         if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                            a.lock().unwrap().push((
-                                v["subscription"]["id"].as_str().unwrap_or("").to_string(),
-                                v["person"]["id"].as_str().unwrap_or("").to_string(),
-                                v["type"].as_str().unwrap_or("").to_string(),
-                                at,
-                            ));
+                            // One delivery, or a batch of them (`[triggers] batch`).
+                            let one = std::slice::from_ref(&v);
+                            let ds = v["deliveries"].as_array().map_or(one, Vec::as_slice);
+                            let mut a = a.lock().unwrap();
+                            for d in ds {
+                                a.push((
+                                    d["subscription"]["id"].as_str().unwrap_or("").to_string(),
+                                    d["person"]["id"].as_str().unwrap_or("").to_string(),
+                                    d["type"].as_str().unwrap_or("").to_string(),
+                                    at,
+                                ));
+                            }
                         }
                         axum::http::StatusCode::OK
                     }
@@ -259,7 +270,7 @@ fn metric(base: &str, name: &str) -> f64 {
 
 /// The server's settings: the bench site, its read key (which may subscribe), the cache off,
 /// and the triggers evaluated or not.
-fn config(ch: &ClickHouse, db: &str, spool: &Path, evaluate: bool) -> IngestConfig {
+fn config(ch: &ClickHouse, db: &str, spool: &Path, evaluate: bool, batch: usize) -> IngestConfig {
     IngestConfig::new()
         .clickhouse(&ch.http_url(), db)
         .spool(spool)
@@ -272,6 +283,7 @@ fn config(ch: &ClickHouse, db: &str, spool: &Path, evaluate: bool) -> IngestConf
             c.triggers.evaluate = evaluate;
             c.triggers.tick = HumanDuration(Duration::from_secs(TICK_SECS));
             c.triggers.max_subscriptions = 10_000;
+            c.triggers.batch = batch;
         })
 }
 
@@ -393,7 +405,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         let name = if evaluate { "on" } else { "off" };
         IngestServer::start(
             &binary,
-            &config(&ch, &db, &dir.join("spool"), evaluate),
+            &config(&ch, &db, &dir.join("spool"), evaluate, o.batch),
             &dir.join(name),
             &[("RUST_LOG", "warn")],
         )
@@ -551,8 +563,8 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     let extra = ch_extra + server_extra;
     println!();
     println!(
-        "history: {} events, {} visitors; {} subscriptions; live {} events/s",
-        o.events, o.visitors, o.subscriptions, o.rate
+        "history: {} events, {} visitors; {} subscriptions; live {} events/s; {} deliveries per POST at most",
+        o.events, o.visitors, o.subscriptions, o.rate, o.batch
     );
     println!(
         "phase 1 (no evaluation): {} events in {:.0} s; CPU cores: ClickHouse {ch_off:.2}, server {server_off:.2}",
