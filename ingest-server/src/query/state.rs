@@ -297,6 +297,31 @@ impl QueryState {
         Ok(self.query(sql)?.execute().await?)
     }
 
+    /// Inserts `rows` into `table` of the database as RowBinary (nothing when empty).
+    pub(crate) async fn insert_rows<T>(&self, table: &str, rows: &[T]) -> Result<(), QueryError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if !self.0.schema.is_ready() {
+            return Err(QueryError::Migrating(self.0.schema.describe()));
+        }
+        // (The crate quotes the table name whole, so the database goes on the client.)
+        let mut insert = self
+            .0
+            .client
+            .clone()
+            .with_database(&self.0.db)
+            .insert::<T>(table)
+            .await?;
+        for r in rows {
+            insert.write(r).await?;
+        }
+        Ok(insert.end().await?)
+    }
+
     /// Starts a SELECT whose `JSONEachRow` answer is read as it streams.
     pub(crate) fn select(&self, sql: &str) -> Result<clickhouse::query::BytesCursor, QueryError> {
         Ok(self.query(sql)?.fetch_bytes("JSONEachRow")?)

@@ -12,7 +12,6 @@
 //! deduplicate by it (see the README's "Triggers").
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,7 +60,7 @@ pub struct Deliverer {
     http: reqwest::Client,
     queue: Vec<Delivery>,
     /// Outcome rows not yet written to ClickHouse.
-    unwritten: String,
+    unwritten: Vec<super::OutboxRow>,
     subs: HashMap<(String, String), Subscription>,
 }
 
@@ -78,7 +77,7 @@ impl Deliverer {
             metrics,
             http,
             queue: Vec::new(),
-            unwritten: String::new(),
+            unwritten: Vec::new(),
             subs: HashMap::new(),
         }
     }
@@ -147,11 +146,7 @@ HAVING argMax(state, version) = 'pending'",
             return Ok(());
         }
         self.st
-            .execute(&format!(
-                "INSERT INTO {}.trigger_deliveries FORMAT JSONEachRow\n{}",
-                self.st.db(),
-                self.unwritten
-            ))
+            .insert_rows("trigger_deliveries", &self.unwritten)
             .await?;
         self.unwritten.clear();
         Ok(())
@@ -226,7 +221,7 @@ HAVING argMax(state, version) = 'pending'",
                     row
                 }
             };
-            let _ = writeln!(self.unwritten, "{row}");
+            self.unwritten.push(row);
         }
         self.metrics.trigger_pending(self.queue.len());
         self.write_outcomes().await?;

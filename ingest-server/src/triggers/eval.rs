@@ -116,6 +116,18 @@ struct FlagsRow {
     matches: Vec<u8>,
 }
 
+/// A row of `trigger_members`, written as RowBinary.
+#[derive(serde::Serialize, clickhouse::Row)]
+struct MembershipOut {
+    site: String,
+    sub_id: String,
+    person: String,
+    member: u8,
+    entry: u32,
+    changed_at_ms: i64,
+    version: u64,
+}
+
 #[derive(Deserialize)]
 struct MembershipRow {
     sub_id: String,
@@ -142,6 +154,11 @@ struct KeyRow {
 #[derive(Deserialize)]
 struct PartitionRow {
     partition: String,
+}
+
+/// `v` as JSON text, to go into every payload of one person unparsed.
+fn raw(v: &serde_json::Value) -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(v).expect("a JSON value serialises")
 }
 
 /// The idempotency key of one transition: the same for the same (subscription, person, entry,
@@ -504,16 +521,10 @@ GROUP BY sub_id, person",
             // candidates), where the platform can ask for the profile of the few it emails.
             let (user_id, snap) = snapshot.get_or_insert_with(|| {
                 let m = member_row.take().expect("taken once");
-                (m.user_id.clone(), member(m))
+                (m.user_id.clone(), raw(&member(m)))
             });
             out.push(Delivery::new(
-                sub,
-                &person,
-                user_id,
-                entry,
-                kind,
-                snap.clone(),
-                now_ms,
+                sub, &person, user_id, entry, kind, snap, now_ms,
             ));
         }
         seen.insert(person);
@@ -523,9 +534,9 @@ GROUP BY sub_id, person",
     for (i, sub) in subs.iter().enumerate() {
         for (person, (in_before, entry)) in std::mem::take(&mut was[i]) {
             if in_before && !seen.contains(&person) {
-                let snapshot = json!({"id": person, "merged": true});
+                let snapshot = raw(&json!({"id": person, "merged": true}));
                 out.push(Delivery::new(
-                    sub, &person, "", entry, "left", snapshot, now_ms,
+                    sub, &person, "", entry, "left", &snapshot, now_ms,
                 ));
             }
         }
@@ -565,32 +576,24 @@ PREWHERE created_at_ms >= {} WHERE key IN {}",
                 .await?;
             existing.extend(rows.into_iter().map(|r| r.key));
         }
-        let mut outbox = String::new();
-        let mut members = String::new();
+        let mut outbox = Vec::with_capacity(deliveries.len());
+        let mut members = Vec::with_capacity(deliveries.len());
         for d in deliveries.iter() {
-            let _ = writeln!(
-                members,
-                "{}",
-                json!({"site": d.site, "sub_id": d.sub_id, "person": d.person,
-                       "member": u8::from(d.kind == "entered"), "entry": d.entry,
-                       "changed_at_ms": d.created_at_ms, "version": d.created_at_ms})
-            );
+            members.push(MembershipOut {
+                site: d.site.clone(),
+                sub_id: d.sub_id.clone(),
+                person: d.person.clone(),
+                member: u8::from(d.kind == "entered"),
+                entry: d.entry,
+                changed_at_ms: d.created_at_ms,
+                version: d.created_at_ms as u64,
+            });
             if !existing.contains(&d.key) {
-                let _ = writeln!(outbox, "{}", d.row("pending", "", 0));
+                outbox.push(d.row("pending", "", 0));
             }
         }
-        if !outbox.is_empty() {
-            self.st
-                .execute(&format!(
-                    "INSERT INTO {db}.trigger_deliveries FORMAT JSONEachRow\n{outbox}"
-                ))
-                .await?;
-        }
-        self.st
-            .execute(&format!(
-                "INSERT INTO {db}.trigger_members FORMAT JSONEachRow\n{members}"
-            ))
-            .await?;
+        self.st.insert_rows("trigger_deliveries", &outbox).await?;
+        self.st.insert_rows("trigger_members", &members).await?;
         deliveries.retain(|d| !existing.contains(&d.key));
         Ok(())
     }
