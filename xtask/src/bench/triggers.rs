@@ -181,7 +181,7 @@ fn stream(
     rate: u64,
     sent: Sent,
     stop: Arc<std::sync::atomic::AtomicBool>,
-    seed: u64,
+    prefix: String,
 ) -> std::thread::JoinHandle<Result<u64>> {
     std::thread::spawn(move || {
         let agent = agent();
@@ -209,7 +209,7 @@ fn stream(
                 // Four steps per person; one in four persons orders.
                 let ordering = person.is_multiple_of(4);
                 let name = plan[step];
-                let id = format!("live-{seed}-{person}");
+                let id = format!("{prefix}-{person}");
                 total += 1;
                 let ev = if name == "$page" {
                     json!({"type": "page", "anonymousId": id, "messageId": format!("{id}-{step}"),
@@ -317,7 +317,7 @@ fn phase(
     ch_pid: u32,
     server_pid: u32,
     sent: &Sent,
-    seed: u64,
+    prefix: &str,
 ) -> Result<Phase> {
     let cpu = || {
         (
@@ -328,7 +328,13 @@ fn phase(
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let c0 = cpu();
     let t0 = Instant::now();
-    let h = stream(base.to_string(), rate, sent.clone(), stop.clone(), seed);
+    let h = stream(
+        base.to_string(),
+        rate,
+        sent.clone(),
+        stop.clone(),
+        prefix.to_string(),
+    );
     while t0.elapsed() < Duration::from_secs(secs) && !h.is_finished() {
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -474,11 +480,23 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     }
     println!("{} subscriptions registered", o.subscriptions);
     let sent: Sent = Arc::default();
+    // Each run's live visitors are new: a kept history holds earlier runs' visitors, whom the
+    // baselines would count as members already.
+    let run = waymark_ingest::clock::now_ms();
+    let (prefix_off, prefix_on) = (format!("live-{run}-1"), format!("live-{run}-2"));
     println!(
         "phase 1: {} events/s for {} s without evaluation...",
         o.rate, o.seconds
     );
-    let off = phase(&base, o.rate, o.seconds, ch_pid, server.proc.id(), &sent, 1)?;
+    let off = phase(
+        &base,
+        o.rate,
+        o.seconds,
+        ch_pid,
+        server.proc.id(),
+        &sent,
+        &prefix_off,
+    )?;
     drop(server);
 
     // With evaluation: the baselines first (each reads its whole audience once), then the
@@ -510,7 +528,15 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         "phase 2: {} events/s for {} s with evaluation every {TICK_SECS} s...",
         o.rate, o.seconds
     );
-    let on = phase(&base, o.rate, o.seconds, ch_pid, server.proc.id(), &sent, 2)?;
+    let on = phase(
+        &base,
+        o.rate,
+        o.seconds,
+        ch_pid,
+        server.proc.id(),
+        &sent,
+        &prefix_on,
+    )?;
     let measure_to = Instant::now();
     let ticks = metric(&base, "waymark_trigger_ticks_total") - ticks0;
     let tick_wall = metric(&base, "waymark_trigger_tick_seconds_sum") - tick_s0;
@@ -533,7 +559,10 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         .unwrap()
         .iter()
         .filter(|(_, p, kind, at)| {
-            kind == "entered" && p.starts_with("live-2-") && *at >= measure_from
+            kind == "entered"
+                && p.strip_prefix(prefix_on.as_str())
+                    .is_some_and(|rest| rest.starts_with('-'))
+                && *at >= measure_from
         })
         .filter_map(|(sub, p, _, at)| {
             let ev = sub_event.get(sub)?;
