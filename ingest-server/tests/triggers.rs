@@ -906,13 +906,10 @@ async fn a_batch_carries_many_deliveries_in_one_signed_post() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let baseline = format!("SELECT count() FROM {db}.trigger_state WHERE name LIKE 'baseline/%'");
-    tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while ch.query(&baseline).unwrap_or_default().trim() == "0" {
-            assert!(Instant::now() < deadline, "no baseline within 30 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
+    wait_until("the baseline", Duration::from_secs(30), || {
+        tokio::task::block_in_place(|| ch.query(&baseline)).is_ok_and(|n| n.trim() != "0")
+    })
+    .await;
 
     // Twenty people add to their carts in one request: one tick finds them all, and they go
     // out eight at a time, each delivery once, each batch signed as a whole (the receiver
