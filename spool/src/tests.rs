@@ -54,7 +54,7 @@ fn append_read_commit_reopen() {
     }
     let all = read_all(&spool);
     assert_eq!(all.len(), 50);
-    assert_eq!(all[7].payload, b"record 7");
+    assert_eq!(all[7].payload, &b"record 7"[..]);
     assert_eq!(all.iter().map(|r| r.end).collect::<Vec<_>>(), ends);
     let segments_before = std::fs::read_dir(dir.path()).unwrap().count();
     spool.commit(all[29].end).unwrap();
@@ -67,7 +67,7 @@ fn append_read_commit_reopen() {
     let (spool, rec) = Spool::open(dir.path(), 1 << 20, 256).unwrap();
     let again = read_all(&spool);
     assert_eq!(again.len(), 20);
-    assert_eq!(again[0].payload, b"record 30");
+    assert_eq!(again[0].payload, &b"record 30"[..]);
     assert_eq!(rec.torn_bytes, 0);
     assert!(spool.used_bytes() <= used);
 }
@@ -119,7 +119,7 @@ fn concurrent_appends_share_fsyncs_and_all_land() {
     assert_eq!(all.len(), 640);
     let mut seen: Vec<String> = all
         .iter()
-        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
         .collect();
     seen.sort();
     seen.dedup();
@@ -202,7 +202,7 @@ fn damaged_copies(dir: &Path) -> Vec<Copy> {
 }
 
 fn payloads(records: &[Record]) -> Vec<Vec<u8>> {
-    records.iter().map(|r| r.payload.clone()).collect()
+    records.iter().map(|r| r.payload.to_vec()).collect()
 }
 
 #[test]
@@ -624,7 +624,7 @@ proptest! {
                     spool = s;
                 }
             }
-            let got: Vec<Vec<u8>> = read_all(&spool).into_iter().map(|r| r.payload).collect();
+            let got: Vec<Vec<u8>> = read_all(&spool).into_iter().map(|r| r.payload.to_vec()).collect();
             prop_assert_eq!(&got, &model.iter().cloned().collect::<Vec<_>>());
         }
     }
@@ -725,7 +725,7 @@ proptest! {
         let got = read_all(&spool);
         let want: Vec<usize> = (consumed..sent.len()).filter(|&i| !touched(i)).collect();
         prop_assert_eq!(
-            got.iter().map(|r| (r.payload.clone(), r.end)).collect::<Vec<_>>(),
+            got.iter().map(|r| (r.payload.to_vec(), r.end)).collect::<Vec<_>>(),
             want.iter().map(|&i| (sent[i].clone(), ends[i])).collect::<Vec<_>>()
         );
 

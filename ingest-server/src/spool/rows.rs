@@ -56,6 +56,25 @@ pub fn encode(rows: &[EventRow]) -> Vec<u8> {
 
 /// Decodes a payload in any format this version reads.
 pub fn decode(payload: &[u8]) -> Result<Vec<EventRow>, DecodeError> {
+    let mut rows = Vec::new();
+    decode_into(payload, &mut rows)?;
+    Ok(rows)
+}
+
+/// Decodes a payload onto the end of `rows`; the number of rows added. On an error `rows` is
+/// as it was. The writer gathers a batch this way into one buffer it reuses, instead of a
+/// `Vec` per record appended to the batch's (issue 20: growing and copying the batch was 9 %
+/// of the server's CPU under load).
+pub fn decode_into(payload: &[u8], rows: &mut Vec<EventRow>) -> Result<usize, DecodeError> {
+    let before = rows.len();
+    let result = decode_onto(payload, rows);
+    if result.is_err() {
+        rows.truncate(before);
+    }
+    result.map(|()| rows.len() - before)
+}
+
+fn decode_onto(payload: &[u8], rows: &mut Vec<EventRow>) -> Result<(), DecodeError> {
     match payload.first() {
         None => Err(DecodeError::Empty),
         Some(&tag @ (TAG_BINARY_V1 | TAG_BINARY_V2)) => {
@@ -71,7 +90,7 @@ pub fn decode(payload: &[u8]) -> Result<Vec<EventRow>, DecodeError> {
             let n = c.u32()? as usize;
             // Every row takes more than a byte: a count beyond the length is corruption, and
             // must not become a huge allocation.
-            let mut rows = Vec::with_capacity(n.min(c.buf.len()));
+            rows.reserve(n.min(c.buf.len()));
             for i in 0..n {
                 c.row = i;
                 rows.push(decode_row(&mut c)?);
@@ -79,10 +98,13 @@ pub fn decode(payload: &[u8]) -> Result<Vec<EventRow>, DecodeError> {
             if !c.buf.is_empty() {
                 return Err(DecodeError::Trailing(c.buf.len()));
             }
-            Ok(rows)
+            Ok(())
         }
         Some(b'[' | b' ' | b'\n' | b'\r' | b'\t') => {
-            serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))
+            let mut v: Vec<EventRow> =
+                serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+            rows.append(&mut v);
+            Ok(())
         }
         Some(&t) => Err(DecodeError::UnknownTag(t)),
     }
@@ -362,6 +384,25 @@ mod tests {
             let i = 1 + flip.index(bytes.len() - 1);
             flipped[i] ^= 0xff;
             let _ = decode(&flipped);
+        }
+
+        /// The writer's way: payloads decoded one after another onto one buffer; a payload
+        /// that fails leaves the rows before it as they were.
+        #[test]
+        fn decoding_onto_a_buffer_appends_or_leaves_it(
+            first in proptest::collection::vec(row_strategy(), 0..4),
+            second in proptest::collection::vec(row_strategy(), 1..4),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut buf = Vec::new();
+            prop_assert_eq!(decode_into(&encode(&first), &mut buf), Ok(first.len()));
+            let bytes = encode(&second);
+            let cut = 1 + cut.index(bytes.len() - 1);
+            prop_assert!(decode_into(&bytes[..cut], &mut buf).is_err());
+            prop_assert!(same(&first, &buf));
+            prop_assert_eq!(decode_into(&bytes, &mut buf), Ok(second.len()));
+            let both: Vec<EventRow> = first.iter().chain(&second).cloned().collect();
+            prop_assert!(same(&both, &buf));
         }
     }
 
