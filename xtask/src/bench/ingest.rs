@@ -24,8 +24,11 @@
 //!
 //! Beside the server's CPU per event, the private ClickHouse's CPU in the same throughput run
 //! is printed (its process found by its config path), to split the cost between the two.
-//! `--perf DIR` records both processes with `perf record -g` during the throughput run
-//! (`DIR/server.data`, `DIR/clickhouse.data`; read them with `perf report -i FILE --no-children`).
+//! `--perf DIR` records both processes with `perf record` during the throughput run
+//! (`DIR/server.data`, `DIR/clickhouse.data`; read them with `perf report -i FILE --no-children`,
+//! or `--children` for what each function costs with its callees). Call graphs are unwound from
+//! DWARF: the release build has no frame pointers, and `-g` alone attributed most samples to
+//! garbage frames.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -66,8 +69,8 @@ pub struct Args {
     /// Seconds ClickHouse is stopped while the paced load goes on (step 3); 0 skips it.
     #[arg(long, value_name = "S", default_value_t = 60)]
     outage_secs: u64,
-    /// Record the server and ClickHouse with `perf record -g` during the throughput run, into
-    /// this directory.
+    /// Record the server and ClickHouse with `perf record` (DWARF call graphs) during the
+    /// throughput run, into this directory.
     #[arg(long, value_name = "DIR")]
     perf: Option<std::path::PathBuf>,
     /// Run this server binary instead of building the release one (to compare two builds).
@@ -608,7 +611,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Waits (bounded) until ClickHouse shows `n` distinct events whose message id starts with
 /// `prefix`; whether it did.
-fn count_acked(ch: &ClickHouse, db: &str, prefix: &str, n: u64) -> bool {
+pub(super) fn count_acked(ch: &ClickHouse, db: &str, prefix: &str, n: u64) -> bool {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     let sql =
         format!("SELECT uniqExact(message_id) FROM {db}.events WHERE message_id LIKE '{prefix}%'");
@@ -624,19 +627,19 @@ fn count_acked(ch: &ClickHouse, db: &str, prefix: &str, n: u64) -> bool {
 }
 
 /// The outcome of a paced load.
-struct Paced {
+pub(super) struct Paced {
     /// Ack latencies (ms) of the requests answered 200, sorted.
-    lat: Vec<f64>,
-    elapsed: Duration,
+    pub(super) lat: Vec<f64>,
+    pub(super) elapsed: Duration,
     /// Sends more than one interval behind their schedule.
     late: usize,
     /// Requests answered 503 (spool full: the client would retry later).
     refused: usize,
-    acked_events: u64,
+    pub(super) acked_events: u64,
 }
 
 impl Paced {
-    fn summary(&self) -> String {
+    pub(super) fn summary(&self) -> String {
         let sent = self.lat.len() + self.refused;
         format!(
             "achieved {:.0} req/s; ack p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} sends late; {} refused (503)",
@@ -653,56 +656,66 @@ impl Paced {
 /// Sends `rate` requests/s of 20 events for `secs` seconds from 16 threads, each on its own
 /// schedule; message ids start with `prefix`. A 503 is counted, anything else but 200 fails.
 fn paced_load(url: &str, rate: usize, secs: u64, prefix: &str) -> Result<Paced> {
+    paced_until(url, rate, secs, prefix, &AtomicBool::new(false))
+}
+
+/// [`paced_load`] that also ends once `stop` is set (the query bench's load, which lasts as
+/// long as its timing does). Each body is built just before it is sent, so a long run holds
+/// no pile of them (building one takes microseconds against a send every few milliseconds).
+pub(super) fn paced_until(
+    url: &str,
+    rate: usize,
+    secs: u64,
+    prefix: &str,
+    stop: &AtomicBool,
+) -> Result<Paced> {
     const EVENTS: usize = 20;
     let threads = 16usize;
     let interval = Duration::from_secs_f64(threads as f64 / rate as f64);
     let per = (rate as u64 * secs) as usize / threads;
-    let bodies: Vec<Vec<String>> = (0..threads)
-        .map(|t| {
-            (0..per)
-                .map(|i| batch_body(&format!("{prefix}{t}"), EVENTS, i))
-                .collect()
-        })
-        .collect();
-    let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
-    let late = Arc::new(AtomicUsize::new(0));
-    let refused = Arc::new(AtomicUsize::new(0));
+    let lat: Mutex<Vec<f64>> = Mutex::default();
+    let late = AtomicUsize::new(0);
+    let refused = AtomicUsize::new(0);
     let start = Instant::now() + Duration::from_millis(100);
-    let workers: Vec<_> = bodies
-        .into_iter()
-        .enumerate()
-        .map(|(t, bodies)| {
-            let (lat, url, late, refused) =
-                (lat.clone(), url.to_string(), late.clone(), refused.clone());
-            std::thread::spawn(move || -> Result<()> {
-                let a = agent();
-                let offset = interval.mul_f64(t as f64 / threads as f64);
-                for (i, body) in bodies.iter().enumerate() {
-                    let when = start + offset + interval * i as u32;
-                    let now = Instant::now();
-                    if when > now {
-                        std::thread::sleep(when - now);
-                    } else if now - when > interval {
-                        late.fetch_add(1, Ordering::Relaxed);
-                    }
-                    match post(&a, &url, body) {
-                        Ok(took) => lat.lock().unwrap().push(took.as_secs_f64() * 1000.0),
-                        Err(e) if e.to_string().starts_with("ingest answered 503") => {
-                            refused.fetch_add(1, Ordering::Relaxed);
+    std::thread::scope(|scope| -> Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (lat, late, refused) = (&lat, &late, &refused);
+                scope.spawn(move || -> Result<()> {
+                    let a = agent();
+                    let offset = interval.mul_f64(t as f64 / threads as f64);
+                    for i in 0..per {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
                         }
-                        Err(e) => return Err(e),
+                        let when = start + offset + interval * i as u32;
+                        let now = Instant::now();
+                        if when > now {
+                            std::thread::sleep(when - now);
+                        } else if now - when > interval {
+                            late.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let body = batch_body(&format!("{prefix}{t}"), EVENTS, i);
+                        match post(&a, url, &body) {
+                            Ok(took) => lat.lock().unwrap().push(took.as_secs_f64() * 1000.0),
+                            Err(e) if e.to_string().starts_with("ingest answered 503") => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
-                }
-                Ok(())
+                    Ok(())
+                })
             })
-        })
-        .collect();
-    for w in workers {
-        w.join()
-            .map_err(|_| anyhow::anyhow!("a paced client panicked"))??;
-    }
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a paced client panicked"))??;
+        }
+        Ok(())
+    })?;
     let elapsed = start.elapsed();
-    let lat = sorted(lat.lock().unwrap().clone());
+    let lat = sorted(lat.into_inner().unwrap());
     let acked_events = (lat.len() * EVENTS) as u64;
     Ok(Paced {
         lat,
@@ -726,13 +739,13 @@ fn clickhouse_pid(home: &Path) -> Option<u32> {
     })
 }
 
-/// `perf record -g` of a process into `out`, until [`stop_perf`].
+/// `perf record` with DWARF call graphs of a process into `out`, until [`stop_perf`].
 fn start_perf(pid: u32, out: &Path) -> Result<std::process::Child> {
     Command::new("perf")
         .args([
             "record",
             "-q",
-            "-g",
+            "--call-graph=dwarf,16384",
             "-F",
             "499",
             "-p",

@@ -1,10 +1,14 @@
-//! `cargo xtask bench query [--events N] [--visitors V] [--samples S] [--keep DIR]`
+//! `cargo xtask bench query [--events N] [--visitors V] [--samples S] [--keep DIR]
+//! [--with-load [EVENTS_PER_S]]`
 //!
 //! Loads synthetic history (default 10 million events for 100,000 visitors) into a private
 //! ClickHouse whose schema the release ingest server created (so the query API's materialized
 //! views fill while loading, as they would in production), then times the query API over HTTP:
 //! profile, event history and the cart-abandonment audience, printing p50 / p99. It measures
-//! and prints; it asserts nothing.
+//! and prints; it asserts nothing. With `--with-load` the same server takes a paced intake
+//! (5,000 events/s unless given) into the same ClickHouse while the queries are timed, and
+//! the load's achieved rate, ack latency and drain are printed beside them (issue 20's mixed
+//! load).
 //!
 //! The history is skewed like a real shop's: visitor activity follows a Zipf-like law (the
 //! busiest visitor has about 1 % of all events, the median one about 50), products are Zipf
@@ -23,6 +27,8 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -83,6 +89,12 @@ pub struct Args {
     /// both alike; its lines and the ratios are printed under the first server's.
     #[arg(long, value_name = "PATH")]
     pub(super) against: Option<std::path::PathBuf>,
+    /// Time the queries while the same server takes this many events a second into the same
+    /// ClickHouse (`/v1/batch`, 20 events a request, 16 clients; 5000 when given bare), as a
+    /// live shop's intake would. Not with --against.
+    #[arg(long, value_name = "EVENTS_PER_S", num_args = 0..=1, default_missing_value = "5000",
+        value_parser = at_least_one, conflicts_with = "against")]
+    pub(super) with_load: Option<usize>,
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {
@@ -775,6 +787,21 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     let audience_url = format!("{base}/v1/audiences/query?site={SITE}");
     let get = |url: &str| timed(&agent, "GET", url, None, "");
     let audience = |accept: &str| timed(&agent, "POST", &audience_url, Some(CART_AUDIENCE), accept);
+    // The intake load, started before the warm-up so that the writer's inserts and
+    // ClickHouse's merges of them are in their steady state when the timing starts.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = o.with_load.map(|rate| {
+        println!(
+            "intake load: {rate} events/s into the same server, for as long as the timing lasts"
+        );
+        let (url, stop) = (format!("{base}/v1/batch"), stop.clone());
+        std::thread::spawn(move || {
+            super::ingest::paced_until(&url, rate.div_ceil(20), 24 * 3600, "load", &stop)
+        })
+    });
+    if load.is_some() {
+        std::thread::sleep(Duration::from_secs(10));
+    }
     println!("warming up...");
     for (id, _, _) in ids.iter().take(20) {
         get(&profile_url(id))?;
@@ -827,6 +854,18 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         heavy_profile.add(get(&profile_url(&hid))?);
         heavy_history.add(get(&history_url(&hid))?);
     }
+    stop.store(true, Ordering::Relaxed);
+    let load = match load {
+        None => None,
+        Some(h) => {
+            let paced = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("the intake load panicked"))??;
+            let drained = Instant::now();
+            let visible = super::ingest::count_acked(&ch, &db, "load", paced.acked_events);
+            Some((paced, visible, drained.elapsed()))
+        }
+    };
     let paired = match &o.against {
         None => None,
         Some(other) => Some(paired(
@@ -883,6 +922,25 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         out,
         "(sequential requests over HTTP/1.1 keep-alive to the release server, cache off)"
     )?;
+    if let (Some(rate), Some((paced, visible, drained))) = (o.with_load, &load) {
+        writeln!(
+            out,
+            "intake load during the timing (target {rate} events/s): {:.0} events/s acknowledged over {:.0} s; {}",
+            paced.acked_events as f64 / paced.elapsed.as_secs_f64(),
+            paced.elapsed.as_secs_f64(),
+            paced.summary()
+        )?;
+        writeln!(
+            out,
+            "  all {} acknowledged events visible in `events`: {}",
+            paced.acked_events,
+            if *visible {
+                format!("yes, {:.1} s after the load ended", drained.as_secs_f64())
+            } else {
+                "NO, not within the drain timeout".to_string()
+            }
+        )?;
+    }
     if let Some(p) = paired {
         write!(out, "{p}")?;
     }

@@ -393,6 +393,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         keep: o.keep.clone(),
         server: None,
         against: None,
+        with_load: None,
     };
     let kept = o.keep.is_some()
         && ch
