@@ -409,11 +409,14 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     // Twice: into `events` itself, with the materialized views the query API keeps (the same
     // work ClickHouse does for the writer's inserts; the rows are duplicates of what is there,
     // which the table and the views are built to absorb), and into a bare copy of `events`.
+    // In blocks of at most the default run's 300,000 rows: one block of a million rows took
+    // ClickHouse past its 3.7 GiB per-query memory limit (`--events 1000000` failed here).
     let raw_insert = |table: &str| -> Result<f64> {
         let t = Instant::now();
         let st = Command::new(&client[0])
             .args(&client[1..])
-            .args(["--host", "127.0.0.1", "--port", &port, "--query"])
+            .args(["--host", "127.0.0.1", "--port", &port])
+            .args(["--max_insert_block_size", "300000", "--query"])
             .arg(format!("INSERT INTO {db}.{table} FORMAT TabSeparated"))
             .stdin(std::fs::File::open(&tsv)?)
             .status()?;
