@@ -632,7 +632,7 @@ pub(super) fn count_acked(ch: &ClickHouse, db: &str, prefix: &str, n: u64) -> bo
 /// The outcome of a paced load.
 pub(super) struct Paced {
     /// Ack latencies (ms) of the requests answered 200, sorted.
-    pub(super) lat: Vec<f64>,
+    lat: Vec<f64>,
     pub(super) elapsed: Duration,
     /// Sends more than one interval behind their schedule.
     late: usize,
