@@ -176,11 +176,17 @@ pub fn idempotency_key(site: &str, sub_id: &str, person: &str, entry: u32, kind:
 /// site's subscriptions during `[prev, now)`; `None` when no condition has a window.
 pub fn edge_condition(subs: &[&Subscription], prev: i64, now: i64) -> Option<String> {
     let mut parts: Vec<String> = Vec::new();
+    // Bounded on `timestamp` (the table's key after the event, whole seconds) on both sides,
+    // so each window reads the granules of its seconds only. With the lower bound alone a
+    // 60-day window read every row of its event from 60 days ago to now: on `bench triggers
+    // --mix shop` 2.4 million rows a tick for the 11 visitors whose rows were in the ranges,
+    // 0.36 CPU s of ClickHouse per tick (0.4 million rows and 0.07 s with both bounds).
     let range = |w: i64| {
         let (from, to) = (prev - w, now - w);
         format!(
-            "timestamp >= toDateTime({}) AND timestamp_ms >= {} AND timestamp_ms < {}",
+            "timestamp >= toDateTime({}) AND timestamp <= toDateTime({}) AND timestamp_ms >= {} AND timestamp_ms < {}",
             int(from.div_euclid(1000)),
+            int(to.div_euclid(1000)),
             int(from),
             int(to)
         )
@@ -672,6 +678,14 @@ mod tests {
         );
         assert!(
             e.contains(&format!("timestamp_ms < {}", now - 3_600_000)),
+            "{e}"
+        );
+        // Both ends on the key column, so only the window's granules are read.
+        assert!(
+            e.contains(&format!(
+                "timestamp <= toDateTime({})",
+                (now - 3_600_000).div_euclid(1000)
+            )),
             "{e}"
         );
         assert!(edge_condition(&[&s], now, now).is_none(), "no time passed");
