@@ -1,5 +1,5 @@
 //! `cargo xtask bench triggers [--events N] [--visitors V] [--subscriptions S] [--rate R]
-//! [--seconds T] [--batch N] [--keep DIR]`
+//! [--seconds T] [--batch N] [--mix stress|shop] [--keep DIR]`
 //!
 //! Audience triggers at scale: the query bench's synthetic history (default 10 million events,
 //! loaded the same way, `--keep` shared with it), S subscriptions (default 100) pointing at a
@@ -9,7 +9,8 @@
 //! - evaluation CPU per tick: the CPU that ClickHouse's and the ingest server's processes use
 //!   over a phase with `triggers.evaluate = true`, less what the same number of events cost
 //!   them in an equal phase without it, per tick (`TICK_SECS`) and as a share of a core, split
-//!   between ClickHouse and the server; and per delivery received;
+//!   between ClickHouse and the server; and per delivery received. Each phase starts once
+//!   ClickHouse's merges of what came before (the loaded history, the baselines) are done;
 //! - delivery latency p50 / p99: from sending the event that makes a person enter a
 //!   `did <event>` audience to the webhook receiving `entered`.
 //!
@@ -70,6 +71,12 @@ pub struct Args {
     /// measured with `--batch 1`.
     #[arg(long, value_name = "N", default_value_t = 100)]
     batch: usize,
+    /// Which audiences: `stress`, broad ones that almost every live visitor enters dozens of
+    /// (about 40 transitions per visitor), or `shop`, the narrow ones of a shop's triggered
+    /// emails (cart and browse abandonment per product, post-purchase per product group,
+    /// winback), a few transitions per visitor.
+    #[arg(long, value_enum, default_value_t = Mix::Stress)]
+    mix: Mix,
     /// Run the debug ingest server instead of building a release one (saves the release
     /// build's disk and time; the server's own CPU is then overstated, ClickHouse's is not).
     #[arg(long)]
@@ -100,6 +107,65 @@ fn clickhouse_pid(home: &Path) -> Option<u32> {
             .is_some_and(|a| a == "sh" || a.ends_with("/sh"));
         (!shell && args.contains(&needle)).then_some(pid)
     })
+}
+
+/// The kind of audiences registered.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mix {
+    Stress,
+    Shop,
+}
+
+/// Products the live stream's visitors view, add and order (`p0` .. `p49`).
+const PRODUCTS: usize = 50;
+
+/// The `shop` mix, by `i % 100`:
+/// - 0..50: cart abandonment of product `p{i}`: added it within 24 h, no order within 24 h;
+/// - 50..80: browse abandonment of `p{i - 50}`: viewed it within 24 h, added nothing;
+/// - 80..90: post-purchase for a group of five products: ordered one of them within 7 days;
+/// - 90..100: winback: ordered within 90 days (or 60, 120 ..), no page view in 30 days. No live
+///   visitor enters these; they are evaluated at every tick's time edges over the history.
+///
+/// A live visitor enters one or two of them and leaves one when they add to cart or order.
+fn shop_subscription(i: usize) -> (String, &'static str, Value) {
+    let product = |k: usize| json!([{"property": "product_id", "op": "eq", "value": format!("p{}", k % PRODUCTS)}]);
+    let (name, event, conditions) = match i % 100 {
+        k @ 0..50 => (
+            format!("cart abandoned p{k}"),
+            "Product Added",
+            json!([
+                {"type": "did", "event": "Product Added", "within": "24h", "where": product(k)},
+                {"type": "did_not", "event": "Order Completed", "within": "24h"}]),
+        ),
+        k @ 50..80 => (
+            format!("browse abandoned p{}", k - 50),
+            "Product Viewed",
+            json!([
+                {"type": "did", "event": "Product Viewed", "within": "24h", "where": product(k - 50)},
+                {"type": "did_not", "event": "Product Added", "within": "24h"}]),
+        ),
+        k @ 80..90 => {
+            let group: Vec<String> = (0..5).map(|j| format!("p{}", (k - 80) * 5 + j)).collect();
+            (
+                format!("post-purchase group {}", k - 80),
+                "Order Completed",
+                json!([{"type": "did", "event": "Order Completed", "within": "7d",
+                        "where": [{"property": "product_id", "op": "in", "value": group}]}]),
+            )
+        }
+        k => (
+            format!("winback {k}"),
+            "Order Completed",
+            json!([
+                {"type": "did", "event": "Order Completed", "within": format!("{}d", 60 + (k - 90) * 10)},
+                {"type": "did_not", "event": "$page", "within": "30d"}]),
+        ),
+    };
+    (
+        format!("shop {i}: {name}"),
+        event,
+        json!({"conditions": conditions}),
+    )
 }
 
 /// The subscriptions: `did <event> within <w>`, every other one without an order in 24 h,
@@ -235,7 +301,7 @@ fn stream(
                 } else {
                     json!({"type": "track", "event": name, "anonymousId": id,
                            "messageId": format!("{id}-{step}"), "timestamp": now,
-                           "properties": {"product_id": format!("p{}", person % 50), "price": 10}})
+                           "properties": {"product_id": format!("p{}", person as usize % PRODUCTS), "price": 10}})
                 };
                 batch.push(ev);
                 firsts.push((id, name));
@@ -310,6 +376,36 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
         return f64::NAN;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Waits until ClickHouse has had no merge running for two seconds (at most 5 min) and says
+/// how long that took. Each phase's CPU is compared with the other's, so neither may carry the
+/// merges of what came before it (the loaded history, the baselines' memberships): in runs
+/// started right after loading, the phase without evaluation measured 0.18 to 0.38 cores of
+/// ClickHouse for the same stream.
+fn settle(ch: &ClickHouse, what: &str) -> Result<()> {
+    let t = Instant::now();
+    let mut quiet_since: Option<Instant> = None;
+    while t.elapsed() < Duration::from_secs(300) {
+        let running: u64 = ch
+            .query("SELECT count() FROM system.merges FORMAT TSV")
+            .map_err(|e| anyhow::anyhow!("reading system.merges: {e}"))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if running > 0 {
+            quiet_since = None;
+        } else if quiet_since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(2) {
+            println!(
+                "merges after {what} settled in {:.0} s",
+                t.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!("merges after {what} still running after 300 s: the phase that follows carries some of them");
+    Ok(())
 }
 
 /// What one phase of the live stream used.
@@ -481,7 +577,10 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     }
     let mut sub_event: HashMap<String, &'static str> = HashMap::new();
     for i in 0..o.subscriptions {
-        let (name, event, audience) = subscription(i);
+        let (name, event, audience) = match o.mix {
+            Mix::Stress => subscription(i),
+            Mix::Shop => shop_subscription(i),
+        };
         let mut r = agent()
             .post(&format!("{base}/v1/subscriptions?site={SITE}"))
             .header("authorization", &format!("Bearer {READ_KEY}"))
@@ -503,6 +602,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     // baselines would count as members already.
     let run = waymark_ingest::clock::now_ms();
     let (prefix_off, prefix_on) = (format!("live-{run}-1"), format!("live-{run}-2"));
+    settle(&ch, "loading")?;
     println!(
         "phase 1: {} events/s for {} s without evaluation...",
         o.rate, o.seconds
@@ -540,6 +640,7 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         cpu_secs(ch_pid).unwrap_or(0.0) - first_cpu.0,
         cpu_secs(server.proc.id()).unwrap_or(0.0) - first_cpu.1,
     );
+    settle(&ch, "the baselines")?;
     let ticks0 = metric(&base, "waymark_trigger_ticks_total");
     let tick_s0 = metric(&base, "waymark_trigger_tick_seconds_sum");
     let measure_from = Instant::now();
@@ -611,8 +712,8 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
     let extra = ch_extra + server_extra;
     println!();
     println!(
-        "history: {} events, {} visitors; {} subscriptions; live {} events/s; {} deliveries per POST at most",
-        o.events, o.visitors, o.subscriptions, o.rate, o.batch
+        "history: {} events, {} visitors; {} subscriptions ({:?} mix); live {} events/s; {} deliveries per POST at most",
+        o.events, o.visitors, o.subscriptions, o.mix, o.rate, o.batch
     );
     println!(
         "phase 1 (no evaluation): {} events in {:.0} s; CPU cores: ClickHouse {ch_off:.2}, server {server_off:.2}",
