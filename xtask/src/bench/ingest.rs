@@ -76,6 +76,10 @@ pub struct Args {
     /// Run this server binary instead of building the release one (to compare two builds).
     #[arg(long, value_name = "PATH")]
     server: Option<std::path::PathBuf>,
+    /// The server's `[writer] max_bytes` (e.g. `8MiB`; default the server's own): the spooled
+    /// bytes of one insert, which bound the rows the writer holds decoded.
+    #[arg(long, value_name = "SIZE")]
+    writer_max_bytes: Option<String>,
 }
 
 fn iso(ms: i64) -> String {
@@ -196,6 +200,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         rate: args.rate.max(1),
         server: args.server.clone(),
         perf: args.perf.clone(),
+        writer_max_bytes: args.writer_max_bytes.clone(),
         ..*args
     };
     let binary = match &o.server {
@@ -214,6 +219,15 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         .clickhouse(&ch.http_url(), &db)
         .spool(&dir.join("spool"))
         .site(site("bench", "wk_bench", &[]));
+    let config = match &o.writer_max_bytes {
+        Some(size) => {
+            let bytes = waymark_testkit::config::ByteSize::parse(size)
+                .map_err(|e| anyhow::anyhow!("--writer-max-bytes {size:?}: {e}"))?;
+            println!("the server's [writer] max_bytes is {size}");
+            config.with(|c| c.writer.max_bytes = bytes)
+        }
+        None => config,
+    };
     let server = IngestServer::start(&binary, &config, &dir, &[("RUST_LOG", "warn")])
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let addr = server.addr;
