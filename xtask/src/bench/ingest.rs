@@ -301,6 +301,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     };
     let load_before = loadavg();
     let ch_cpu_before = ch_pid.and_then(super::cpu_secs);
+    let ch_merge_before = ch_pid.and_then(super::merge_cpu_secs);
     let cpu_before = super::cpu_secs(pid);
     let self_cpu_before = super::cpu_secs(std::process::id());
     let start = Instant::now();
@@ -347,6 +348,12 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     let ch_cpu = ch_pid
         .and_then(super::cpu_secs)
         .zip(ch_cpu_before)
+        .map(|(a, b)| a - b);
+    // Merges that the throughput run's inserts start may still run after the rows are
+    // visible; these are the ones done by then.
+    let ch_merge_cpu = ch_pid
+        .and_then(super::merge_cpu_secs)
+        .zip(ch_merge_before)
         .map(|(a, b)| a - b);
     for p in perf {
         stop_perf(p)?;
@@ -485,8 +492,10 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     match ch_cpu {
         Some(cpu) => writeln!(
             out,
-            "ClickHouse CPU (same run): {cpu:.1} s = {:.0} us/event; server share {:.0} %",
+            "ClickHouse CPU (same run): {cpu:.1} s = {:.0} us/event (merges {:.1} s, inserts and queries {:.1} s); server share {:.0} %",
             cpu * 1e6 / (total - 1) as f64,
+            ch_merge_cpu.unwrap_or(f64::NAN),
+            ch_merge_cpu.map_or(f64::NAN, |m| cpu - m),
             server_cpu.map_or(f64::NAN, |s| 100.0 * s / (s + cpu))
         )?,
         None => writeln!(

@@ -54,3 +54,31 @@ pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     let stime: f64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
 }
+
+/// CPU seconds ClickHouse's background pool has used so far: the threads 18.16 (the benches'
+/// ClickHouse) names `BackgrProcPool`, which run merges and mutations. They live as long as
+/// the server, so their sum is cumulative, unlike the query threads', which come and go (those
+/// are the process's total less this).
+pub(crate) fn merge_cpu_secs(pid: u32) -> Option<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let name = comm.trim();
+        if !name.starts_with("BackgrProcPool") {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (ticks(11) + ticks(12)) / 100.0;
+    }
+    Some(total)
+}

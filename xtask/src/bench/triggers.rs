@@ -413,6 +413,8 @@ struct Phase {
     /// CPU seconds of ClickHouse's process and of the ingest server's.
     ch_cpu: f64,
     server_cpu: f64,
+    /// Of `ch_cpu`, ClickHouse's background pool (merges).
+    ch_merge_cpu: f64,
     secs: f64,
     events: u64,
 }
@@ -437,6 +439,7 @@ fn phase(
         (
             cpu_secs(ch_pid).unwrap_or(0.0),
             cpu_secs(server_pid).unwrap_or(0.0),
+            super::merge_cpu_secs(ch_pid).unwrap_or(0.0),
         )
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -460,6 +463,7 @@ fn phase(
     Ok(Phase {
         ch_cpu: c1.0 - c0.0,
         server_cpu: c1.1 - c0.1,
+        ch_merge_cpu: c1.2 - c0.2,
         secs: t0.elapsed().as_secs_f64(),
         events: n,
     })
@@ -710,21 +714,24 @@ pub fn run(root: &Path, o: &Args) -> Result<()> {
         ((on.server_cpu - off.server_cpu * scale) / on.secs).max(0.0),
     );
     let extra = ch_extra + server_extra;
+    // ClickHouse's extra split into its merges and the rest (queries and inserts).
+    let merge_extra = (on.ch_merge_cpu - off.ch_merge_cpu * scale) / on.secs;
+    let merges = |p: &Phase| p.ch_merge_cpu / p.secs;
     println!();
     println!(
         "history: {} events, {} visitors; {} subscriptions ({:?} mix); live {} events/s; {} deliveries per POST at most",
         o.events, o.visitors, o.subscriptions, o.mix, o.rate, o.batch
     );
     println!(
-        "phase 1 (no evaluation): {} events in {:.0} s; CPU cores: ClickHouse {ch_off:.2}, server {server_off:.2}",
-        off.events, off.secs
+        "phase 1 (no evaluation): {} events in {:.0} s; CPU cores: ClickHouse {ch_off:.2} (merges {:.2}), server {server_off:.2}",
+        off.events, off.secs, merges(&off)
     );
     println!(
-        "phase 2 (evaluation):    {} events in {:.0} s; CPU cores: ClickHouse {ch_on:.2}, server {server_on:.2}",
-        on.events, on.secs
+        "phase 2 (evaluation):    {} events in {:.0} s; CPU cores: ClickHouse {ch_on:.2} (merges {:.2}), server {server_on:.2}",
+        on.events, on.secs, merges(&on)
     );
     println!(
-        "evaluation and delivery: {ticks:.0} ticks, {:.2} s wall per tick, {:.2} CPU s per tick ({extra:.3} cores: ClickHouse {ch_extra:.3}, server {server_extra:.3}); last tick's candidates {candidates:.0} (target: under 0.25 cores)",
+        "evaluation and delivery: {ticks:.0} ticks, {:.2} s wall per tick, {:.2} CPU s per tick ({extra:.3} cores: ClickHouse {ch_extra:.3} of which merges {merge_extra:.3}, server {server_extra:.3}); last tick's candidates {candidates:.0} (target: under 0.25 cores)",
         tick_wall / ticks.max(1.0),
         extra * TICK_SECS as f64,
     );
