@@ -46,7 +46,11 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
 
 /// User plus system CPU seconds a process has used so far (from `/proc/<pid>/stat`).
 pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User plus system CPU seconds in the text of a `/proc/.../stat` file.
+fn stat_cpu_secs(s: &str) -> Option<f64> {
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -66,19 +70,11 @@ pub(crate) fn merge_cpu_secs(pid: u32) -> Option<f64> {
         .flatten()
     {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let name = comm.trim();
-        if !name.starts_with("BackgrProcPool") {
+        if !comm.trim().starts_with("BackgrProcPool") {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        total += (ticks(11) + ticks(12)) / 100.0;
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        total += stat_cpu_secs(&stat).unwrap_or(0.0);
     }
     Some(total)
 }
