@@ -78,8 +78,8 @@ pub struct Args {
     server: Option<std::path::PathBuf>,
     /// The server's `[writer] max_bytes` (e.g. `8MiB`; default the server's own): the spooled
     /// bytes of one insert, which bound the rows the writer holds decoded.
-    #[arg(long, value_name = "SIZE")]
-    writer_max_bytes: Option<String>,
+    #[arg(long, value_name = "SIZE", value_parser = waymark_testkit::config::ByteSize::parse)]
+    writer_max_bytes: Option<waymark_testkit::config::ByteSize>,
 }
 
 fn iso(ms: i64) -> String {
@@ -200,7 +200,6 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         rate: args.rate.max(1),
         server: args.server.clone(),
         perf: args.perf.clone(),
-        writer_max_bytes: args.writer_max_bytes.clone(),
         ..*args
     };
     let binary = match &o.server {
@@ -219,12 +218,10 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         .clickhouse(&ch.http_url(), &db)
         .spool(&dir.join("spool"))
         .site(site("bench", "wk_bench", &[]));
-    let config = match &o.writer_max_bytes {
+    let config = match o.writer_max_bytes {
         Some(size) => {
-            let bytes = waymark_testkit::config::ByteSize::parse(size)
-                .map_err(|e| anyhow::anyhow!("--writer-max-bytes {size:?}: {e}"))?;
             println!("the server's [writer] max_bytes is {size}");
-            config.with(|c| c.writer.max_bytes = bytes)
+            config.with(|c| c.writer.max_bytes = size)
         }
         None => config,
     };

@@ -126,7 +126,7 @@ const PRODUCTS: usize = 50;
 /// - 0..50: cart abandonment of product `p{i}`: added it within 24 h, no order within 24 h;
 /// - 50..80: browse abandonment of `p{i - 50}`: viewed it within 24 h, added nothing;
 /// - 80..90: post-purchase for a group of five products: ordered one of them within 7 days;
-/// - 90..100: winback: ordered within 90 days (or 60, 120 ..), no page view in 30 days. No live
+/// - 90..100: winback: ordered within 60, 70 .. 150 days, no page view in 30 days. No live
 ///   visitor enters these; they are evaluated at every tick's time edges over the history.
 ///
 /// A live visitor enters one or two of them and leaves one when they add to cart or order.
@@ -382,10 +382,11 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Waits until ClickHouse has had no merge running for two seconds (at most 5 min) and says
-/// how long that took. Each phase's CPU is compared with the other's, so neither may carry the
-/// merges of what came before it (the loaded history, the baselines' memberships): in runs
-/// started right after loading, the phase without evaluation measured 0.18 to 0.38 cores of
-/// ClickHouse for the same stream.
+/// how long that took, so a phase does not start beside the merges of what came before it (the
+/// loaded history, the baselines' memberships). It sees only merges already running: those
+/// ClickHouse schedules later still fall into the next phase, which is why the phases are long
+/// (the phase without evaluation measured 0.18 to 0.41 cores of ClickHouse between runs for the
+/// same stream).
 fn settle(ch: &ClickHouse, what: &str) -> Result<()> {
     let t = Instant::now();
     let mut quiet_since: Option<Instant> = None;
