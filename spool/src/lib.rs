@@ -563,9 +563,16 @@ impl Spool {
 
     /// A reader starting at the checkpoint.
     pub fn reader(&self) -> SpoolReader {
+        self.reader_at(self.checkpoint())
+    }
+
+    /// A reader from `pos` on: a [`SpoolReader::position`] or a [`Record::end`] seen earlier,
+    /// not yet committed. A consumer that keeps positions instead of payloads reads the same
+    /// records again this way, in the same order, damage skipped the same.
+    pub fn reader_at(&self, pos: u64) -> SpoolReader {
         SpoolReader {
             spool: self.clone(),
-            pos: self.checkpoint(),
+            pos,
             file: None,
             last: None,
         }

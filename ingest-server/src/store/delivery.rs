@@ -140,7 +140,9 @@ impl<S: Sink> Delivery<S> {
             // The schema may be gone: apply the migrations again before the next attempt.
             self.prepared.store(false, Ordering::Relaxed);
         }
-        self.metrics.clickhouse_up.set(0.0);
+        if cause != Cause::SpoolRead {
+            self.metrics.clickhouse_up.set(0.0);
+        }
         self.metrics
             .writer
             .block(cause.label(), during, error, now_ms());
@@ -243,6 +245,49 @@ impl<S: Sink> Delivery<S> {
                 }
             }
         })
+    }
+
+    /// Inserts the rows of spool payloads (`rows` of them) by [`Sink::insert_payloads`],
+    /// without holding them decoded, and retries the same way while ClickHouse cannot take
+    /// them. What needs rows one by one (a refusal to bisect, a batch over too many
+    /// partitions to split) decodes them and goes on by [`Self::deliver`].
+    pub async fn deliver_payloads(
+        &self,
+        payloads: &dyn super::Payloads,
+        rows: usize,
+    ) -> Result<(), Stopped> {
+        let mut delay = self.policy.backoff_min;
+        loop {
+            self.prepare(&mut delay).await?;
+            let started = Instant::now();
+            let e = match self.sink.insert_payloads(payloads).await {
+                Ok(()) => {
+                    self.landed(rows, started);
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            self.metrics.insert_retries.increment(1);
+            match e.class {
+                ErrorClass::Unavailable(cause) if cause != Cause::TooManyPartitions => {
+                    self.wait_out(cause, "insert", &e.message, &mut delay)
+                        .await?;
+                }
+                _ => {
+                    tracing::info!(rows, error = %e, "the batch needs its rows one by one; decoding it");
+                    let decoded = loop {
+                        match super::decode_payloads(payloads) {
+                            Ok(d) => break d,
+                            Err(e) => {
+                                self.wait_out(e.cause(), "spool", &e.message, &mut delay)
+                                    .await?
+                            }
+                        }
+                    };
+                    return self.deliver(&decoded).await;
+                }
+            }
+        }
     }
 
     async fn split(&self, rows: &[EventRow]) -> Result<(), Stopped> {

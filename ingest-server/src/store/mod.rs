@@ -57,6 +57,9 @@ pub enum Cause {
     Overloaded,
     /// An error of no known kind, which a known-good probe row got too.
     Other,
+    /// Not ClickHouse: the writer could not read a batch back from its own spool (a disk
+    /// error). The rows stay there and are read again.
+    SpoolRead,
 }
 
 impl Cause {
@@ -78,6 +81,7 @@ impl Cause {
             Cause::TooManyPartitions => "too_many_partitions",
             Cause::Overloaded => "overloaded",
             Cause::Other => "other",
+            Cause::SpoolRead => "spool_read",
         }
     }
 }
@@ -193,6 +197,16 @@ pub trait Sink: Send + Sync + 'static {
     /// Inserts events (and the identity links they carry). All or nothing from the caller's
     /// view: on error, the same rows are sent again or bisected.
     fn insert<'a>(&'a self, rows: &'a [EventRow]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// [`Sink::insert`] of the rows of spool payloads (`crate::spool::rows`), which the writer
+    /// checked as it gathered them. The production sink streams them into the insert one row
+    /// at a time, as they are read, instead of holding the batch; this default decodes them
+    /// all first.
+    fn insert_payloads<'a>(
+        &'a self,
+        payloads: &'a dyn Payloads,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.insert(&decode_payloads(payloads)?).await })
+    }
     /// Stores refused rows with their reason.
     fn quarantine<'a>(&'a self, rows: &'a [QuarantineRow])
         -> BoxFuture<'a, Result<(), StoreError>>;
@@ -650,6 +664,41 @@ impl ClickHouseSink {
     }
 }
 
+/// A batch's spool payloads, read from the first each time they are asked for: each attempt
+/// at an insert reads them again, so a batch need not be held in memory between attempts.
+pub trait Payloads: Send + Sync {
+    /// The payloads in order; an error if they cannot be read (the spool's disk).
+    fn payloads(&self) -> Box<dyn Iterator<Item = Result<bytes::Bytes, String>> + Send + '_>;
+}
+
+impl Payloads for [bytes::Bytes] {
+    fn payloads(&self) -> Box<dyn Iterator<Item = Result<bytes::Bytes, String>> + Send + '_> {
+        Box::new(self.iter().cloned().map(Ok))
+    }
+}
+
+/// A spool read that failed while a batch was read back for its insert.
+fn spool_read_error(e: String) -> StoreError {
+    StoreError {
+        class: ErrorClass::Unavailable(Cause::SpoolRead),
+        message: format!("reading the batch back from the spool: {e}"),
+    }
+}
+
+/// The rows of spool payloads the writer checked as it gathered them. A payload that does not
+/// decode cannot get here; were one to, it is logged and left out rather than failing the
+/// batch over and over.
+pub fn decode_payloads(payloads: &dyn Payloads) -> Result<Vec<EventRow>, StoreError> {
+    let mut rows = Vec::new();
+    for p in payloads.payloads() {
+        let p = p.map_err(spool_read_error)?;
+        if let Err(e) = crate::spool::rows::decode_into(&p, &mut rows) {
+            tracing::error!(error = %e, "a checked spool payload no longer decodes; left out");
+        }
+    }
+    Ok(rows)
+}
+
 /// Whether a row belongs in `events` (not a link-only row). A function, not a closure: the
 /// insert future holding the filter must be `Send` for every lifetime.
 fn is_event(r: &&EventRow) -> bool {
@@ -702,6 +751,86 @@ impl Sink for ClickHouseSink {
             )
             .await
             .map(|_| ())
+        })
+    }
+
+    /// The same as [`Sink::insert`], row by row: each row is decoded into one `EventRow` that
+    /// is reused (no allocation per row) and written to the `events` insert as it comes. Only
+    /// the identity links are collected; they go into the in-memory index before the `events`
+    /// insert ends, and into `identities` after it.
+    fn insert_payloads<'a>(
+        &'a self,
+        payloads: &'a dyn Payloads,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let now_secs = crate::clock::now_ms().div_euclid(1000) as u32;
+            let suppressions = self.suppressions.as_ref().filter(|s| !s.is_empty());
+            let mut row = EventRow::default();
+            let mut links: Vec<IdentityRow> = Vec::new();
+            let mut users: Vec<(String, String)> = Vec::new();
+            let mut dropped = 0usize;
+            let mut insert: Option<clickhouse::insert::Insert<EventRow>> = None;
+            for p in payloads.payloads() {
+                let p = p.map_err(spool_read_error)?;
+                let Ok(mut reader) = crate::spool::rows::RowReader::new(&p) else {
+                    continue; // checked by the writer (see `decode_payloads`)
+                };
+                loop {
+                    match reader.next_into(&mut row) {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "a checked spool payload no longer decodes; its other rows left out");
+                            break;
+                        }
+                    }
+                    if suppressions.is_some_and(|s| s.suppresses(&row, now_secs)) {
+                        dropped += 1;
+                        continue;
+                    }
+                    links.extend(identity_links(&row));
+                    if self.identities.is_some()
+                        && row.anonymous_id.is_empty()
+                        && !row.user_id.is_empty()
+                    {
+                        users.push((row.site.clone(), row.user_id.clone()));
+                    }
+                    if !is_event(&&row) {
+                        continue;
+                    }
+                    let ins = match &mut insert {
+                        Some(i) => i,
+                        None => insert.insert(
+                            self.db_client
+                                .insert::<EventRow>("events")
+                                .await
+                                .map_err(|e| classify(&e))?
+                                .with_timeouts(Some(INSERT_SEND_TIMEOUT), Some(INSERT_END_TIMEOUT)),
+                        ),
+                    };
+                    ins.write(&row).await.map_err(|e| classify(&e))?;
+                }
+            }
+            if dropped > 0 {
+                tracing::info!(dropped, "rows of deleted people dropped before insert");
+            }
+            if let Some(ix) = &self.identities {
+                ix.add_links(
+                    &mut links.iter().map(|l| {
+                        (
+                            l.site.as_str(),
+                            l.anonymous_id.as_str(),
+                            l.user_id.as_str(),
+                            l.linked_at,
+                        )
+                    }),
+                    &mut users.iter().map(|(s, u)| (s.as_str(), u.as_str())),
+                );
+            }
+            if let Some(ins) = insert {
+                ins.end().await.map_err(|e| classify(&e))?;
+            }
+            self.insert_rows("identities", &links).await
         })
     }
 

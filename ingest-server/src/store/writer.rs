@@ -2,7 +2,9 @@
 //!
 //! It reads records from the spool's checkpoint on, gathers rows until `max_rows`, `max_bytes`
 //! or `max_age` (age of the oldest gathered event) is reached, inserts them, and only after
-//! ClickHouse confirmed the insert moves the spool checkpoint. What happens when ClickHouse says
+//! ClickHouse confirmed the insert moves the spool checkpoint. A batch is held as its place in
+//! the spool: each insert attempt reads its records again and streams their rows into the
+//! insert one at a time, so the writer's memory does not grow with the batch. What happens when ClickHouse says
 //! no is the policy in [`super::delivery`]: while ClickHouse cannot take rows (down, auth, disk,
 //! a missing column...) they stay in the spool and are retried for as long as it takes; only
 //! rows proven refused (by bisection and a probe row) go to the `quarantine` table, and the
@@ -15,7 +17,7 @@ use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};
 
 use super::delivery::{quarantine_row, Delivery, Policy};
 use super::row::{EventRow, QuarantineRow};
-use super::Sink;
+use super::{Payloads, Sink};
 use crate::clock::now_ms_u64 as now_ms;
 use crate::config::WriterConfig;
 use crate::metrics::Metrics;
@@ -83,21 +85,16 @@ impl<S: Sink> Writer<S> {
     /// Runs until shutdown is signalled and everything spooled is delivered (or cannot be
     /// delivered right now, in which case it stays in the spool for the next start).
     pub async fn run(self) {
-        // Reading and decoding the next batch overlaps with inserting this one. The gatherer
+        // Reading and checking the next batch overlaps with inserting this one. The gatherer
         // hands a batch over only when the inserter is free (`idle`), and until then goes on
         // adding rows to it (up to the row and byte limits): no batch waits, closed, behind an
-        // insert while newer rows wait behind it. At most two batches are in memory.
+        // insert while newer rows wait behind it. A batch is held as its place in the spool,
+        // not as rows: the gatherer checks each record as it reads it and keeps only counts,
+        // and each insert attempt reads the records again, a chunk at a time, decoding each
+        // row as it is written to the insert (issue 20: two decoded batches of the default
+        // 32 MiB took about 200 MB, most of the server's RSS). The records are read twice,
+        // from the page cache; memory no longer grows with `max_bytes`.
         let (tx, mut rx) = mpsc::channel::<Gathered>(1);
-        // Each batch's row buffer goes back to the gatherer once inserted, so the next batch
-        // fills it in place instead of growing a fresh `Vec` of up to `max_rows` rows by
-        // doubling into freshly faulted pages (issue 20's profile: `Vec` growth and page
-        // zeroing were its top cost). Two buffers go round from the start, because the
-        // gatherer fills the next while this one is being inserted; with one, every other
-        // batch grew a fresh `Vec`.
-        let (recycle, recycled) = mpsc::channel::<Vec<EventRow>>(2);
-        for _ in 0..2 {
-            let _ = recycle.try_send(Vec::new());
-        }
         let idle = Arc::new(Semaphore::new(0));
         let gatherer = tokio::spawn(gather(
             self.spool.clone(),
@@ -105,7 +102,6 @@ impl<S: Sink> Writer<S> {
             self.shutdown.clone(),
             idle.clone(),
             tx,
-            recycled,
         ));
         loop {
             idle.add_permits(1);
@@ -115,14 +111,11 @@ impl<S: Sink> Writer<S> {
             self.spool.set_oldest_pending_ms(Some(batch.oldest));
             if self.store(&batch).await.is_err() {
                 tracing::warn!(
-                    rows = batch.rows.len(),
+                    rows = batch.rows,
                     "shutting down before ClickHouse took these rows; they stay in the spool"
                 );
                 break;
             }
-            let mut rows = batch.rows;
-            rows.clear();
-            let _ = recycle.try_send(rows);
             if let Err(e) = self.spool.commit(batch.end) {
                 // The rows are in ClickHouse; a stale checkpoint only means a replay later,
                 // which the table collapses.
@@ -140,10 +133,12 @@ impl<S: Sink> Writer<S> {
         if !batch.undecodable.is_empty() {
             self.delivery.quarantine(&batch.undecodable).await?;
         }
-        if batch.rows.is_empty() {
+        if batch.rows == 0 {
             return Ok(());
         }
-        self.delivery.deliver(&batch.rows).await?;
+        self.delivery
+            .deliver_payloads(&batch.range, batch.rows)
+            .await?;
         let refused: Vec<QuarantineRow> = self
             .delivery
             .take_refused()
@@ -159,11 +154,65 @@ impl<S: Sink> Writer<S> {
 
 /// One batch read from the spool, ready to insert.
 struct Gathered {
-    rows: Vec<EventRow>,
+    range: SpoolRange,
+    rows: usize,
     undecodable: Vec<QuarantineRow>,
     /// Commit this position once the batch is in ClickHouse.
     end: u64,
     oldest: u64,
+}
+
+/// The most bytes the writer reads from the spool at once: what it holds of a batch, which is
+/// read once to gather it and once per insert attempt.
+const READ_CHUNK: usize = 1 << 20;
+
+/// A batch as its records' place in the spool, read again (a chunk at a time) for each attempt
+/// at inserting it. The records are committed only once the batch is in ClickHouse, so they
+/// are still there; the reader meets them in the same order, with any damage skipped the same.
+struct SpoolRange {
+    spool: Spool,
+    start: u64,
+    end: u64,
+    /// The ends of records that do not decode (quarantined whole by the gatherer).
+    skip: Vec<u64>,
+}
+
+impl Payloads for SpoolRange {
+    fn payloads(&self) -> Box<dyn Iterator<Item = Result<bytes::Bytes, String>> + Send + '_> {
+        let mut reader = self.spool.reader_at(self.start);
+        let mut read: std::vec::IntoIter<crate::spool::Record> = Vec::new().into_iter();
+        let mut failed = false;
+        Box::new(std::iter::from_fn(move || loop {
+            if let Some(r) = read.next() {
+                if r.end > self.end {
+                    return None;
+                }
+                if self.skip.contains(&r.end) {
+                    continue;
+                }
+                return Some(Ok(r.payload));
+            }
+            let pos = reader.position();
+            if failed || pos >= self.end {
+                return None;
+            }
+            let want = ((self.end - pos) as usize).min(READ_CHUNK);
+            match reader.read(want) {
+                Ok(records) if records.is_empty() => {
+                    failed = true;
+                    return Some(Err(format!(
+                        "the spool ends at {pos}, before the batch's end at {}",
+                        self.end
+                    )));
+                }
+                Ok(records) => read = records.into_iter(),
+                Err(e) => {
+                    failed = true;
+                    return Some(Err(e.to_string()));
+                }
+            }
+        }))
+    }
 }
 
 /// Reads the spool into batches by the row, byte and age thresholds, and hands them on in
@@ -174,19 +223,15 @@ async fn gather(
     mut shutdown: watch::Receiver<bool>,
     idle: Arc<Semaphore>,
     tx: mpsc::Sender<Gathered>,
-    mut recycled: mpsc::Receiver<Vec<EventRow>>,
 ) {
     let mut reader = spool.reader();
-    // The most rows a batch holds: `max_rows`, or `max_bytes` of the smallest spooled rows.
-    let smallest = crate::spool::rows::encode(&[EventRow::default()]).len() - 5;
-    let full_batch = settings.max_rows.min(settings.max_bytes / smallest + 1);
     let mut committed = spool.subscribe();
+    // Each row is checked by decoding it into this one row, whose buffers are reused.
+    let mut scratch = EventRow::default();
     loop {
-        let mut rows: Vec<EventRow> = recycled.try_recv().unwrap_or_default();
-        // Room for a full batch at once: grown by doubling, a batch of tens of thousands of
-        // rows was copied several times into fresh pages (6 % of the server's CPU under load).
-        // Pages are only touched as rows fill them, so a small batch costs no more memory.
-        rows.reserve(full_batch);
+        let start = reader.position();
+        let mut skip: Vec<u64> = Vec::new();
+        let mut rows = 0usize;
         let mut undecodable: Vec<QuarantineRow> = Vec::new();
         let mut bytes = 0usize;
         let mut end: Option<u64> = None;
@@ -195,26 +240,36 @@ async fn gather(
         let mut import_only = true;
         let mut newest: u64 = 0;
         loop {
-            match reader.read(settings.max_bytes.saturating_sub(bytes).max(1)) {
+            let want = settings
+                .max_bytes
+                .saturating_sub(bytes)
+                .clamp(1, READ_CHUNK);
+            match reader.read(want) {
                 Ok(records) => {
                     for r in records {
                         bytes += r.payload.len();
                         end = Some(r.end);
                         oldest.get_or_insert(r.appended_ms);
                         newest = newest.max(r.appended_ms);
-                        let from = rows.len();
-                        match crate::spool::rows::decode_into(&r.payload, &mut rows) {
-                            Ok(_) => {
-                                import_only &=
-                                    rows[from..].iter().all(|row| row.source == "import");
+                        let mut import = true;
+                        match crate::spool::rows::for_each_row(&r.payload, &mut scratch, |row| {
+                            import &= row.source == "import"
+                        }) {
+                            Ok(n) => {
+                                import_only &= import;
+                                rows += n;
                             }
-                            Err(e) => undecodable.push(QuarantineRow {
-                                quarantined_at: (now_ms() / 1000) as u32,
-                                site: String::new(),
-                                message_id: String::new(),
-                                reason: format!("spool record is not readable as rows: {e}"),
-                                row: String::from_utf8_lossy(&r.payload).into_owned(),
-                            }),
+                            Err(e) => {
+                                // Quarantined whole; the insert's reading skips it.
+                                skip.push(r.end);
+                                undecodable.push(QuarantineRow {
+                                    quarantined_at: (now_ms() / 1000) as u32,
+                                    site: String::new(),
+                                    message_id: String::new(),
+                                    reason: format!("spool record is not readable as rows: {e}"),
+                                    row: String::from_utf8_lossy(&r.payload).into_owned(),
+                                })
+                            }
                         }
                     }
                 }
@@ -227,7 +282,10 @@ async fn gather(
                     continue;
                 }
             }
-            let full = rows.len() >= settings.max_rows || bytes >= settings.max_bytes;
+            let full = rows >= settings.max_rows || bytes >= settings.max_bytes;
+            // Records already committed and not yet read: reads stop at `READ_CHUNK`, so
+            // there may be more than one read took, with no new commit to wake for.
+            let more = reader.position() < spool.committed();
             let stopping = *shutdown.borrow();
             if stopping && end.is_none() {
                 return;
@@ -267,6 +325,10 @@ async fn gather(
                         Err(_) => return,
                     }
                 }
+                if more {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 tokio::select! {
                     r = committed.changed() => { if r.is_err() { return; } }
                     p = idle.acquire() => match p {
@@ -280,6 +342,10 @@ async fn gather(
                 }
                 continue;
             }
+            if more {
+                tokio::task::yield_now().await;
+                continue;
+            }
             let wait = due_in.unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 r = committed.changed() => { if r.is_err() { return; } }
@@ -291,6 +357,12 @@ async fn gather(
             continue;
         };
         let batch = Gathered {
+            range: SpoolRange {
+                spool: spool.clone(),
+                start,
+                end,
+                skip,
+            },
             rows,
             undecodable,
             end,
@@ -479,6 +551,57 @@ mod tests {
         run.await.unwrap();
         assert_eq!(sink.batches(), [5, 1]);
         assert_eq!(spool.pending_bytes(), 0);
+    }
+
+    /// A batch larger than a read (`READ_CHUNK`), with a record in the middle that does not
+    /// decode: gathered and read back in chunks, its rows go in as one insert, the bad record
+    /// alone goes to quarantine, and the checkpoint moves past all of it.
+    #[tokio::test]
+    async fn a_batch_of_several_reads_goes_in_whole_around_a_bad_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(FakeSink::default());
+        let (spool, _) = Spool::open(dir.path(), 16 << 20, 1 << 20).unwrap();
+        let (tx, rx) = watch::channel(false);
+        let mut settings = WriterSettings::from(&WriterConfig::default());
+        settings.policy.backoff_min = Duration::from_millis(1);
+        let w = Writer::new(
+            spool.clone(),
+            sink.clone(),
+            Arc::new(Metrics::default()),
+            settings,
+            rx,
+        );
+        let big = "x".repeat(20_000);
+        let mut ids = 0;
+        for record in 0..200 {
+            if record == 100 {
+                spool.append(vec![0x07, 1, 2, 3]).await.unwrap();
+            }
+            let rows: Vec<EventRow> = (0..2)
+                .map(|_| {
+                    ids += 1;
+                    EventRow {
+                        properties: big.clone(),
+                        ..row(ids, "ok")
+                    }
+                })
+                .collect();
+            append(&spool, &rows).await;
+        }
+        assert!(spool.committed() > 2 * READ_CHUNK as u64);
+        run_until(w, &tx, || sink.stored().len() == 400).await;
+        assert_eq!(sink.batches(), [400]);
+        let stored = sink.stored();
+        assert_eq!(stored.first().map(String::as_str), Some("m1"));
+        assert_eq!(stored.last().map(String::as_str), Some("m400"));
+        let q = sink.quarantined();
+        assert_eq!(q.len(), 1);
+        assert!(
+            q[0].reason.contains("not readable as rows"),
+            "{}",
+            q[0].reason
+        );
+        assert_eq!(spool.checkpoint(), spool.committed());
     }
 
     #[tokio::test]
