@@ -77,7 +77,8 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     server: Option<std::path::PathBuf>,
     /// The server's `[writer] max_bytes` (e.g. `8MiB`; default the server's own): the spooled
-    /// bytes of one insert, which bound the rows the writer holds decoded.
+    /// bytes of one insert (the writer reads a batch back from the spool a chunk at a time, so
+    /// this no longer bounds its memory).
     #[arg(long, value_name = "SIZE", value_parser = waymark_testkit::config::ByteSize::parse)]
     writer_max_bytes: Option<waymark_testkit::config::ByteSize>,
 }
@@ -142,6 +143,31 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(|a, b| a.total_cmp(b));
     v
+}
+
+/// The writer's inserts so far, from the server's `/metrics`: (inserts, rows, seconds).
+fn writer_inserts(addr: &str) -> Option<(f64, f64, f64)> {
+    let body = agent()
+        .get(format!("http://{addr}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    let value = |name: &str| {
+        body.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    Some((
+        value("waymark_insert_seconds_count")?,
+        value("waymark_insert_batch_rows_sum")?,
+        value("waymark_insert_seconds_sum")?,
+    ))
 }
 
 fn agent() -> ureq::Agent {
@@ -297,6 +323,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         None => Vec::new(),
     };
     let load_before = loadavg();
+    let inserts_before = writer_inserts(&addr.to_string());
     let ch_cpu_before = ch_pid.and_then(super::cpu_secs);
     let ch_merge_before = ch_pid.and_then(super::merge_cpu_secs);
     let cpu_before = super::cpu_secs(pid);
@@ -341,6 +368,9 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let visible_at = start.elapsed();
+    let inserts = writer_inserts(&addr.to_string())
+        .zip(inserts_before)
+        .map(|((n, r, t), (n0, r0, t0))| (n - n0, r - r0, t - t0));
     let server_cpu = super::cpu_secs(pid).zip(cpu_before).map(|(a, b)| a - b);
     let ch_cpu = ch_pid
         .and_then(super::cpu_secs)
@@ -484,6 +514,14 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
             "server CPU (throughput):   {cpu:.1} s = {:.0} us/event, i.e. {:.0} events/s per core",
             cpu * 1e6 / (total - 1) as f64,
             (total - 1) as f64 / cpu
+        )?;
+    }
+    if let Some((n, rows, secs)) = inserts.filter(|i| i.0 > 0.0) {
+        writeln!(
+            out,
+            "writer inserts (same run): {n:.0}, mean {:.0} rows and {:.0} ms each",
+            rows / n,
+            secs * 1000.0 / n
         )?;
     }
     match ch_cpu {
