@@ -699,6 +699,26 @@ pub fn decode_payloads(payloads: &dyn Payloads) -> Result<Vec<EventRow>, StoreEr
     Ok(rows)
 }
 
+/// The RowBinary bytes gathered before they are sent as one chunk of an `events` insert (the
+/// size the `clickhouse` crate's own inserts send).
+const INSERT_CHUNK: usize = 256 * 1024;
+
+impl ClickHouseSink {
+    /// An `INSERT` into `events` of RowBinary in `crate::spool::rows::columns` order.
+    fn events_insert(&self) -> clickhouse::insert_formatted::BufInsertFormatted {
+        let columns: Vec<String> = crate::spool::rows::columns()
+            .map(|c| format!("`{c}`"))
+            .collect();
+        self.db_client
+            .insert_formatted_with(format!(
+                "INSERT INTO events ({}) FORMAT RowBinary",
+                columns.join(",")
+            ))
+            .with_timeouts(Some(INSERT_SEND_TIMEOUT), Some(INSERT_END_TIMEOUT))
+            .buffered_with_capacity(INSERT_CHUNK)
+    }
+}
+
 /// Whether a row belongs in `events` (not a link-only row). A function, not a closure: the
 /// insert future holding the filter must be `Send` for every lifetime.
 fn is_event(r: &&EventRow) -> bool {
@@ -754,10 +774,11 @@ impl Sink for ClickHouseSink {
         })
     }
 
-    /// The same as [`Sink::insert`], row by row: each row is decoded into one `EventRow` that
-    /// is reused (no allocation per row) and written to the `events` insert as it comes. Only
-    /// the identity links are collected; they go into the in-memory index before the `events`
-    /// insert ends, and into `identities` after it.
+    /// The same as [`Sink::insert`], row by row, without decoding the rows: each payload is
+    /// transcoded from its spooled bytes to RowBinary (`crate::spool::rows::transcode`) and
+    /// sent as it is read. Only the fields the checks need are read out, into one reused
+    /// `EventRow`, so suppression and identity links are the same functions `insert` uses. The
+    /// links go into the in-memory index and into `identities` before the `events` insert ends.
     fn insert_payloads<'a>(
         &'a self,
         payloads: &'a dyn Payloads,
@@ -769,24 +790,28 @@ impl Sink for ClickHouseSink {
             let mut links: Vec<IdentityRow> = Vec::new();
             let mut users: Vec<(String, String)> = Vec::new();
             let mut dropped = 0usize;
-            let mut insert: Option<clickhouse::insert::Insert<EventRow>> = None;
+            let mut insert: Option<clickhouse::insert_formatted::BufInsertFormatted> = None;
+            let mut out: Vec<u8> = Vec::new();
             for p in payloads.payloads() {
                 let p = p.map_err(spool_read_error)?;
-                let Ok(mut reader) = crate::spool::rows::RowReader::new(&p) else {
-                    continue; // checked by the writer (see `decode_payloads`)
-                };
-                loop {
-                    match reader.next_into(&mut row) {
-                        Ok(true) => {}
-                        Ok(false) => break,
-                        Err(e) => {
-                            tracing::error!(error = %e, "a checked spool payload no longer decodes; its other rows left out");
-                            break;
-                        }
+                let kept = crate::spool::rows::transcode(&p, &mut out, |k| {
+                    for (to, from) in [
+                        (&mut row.site, k.site),
+                        (&mut row.visitor_id, k.visitor_id),
+                        (&mut row.message_id, k.message_id),
+                        (&mut row.kind, k.kind),
+                        (&mut row.anonymous_id, k.anonymous_id),
+                        (&mut row.user_id, k.user_id),
+                        (&mut row.previous_id, k.previous_id),
+                        (&mut row.source, k.source),
+                    ] {
+                        to.clear();
+                        to.push_str(from);
                     }
+                    row.timestamp = k.timestamp;
                     if suppressions.is_some_and(|s| s.suppresses(&row, now_secs)) {
                         dropped += 1;
-                        continue;
+                        return false;
                     }
                     links.extend(identity_links(&row));
                     if self.identities.is_some()
@@ -795,21 +820,24 @@ impl Sink for ClickHouseSink {
                     {
                         users.push((row.site.clone(), row.user_id.clone()));
                     }
-                    if !is_event(&&row) {
-                        continue;
-                    }
-                    let ins = match &mut insert {
-                        Some(i) => i,
-                        None => insert.insert(
-                            self.db_client
-                                .insert::<EventRow>("events")
-                                .await
-                                .map_err(|e| classify(&e))?
-                                .with_timeouts(Some(INSERT_SEND_TIMEOUT), Some(INSERT_END_TIMEOUT)),
-                        ),
-                    };
-                    ins.write(&row).await.map_err(|e| classify(&e))?;
+                    is_event(&&row)
+                });
+                if let Err(e) = kept {
+                    // Checked by the writer as it gathered the batch (see `decode_payloads`).
+                    tracing::error!(error = %e, "a checked spool payload no longer decodes; left out");
+                    continue;
                 }
+                if out.len() >= INSERT_CHUNK {
+                    let ins = insert.get_or_insert_with(|| self.events_insert());
+                    ins.write_buffered(&out);
+                    out.clear();
+                    ins.flush().await.map_err(|e| classify(&e))?;
+                }
+            }
+            if !out.is_empty() {
+                insert
+                    .get_or_insert_with(|| self.events_insert())
+                    .write_buffered(&out);
             }
             if dropped > 0 {
                 tracing::info!(dropped, "rows of deleted people dropped before insert");
@@ -827,10 +855,13 @@ impl Sink for ClickHouseSink {
                     &mut users.iter().map(|(s, u)| (s.as_str(), u.as_str())),
                 );
             }
-            if let Some(ins) = insert {
+            // The links first, while the `events` insert is still open: whoever sees these
+            // events in ClickHouse sees their links too.
+            self.insert_rows("identities", &links).await?;
+            if let Some(mut ins) = insert {
                 ins.end().await.map_err(|e| classify(&e))?;
             }
-            self.insert_rows("identities", &links).await
+            Ok(())
         })
     }
 
