@@ -704,6 +704,28 @@ pub fn decode_payloads(payloads: &dyn Payloads) -> Result<Vec<EventRow>, StoreEr
 const INSERT_CHUNK: usize = 256 * 1024;
 
 impl ClickHouseSink {
+    /// Adds a batch's identity links, and the (site, user id) of its events sent under a user
+    /// id alone, to the in-memory index, if there is one.
+    fn feed_identities<'a>(
+        &self,
+        links: &'a [IdentityRow],
+        users: &mut dyn Iterator<Item = (&'a str, &'a str)>,
+    ) {
+        if let Some(ix) = &self.identities {
+            ix.add_links(
+                &mut links.iter().map(|l| {
+                    (
+                        l.site.as_str(),
+                        l.anonymous_id.as_str(),
+                        l.user_id.as_str(),
+                        l.linked_at,
+                    )
+                }),
+                users,
+            );
+        }
+    }
+
     /// An `INSERT` into `events` of RowBinary in `crate::spool::rows::columns` order.
     fn events_insert(&self) -> clickhouse::insert_formatted::BufInsertFormatted {
         let columns: Vec<String> = crate::spool::rows::columns()
@@ -745,23 +767,14 @@ impl Sink for ClickHouseSink {
             // Both at once: the batch is done when the slower is (a failure of either retries
             // both; the tables collapse the rows inserted twice).
             let links: Vec<IdentityRow> = rows.iter().flat_map(identity_links).collect();
-            if let Some(ix) = &self.identities {
-                ix.add_links(
-                    &mut links.iter().map(|l| {
-                        (
-                            l.site.as_str(),
-                            l.anonymous_id.as_str(),
-                            l.user_id.as_str(),
-                            l.linked_at,
-                        )
-                    }),
-                    // What `q_user_visitors` will hold (its view's condition).
-                    &mut rows
-                        .iter()
-                        .filter(|r| r.anonymous_id.is_empty() && !r.user_id.is_empty())
-                        .map(|r| (r.site.as_str(), r.user_id.as_str())),
-                );
-            }
+            self.feed_identities(
+                &links,
+                // What `q_user_visitors` will hold (its view's condition).
+                &mut rows
+                    .iter()
+                    .filter(|r| r.anonymous_id.is_empty() && !r.user_id.is_empty())
+                    .map(|r| (r.site.as_str(), r.user_id.as_str())),
+            );
             // Link-only rows (an email click's stitch, identifier links) go to `identities`
             // alone: the others are inserted in place, never copied.
             let events = rows.iter().filter(is_event);
@@ -842,19 +855,10 @@ impl Sink for ClickHouseSink {
             if dropped > 0 {
                 tracing::info!(dropped, "rows of deleted people dropped before insert");
             }
-            if let Some(ix) = &self.identities {
-                ix.add_links(
-                    &mut links.iter().map(|l| {
-                        (
-                            l.site.as_str(),
-                            l.anonymous_id.as_str(),
-                            l.user_id.as_str(),
-                            l.linked_at,
-                        )
-                    }),
-                    &mut users.iter().map(|(s, u)| (s.as_str(), u.as_str())),
-                );
-            }
+            self.feed_identities(
+                &links,
+                &mut users.iter().map(|(s, u)| (s.as_str(), u.as_str())),
+            );
             // The links first, while the `events` insert is still open: whoever sees these
             // events in ClickHouse sees their links too.
             self.insert_rows("identities", &links).await?;
