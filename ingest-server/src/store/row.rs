@@ -128,6 +128,8 @@ pub fn is_identifier(id: &str) -> bool {
 }
 
 /// The identity links an event carries: anonymous id <-> user id, and alias previousId -> userId.
+/// Reads only fields of `crate::spool::rows::Keys`: the writer fills no others before it calls
+/// this (`ClickHouseSink::insert_payloads`); a new field read here must be added there.
 pub fn identity_links(row: &EventRow) -> Vec<IdentityRow> {
     let mut out = Vec::new();
     if row.user_id.is_empty() {

@@ -72,7 +72,8 @@ impl Suppressions {
             .is_some_and(|&until| until > now_secs)
     }
 
-    /// Whether a row belongs to a suppressed person (by any of its ids).
+    /// Whether a row belongs to a suppressed person (by any of its ids). Reads only fields of
+    /// `crate::spool::rows::Keys`, as [`super::row::identity_links`] does, for the same reason.
     pub fn suppresses(&self, r: &EventRow, now_secs: u32) -> bool {
         [&r.visitor_id, &r.anonymous_id, &r.user_id, &r.previous_id]
             .iter()
