@@ -671,12 +671,6 @@ pub trait Payloads: Send + Sync {
     fn payloads(&self) -> Box<dyn Iterator<Item = Result<bytes::Bytes, String>> + Send + '_>;
 }
 
-impl Payloads for [bytes::Bytes] {
-    fn payloads(&self) -> Box<dyn Iterator<Item = Result<bytes::Bytes, String>> + Send + '_> {
-        Box::new(self.iter().cloned().map(Ok))
-    }
-}
-
 /// A spool read that failed while a batch was read back for its insert.
 fn spool_read_error(e: String) -> StoreError {
     StoreError {

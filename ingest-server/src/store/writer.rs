@@ -4,11 +4,11 @@
 //! or `max_age` (age of the oldest gathered event) is reached, inserts them, and only after
 //! ClickHouse confirmed the insert moves the spool checkpoint. A batch is held as its place in
 //! the spool: each insert attempt reads its records again and streams their rows into the
-//! insert one at a time, so the writer's memory does not grow with the batch. What happens when ClickHouse says
-//! no is the policy in [`super::delivery`]: while ClickHouse cannot take rows (down, auth, disk,
-//! a missing column...) they stay in the spool and are retried for as long as it takes; only
-//! rows proven refused (by bisection and a probe row) go to the `quarantine` table, and the
-//! checkpoint moves once they are there. Nothing goes to a file.
+//! insert as RowBinary, so the writer's memory does not grow with the batch. What happens when
+//! ClickHouse says no is the policy in [`super::delivery`]: while ClickHouse cannot take rows
+//! (down, auth, disk, a missing column...) they stay in the spool and are retried for as long
+//! as it takes; only rows proven refused (by bisection and a probe row) go to the `quarantine`
+//! table, and the checkpoint moves once they are there. Nothing goes to a file.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,10 +90,10 @@ impl<S: Sink> Writer<S> {
         // adding rows to it (up to the row and byte limits): no batch waits, closed, behind an
         // insert while newer rows wait behind it. A batch is held as its place in the spool,
         // not as rows: the gatherer checks each record as it reads it and keeps only counts,
-        // and each insert attempt reads the records again, a chunk at a time, decoding each
-        // row as it is written to the insert (issue 20: two decoded batches of the default
-        // 32 MiB took about 200 MB, most of the server's RSS). The records are read twice,
-        // from the page cache; memory no longer grows with `max_bytes`.
+        // and each insert attempt reads the records again, a chunk at a time, transcoding each
+        // row to RowBinary as it is written to the insert (issue 20: two decoded batches of
+        // the default 32 MiB took about 200 MB, most of the server's RSS). The records are
+        // read twice, from the page cache; memory no longer grows with `max_bytes`.
         let (tx, mut rx) = mpsc::channel::<Gathered>(1);
         let idle = Arc::new(Semaphore::new(0));
         let gatherer = tokio::spawn(gather(
