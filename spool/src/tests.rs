@@ -18,10 +18,14 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn read_all(spool: &Spool) -> Vec<Record> {
-    let mut r = spool.reader();
+    drain(&mut spool.reader(), 1 << 20)
+}
+
+/// Everything `r` reads from where it is, `max` bytes at a time.
+fn drain(r: &mut SpoolReader, max: usize) -> Vec<Record> {
     let mut out = Vec::new();
     loop {
-        let got = r.read(1 << 20).unwrap();
+        let got = r.read(max).unwrap();
         if got.is_empty() {
             return out;
         }
@@ -445,15 +449,8 @@ fn the_reader_skips_damage_it_meets_while_running() {
     let (p, off) = locate(11);
     flip(&p, off, 0x80);
     let mut reader = spool.reader();
-    let mut got = Vec::new();
     // Small reads: damage is met at the start of a read and in the middle of one.
-    loop {
-        let batch = reader.read(100).unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        got.extend(batch);
-    }
+    let got = drain(&mut reader, 100);
     let mut want = sent.clone();
     want.remove(11);
     want.remove(2);
@@ -474,15 +471,7 @@ fn the_reader_skips_damage_it_meets_while_running() {
     assert_eq!(spool.damage(), counts);
     // Read again from a position seen earlier, as the writer reads a batch back for its
     // insert: the same records from there on, the damage skipped and not counted again.
-    let mut again = spool.reader_at(ends[1]);
-    let mut got = Vec::new();
-    loop {
-        let batch = again.read(100).unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        got.extend(batch);
-    }
+    let got = drain(&mut spool.reader_at(ends[1]), 100);
     assert_eq!(payloads(&got), want[2..]);
     assert_eq!(spool.damage(), counts);
 }

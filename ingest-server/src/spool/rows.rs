@@ -91,10 +91,9 @@ fn decode_onto(payload: &[u8], rows: &mut Vec<EventRow>) -> Result<(), DecodeErr
 }
 
 /// Reads a payload's rows one at a time into a row the caller keeps, whose strings' buffers
-/// are reused from row to row: no allocation per row once they have grown. The writer streams
-/// a batch into ClickHouse this way, holding the spooled bytes instead of decoded rows (issue
-/// 20: decoded, a batch took about three times its spooled size, most of the server's RSS).
-pub struct RowReader<'a>(Rows<'a>);
+/// are reused from row to row: no allocation per row once they have grown. The writer checks
+/// each payload this way as it gathers a batch ([`for_each_row`]), holding no decoded rows.
+struct RowReader<'a>(Rows<'a>);
 
 enum Rows<'a> {
     Binary {
@@ -108,7 +107,7 @@ enum Rows<'a> {
 impl<'a> RowReader<'a> {
     /// Reads the payload's format tag and row count (a JSON payload of an earlier version is
     /// parsed whole here).
-    pub fn new(payload: &'a [u8]) -> Result<Self, DecodeError> {
+    fn new(payload: &'a [u8]) -> Result<Self, DecodeError> {
         match payload.first() {
             None => Err(DecodeError::Empty),
             Some(&tag @ (TAG_BINARY_V1 | TAG_BINARY_V2)) => {
@@ -135,7 +134,7 @@ impl<'a> RowReader<'a> {
     }
 
     /// Rows not yet read (an upper bound for a damaged payload).
-    pub fn left(&self) -> usize {
+    fn left(&self) -> usize {
         match &self.0 {
             Rows::Binary { left, .. } => *left,
             Rows::Json(it) => it.len(),
@@ -144,7 +143,7 @@ impl<'a> RowReader<'a> {
 
     /// Reads the next row into `row`: `Ok(false)` after the last one. On an error `row` may
     /// hold part of a row.
-    pub fn next_into(&mut self, row: &mut EventRow) -> Result<bool, DecodeError> {
+    fn next_into(&mut self, row: &mut EventRow) -> Result<bool, DecodeError> {
         match &mut self.0 {
             Rows::Binary { c, left, v1 } => {
                 if *left == 0 {

@@ -385,6 +385,10 @@ mod tests {
         dir: &std::path::Path,
     ) -> (Writer<FakeSink>, watch::Sender<bool>) {
         let (spool, _) = Spool::open(dir, 1 << 20, 1 << 16).unwrap();
+        writer_on(sink, spool)
+    }
+
+    fn writer_on(sink: Arc<FakeSink>, spool: Spool) -> (Writer<FakeSink>, watch::Sender<bool>) {
         let (tx, rx) = watch::channel(false);
         let mut settings = WriterSettings::from(&WriterConfig::default());
         settings.policy.backoff_min = Duration::from_millis(1);
@@ -561,16 +565,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sink = Arc::new(FakeSink::default());
         let (spool, _) = Spool::open(dir.path(), 16 << 20, 1 << 20).unwrap();
-        let (tx, rx) = watch::channel(false);
-        let mut settings = WriterSettings::from(&WriterConfig::default());
-        settings.policy.backoff_min = Duration::from_millis(1);
-        let w = Writer::new(
-            spool.clone(),
-            sink.clone(),
-            Arc::new(Metrics::default()),
-            settings,
-            rx,
-        );
+        let (w, tx) = writer_on(sink.clone(), spool.clone());
         let big = "x".repeat(20_000);
         let mut ids = 0;
         for record in 0..200 {
