@@ -271,10 +271,11 @@ impl Intake {
         rows: Vec<EventRow>,
         source: &str,
     ) -> Result<(), ApiError> {
-        let seen = self.dedup.seen(
+        let keys = self.dedup.keys(
             rows.iter()
                 .map(|r| (r.site.as_str(), r.message_id.as_str())),
         );
+        let seen = self.dedup.seen(&keys);
         let before = rows.len();
         if seen.iter().any(|s| *s) {
             let dropped: Vec<&EventRow> = rows
@@ -304,10 +305,7 @@ impl Intake {
         let payload = crate::spool::rows::encode(&rows);
         match self.spool.append(payload).await {
             Ok(_) => {
-                self.dedup.remember(
-                    rows.iter()
-                        .map(|r| (r.site.as_str(), r.message_id.as_str())),
-                );
+                self.dedup.remember(&keys, &seen);
                 self.metrics.accepted(source, rows.len() as u64);
                 Ok(())
             }
