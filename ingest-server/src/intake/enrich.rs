@@ -59,7 +59,9 @@ pub struct UaInfo {
 /// A bounded cache in front of the user-agent parser.
 pub struct UaParser {
     parser: woothee::parser::Parser,
-    cache: Mutex<HashMap<String, UaInfo>>,
+    /// `foldhash` (seeded per process) rather than SipHash: agents are long, and hashing each
+    /// event's was a visible part of enrichment's CPU.
+    cache: Mutex<HashMap<String, UaInfo, foldhash::quality::RandomState>>,
 }
 
 const UA_CACHE_MAX: usize = 10_000;
@@ -68,7 +70,7 @@ impl Default for UaParser {
     fn default() -> Self {
         UaParser {
             parser: woothee::parser::Parser::new(),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::default()),
         }
     }
 }
@@ -121,15 +123,6 @@ impl UaParser {
     }
 }
 
-fn str_at<'a>(obj: &'a Map<String, Value>, path: &[&str]) -> Option<&'a Value> {
-    let (last, init) = path.split_last()?;
-    let mut o = obj;
-    for k in init {
-        o = o.get(*k)?.as_object()?;
-    }
-    o.get(*last)
-}
-
 /// A string, or a number written as a string (ids and session ids come both ways).
 fn text(v: Option<&Value>) -> String {
     match v {
@@ -147,18 +140,34 @@ fn number(v: Option<&Value>) -> Option<f64> {
     }
 }
 
-/// `utm_*` parameters from a query string (`?a=b&utm_source=x`), percent-decoding lightly.
-fn query_param(query: &str, key: &str) -> String {
+/// The campaign object's key and the query parameter of each UTM field, in the order
+/// [`utm_params`] answers.
+const UTM: [(&str, &str); 5] = [
+    ("source", "utm_source"),
+    ("medium", "utm_medium"),
+    ("name", "utm_campaign"),
+    ("term", "utm_term"),
+    ("content", "utm_content"),
+];
+
+/// The [`UTM`] parameters of a URL or query string (`?a=b&utm_source=x`), percent-decoding
+/// lightly; the first of each name counts, an absent one is empty.
+fn utm_params(query: &str) -> [String; 5] {
+    let mut out: [String; 5] = Default::default();
+    let mut found = [false; 5];
     let q = query.split_once('?').map(|(_, q)| q).unwrap_or(query);
     let q = q.split('#').next().unwrap_or("");
     for pair in q.split('&') {
         if let Some((k, v)) = pair.split_once('=') {
-            if k == key {
-                return percent_decode(v);
+            if let Some(i) = UTM.iter().position(|(_, p)| *p == k) {
+                if !found[i] {
+                    found[i] = true;
+                    out[i] = percent_decode(v);
+                }
             }
         }
     }
-    String::new()
+    out
 }
 
 fn percent_decode(s: &str) -> String {
@@ -252,21 +261,33 @@ pub fn to_row(ev: &Event, facts: &RequestFacts<'_>, ua: &UaParser) -> EventRow {
         .and_then(|ip| truncate_ip(&ip, mode))
         .unwrap_or_default();
 
-    let page = |k: &str| text(str_at(ctx, &["page", k]));
+    // Each object looked up once (a BTreeMap search per key otherwise).
+    let object = |k: &str| ctx.get(k).and_then(Value::as_object);
+    let (page_obj, campaign) = (object("page"), object("campaign"));
+    let page = |k: &str| text(page_obj.and_then(|o| o.get(k)));
     let page_search = page("search");
     let page_url = page("url");
-    let utm = |k: &str, param: &str| {
-        let v = text(str_at(ctx, &["campaign", k]));
+    // The page query is read once, and only when the campaign object lacks a field.
+    let mut from_query: Option<[String; 5]> = None;
+    let mut utm = |i: usize| {
+        let v = text(campaign.and_then(|o| o.get(UTM[i].0)));
         if !v.is_empty() {
             return v;
         }
-        let from = if page_search.is_empty() {
-            &page_url
-        } else {
-            &page_search
-        };
-        query_param(from, param)
+        let q = from_query.get_or_insert_with(|| {
+            utm_params(if page_search.is_empty() {
+                &page_url
+            } else {
+                &page_search
+            })
+        });
+        std::mem::take(&mut q[i])
     };
+    let utm_source = utm(0);
+    let utm_medium = utm(1);
+    let utm_campaign = utm(2);
+    let utm_term = utm(3);
+    let utm_content = utm(4);
 
     let is_engagement = ev.event.as_deref() == Some(names::ENGAGEMENT);
     let is_product_event = ev
@@ -313,11 +334,11 @@ pub fn to_row(ev: &Event, facts: &RequestFacts<'_>, ua: &UaParser) -> EventRow {
         page_title: page("title"),
         page_referrer: page("referrer"),
         page_search: page_search.clone(),
-        utm_source: utm("source", "utm_source"),
-        utm_medium: utm("medium", "utm_medium"),
-        utm_campaign: utm("name", "utm_campaign"),
-        utm_term: utm("term", "utm_term"),
-        utm_content: utm("content", "utm_content"),
+        utm_source,
+        utm_medium,
+        utm_campaign,
+        utm_term,
+        utm_content,
         user_agent,
         browser: ua_info.browser,
         browser_version: ua_info.browser_version,
@@ -328,8 +349,8 @@ pub fn to_row(ev: &Event, facts: &RequestFacts<'_>, ua: &UaParser) -> EventRow {
         bot_score: facts.client.and_then(|c| c.bot_score),
         ip,
         locale: text(ctx.get("locale")),
-        library_name: text(str_at(ctx, &["library", "name"])),
-        library_version: text(str_at(ctx, &["library", "version"])),
+        library_name: text(object("library").and_then(|o| o.get("name"))),
+        library_version: text(object("library").and_then(|o| o.get("version"))),
         country: g(|g| &g.country),
         region: g(|g| &g.region),
         region_code: g(|g| &g.region_code),
@@ -527,7 +548,38 @@ mod tests {
     #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("a%20b+c%"), "a b c%");
-        assert_eq!(query_param("x=1&utm_term=t%C3%A9", "utm_term"), "té");
+        assert_eq!(utm_params("x=1&utm_term=t%C3%A9")[3], "té");
+    }
+
+    #[test]
+    fn utm_params_take_the_first_of_each_and_stop_at_the_fragment() {
+        let p =
+            utm_params("https://s.example/p?utm_source=a&utm_source=b&utm_medium=m#utm_campaign=c");
+        assert_eq!(p, ["a", "m", "", "", ""].map(String::from));
+        let p = utm_params("?utm_content=x&utm_term=y&utm_campaign=z");
+        assert_eq!(p, ["", "", "z", "y", "x"].map(String::from));
+    }
+
+    #[test]
+    fn campaign_fields_win_over_the_query_field_by_field() {
+        let ev = event(json!({
+            "type": "page", "messageId": "m1", "anonymousId": "a1",
+            "context": {
+                "campaign": {"source": "crm", "name": ""},
+                "page": {"url": "https://s.example/?utm_source=q&utm_campaign=spring&utm_term=t"}
+            }
+        }));
+        let r = to_row(&ev, &facts(None, None), &UaParser::default());
+        assert_eq!(
+            [
+                r.utm_source,
+                r.utm_medium,
+                r.utm_campaign,
+                r.utm_term,
+                r.utm_content
+            ],
+            ["crm", "", "spring", "t", ""].map(String::from)
+        );
     }
 
     #[test]
