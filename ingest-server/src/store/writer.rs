@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore, TryAcquireError};
 
 use super::delivery::{quarantine_row, Delivery, Policy};
-use super::row::{EventRow, QuarantineRow};
+use super::row::QuarantineRow;
 use super::{Payloads, Sink};
 use crate::clock::now_ms_u64 as now_ms;
 use crate::config::WriterConfig;
@@ -226,8 +226,6 @@ async fn gather(
 ) {
     let mut reader = spool.reader();
     let mut committed = spool.subscribe();
-    // Each row is checked by decoding it into this one row, whose buffers are reused.
-    let mut scratch = EventRow::default();
     loop {
         let start = reader.position();
         let mut skip: Vec<u64> = Vec::new();
@@ -251,13 +249,10 @@ async fn gather(
                         end = Some(r.end);
                         oldest.get_or_insert(r.appended_ms);
                         newest = newest.max(r.appended_ms);
-                        let mut import = true;
-                        match crate::spool::rows::for_each_row(&r.payload, &mut scratch, |row| {
-                            import &= row.source == "import"
-                        }) {
-                            Ok(n) => {
-                                import_only &= import;
-                                rows += n;
+                        match crate::spool::rows::check(&r.payload) {
+                            Ok(c) => {
+                                import_only &= c.import_only;
+                                rows += c.rows;
                             }
                             Err(e) => {
                                 // Quarantined whole; the insert's reading skips it.
@@ -378,6 +373,7 @@ async fn gather(
 mod tests {
     use super::*;
     use crate::store::fake::{refused, row, state, FakeSink};
+    use crate::store::row::EventRow;
     use std::time::Instant;
 
     fn writer(
