@@ -15,7 +15,12 @@
 //! 5. in release mode (`ingest-server/examples/plan_cost.rs`), on the same kind of events: the
 //!    CPU per event of the wire format's validation (`parse_batch`, what every event costs at
 //!    intake) beside that of checking them against the shipped starter tracking plan
-//!    (`ingest-server/plans/segment-ecommerce.json`).
+//!    (`ingest-server/plans/segment-ecommerce.json`);
+//! 6. in release mode (`ingest-server/examples/intake_cost.rs`), on the same kind of events:
+//!    the CPU per event of each stage of the intake path timed alone (validation, enrichment,
+//!    the dedup window, the spool payload, the writer's check and RowBinary, freeing), beside
+//!    `parse_batch` as the reference: on this shared machine the server's CPU per event in step
+//!    1 moves by a third between runs, these far less.
 //!
 //! The server is the release binary with default writer settings, against a private
 //! ClickHouse from the testkit. `--server PATH` runs a given binary instead of building one
@@ -635,6 +640,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     )?;
     out.flush()?;
     plan_cost(root, &dir)?;
+    intake_cost(root, &dir)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -662,6 +668,33 @@ fn plan_cost(root: &Path, dir: &Path) -> Result<()> {
                 "--",
             ])
             .arg(root.join("ingest-server/plans/segment-ecommerce.json"))
+            .arg(&batches)
+            .current_dir(root),
+    )
+}
+
+/// The CPU per event of each stage of the intake path, timed alone in one process (see
+/// `ingest-server/examples/intake_cost.rs`), on the same kind of batches as the throughput run.
+fn intake_cost(root: &Path, dir: &Path) -> Result<()> {
+    let batches = dir.join("stage-batches.ndjson");
+    let mut text = String::new();
+    for seq in 0..500 {
+        text.push_str(&batch_body("stage", 100, seq));
+        text.push('\n');
+    }
+    std::fs::write(&batches, text)?;
+    crate::process::run(
+        crate::process::cargo()
+            .args([
+                "run",
+                "-q",
+                "--release",
+                "-p",
+                "waymark-ingest",
+                "--example",
+                "intake_cost",
+                "--",
+            ])
             .arg(&batches)
             .current_dir(root),
     )
