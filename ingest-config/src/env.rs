@@ -39,6 +39,10 @@ impl Config {
         if let Some(v) = get(env, "WAYMARK_CLICKHOUSE_CLUSTER") {
             self.clickhouse.cluster = (!v.is_empty()).then(|| v.into());
         }
+        if let Some(v) = get(env, "WAYMARK_CLICKHOUSE_COMPRESSION") {
+            self.clickhouse.compression = super::Compression::parse(v)
+                .map_err(|e| bad("WAYMARK_CLICKHOUSE_COMPRESSION", e))?;
+        }
         if let Some(v) = get(env, "WAYMARK_SPOOL_DIR") {
             self.spool.dir = v.into();
         }

@@ -14,6 +14,9 @@ pub const SETTINGS_HELP: &str = r#"Settings (TOML file given with --config; ever
                                    run ON CLUSTER, tables are Replicated*MergeTree ({shard},
                                    {replica} macros) under Distributed tables sharded by
                                    (site, visitor id)                                  [WAYMARK_CLICKHOUSE_CLUSTER]
+  compression = "lz4"              "lz4" or "none": how inserts and answers travel; "none"
+                                   saves CPU on both ends for a ClickHouse on the same
+                                   host or a fast network                              [WAYMARK_CLICKHOUSE_COMPRESSION]
 
   [spool]
   dir = ".waymark/spool"           durable on-disk buffer (acknowledged events live here

@@ -14,8 +14,8 @@ use std::time::Duration;
 /// Tracking plans and critical fields (`[[sites.completeness]]`).
 pub use waymark_ingest_config::plan;
 pub use waymark_ingest_config::{
-    ByteSize, Config, EdgeConfig, EmailConfig, EmailKey, HumanDuration, IpMode, QueryConfig,
-    ReadKey, SiteConfig,
+    ByteSize, Compression, Config, EdgeConfig, EmailConfig, EmailKey, HumanDuration, IpMode,
+    QueryConfig, ReadKey, SiteConfig,
 };
 
 use crate::Error;

@@ -271,6 +271,10 @@ pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
         .with_url(&cfg.url)
         .with_user(&cfg.user)
         .with_password(&cfg.password)
+        .with_compression(match cfg.compression {
+            crate::config::Compression::Lz4 => clickhouse::Compression::Lz4,
+            crate::config::Compression::None => clickhouse::Compression::None,
+        })
         // 18.16 has no RowBinaryWithNamesAndTypes.
         .with_validation(false);
     match cfg.cluster {

@@ -1,5 +1,6 @@
 //! `cargo xtask bench ingest [--events N] [--clients C] [--batch B] [--rate R] [--paced-secs S]
-//! [--outage-secs S] [--server PATH] [--perf DIR]`
+//! [--outage-secs S] [--server PATH] [--perf DIR] [--writer-max-bytes SIZE]
+//! [--clickhouse-compression lz4|none]`
 //!
 //! Measures and prints (asserts nothing):
 //! 1. throughput: N realistic events sent over HTTP by C concurrent clients in batches of B;
@@ -86,6 +87,9 @@ pub struct Args {
     /// this no longer bounds its memory).
     #[arg(long, value_name = "SIZE", value_parser = waymark_testkit::config::ByteSize::parse)]
     writer_max_bytes: Option<waymark_testkit::config::ByteSize>,
+    /// The server's `[clickhouse] compression` (`lz4` or `none`; default the server's own).
+    #[arg(long, value_name = "HOW", value_parser = waymark_testkit::config::Compression::parse)]
+    clickhouse_compression: Option<waymark_testkit::config::Compression>,
 }
 
 fn iso(ms: i64) -> String {
@@ -253,6 +257,13 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         Some(size) => {
             println!("the server's [writer] max_bytes is {size}");
             config.with(|c| c.writer.max_bytes = size)
+        }
+        None => config,
+    };
+    let config = match o.clickhouse_compression {
+        Some(how) => {
+            println!("the server's [clickhouse] compression is {how:?}");
+            config.with(|c| c.clickhouse.compression = how)
         }
         None => config,
     };
