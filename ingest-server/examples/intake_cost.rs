@@ -24,6 +24,11 @@ use waymark_protocol::privacy::UrlPolicy;
 
 const PASSES: usize = 4;
 
+/// The server's allocator (`src/main.rs`): allocating and freeing are a good part of these
+/// stages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [batches] = args.as_slice() else {
@@ -57,6 +62,7 @@ fn main() -> Result<(), String> {
                 client: None,
                 urls: UrlPolicy::default(),
                 gpc: false,
+                request_ip: Default::default(),
             };
             let rows: Vec<_> = v.events.iter().map(|ev| to_row(ev, &facts, &ua)).collect();
             stages[1] += t.elapsed();

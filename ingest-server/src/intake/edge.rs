@@ -160,6 +160,7 @@ async fn accept_forward(
                             client: Some(&env.client),
                             urls: site.url_policy(),
                             gpc: false,
+                            request_ip: Default::default(),
                         };
                         rows.push(to_row(&ev, &facts, &intake.ua));
                     }
@@ -190,6 +191,7 @@ async fn accept_forward(
                     client: Some(&env.client),
                     urls: site.url_policy(),
                     gpc: false,
+                    request_ip: Default::default(),
                 };
                 let new = super::segment::with_verdicts(
                     v.events.iter().map(|ev| to_row(ev, &facts, &intake.ua)),

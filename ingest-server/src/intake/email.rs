@@ -278,6 +278,7 @@ pub async fn admit(
         client: None,
         urls: site.url_policy(),
         gpc: false,
+        request_ip: Default::default(),
     };
     let row = to_row(&ev, &facts, &intake.ua);
     intake

@@ -43,6 +43,23 @@ pub struct RequestFacts<'a> {
     pub urls: UrlPolicy<'a>,
     /// A direct request carried `Sec-GPC: 1` (the edge reports it in `client.gpc`).
     pub gpc: bool,
+    /// The request's own address (`client.ip`, else `peer_ip`) as stored, worked out once for
+    /// all its events by [`RequestFacts::request_ip`]; start it empty (`Default::default()`).
+    pub request_ip: std::cell::OnceCell<String>,
+}
+
+impl RequestFacts<'_> {
+    /// The request's own address (`client.ip`, else `peer_ip`) truncated or dropped per the
+    /// site's `ip` setting; parsed and written once per request, not once per event.
+    fn request_ip(&self) -> &str {
+        self.request_ip.get_or_init(|| {
+            self.client
+                .and_then(|c| c.ip.as_deref())
+                .or(self.peer_ip.as_deref())
+                .and_then(|ip| truncate_ip(ip, self.ip_mode))
+                .unwrap_or_default()
+        })
+    }
 }
 
 /// Parsed user agent.
@@ -251,15 +268,13 @@ pub fn to_row(ev: &Event, facts: &RequestFacts<'_>, ua: &UaParser) -> EventRow {
     let ua_info = ua.parse(&user_agent);
     let edge_bot = facts.client.map(|c| c.bot).unwrap_or(false);
 
-    let mode = facts.ip_mode;
-    let raw_ip = facts
-        .client
-        .and_then(|c| c.ip.clone())
-        .or_else(|| ctx.get("ip").and_then(Value::as_str).map(str::to_string))
-        .or_else(|| facts.peer_ip.clone());
-    let ip = raw_ip
-        .and_then(|ip| truncate_ip(&ip, mode))
-        .unwrap_or_default();
+    // `client.ip` (the edge's), else the event's `context.ip`, else the peer's address.
+    let ip = match ctx.get("ip").and_then(Value::as_str) {
+        Some(own) if facts.client.and_then(|c| c.ip.as_ref()).is_none() => {
+            truncate_ip(own, facts.ip_mode).unwrap_or_default()
+        }
+        _ => facts.request_ip().to_string(),
+    };
 
     // Each object looked up once (a BTreeMap search per key otherwise).
     let object = |k: &str| ctx.get(k).and_then(Value::as_object);
@@ -416,6 +431,7 @@ mod tests {
             client,
             urls: UrlPolicy::default(),
             gpc: false,
+            request_ip: Default::default(),
         }
     }
 
@@ -465,6 +481,37 @@ mod tests {
             r.context
         );
         assert_eq!(r.library_name, "waymark.js");
+    }
+
+    #[test]
+    fn the_address_is_the_edges_else_the_events_else_the_peers() {
+        let with_ip = event(
+            json!({"type": "track", "messageId": "m1", "anonymousId": "a",
+            "event": "x", "context": {"ip": "203.0.113.77"}}),
+        );
+        let without = event(
+            json!({"type": "track", "messageId": "m2", "anonymousId": "a",
+            "event": "x"}),
+        );
+        let ua = UaParser::default();
+        // One request's facts for both events, in both orders: the peer's address is worked
+        // out once and does not stand in for an event's own.
+        let f = facts(None, None);
+        let ips: Vec<String> = [&without, &with_ip, &without]
+            .map(|ev| to_row(ev, &f, &ua).ip)
+            .into();
+        assert_eq!(ips, ["198.51.100.0", "203.0.113.0", "198.51.100.0"]);
+        let client = Client {
+            ip: Some("192.0.2.9".into()),
+            ..Client::default()
+        };
+        let f = facts(None, Some(&client));
+        assert_eq!(to_row(&with_ip, &f, &ua).ip, "192.0.2.0");
+        assert_eq!(to_row(&without, &f, &ua).ip, "192.0.2.0");
+        let mut f = facts(None, None);
+        f.ip_mode = IpMode::Drop;
+        assert_eq!(to_row(&with_ip, &f, &ua).ip, "");
+        assert_eq!(to_row(&without, &f, &ua).ip, "");
     }
 
     #[test]

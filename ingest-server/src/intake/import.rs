@@ -176,6 +176,7 @@ pub fn chunk_rows(
         client: None,
         urls: site.url_policy(),
         gpc: false,
+        request_ip: Default::default(),
     };
     let mut rows = super::segment::with_verdicts(
         v.events.iter().map(|ev| {

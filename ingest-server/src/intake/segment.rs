@@ -122,6 +122,7 @@ pub async fn accept(intake: &Intake, d: Delivery<'_>) -> Result<Accepted, ApiErr
         client: None,
         urls: site.url_policy(),
         gpc: d.gpc,
+        request_ip: Default::default(),
     };
     let verdicts =
         intake.check_quality(&site.id, positions, &mut events, &mut validated.rejections);

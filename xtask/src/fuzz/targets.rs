@@ -573,6 +573,7 @@ fn rows_seeds(g: &mut Gen, now: i64, n: usize) -> Vec<Vec<u8>> {
         client: None,
         urls: Default::default(),
         gpc: false,
+        request_ip: Default::default(),
     };
     let mut seeds = Vec::new();
     while seeds.len() < n {
