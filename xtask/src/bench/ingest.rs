@@ -650,43 +650,15 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         rate / raw_rate
     )?;
     out.flush()?;
-    plan_cost(root, &dir)?;
-    intake_cost(root, &dir)?;
+    stage_costs(root, &dir)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-/// Runs `ingest-server/examples/plan_cost.rs` in release mode on the bench's own batches (it
-/// prints its line: wire validation and the starter plan's check, CPU per event).
-fn plan_cost(root: &Path, dir: &Path) -> Result<()> {
-    let batches = dir.join("plan-batches.ndjson");
-    let mut text = String::new();
-    for seq in 0..500 {
-        text.push_str(&batch_body("plan", 100, seq));
-        text.push('\n');
-    }
-    std::fs::write(&batches, text)?;
-    crate::process::run(
-        crate::process::cargo()
-            .args([
-                "run",
-                "-q",
-                "--release",
-                "-p",
-                "waymark-ingest",
-                "--example",
-                "plan_cost",
-                "--",
-            ])
-            .arg(root.join("ingest-server/plans/segment-ecommerce.json"))
-            .arg(&batches)
-            .current_dir(root),
-    )
-}
-
-/// The CPU per event of each stage of the intake path, timed alone in one process (see
-/// `ingest-server/examples/intake_cost.rs`), on the same kind of batches as the throughput run.
-fn intake_cost(root: &Path, dir: &Path) -> Result<()> {
+/// Runs the release-mode examples that time parts of the intake alone, on a file of the
+/// bench's own batches: `plan_cost.rs` (wire validation and the starter plan's check) and
+/// `intake_cost.rs` (each stage of the intake path); each prints its CPU per event.
+fn stage_costs(root: &Path, dir: &Path) -> Result<()> {
     let batches = dir.join("stage-batches.ndjson");
     let mut text = String::new();
     for seq in 0..500 {
@@ -694,21 +666,28 @@ fn intake_cost(root: &Path, dir: &Path) -> Result<()> {
         text.push('\n');
     }
     std::fs::write(&batches, text)?;
-    crate::process::run(
-        crate::process::cargo()
-            .args([
-                "run",
-                "-q",
-                "--release",
-                "-p",
-                "waymark-ingest",
-                "--example",
-                "intake_cost",
-                "--",
-            ])
-            .arg(&batches)
-            .current_dir(root),
-    )
+    let plan = root.join("ingest-server/plans/segment-ecommerce.json");
+    for (example, args) in [
+        ("plan_cost", vec![plan.as_path(), batches.as_path()]),
+        ("intake_cost", vec![batches.as_path()]),
+    ] {
+        crate::process::run(
+            crate::process::cargo()
+                .args([
+                    "run",
+                    "-q",
+                    "--release",
+                    "-p",
+                    "waymark-ingest",
+                    "--example",
+                ])
+                .arg(example)
+                .arg("--")
+                .args(args)
+                .current_dir(root),
+        )?;
+    }
+    Ok(())
 }
 
 /// How long the bench waits for the outage's events to become visible once ClickHouse is back.
