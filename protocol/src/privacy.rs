@@ -150,27 +150,147 @@ fn secret(raw: &str) -> bool {
 /// A URL (absolute, relative, or only its `?search`) with every value that is not kept replaced
 /// by [`REDACTED`]; see the module doc. Borrowed when nothing changed.
 pub fn redact_url<'s>(url: &'s str, policy: &UrlPolicy<'_>) -> Cow<'s, str> {
-    let mut out = String::new();
-    if walk_url(url, policy, &mut out) {
+    let trimmed = url.trim_start();
+    for scheme in OPAQUE_SCHEMES {
+        if trimmed.len() >= scheme.len()
+            && trimmed.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+        {
+            let kept = &trimmed[..scheme.len()];
+            return if kept.len() == url.len() {
+                Cow::Borrowed(url)
+            } else {
+                Cow::Owned(kept.to_string())
+            };
+        }
+    }
+    let (before_fragment, fragment) = match url.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (url, None),
+    };
+    let (base, query) = match before_fragment.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (before_fragment, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    let mut changed = redact_base(base, &mut out);
+    if let Some(q) = query {
+        out.push('?');
+        changed |= redact_query(q, policy, &mut out);
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        changed |= redact_fragment(f, policy, &mut out);
+    }
+    if changed {
         Cow::Owned(out)
     } else {
         Cow::Borrowed(url)
     }
 }
 
-/// Whether [`redact_url`] would leave `url` as it is (the ingest server asks this of three URLs
-/// per event, and most are clean): [`plainly_clean`]'s one pass for the usual page URL, else
-/// the redaction's own walk without writing the copy.
-pub fn url_is_clean(url: &str, policy: &UrlPolicy<'_>) -> bool {
-    plainly_clean(url, policy) || !walk_url(url, policy, &mut Discard)
+/// Scheme, authority and path: user info dropped, secret-looking path segments replaced.
+fn redact_base(base: &str, out: &mut String) -> bool {
+    let mut changed = false;
+    let mut path = base;
+    if let Some(i) = base.find("://") {
+        let rest = &base[i + 3..];
+        let end = rest.find('/').unwrap_or(rest.len());
+        let authority = &rest[..end];
+        out.push_str(&base[..i + 3]);
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str(REDACTED);
+                out.push_str(&authority[at..]);
+                changed = &authority[..at] != REDACTED;
+            }
+            None => out.push_str(authority),
+        }
+        path = &rest[end..];
+    }
+    changed | redact_path(path, out)
 }
 
-/// A one-pass test that is true only of URLs [`walk_url`] leaves as they are (what it cannot
+fn redact_path(path: &str, out: &mut String) -> bool {
+    let mut changed = false;
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if secret(seg) {
+            out.push_str(REDACTED);
+            changed = true;
+        } else {
+            out.push_str(seg);
+        }
+    }
+    changed
+}
+
+fn redact_query(query: &str, policy: &UrlPolicy<'_>, out: &mut String) -> bool {
+    let mut changed = false;
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            None => {
+                if secret(pair) {
+                    out.push_str(REDACTED);
+                    changed = true;
+                } else {
+                    out.push_str(pair);
+                }
+            }
+            Some((name, value)) => {
+                let name_secret = secret(name);
+                if name_secret {
+                    out.push_str(REDACTED);
+                } else {
+                    out.push_str(name);
+                }
+                out.push('=');
+                let keep = !name_secret && policy.allows(&decoded(name)) && !secret(value);
+                if keep || value == REDACTED {
+                    out.push_str(value);
+                } else {
+                    out.push_str(REDACTED);
+                }
+                changed |= name_secret || !(keep || value == REDACTED);
+            }
+        }
+    }
+    changed
+}
+
+/// A fragment is a route (`#/reset/<token>`), a query (`#access_token=...`), or both
+/// (`#/p?x=1`).
+fn redact_fragment(f: &str, policy: &UrlPolicy<'_>, out: &mut String) -> bool {
+    match f.split_once('?') {
+        Some((route, q)) => {
+            let mut changed = redact_path(route, out);
+            out.push('?');
+            changed |= redact_query(q, policy, out);
+            changed
+        }
+        None if f.contains('=') => redact_query(f, policy, out),
+        None => redact_path(f, out),
+    }
+}
+
+/// Whether [`redact_url`] would leave `url` as it is (the ingest server asks this of three URLs
+/// per event, and most are clean): [`plainly_clean`]'s one pass for the usual page URL, else
+/// [`redact_url`] itself.
+pub fn url_is_clean(url: &str, policy: &UrlPolicy<'_>) -> bool {
+    plainly_clean(url, policy) || matches!(redact_url(url, policy), Cow::Borrowed(_))
+}
+
+/// A one-pass test that is true only of URLs [`redact_url`] leaves as they are (what it cannot
 /// tell, the walk decides): no `@` (user info, emails), `%` or `+` (encoded text), `#`
 /// (fragments), leading space or opaque scheme; no run of token characters as long as a token
 /// (counted across a query pair's `=`, so never shorter than the walk's runs); every query
 /// parameter on the allow-list. Most page URLs pass; the walk's splitting and checks cost the
-/// ingest server 5 % of its CPU in `cargo xtask bench ingest` when every URL took it.
+/// ingest server 5 % of its CPU in `cargo xtask bench ingest` when every URL took it,
+/// whether or not it wrote its copy (not writing it saved nothing measurable).
 fn plainly_clean(url: &str, policy: &UrlPolicy<'_>) -> bool {
     let b = url.as_bytes();
     if b.first().is_some_and(u8::is_ascii_whitespace)
@@ -209,152 +329,6 @@ fn plainly_clean(url: &str, policy: &UrlPolicy<'_>) -> bool {
                     .is_none_or(|(name, _)| policy.allows(name))
             })
     })
-}
-
-/// Where [`walk_url`] writes the redacted URL: a `String`, or nowhere ([`Discard`]) when the
-/// question is only whether anything would change.
-trait Out {
-    fn put(&mut self, s: &str);
-    fn reserve_for(&mut self, _len: usize) {}
-}
-
-impl Out for String {
-    fn put(&mut self, s: &str) {
-        self.push_str(s);
-    }
-    fn reserve_for(&mut self, len: usize) {
-        self.reserve(len);
-    }
-}
-
-/// Writes nothing.
-struct Discard;
-
-impl Out for Discard {
-    fn put(&mut self, _: &str) {}
-}
-
-/// The one walk behind [`redact_url`] and [`url_is_clean`]: writes the redacted URL to `out`
-/// and returns whether it differs from `url` (when it does not, `out` holds a copy).
-fn walk_url(url: &str, policy: &UrlPolicy<'_>, out: &mut impl Out) -> bool {
-    let trimmed = url.trim_start();
-    for scheme in OPAQUE_SCHEMES {
-        if trimmed.len() >= scheme.len()
-            && trimmed.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
-        {
-            let kept = &trimmed[..scheme.len()];
-            out.put(kept);
-            return kept.len() != url.len();
-        }
-    }
-    let (before_fragment, fragment) = match url.split_once('#') {
-        Some((b, f)) => (b, Some(f)),
-        None => (url, None),
-    };
-    let (base, query) = match before_fragment.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (before_fragment, None),
-    };
-    out.reserve_for(url.len());
-    let mut changed = redact_base(base, out);
-    if let Some(q) = query {
-        out.put("?");
-        changed |= redact_query(q, policy, out);
-    }
-    if let Some(f) = fragment {
-        out.put("#");
-        changed |= redact_fragment(f, policy, out);
-    }
-    changed
-}
-
-/// Scheme, authority and path: user info dropped, secret-looking path segments replaced.
-fn redact_base(base: &str, out: &mut impl Out) -> bool {
-    let mut changed = false;
-    let mut path = base;
-    if let Some(i) = base.find("://") {
-        let rest = &base[i + 3..];
-        let end = rest.find('/').unwrap_or(rest.len());
-        let authority = &rest[..end];
-        out.put(&base[..i + 3]);
-        match authority.rfind('@') {
-            Some(at) => {
-                out.put(REDACTED);
-                out.put(&authority[at..]);
-                changed = &authority[..at] != REDACTED;
-            }
-            None => out.put(authority),
-        }
-        path = &rest[end..];
-    }
-    changed | redact_path(path, out)
-}
-
-fn redact_path(path: &str, out: &mut impl Out) -> bool {
-    let mut changed = false;
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.put("/");
-        }
-        if secret(seg) {
-            out.put(REDACTED);
-            changed = true;
-        } else {
-            out.put(seg);
-        }
-    }
-    changed
-}
-
-fn redact_query(query: &str, policy: &UrlPolicy<'_>, out: &mut impl Out) -> bool {
-    let mut changed = false;
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.put("&");
-        }
-        match pair.split_once('=') {
-            None => {
-                if secret(pair) {
-                    out.put(REDACTED);
-                    changed = true;
-                } else {
-                    out.put(pair);
-                }
-            }
-            Some((name, value)) => {
-                let name_secret = secret(name);
-                if name_secret {
-                    out.put(REDACTED);
-                } else {
-                    out.put(name);
-                }
-                out.put("=");
-                let keep = !name_secret && policy.allows(&decoded(name)) && !secret(value);
-                if keep || value == REDACTED {
-                    out.put(value);
-                } else {
-                    out.put(REDACTED);
-                }
-                changed |= name_secret || !(keep || value == REDACTED);
-            }
-        }
-    }
-    changed
-}
-
-/// A fragment is a route (`#/reset/<token>`), a query (`#access_token=...`), or both
-/// (`#/p?x=1`).
-fn redact_fragment(f: &str, policy: &UrlPolicy<'_>, out: &mut impl Out) -> bool {
-    match f.split_once('?') {
-        Some((route, q)) => {
-            let mut changed = redact_path(route, out);
-            out.put("?");
-            changed |= redact_query(q, policy, out);
-            changed
-        }
-        None if f.contains('=') => redact_query(f, policy, out),
-        None => redact_path(f, out),
-    }
 }
 
 /// Rewrites one string field of a JSON object in place; whether it changed.
