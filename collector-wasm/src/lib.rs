@@ -8,7 +8,7 @@
 //! time.
 //!
 //! The exports and imports go through wasm-bindgen. Storage goes through imports of the
-//! loader's taking a store number ([`Host`]), not web-sys's `Storage`: web-sys objects cost the
+//! loader's taking a store number (`Host`, built for wasm32 only), not web-sys's `Storage`: web-sys objects cost the
 //! module wasm-bindgen's externref table and exception handling, 0.85 KB gzipped, more than
 //! the 12 KB budget leaves (js/README.md, "Size").
 //!

@@ -278,7 +278,7 @@ fn redact_fragment(f: &str, policy: &UrlPolicy<'_>, out: &mut String) -> bool {
 }
 
 /// Whether [`redact_url`] would leave `url` as it is (the ingest server asks this of three URLs
-/// per event, and most are clean): [`plainly_clean`]'s one pass for the usual page URL, else
+/// per event, and most are clean): `plainly_clean`'s one pass for the usual page URL, else
 /// [`redact_url`] itself.
 pub fn url_is_clean(url: &str, policy: &UrlPolicy<'_>) -> bool {
     plainly_clean(url, policy) || matches!(redact_url(url, policy), Cow::Borrowed(_))

@@ -12,7 +12,7 @@ use crate::Error;
 /// How long a stopped process gets to exit on SIGTERM (the ingest server flushes its spool).
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
-/// A running child process. Dropping it stops it: SIGTERM first, SIGKILL after [`STOP_GRACE`].
+/// A running child process. Dropping it stops it: SIGTERM first, SIGKILL after `STOP_GRACE` (15 s).
 pub struct Proc {
     name: String,
     child: Child,

@@ -13,9 +13,10 @@ type StageFn<'a> = Box<dyn FnOnce() -> Result<()> + 'a>;
 
 /// The stages in the order they run, as [`stages`] names them (`cargo xtask test --help` lists
 /// them).
-pub const NAMES: [&str; 12] = [
+pub const NAMES: [&str; 13] = [
     "fmt",
     "clippy",
+    "docs",
     "prometheus rules",
     "rust tests",
     "wasm32 build and clippy",
@@ -30,8 +31,8 @@ pub const NAMES: [&str; 12] = [
 
 /// Run every check CI runs, one summary line per stage.
 ///
-/// Installs missing tools (pinned, cached outside the repo), then runs fmt, clippy, the
-/// Prometheus alert rules' checks and unit tests, every Rust test, the wasm builds and size budget, the browser and worker tests, the short form of
+/// Installs missing tools (pinned, cached outside the repo), then runs fmt, clippy, rustdoc
+/// (its warnings are errors), the Prometheus alert rules' checks and unit tests, every Rust test, the wasm builds and size budget, the browser and worker tests, the short form of
 /// `chaos`, the end-to-end and SDK client tests.
 #[derive(clap::Args, Debug)]
 #[command(after_help = stage_list())]
@@ -64,6 +65,15 @@ fn stages<'a>(root: &'a Path, tools: &'a Tools) -> Vec<(&'static str, StageFn<'a
                     "-D",
                     "warnings",
                 ]))
+            }),
+        ),
+        (
+            "docs",
+            // Broken and private intra-doc links are errors, so the docs say what the code is.
+            Box::new(|| {
+                run(cargo()
+                    .args(["doc", "--workspace", "--no-deps"])
+                    .env("RUSTDOCFLAGS", "-D warnings"))
             }),
         ),
         (

@@ -44,7 +44,7 @@ pub struct RequestFacts<'a> {
     /// A direct request carried `Sec-GPC: 1` (the edge reports it in `client.gpc`).
     pub gpc: bool,
     /// The request's own address (`client.ip`, else `peer_ip`) as stored, worked out once for
-    /// all its events by [`RequestFacts::request_ip`]; start it empty (`Default::default()`).
+    /// all its events by the private `RequestFacts::request_ip`; start it empty (`Default::default()`).
     pub request_ip: std::cell::OnceCell<String>,
 }
 

@@ -1,6 +1,7 @@
 //! `GET /v1/profiles/{id}?site=`: who this person is and what they recently did.
 //!
-//! Identity is resolved first ([`resolve`]): an anonymous id linked to a user becomes that user
+//! Identity is resolved first (by the in-memory index of [`super::identity`], else
+//! [`resolve_in_clickhouse`]): an anonymous id linked to a user becomes that user
 //! (the latest link wins when a device was shared), and the user's profile covers every anonymous
 //! id ever linked to it, so what a visitor did before identifying counts for the user. The figures
 //! then come from the pre-aggregated tables of [`crate::store::schema::query`], read in four concurrent queries

@@ -69,7 +69,7 @@ pub fn hex(s: &str) -> String {
         })
 }
 
-/// The inverse of [`hex`].
+/// The inverse of [`hex()`].
 pub fn unhex(s: &str) -> Option<String> {
     if !s.len().is_multiple_of(2) || s.len() > 4096 {
         return None;

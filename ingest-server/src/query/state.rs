@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct QueryState(Arc<Inner>);
 
-/// The settings of every [`QueryState::lookup`].
+/// The settings of every lookup (`QueryState::lookup`).
 pub const LOOKUP_SETTINGS: &[(&str, &str)] = &[
     ("max_threads", "1"),
     ("optimize_move_to_prewhere", "0"),

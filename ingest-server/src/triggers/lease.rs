@@ -18,7 +18,7 @@
 //!   becoming visible (milliseconds on one server).
 //!
 //! On a cluster, `trigger_lease` is replicated whole on every server and each server reads
-//! its own ClickHouse server's copy after `SYSTEM SYNC REPLICA` ([`super::sync`]): an insert
+//! its own ClickHouse server's copy after `SYSTEM SYNC REPLICA` (`super::sync`): an insert
 //! confirmed to any server is in the table's replication log in ZooKeeper, and the sync fetches
 //! everything the log lists before the read. So a read sees every lease write confirmed
 //! before it started, as on one server, and the argument above holds unchanged: two servers

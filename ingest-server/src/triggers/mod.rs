@@ -24,7 +24,7 @@
 //! On a cluster (`[clickhouse] cluster`) the same code runs: the evaluator's bookkeeping
 //! (subscriptions, memberships, outbox, state, lease) is one table replicated whole on every
 //! ClickHouse server (`store::schema::triggers::WHOLE`), read from the server's own copy after
-//! [`sync`]; a server taking the lease syncs them all before it evaluates or loads the outbox,
+//! `sync`; a server taking the lease syncs them all before it evaluates or loads the outbox,
 //! so it continues from everything the previous holder wrote. The events and the query state
 //! stay sharded, and the candidates of a tick go to every shard with `GLOBAL IN`.
 

@@ -32,6 +32,8 @@ enum Cmd {
     Ingest(Box<IngestArgs>),
 }
 
+// The field docs are clap's help text, where `[spool] max_bytes` names a setting, not a link.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(clap::Args)]
 struct IngestArgs {
     /// The ingest-server binary [default: target/debug/ingest-server, or $WAYMARK_INGEST_SERVER].
