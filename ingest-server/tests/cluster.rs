@@ -11,7 +11,7 @@
 //! person who enters is delivered once to a webhook receiver on 127.0.0.1, signed, whichever
 //! server holds the lease.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -114,6 +114,25 @@ fn start(cfg: &IngestConfig, dir: &Path, log: &str) -> IngestServer {
         &dir.join(log),
     )
     .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What a failed wait needs to tell where missing events are: the server's `/readyz` (its
+/// writer blocked or not) and the spooled bytes ClickHouse has not confirmed. Both at zero
+/// pending means ClickHouse acknowledged everything the server took.
+fn writer_state(url: &str) -> String {
+    let get = |path: &str| {
+        ureq::get(format!("{url}{path}"))
+            .call()
+            .map_err(|e| e.to_string())
+            .and_then(|mut r| r.body_mut().read_to_string().map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| format!("({e})"))
+    };
+    let metrics = get("/metrics");
+    let pending = metrics
+        .lines()
+        .find(|l| l.starts_with("waymark_spool_pending_bytes"))
+        .unwrap_or("waymark_spool_pending_bytes (absent)");
+    format!("readyz {}, {pending}", get("/readyz").trim())
 }
 
 fn post(url: &str, body: &str) -> Result<(), String> {
@@ -301,7 +320,9 @@ fn lose_nothing_and_answer_like_one_server(
     let mut b = Some(start(&cfg_b, &dir.join("b"), "ingest.log"));
     // The test's own round-robin; a batch a server does not acknowledge goes to the other.
     let mut urls = vec![a.url(), b.as_ref().unwrap().url()];
-    let mut acked: HashSet<String> = HashSet::new();
+    // Each acknowledged id, with the servers that acknowledged it (bit 1: A, bit 2: B), so a
+    // failure can say whose spool the missing events went through.
+    let mut acked: HashMap<String, u8> = HashMap::new();
     let mut twice = 0;
     let kill_at = batches.len() * 2 / 5;
     for (n, batch) in batches.iter().enumerate() {
@@ -312,25 +333,27 @@ fn lose_nothing_and_answer_like_one_server(
         }
         let text = body(batch);
         let first = n % urls.len();
-        let mut ok = false;
+        let mut by = 0u8;
         for k in 0..urls.len() * 3 {
-            let url = &urls[(first + k) % urls.len()];
-            if post(url, &text).is_ok() {
-                ok = true;
+            let i = (first + k) % urls.len();
+            if post(&urls[i], &text).is_ok() {
+                by |= 1 << i;
                 break;
             }
         }
-        assert!(ok, "batch {n} was acknowledged by no server");
+        assert!(by != 0, "batch {n} was acknowledged by no server");
         // Every seventh batch again through the other server: a client retry after a lost
         // answer, which no server's in-memory dedup sees.
-        if n % 7 == 0 && post(&urls[(first + 1) % urls.len()], &text).is_ok() {
+        let other = (first + 1) % urls.len();
+        if n % 7 == 0 && post(&urls[other], &text).is_ok() {
             twice += 1;
+            by |= 1 << other;
         }
-        acked.extend(
-            batch
-                .iter()
-                .map(|e| e["messageId"].as_str().unwrap().to_string()),
-        );
+        for e in batch {
+            *acked
+                .entry(e["messageId"].as_str().unwrap().to_string())
+                .or_default() |= by;
+        }
         if n == kill_at {
             urls.truncate(1); // B's address refuses from now on; keep the loop simple
         }
@@ -353,12 +376,24 @@ fn lose_nothing_and_answer_like_one_server(
                 .lines()
                 .map(str::to_string)
                 .collect();
-            let missing = acked.iter().filter(|id| !stored.contains(*id)).count();
-            if missing == 0 {
-                Ok(())
-            } else {
-                Err(format!("{missing} of {} missing", acked.len()))
+            let missing: Vec<u8> = acked
+                .iter()
+                .filter(|(id, _)| !stored.contains(*id))
+                .map(|(_, by)| *by)
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
             }
+            let through = |bit: u8| missing.iter().filter(|by| **by & bit != 0).count();
+            Err(format!(
+                "{} of {} missing (acknowledged by A: {}, by B: {}); A: {}; B restarted: {}",
+                missing.len(),
+                acked.len(),
+                through(1),
+                through(2),
+                writer_state(&a.url()),
+                writer_state(&b.url()),
+            ))
         },
     );
     phase("every acknowledged event stored");
